@@ -1,0 +1,2 @@
+//! `qmqtt`: publish, subscribe and check a broker without q (STUB).
+fn main() {}

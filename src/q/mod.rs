@@ -1,0 +1,1 @@
+//! The q layer (STUB): K ⇄ Rust translation behind `.mqtt.*`.
