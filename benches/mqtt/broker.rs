@@ -58,12 +58,13 @@ impl Broker {
         let tcp_port = free_port()?;
         let root = unsafe { libc::geteuid() } == 0;
         let d = dir.path().display();
-        // Limits lifted: unlimited queues (0), unlimited in-flight towards the subscriber, no packet limit.
+        // Limits lifted: unlimited queues (0) and in-flight towards the subscriber; no Nagle delay on the
+        // broker's sends, so that latency measures the publishers, not the broker's socket.
         let conf = format!(
             "{user}per_listener_settings false\nallow_anonymous true\npersistence false\n\
              log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\n\
              max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\nmax_inflight_bytes 0\n\
-             memory_limit 0\n\
+             memory_limit 0\nset_tcp_nodelay true\n\
              listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
              listener {tcp_port} 127.0.0.1\n",
             user = if root { "user root\n" } else { "" },

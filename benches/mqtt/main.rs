@@ -246,8 +246,8 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
     }
     if s.received < s.count {
         let msg = format!("subscriber got {} of {}", s.received, s.count);
-        if s.qos == 0 && mode == Mode::Throughput {
-            // QoS 0 throughput is only meaningful when everything arrived.
+        if mode == Mode::Throughput {
+            // Throughput counts complete deliveries only: a run that lost messages is not a result.
             return Err(msg);
         }
         eprintln!("  {} {}: {msg}", s.test, s.contender);
