@@ -20,6 +20,7 @@ pub const ALL: &[&str] = &[
     "rumqttc",
     "mosquitto_pub",
     "raw",
+    "q",
 ];
 
 /// Contenders that can stamp a send time into each payload (latency runs).
@@ -85,7 +86,10 @@ impl Job {
             let (k, v) = a
                 .split_once('=')
                 .ok_or_else(|| format!("contender argument '{a}' is not key=value"))?;
-            let num = || v.parse::<u64>().map_err(|_| format!("{k}={v}: not a number"));
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}={v}: not a number"))
+            };
             match k {
                 "port" => j.port = num()? as u16,
                 "ca" => j.ca = v.into(),
@@ -219,8 +223,13 @@ pub fn run(job: &Job) -> Result<Outcome, String> {
         "rumqttc" => rumqttc(job, &mut o)?,
         "raw" => raw(job, &mut o)?,
         "mosquitto_pub" => external(job, &mut o)?,
-        "qmqtt-cli" => external(job, &mut o)?,
-        c => return Err(format!("unknown contender '{c}' (known: {})", ALL.join(", "))),
+        "qmqtt-cli" | "q" => external(job, &mut o)?,
+        c => {
+            return Err(format!(
+                "unknown contender '{c}' (known: {})",
+                ALL.join(", ")
+            ))
+        }
     }
     Ok(o)
 }
@@ -401,13 +410,8 @@ fn rumqttc(job: &Job, o: &mut Outcome) -> Result<(), String> {
         } else {
             QoS::AtLeastOnce
         };
-        let (topic, count, size, rate, stamp_on) = (
-            job.topic.clone(),
-            job.count,
-            job.size,
-            job.rate,
-            job.stamp,
-        );
+        let (topic, count, size, rate, stamp_on) =
+            (job.topic.clone(), job.count, job.size, job.rate, job.stamp);
         o.t_start = now_ns();
         let publisher = tokio::spawn(async move {
             let mut payload = vec![b'x'; size];
@@ -515,7 +519,9 @@ fn raw(job: &Job, o: &mut Outcome) -> Result<(), String> {
         }
         if job.qos > 0 && (inflight >= 100 || (sent == job.count && inflight > 0)) {
             // Window full (or draining at the end): read whatever acknowledgements are there.
-            let n = tls.read(&mut acks[ack_have..]).map_err(|e| format!("raw: read: {e}"))?;
+            let n = tls
+                .read(&mut acks[ack_have..])
+                .map_err(|e| format!("raw: read: {e}"))?;
             if n == 0 {
                 return Err("raw: broker closed the connection".into());
             }
@@ -572,25 +578,42 @@ fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
     let qos = job.qos.to_string();
     let mut cmd;
     let lines = job.contender == "mosquitto_pub";
+    let uri = format!("ssl://localhost:{port}");
     if lines {
         cmd = Command::new("mosquitto_pub");
         cmd.args(["-h", "localhost", "-p", &port, "--cafile"])
             .arg(&job.ca)
-            .args(["-t", &job.topic, "-q", &qos, "-i", &job.id, "-M", "100", "-l"]);
+            .args([
+                "-t", &job.topic, "-q", &qos, "-i", &job.id, "-M", "100", "-l",
+            ]);
+    } else if job.contender == "q" {
+        // The q layer's hook: a command (e.g. the libe host harness running a q publisher) given in
+        // QMQTT_Q_BENCH, called with these options; it publishes `--count` messages and exits when they
+        // are out (QoS 0) or acknowledged (QoS 1). It may print its own `RESULT t_start=NS t_done=NS`
+        // (CLOCK_MONOTONIC) to exclude its start-up; otherwise process start and exit are the clock.
+        let spec = std::env::var("QMQTT_Q_BENCH").map_err(|_| "q needs QMQTT_Q_BENCH")?;
+        let mut words = spec.split_whitespace();
+        cmd = Command::new(words.next().ok_or("QMQTT_Q_BENCH is empty")?);
+        cmd.args(words)
+            .args(["--uri", &uri, "--cafile"])
+            .arg(&job.ca)
+            .args(["--topic", &job.topic, "--qos", &qos, "--id", &job.id])
+            .args(["--count", &job.count.to_string(), "--size"])
+            .arg(job.size.to_string());
     } else {
         let bin = job
             .qmqtt_bin
             .as_ref()
             .ok_or("qmqtt-cli needs the qmqtt binary (cargo build --release --bin qmqtt)")?;
         cmd = Command::new(bin);
-        cmd.args(["pub", "--uri", &format!("ssl://localhost:{port}"), "--cafile"])
+        cmd.args(["pub", "--uri", &uri, "--cafile"])
             .arg(&job.ca)
             .args(["-t", &job.topic, "-q", &qos, "-i", &job.id])
             .args(["--repeat", &job.count.to_string(), "--size"])
             .arg(job.size.to_string());
     }
     cmd.stdin(if lines { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let input = if lines {
         let mut line = vec![b'x'; job.size];
@@ -612,12 +635,26 @@ fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
             t
         })
     });
+    let stdout = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        })
+    });
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
     let (status, ru) = crate::wait_rusage(child.id(), deadline(job))?;
     o.t_done = now_ns();
+    let own = stdout
+        .and_then(|t| t.join().ok())
+        .and_then(|t| Outcome::parse(&t));
+    if let Some(own) = own.filter(|r| r.t_start > 0 && r.t_done > 0) {
+        o.t_start = own.t_start;
+        o.t_done = own.t_done;
+    }
     if let Some(w) = writer {
         o.t_start = w.join().map_err(|_| "stdin writer panicked")?;
     }

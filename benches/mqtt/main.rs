@@ -193,20 +193,18 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
         let _ = err.read_to_string(&mut s);
         s
     });
-    let limit = Duration::from_secs(
-        60 + s.count / if mode == Mode::Callgrind { 200 } else { 2000 },
-    );
+    let limit =
+        Duration::from_secs(60 + s.count / if mode == Mode::Callgrind { 200 } else { 2000 });
     let waited = wait_rusage(child.id(), Instant::now() + limit);
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
     let (status, ru) = waited?;
     let last_err = || {
-        stderr
+        let lines: Vec<&str> = stderr
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
-            .unwrap_or("")
-            .to_string()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("note:"))
+            .collect();
+        lines[lines.len().saturating_sub(2)..].join(" / ")
     };
     if status != 0 {
         return Err(format!("exit status {status}: {}", last_err()));
@@ -215,7 +213,11 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
         Outcome::parse(&stdout).ok_or_else(|| format!("no RESULT line: {}", last_err()))?;
     let r = sub.finish(Duration::from_secs(3))?;
     s.received = r.count;
-    s.cpu_us = if o.ext_cpu_us > 0 { o.ext_cpu_us } else { ru.cpu_us };
+    s.cpu_us = if o.ext_cpu_us > 0 {
+        o.ext_cpu_us
+    } else {
+        ru.cpu_us
+    };
     s.maxrss_kb = if o.ext_maxrss_kb > 0 {
         o.ext_maxrss_kb
     } else {
@@ -365,10 +367,17 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         cg_dir,
     };
     let wanted = |c: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == c));
-    let mut contenders: Vec<&str> = contenders::ALL.iter().copied().filter(|c| wanted(c)).collect();
+    let mut contenders: Vec<&str> = contenders::ALL
+        .iter()
+        .copied()
+        .filter(|c| wanted(c))
+        .collect();
     if ctx.qmqtt_bin.is_none() {
         eprintln!("bench: qmqtt-cli skipped (set QMQTT_BIN to a qmqtt that has `pub --repeat`)");
         contenders.retain(|c| *c != "qmqtt-cli");
+    }
+    if std::env::var_os("QMQTT_Q_BENCH").is_none() {
+        contenders.retain(|c| *c != "q");
     }
     let q = opts.quick;
     // (name, qos, size, count)
@@ -405,7 +414,16 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         for qos in [0u8, 1] {
             for c in &lat {
                 let test = format!("latency-qos{qos}");
-                let s = run_one(&mut ctx, &test, c, qos, 64, lat_count, Mode::Latency(10_000), rep);
+                let s = run_one(
+                    &mut ctx,
+                    &test,
+                    c,
+                    qos,
+                    64,
+                    lat_count,
+                    Mode::Latency(10_000),
+                    rep,
+                );
                 eprintln!(
                     "  rep {rep} {test:<10} {c:<14} p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us",
                     s.lat_p50_us, s.lat_p99_us, s.lat_max_us
@@ -416,7 +434,11 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
     }
     let mut cg_note = "callgrind (valgrind): instructions of the whole process, all threads; per message = difference between two runs / difference in count".to_string();
     if opts.callgrind && Command::new("valgrind").arg("--version").output().is_ok() {
-        let (n1, n2) = if q { (200u64, 1_200u64) } else { (1_000, 21_000) };
+        let (n1, n2) = if q {
+            (200u64, 1_200u64)
+        } else {
+            (1_000, 21_000)
+        };
         let qoss: &[u8] = if q { &[1] } else { &[0, 1] };
         for &qos in qoss {
             for c in &lat {
@@ -471,13 +493,18 @@ fn environment(ctx: &Ctx) -> Vec<(String, String)> {
             .ok()
             .and_then(|o| {
                 let t = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
-                t.lines().find(|l| l.contains(pat)).map(|l| l.trim().to_string())
+                t.lines()
+                    .find(|l| l.contains(pat))
+                    .map(|l| l.trim().to_string())
             })
             .unwrap_or_else(|| "unknown".into())
     };
     let mut env = vec![
         ("rustc".into(), first_line("rustc", &["--version"], "rustc")),
-        ("mosquitto".into(), first_line("mosquitto", &["-h"], "version")),
+        (
+            "mosquitto".into(),
+            first_line("mosquitto", &["-h"], "version"),
+        ),
         (
             "mosquitto_pub".into(),
             first_line("mosquitto_pub", &["--help"], "version"),
@@ -533,10 +560,7 @@ fn environment(ctx: &Ctx) -> Vec<(String, String)> {
             .unwrap_or_default(),
     ));
     env.push(("cpu".into(), model));
-    env.push((
-        "kernel".into(),
-        first_line("uname", &["-sr"], ""),
-    ));
+    env.push(("kernel".into(), first_line("uname", &["-sr"], "")));
     env.push((
         "qmqtt-cli".into(),
         ctx.qmqtt_bin
@@ -614,10 +638,11 @@ fn report(
     broker_drops: usize,
     elapsed: Duration,
 ) -> (String, String) {
+    // The q layer's column is always shown: "–" until QMQTT_Q_BENCH wires it.
     let mut contenders: Vec<&str> = contenders::ALL
         .iter()
         .copied()
-        .filter(|c| samples.iter().any(|s| s.contender == *c))
+        .filter(|c| *c == "q" || samples.iter().any(|s| s.contender == *c))
         .collect();
     contenders.dedup();
     // Instructions per message from the callgrind pairs.
@@ -646,8 +671,7 @@ fn report(
         (s.test.starts_with("qos")).then_some(s.maxrss_kb as f64)
     });
     let idle = collect(samples, |s| {
-        (s.test.starts_with("qos") && s.has_mem)
-            .then_some(s.idle_added_kb as f64)
+        (s.test.starts_with("qos") && s.has_mem).then_some(s.idle_added_kb as f64)
     });
     let load = collect(samples, |s| {
         (s.test.starts_with("qos") && s.has_mem).then_some(s.load_added_kb as f64)
@@ -689,11 +713,11 @@ fn report(
     for c in &contenders {
         let _ = write!(md, " {c} |");
     }
-    let _ = write!(md, " q layer |\n|---|");
+    let _ = write!(md, "\n|---|");
     for _ in &contenders {
         let _ = write!(md, "---|");
     }
-    let _ = writeln!(md, "---|");
+    let _ = writeln!(md);
     let row = |md: &mut String, label: &str, t: &Table, test: &str| {
         if !contenders.iter().any(|c| med(t, test, c).is_some()) {
             return;
@@ -716,7 +740,7 @@ fn report(
                 }
             }
         }
-        let _ = writeln!(md, " (hook) |");
+        let _ = writeln!(md);
     };
     for (test, label) in [
         ("qos0-64B", "QoS 0, 64 B: msg/s"),
@@ -732,16 +756,66 @@ fn report(
     ] {
         row(&mut md, label, &cpu, test);
     }
-    row(&mut md, "instructions/msg, QoS 0 64 B", &instr, "instr-qos0");
-    row(&mut md, "instructions/msg, QoS 1 64 B", &instr, "instr-qos1");
-    row(&mut md, "RSS added by idle connection, KiB", &idle, "qos1-64B");
-    row(&mut md, "RSS added under load (QoS 1 64 B), KiB", &load, "qos1-64B");
-    row(&mut md, "peak RSS of process (QoS 0 64 B), KiB", &peak, "qos0-64B");
-    row(&mut md, "peak RSS of process (QoS 1 1 KiB), KiB", &peak, "qos1-1KiB");
-    row(&mut md, "latency p50 µs, QoS 0 @10k/s", &p50, "latency-qos0");
-    row(&mut md, "latency p99 µs, QoS 0 @10k/s", &p99, "latency-qos0");
-    row(&mut md, "latency p50 µs, QoS 1 @10k/s", &p50, "latency-qos1");
-    row(&mut md, "latency p99 µs, QoS 1 @10k/s", &p99, "latency-qos1");
+    row(
+        &mut md,
+        "instructions/msg, QoS 0 64 B",
+        &instr,
+        "instr-qos0",
+    );
+    row(
+        &mut md,
+        "instructions/msg, QoS 1 64 B",
+        &instr,
+        "instr-qos1",
+    );
+    row(
+        &mut md,
+        "RSS added by idle connection, KiB",
+        &idle,
+        "qos1-64B",
+    );
+    row(
+        &mut md,
+        "RSS added under load (QoS 1 64 B), KiB",
+        &load,
+        "qos1-64B",
+    );
+    row(
+        &mut md,
+        "peak RSS of process (QoS 0 64 B), KiB",
+        &peak,
+        "qos0-64B",
+    );
+    row(
+        &mut md,
+        "peak RSS of process (QoS 1 1 KiB), KiB",
+        &peak,
+        "qos1-1KiB",
+    );
+    row(
+        &mut md,
+        "latency p50 µs, QoS 0 @10k/s",
+        &p50,
+        "latency-qos0",
+    );
+    row(
+        &mut md,
+        "latency p99 µs, QoS 0 @10k/s",
+        &p99,
+        "latency-qos0",
+    );
+    row(
+        &mut md,
+        "latency p50 µs, QoS 1 @10k/s",
+        &p50,
+        "latency-qos1",
+    );
+    row(
+        &mut md,
+        "latency p99 µs, QoS 1 @10k/s",
+        &p99,
+        "latency-qos1",
+    );
 
     let _ = writeln!(md, "\n## Throughput, min / median / max msg/s\n");
     let _ = write!(md, "| test |");
@@ -805,7 +879,8 @@ fn report(
          in-flight 100, tokens awaited with at most 10 000 outstanding; rumqttc = AsyncClient + EventLoop on \
          a current-thread tokio runtime, in-flight 100; mosquitto_pub = `-l -M 100` fed by a pipe; raw = \
          pre-encoded PUBLISH packets written over one rustls (ring) connection in ≤16 KiB records, QoS 1 with \
-         a window of 100. Instructions: {cg_note}. q layer: column reserved for the q host harness. \
+         a window of 100. Instructions: {cg_note}. q = the q layer through the libe host harness: a command given in QMQTT_Q_BENCH (see contenders.rs); \
+         \"–\" until it is wired. \
          Total bench time {:.0} s.\n",
         elapsed.as_secs_f64()
     );

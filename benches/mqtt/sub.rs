@@ -161,7 +161,9 @@ impl Subscriber {
             }
         }
         match self.handle.take() {
-            Some(h) => h.join().map_err(|_| "subscriber thread panicked".to_string())?,
+            Some(h) => h
+                .join()
+                .map_err(|_| "subscriber thread panicked".to_string())?,
             None => Err("subscriber already finished".into()),
         }
     }
