@@ -109,6 +109,7 @@ struct Ctx {
     qmqtt_bin: Option<PathBuf>,
     seq: u64,
     cg_dir: PathBuf,
+    wrap: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -170,6 +171,11 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
             .arg(format!("--callgrind-out-file={}", cg_out.display()))
             .arg("-q")
             .arg(&ctx.exe);
+        c
+    } else if let Some((prog, args)) = ctx.wrap.split_first() {
+        // Profiling: run the contender under a wrapper (strace, perf record, ...).
+        let mut c = Command::new(prog);
+        c.args(args).arg(&ctx.exe);
         c
     } else {
         Command::new(&ctx.exe)
@@ -277,6 +283,8 @@ struct Opts {
     only: Option<Vec<String>>,
     reps: u32,
     callgrind: bool,
+    tests: Option<Vec<String>>,
+    wrap: Vec<String>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -291,6 +299,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         only: None,
         reps: 0,
         callgrind: true,
+        tests: None,
+        wrap: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -303,9 +313,12 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             "--only" => o.only = Some(val()?.split(',').map(String::from).collect()),
             "--reps" => o.reps = val()?.parse().map_err(|_| "--reps needs a number")?,
             "--no-callgrind" => o.callgrind = false,
+            "--tests" => o.tests = Some(val()?.split(',').map(String::from).collect()),
+            "--wrap" => o.wrap = val()?.split_whitespace().map(String::from).collect(),
             _ => {
                 return Err(format!(
-                "unknown option '{a}' (use --quick, --json FILE, --md FILE, --only a,b, --reps N, --no-callgrind)"
+                "unknown option '{a}' (use --quick, --json FILE, --md FILE, --only a,b, --reps N, --no-callgrind, \
+                 --tests qos0-64B,latency-qos1,instr-qos0,..., --wrap 'strace -f -c -o F')"
             ))
             }
         }
@@ -365,7 +378,9 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         qmqtt_bin,
         seq: 0,
         cg_dir,
+        wrap: opts.wrap.clone(),
     };
+    let test_on = |t: &str| opts.tests.as_ref().is_none_or(|o| o.iter().any(|x| x == t));
     let wanted = |c: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == c));
     let mut contenders: Vec<&str> = contenders::ALL
         .iter()
@@ -390,6 +405,9 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
     let mut samples = Vec::new();
     for rep in 1..=opts.reps {
         for (test, qos, size, count) in tests {
+            if !test_on(test) {
+                continue;
+            }
             for c in &contenders {
                 let s = run_one(&mut ctx, test, c, qos, size, count, Mode::Throughput, rep);
                 eprintln!(
@@ -414,6 +432,9 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         for qos in [0u8, 1] {
             for c in &lat {
                 let test = format!("latency-qos{qos}");
+                if !test_on(&test) {
+                    continue;
+                }
                 let s = run_one(
                     &mut ctx,
                     &test,
@@ -443,6 +464,9 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         for &qos in qoss {
             for c in &lat {
                 let test = format!("instr-qos{qos}");
+                if !test_on(&test) {
+                    continue;
+                }
                 let a = run_one(&mut ctx, &test, c, qos, 64, n1, Mode::Callgrind, 1);
                 let b = run_one(&mut ctx, &test, c, qos, 64, n2, Mode::Callgrind, 2);
                 if a.error.is_none() && b.error.is_none() {
