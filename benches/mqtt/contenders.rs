@@ -178,7 +178,7 @@ struct Pacer {
 impl Pacer {
     fn new(rate: u64) -> Pacer {
         Pacer {
-            period: if rate == 0 { 0 } else { 1_000_000_000 / rate },
+            period: 1_000_000_000u64.checked_div(rate).unwrap_or(0),
             next: now_ns(),
         }
     }
@@ -415,7 +415,7 @@ fn rumqttc(job: &Job, o: &mut Outcome) -> Result<(), String> {
         o.t_start = now_ns();
         let publisher = tokio::spawn(async move {
             let mut payload = vec![b'x'; size];
-            let period = if rate == 0 { 0 } else { 1_000_000_000 / rate };
+            let period = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
             let mut next = now_ns();
             for _ in 0..count {
                 if period > 0 {
