@@ -275,8 +275,10 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
             match c.publish(&job.topic, &payload, qos, false) {
                 Ok(_) => break,
                 Err(PublishError::QueueFull) => {
+                    // A well-behaved producer: hand back the CPU while the I/O thread drains the queue
+                    // (paho's producer blocks on a token, rumqttc's on its channel; none of them spins).
                     drain(&c);
-                    std::thread::yield_now();
+                    std::thread::sleep(Duration::from_micros(200));
                     if Instant::now() > end {
                         return Err("qmqtt: publish queue stayed full".into());
                     }
@@ -486,7 +488,8 @@ fn raw(job: &Job, o: &mut Outcome) -> Result<(), String> {
     idle(job, o);
     let payload = vec![b'x'; job.size];
     let (template, pid_at, payload_at) = publish_packet(&job.topic, &payload, job.qos);
-    let per_batch = (16 * 1024 / template.len()).clamp(1, 100);
+    // Up to 64 KiB of plaintext per write: rustls cuts it into 16 KiB records and writes them in one go.
+    let per_batch = (64 * 1024 / template.len()).max(1);
     let mut batch = Vec::with_capacity(template.len() * per_batch);
     let mut acks = vec![0u8; 64 * 1024];
     let mut ack_have = 0usize;
