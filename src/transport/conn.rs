@@ -108,7 +108,9 @@ fn connect_failure(addr: SocketAddr, e: &io::Error) -> String {
             "{addr} refused the connection ({e}): is the broker running and listening on port {}?",
             addr.port()
         ),
-        io::ErrorKind::TimedOut => format!("{addr} did not answer ({e}): check the address and firewalls"),
+        io::ErrorKind::TimedOut => {
+            format!("{addr} did not answer ({e}): check the address and firewalls")
+        }
         _ => format!("cannot connect to {addr}: {e}"),
     }
 }
@@ -283,14 +285,13 @@ impl Conn {
                 self.next += 1;
                 match TcpStream::connect(addr) {
                     Ok(mut s) => {
-                        log::info!(
-                            "connect to {} failed ({e}); trying {addr}",
-                            self.addr
-                        );
+                        log::info!("connect to {} failed ({e}); trying {addr}", self.addr);
                         let _ = reg.deregister(&mut self.sock);
                         reg.register(&mut s, *token, Interest::READABLE | Interest::WRITABLE)
                             .map_err(|e| {
-                                let m = format!("cannot register the socket for {addr} with the poller: {e}");
+                                let m = format!(
+                                    "cannot register the socket for {addr} with the poller: {e}"
+                                );
                                 TransportError::Io(e, m)
                             })?;
                         let _ = s.set_nodelay(true);
@@ -313,6 +314,14 @@ impl Conn {
     }
 
     fn io_error(&self, e: io::Error, doing: &str) -> TransportError {
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            let m = format!(
+                "{doing} the connection to {} ({}) failed during the TLS handshake ({e}): is this port a TLS \
+                 listener, and does it accept this client (certificate, TLS version)? The broker's log says why",
+                self.server_name, self.addr
+            );
+            return TransportError::Io(e, m);
+        }
         let m = match e.kind() {
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => format!(
                 "the connection to {} ({}) was reset while {doing}: {e}",
@@ -442,7 +451,10 @@ impl Conn {
                         self.server_name, self.addr
                     );
                     return Err(TransportError::Io(
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "EOF during the TLS handshake"),
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "EOF during the TLS handshake",
+                        ),
                         m,
                     ));
                 }

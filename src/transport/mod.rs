@@ -42,7 +42,8 @@ impl Scheme {
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
-pub const ACCEPTED_SCHEMES: &str = "tcp://, mqtt:// (plain TCP, port 1883) or ssl://, mqtts:// (TLS, port 8883)";
+pub const ACCEPTED_SCHEMES: &str =
+    "tcp://, mqtt:// (plain TCP, port 1883) or ssl://, mqtts:// (TLS, port 8883)";
 
 /// A parsed broker address. `host` has no brackets for IPv6 literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +98,11 @@ impl Endpoint {
                 "" => None,
                 p => match p.strip_prefix(':') {
                     Some(p) => Some(p),
-                    None => return Err(bad(format!("unexpected '{p}' after ']': write [addr]:port"))),
+                    None => {
+                        return Err(bad(format!(
+                            "unexpected '{p}' after ']': write [addr]:port"
+                        )))
+                    }
                 },
             };
             (addr, port)
@@ -128,12 +133,10 @@ impl Endpoint {
             None => scheme.default_port(),
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(bad(format!(
-                        "bad port '{p}': a port is a number from 1 to 65535 (or leave it out for {})",
-                        scheme.default_port()
-                    )))
-                }
+                _ => return Err(bad(format!(
+                    "bad port '{p}': a port is a number from 1 to 65535 (or leave it out for {})",
+                    scheme.default_port()
+                ))),
             },
         };
         Ok(Endpoint {
@@ -205,7 +208,6 @@ impl Default for TlsOptions {
         }
     }
 }
-
 
 /// What went wrong, in words that say what to change.
 #[derive(Debug)]

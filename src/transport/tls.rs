@@ -103,7 +103,10 @@ fn select_suites(
         }
         match all.iter().find(|s| suite_matches(s, w)) {
             Some(s) => {
-                if !out.iter().any(|o: &SupportedCipherSuite| o.suite() == s.suite()) {
+                if !out
+                    .iter()
+                    .any(|o: &SupportedCipherSuite| o.suite() == s.suite())
+                {
                     out.push(*s);
                 }
             }
@@ -188,9 +191,12 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError
             let chain = load_certs(c, "client certificate (keyStore, --cert)")?;
             let key = load_key(k)?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
+                let why = match e {
+                    rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate",
+                    _ => "check that the certificate is an X.509 v3 certificate and the key belongs to it",
+                };
                 TransportError::Config(format!(
-                    "the client certificate '{}' and key '{}' cannot be used together ({e}): check that the \
-                     key belongs to the certificate",
+                    "the client certificate '{}' and key '{}' cannot be used ({e}): {why}",
                     c.display(),
                     k.display()
                 ))
@@ -680,7 +686,10 @@ mod tests {
         }
         let e = select_suites(&all, &["RC4-MD5".into()]).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("'RC4-MD5'") && m.contains("TLS13_AES_256_GCM_SHA384"), "{m}");
+        assert!(
+            m.contains("'RC4-MD5'") && m.contains("TLS13_AES_256_GCM_SHA384"),
+            "{m}"
+        );
     }
 
     #[test]
