@@ -133,10 +133,12 @@ impl Endpoint {
             None => scheme.default_port(),
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 => n,
-                _ => return Err(bad(format!(
+                _ => {
+                    return Err(bad(format!(
                     "bad port '{p}': a port is a number from 1 to 65535 (or leave it out for {})",
                     scheme.default_port()
-                ))),
+                )))
+                }
             },
         };
         Ok(Endpoint {

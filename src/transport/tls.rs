@@ -427,8 +427,10 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// One DER TLV: (tag, whole element, content, rest).
-fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element: its tag, the whole element, its content, and what follows it.
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn der_tlv(b: &[u8]) -> Option<Tlv<'_>> {
     let tag = *b.first()?;
     let l0 = *b.get(1)? as usize;
     let (len, hdr) = if l0 < 0x80 {
