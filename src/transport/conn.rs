@@ -15,7 +15,7 @@ use mio::{Interest, Registry, Token};
 use rustls::{ClientConnection, ProtocolVersion};
 use rustls_pki_types::ServerName;
 
-use super::tls::{describe, ErrCtx};
+use super::tls::{describe, trust_description, ErrCtx};
 use super::{Endpoint, TlsInfo, TlsOptions, TransportError};
 
 /// Upper bound on the plaintext one [`Conn::read`] call appends; a caller on edge-triggered readiness calls
@@ -86,6 +86,8 @@ pub struct Conn {
     /// Host name for messages / the name the certificate is checked against.
     server_name: String,
     client_cert: bool,
+    /// Which CAs are trusted, for messages.
+    trust: String,
     /// Plaintext queued by `write`; `out[out_pos..]` is not yet handed to rustls / the socket.
     out: Vec<u8>,
     out_pos: usize,
@@ -148,8 +150,8 @@ impl Conn {
         host: &str,
         tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
     ) -> Result<Conn, TransportError> {
-        let (tls, server_name, client_cert) = match tls {
-            None => (None, host.to_string(), false),
+        let (tls, server_name, client_cert, trust) = match tls {
+            None => (None, host.to_string(), false, String::new()),
             Some((cfg, opts)) => {
                 let name = opts.server_name.clone().unwrap_or_else(|| host.to_string());
                 let sn = ServerName::try_from(name.clone()).map_err(|_| {
@@ -161,7 +163,12 @@ impl Conn {
                     let m = format!("cannot start TLS with {name}: {e}");
                     TransportError::Tls(e, m)
                 })?;
-                (Some(c), name, opts.cert_file.is_some())
+                let trust = if opts.verify_certificate {
+                    trust_description(opts)
+                } else {
+                    "any certificate (verification is off)".to_string()
+                };
+                (Some(c), name, opts.cert_file.is_some(), trust)
             }
         };
         if addrs.is_empty() {
@@ -185,6 +192,7 @@ impl Conn {
                         tls,
                         server_name,
                         client_cert,
+                        trust,
                         out: Vec::new(),
                         out_pos: 0,
                         tls_queued: 0,
@@ -348,6 +356,7 @@ impl Conn {
             &ErrCtx {
                 server_name: &self.server_name,
                 client_cert: self.client_cert,
+                trust: &self.trust,
             },
         )
     }

@@ -26,6 +26,9 @@ use super::{TlsOptions, TlsVersion, TransportError};
 const CLIENT_CERT_OPTS: &str = "keyStore/privateKey (--cert/--key)";
 /// The CA options (q: `trustStore`/`CApath`; CLI: `--cafile`/`--capath`).
 const CA_OPTS: &str = "trustStore/--cafile (or CApath/--capath)";
+/// The fix for an unknown issuer.
+const CA_TO_SIGNER: &str =
+    "trustStore/--cafile to the CA that signed it (or CApath/--capath to a directory holding it)";
 
 /// OpenSSL's names for the TLS 1.2 suites rustls implements, so that `enabledCipherSuites` written for
 /// paho/OpenSSL keeps working. TLS 1.3 suites have the same IANA name in OpenSSL.
@@ -501,6 +504,35 @@ pub(crate) struct ErrCtx<'a> {
     /// The name the certificate was checked against (SNI / server name or the URI's host).
     pub server_name: &'a str,
     pub client_cert: bool,
+    /// Which CAs are trusted, in words (see [`trust_description`]).
+    pub trust: &'a str,
+}
+
+/// Which CAs the options trust, for messages: the CA file / directory or the built-in roots.
+pub(crate) fn trust_description(opts: &TlsOptions) -> String {
+    let mut parts = Vec::new();
+    if let Some(f) = &opts.ca_file {
+        parts.push(format!("the CA file '{}'", f.display()));
+    }
+    if let Some(d) = &opts.ca_dir {
+        parts.push(format!("the CA directory '{}'", d.display()));
+    }
+    if parts.is_empty() {
+        "only the built-in Mozilla roots, as no CA is given".to_string()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+/// `DnsName("a.example")` / `IpAddress(127.0.0.1)` (how webpki presents names) → `a.example` / `127.0.0.1`.
+fn plain_name(p: &str) -> &str {
+    p.strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .or_else(|| {
+            p.strip_prefix("IpAddress(")
+                .and_then(|r| r.strip_suffix(')'))
+        })
+        .unwrap_or(p)
 }
 
 /// Turn a rustls error into [`TransportError::Tls`] with a message naming the cause and the fix.
@@ -512,15 +544,16 @@ pub(crate) fn describe(e: rustls::Error, cx: &ErrCtx<'_>) -> TransportError {
             CertificateError::UnknownIssuer => {
                 if self_signed {
                     format!(
-                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA \
-                         (it is self-signed): set {CA_OPTS} to the CA that signed it, or (only for testing) \
-                         turn certificate verification off"
+                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
+                         set {CA_TO_SIGNER}. It is self-signed (trusted now: {}); only for testing, \
+                         certificate verification can be turned off (enableServerCertAuth=0)",
+                        cx.trust
                     )
                 } else {
                     format!(
                         "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
-                         set {CA_OPTS} to the CA that signed it (without one, only the built-in Mozilla roots \
-                         are trusted)"
+                         set {CA_TO_SIGNER} (trusted now: {})",
+                        cx.trust
                     )
                 }
             }
@@ -556,7 +589,11 @@ pub(crate) fn describe(e: rustls::Error, cx: &ErrCtx<'_>) -> TransportError {
                 if presented.is_empty() {
                     "no host".to_string()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|p| plain_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             CertificateError::Revoked => format!(
@@ -626,13 +663,13 @@ fn alert_message(a: AlertDescription, cx: &ErrCtx<'_>) -> String {
         }
         A::HandshakeFailure if !cx.client_cert => format!(
             "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may require \
-             a client certificate ({CLIENT_CERT_OPTS}), or share no TLS version / cipher suite (sslVersion, \
-             enabledCipherSuites)"
+             a client certificate: set {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher suite with \
+             this client: check sslVersion and enabledCipherSuites"
         ),
         A::HandshakeFailure => format!(
             "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may have \
-             refused the client certificate ({CLIENT_CERT_OPTS}), or share no TLS version / cipher suite \
-             (sslVersion, enabledCipherSuites)"
+             refused the client certificate: check {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher \
+             suite with this client: check sslVersion and enabledCipherSuites"
         ),
         A::ProtocolVersion | A::InsufficientSecurity => format!(
             "TLS handshake with {host} failed: no TLS version or cipher suite in common with the broker (alert \
