@@ -672,3 +672,24 @@ fn mtls_with_pkcs1_rsa_client_key() {
     };
     assert_eq!(buf, CONNACK_OK);
 }
+
+#[test]
+fn close_sends_close_notify_then_refuses_io() {
+    let b = Broker::start();
+    let (mut c, _) = connect(&b.tls_uri(), Some(&ca(&b.certs.ca))).unwrap();
+    let before = c.io_stats();
+    c.close();
+    let after = c.io_stats();
+    // close_notify: one encrypted alert record (5 header + 2 alert + 1 type + 16 tag).
+    assert_eq!(
+        after.bytes_written - before.bytes_written,
+        24,
+        "{before:?} → {after:?}"
+    );
+    assert!(matches!(c.write(b"x"), Err(TransportError::Closed)));
+    assert!(matches!(c.flush(), Err(TransportError::Closed)));
+    assert!(matches!(
+        c.read(&mut Vec::new()),
+        Err(TransportError::Closed)
+    ));
+}

@@ -23,6 +23,9 @@ use super::{Endpoint, TlsInfo, TlsOptions, TransportError};
 pub const MAX_READ_PER_CALL: usize = 1 << 20;
 /// How much room a plain TCP read offers at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// The send buffer keeps up to this much capacity once empty (a burst larger than this is freed after it
+/// has been sent, so a backlog does not pin memory).
+pub const SEND_BUFFER_KEEP: usize = 256 * 1024;
 
 /// Counters of socket system calls and bytes (TLS bytes for TLS connections).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +36,19 @@ pub struct IoStats {
     /// `read` calls that returned data.
     pub socket_reads: u64,
     pub bytes_read: u64,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .field("tls", &self.tls.is_some())
+            .field("established", &self.is_established())
+            .field("pending", &self.pending())
+            .field("closed", &self.closed)
+            .finish()
+    }
 }
 
 /// The socket seen through the counters.
@@ -490,6 +506,9 @@ impl Conn {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            if self.out.capacity() > SEND_BUFFER_KEEP {
+                self.out.shrink_to(SEND_BUFFER_KEEP);
+            }
         } else if self.out_pos > 0 {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
@@ -573,6 +592,23 @@ impl Conn {
         }
     }
 
+    /// End the connection politely: for TLS, queue a close_notify alert; then push what the socket takes
+    /// without blocking and shut down the sending side. Afterwards `read`, `write` and `flush` return
+    /// `Closed`. Dropping the `Conn` closes the socket in any case.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Some(t) = self.tls.as_mut() {
+            t.send_close_notify();
+        }
+        if self.tcp_up.get() {
+            let _ = self.flush();
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        }
+        self.closed = true;
+    }
+
     /// Bytes queued and not yet written to the socket (plaintext + TLS records). For TLS the part already
     /// encrypted is an estimate (plaintext size, without record overhead).
     pub fn pending(&self) -> usize {
@@ -615,5 +651,14 @@ impl Conn {
                 .map(|c| c.iter().map(|d| d.to_vec()).collect())
                 .unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conn_can_move_to_the_io_thread() {
+        fn send<T: Send>() {}
+        send::<super::Conn>();
     }
 }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 mod conn;
 mod tls;
 
-pub use conn::{Conn, IoStats, MAX_READ_PER_CALL};
+pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
 
 /// `tcp://` and `mqtt://` are plain TCP (default port 1883); `ssl://` and `mqtts://` are TLS (8883).
