@@ -406,10 +406,57 @@ fn falls_over_to_next_address() {
     assert_eq!(c.peer(), addrs[1]);
 }
 
+/// Plain and TLS listeners on ::1 (extra listeners; the TLS one with certificates generated here, whose
+/// server certificate names ::1): URIs with IPv6 literals connect, and TLS verifies the IP address.
 #[test]
-fn ipv6_literal_connect_if_broker_listens() {
-    // The fixture listens on 127.0.0.1 only: [::1] is refused (or unreachable without IPv6), and the error
-    // names the address.
+fn ipv6_loopback_tcp_and_tls() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::Certs::generate(dir.path());
+    let (tcp6, tls6) = (common::free_port(), common::free_port());
+    let b = Broker::start_with(BrokerOptions {
+        extra: format!(
+            "listener {tcp6} ::1\nallow_anonymous true\n\
+             listener {tls6} ::1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            certs.ca.display(),
+            certs.server_cert.display(),
+            certs.server_key.display()
+        ),
+        ..BrokerOptions::default()
+    });
+    let retry = |uri: &str, o: Option<&TlsOptions>| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match connect(uri, o) {
+                Ok((c, buf)) => return (c, buf),
+                Err(TransportError::Io(..)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("{uri}: {e}: {}", b.log()),
+            }
+        }
+    };
+    let (c, buf) = retry(&format!("tcp://[::1]:{tcp6}"), None);
+    assert_eq!(buf, CONNACK_OK);
+    assert_eq!(c.peer(), format!("[::1]:{tcp6}").parse().unwrap());
+    let (c, buf) = retry(&format!("ssl://[::1]:{tls6}"), Some(&ca(&certs.ca)));
+    assert_eq!(buf, CONNACK_OK);
+    assert!(c.tls_info().is_some());
+    // The other CA's certificates are not accepted over IPv6 either.
+    refused(
+        &format!("ssl://[::1]:{tls6}"),
+        &ca(&certs.other_ca),
+        &["not signed by a trusted CA"],
+    );
+}
+
+#[test]
+fn ipv6_literal_refused_where_broker_does_not_listen() {
+    // The fixture's own listeners are on 127.0.0.1 only: [::1] is refused (or unreachable without IPv6),
+    // and the error names the address.
     let b = Broker::start();
     let ep = Endpoint::parse(&format!("ssl://[::1]:{}", b.tls_port)).unwrap();
     assert_eq!(ep.host, "::1");

@@ -187,13 +187,8 @@ impl Conn {
                 (Some(c), name, opts.cert_file.is_some(), trust)
             }
         };
-        if addrs.is_empty() {
-            return Err(TransportError::Io(
-                io::Error::new(io::ErrorKind::NotFound, "no address"),
-                format!("the broker host '{host}' resolves to no address: check the host name"),
-            ));
-        }
         let mut failures = Vec::new();
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
         for (i, &addr) in addrs.iter().enumerate() {
             match TcpStream::connect(addr) {
                 Ok(sock) => {
@@ -221,16 +216,16 @@ impl Conn {
                 Err(e) => {
                     log::debug!("connect to {addr} failed at once: {e}");
                     failures.push(connect_failure(addr, &e));
-                    if i + 1 == addrs.len() {
-                        return Err(TransportError::Io(
-                            e,
-                            format!("cannot connect to {host}: {}", failures.join("; ")),
-                        ));
-                    }
+                    last_err = e;
                 }
             }
         }
-        unreachable!("the loop returns on the last address")
+        let msg = if failures.is_empty() {
+            format!("the broker host '{host}' resolves to no address: check the host name")
+        } else {
+            format!("cannot connect to {host}: {}", failures.join("; "))
+        };
+        Err(TransportError::Io(last_err, msg))
     }
 
     /// Register the socket with `registry` for READABLE | WRITABLE under `token`. When a connect attempt
