@@ -740,3 +740,9 @@ fn close_sends_close_notify_then_refuses_io() {
         Err(TransportError::Closed)
     ));
 }
+
+#[test]
+fn no_address_is_an_error() {
+    let e = Conn::connect_addrs(&[], "nowhere", None).unwrap_err();
+    assert!(e.to_string().contains("resolves to no address"), "{e}");
+}

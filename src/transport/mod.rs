@@ -15,6 +15,17 @@
 //!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
+//!
+//! How the driver uses it (one I/O thread, a `mio::Poll`):
+//! 1. `let cfg = tls_config(&opts)?` once per connection configuration (TLS only);
+//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking),
+//!    then `conn.register(poll.registry(), token)` — with this registration a failed connect moves on to
+//!    the next resolved address by itself;
+//! 3. on WRITABLE call [`Conn::flush`]; on READABLE call [`Conn::read`] until it returns `Ok(0)` (for TLS it
+//!    also sends what the handshake needs);
+//! 4. once [`Conn::is_established`], write MQTT bytes with [`Conn::write`] (queues only) and push them with
+//!    [`Conn::flush`] (`Ok(false)`: wait for WRITABLE); bound your own queue with [`Conn::pending`];
+//! 5. [`Conn::close`] to end politely. Errors carry messages meant for the user as they are.
 use std::fmt;
 use std::path::PathBuf;
 
@@ -177,7 +188,8 @@ pub enum TlsVersion {
 pub struct TlsOptions {
     /// CA certificates (PEM). When neither this nor `ca_dir` is set, the Mozilla roots (webpki-roots) are used.
     pub ca_file: Option<PathBuf>,
-    /// A directory of PEM CA certificates (every readable `*.pem`/`*.crt` file and OpenSSL hash links).
+    /// A directory of PEM CA certificates: every regular file in it (OpenSSL hash links followed) that holds
+    /// PEM certificates; unreadable files are skipped with a warning, other files silently.
     pub ca_dir: Option<PathBuf>,
     /// Client certificate chain (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
@@ -188,7 +200,8 @@ pub struct TlsOptions {
     /// ALPN protocols, e.g. `x-amzn-mqtt-ca` for AWS IoT on port 443.
     pub alpn: Vec<Vec<u8>>,
     pub min_version: TlsVersion,
-    /// Restrict cipher suites to these (rustls / IANA names, e.g. `TLS13_AES_128_GCM_SHA256`); empty: all.
+    /// Restrict cipher suites to these (rustls / IANA names, e.g. `TLS13_AES_128_GCM_SHA256`, or OpenSSL
+    /// names such as `ECDHE-RSA-AES128-GCM-SHA256`; see [`supported_cipher_suites`]); empty: all.
     pub cipher_suites: Vec<String>,
     pub verify_certificate: bool,
     pub verify_hostname: bool,
