@@ -85,3 +85,44 @@ fn bad_ports_and_hosts() {
     let m = err("tcp://ho st:1883");
     assert!(m.contains("not allowed"), "{m}");
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any input gives an endpoint or a Uri error, never a panic.
+        #[test]
+        fn never_panics(s in "\\PC{0,40}") {
+            match Endpoint::parse(&s) {
+                Ok(_) | Err(TransportError::Uri(_)) => {}
+                Err(e) => prop_assert!(false, "unexpected error kind {e:?}"),
+            }
+        }
+
+        /// Scheme-shaped inputs: never a panic either, whatever follows the scheme.
+        #[test]
+        fn never_panics_after_scheme(scheme in "(tcp|ssl|mqtt|mqtts|ws)", rest in "[\\[\\]:@/a-z0-9.%-]{0,30}") {
+            let _ = Endpoint::parse(&format!("{scheme}://{rest}"));
+        }
+
+        /// Display and parse agree for names, IPv4 and IPv6 addresses.
+        #[test]
+        fn display_round_trips(
+            tls in any::<bool>(),
+            host in prop_oneof![
+                "[a-z][a-z0-9-]{0,10}(\\.[a-z]{2,5}){0,2}",
+                any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+                any::<std::net::Ipv6Addr>().prop_map(|a| a.to_string()),
+            ],
+            port in 1u16..,
+        ) {
+            let ep = Endpoint {
+                scheme: if tls { Scheme::Tls } else { Scheme::Tcp },
+                host,
+                port,
+            };
+            prop_assert_eq!(Endpoint::parse(&ep.to_string()).unwrap(), ep);
+        }
+    }
+}

@@ -731,6 +731,16 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn der_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = is_self_issued(&b);
+            let mut v = vec![0x30, 0x82, 0x00, b.len() as u8];
+            v.extend_from_slice(&b);
+            let _ = is_self_issued(&v);
+        }
+    }
+
     #[test]
     fn der_garbage_is_not_self_issued() {
         assert!(!is_self_issued(&[]));
