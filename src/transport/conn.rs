@@ -146,13 +146,11 @@ impl Conn {
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
             .map_err(|e| {
-                TransportError::Io(
-                    io::Error::new(e.kind(), e.to_string()),
-                    format!(
-                        "cannot resolve the broker host '{}': {e}: check the host name and this machine's DNS",
-                        ep.host
-                    ),
-                )
+                let m = format!(
+                    "cannot resolve the broker host '{}': {e}: check the host name and this machine's DNS",
+                    ep.host
+                );
+                TransportError::Io(e, m)
             })?
             .collect();
         Conn::connect_addrs(&addrs, &ep.host, tls)
