@@ -367,40 +367,34 @@ impl Session {
             return Ok(());
         }
         let mut input = data;
-        while !input.is_empty() {
+        loop {
             let partial = &self.rx[self.rx_done..];
-            let header = match parse_fixed_header(partial, self.cfg.max_packet_size) {
-                Ok(h) => h,
+            match parse_fixed_header(partial, self.cfg.max_packet_size) {
                 Err(e) => return Err(self.fail_protocol(e)),
-            };
-            match header {
-                None => {
-                    // Header incomplete: take one byte at a time (at most 5), so an oversize packet is
-                    // refused before its body is buffered.
-                    self.rx.push(input[0]);
-                    input = &input[1..];
-                }
-                Some(h) => {
+                Ok(Some(h)) => {
                     let need = h.packet_len() - partial.len();
-                    let take = need.min(input.len());
-                    self.rx.extend_from_slice(&input[..take]);
-                    input = &input[take..];
-                    if take == need {
+                    if need == 0 {
                         let start = self.rx_done;
                         self.rx_done += h.packet_len();
                         self.process(start, h, now)?;
+                        continue;
                     }
+                    if input.is_empty() {
+                        break;
+                    }
+                    let take = need.min(input.len());
+                    self.rx.extend_from_slice(&input[..take]);
+                    input = &input[take..];
                 }
-            }
-        }
-        // A packet with an empty body completes with its header: handle the case where the last bytes were a
-        // whole header of such a packet.
-        if let Ok(Some(h)) = parse_fixed_header(&self.rx[self.rx_done..], self.cfg.max_packet_size)
-        {
-            if h.remaining_len == 0 && self.rx.len() - self.rx_done == h.header_len {
-                let start = self.rx_done;
-                self.rx_done += h.packet_len();
-                self.process(start, h, now)?;
+                Ok(None) => {
+                    // Header incomplete: take one byte at a time (at most 5), so an oversize packet is
+                    // refused from its header, before its body is buffered.
+                    let Some((&b, rest)) = input.split_first() else {
+                        break;
+                    };
+                    self.rx.push(b);
+                    input = rest;
+                }
             }
         }
         Ok(())
