@@ -3,9 +3,9 @@
 //! panic the decoder.
 use proptest::prelude::*;
 use qmqtt::codec::{
-    decode, encode_publish, ConnAck, Connect, ConnectReturnCode, DecodeOptions, Filters, LastWill, Packet,
-    Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS, SubAck, Subscribe, TopicList, UnsubAck,
-    Unsubscribe,
+    decode, encode_publish, ConnAck, Connect, ConnectReturnCode, DecodeOptions, Filters, LastWill,
+    Packet, Protocol, PubAck, PubComp, PubRec, PubRel, Publish, QoS, SubAck, Subscribe, TopicList,
+    UnsubAck, Unsubscribe,
 };
 
 /// An owned description of a packet, turned into a borrowed [`Packet`] for the test.
@@ -21,7 +21,14 @@ enum Op {
         pass: Option<Vec<u8>>,
     },
     ConnAck(bool, u8),
-    Publish { dup: bool, qos: QoS, retain: bool, topic: String, pkid: u16, payload: Vec<u8> },
+    Publish {
+        dup: bool,
+        qos: QoS,
+        retain: bool,
+        topic: String,
+        pkid: u16,
+        payload: Vec<u8>,
+    },
     PubAck(u16),
     PubRec(u16),
     PubRel(u16),
@@ -36,7 +43,11 @@ enum Op {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 fn pkid() -> impl Strategy<Value = u16> {
     1..=u16::MAX
@@ -49,8 +60,11 @@ fn topic() -> impl Strategy<Value = String> {
     "[^\u{0}+#]{1,16}"
 }
 fn filter() -> impl Strategy<Value = String> {
-    (prop::collection::vec(prop_oneof![Just("+".to_owned()), "[^\u{0}+#/]{0,5}"], 1..4), any::<bool>()).prop_map(
-        |(levels, hash)| {
+    (
+        prop::collection::vec(prop_oneof![Just("+".to_owned()), "[^\u{0}+#/]{0,5}"], 1..4),
+        any::<bool>(),
+    )
+        .prop_map(|(levels, hash)| {
             let mut f = levels.join("/");
             if hash {
                 f.push_str("/#");
@@ -59,8 +73,7 @@ fn filter() -> impl Strategy<Value = String> {
                 f.push('#');
             }
             f
-        },
-    )
+        })
 }
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
@@ -75,21 +88,40 @@ fn op() -> impl Strategy<Value = Op> {
         prop::option::of((topic(), bytes(20), qos(), any::<bool>())),
         prop::option::of((text(), prop::option::of(bytes(20)))),
     )
-        .prop_map(|(protocol, keep_alive, client_id, clean, will, cred)| Op::Connect {
-            protocol,
-            keep_alive,
-            client_id,
-            clean,
-            will,
-            user: cred.as_ref().map(|c| c.0.clone()),
-            pass: cred.and_then(|c| c.1),
+        .prop_map(
+            |(protocol, keep_alive, client_id, clean, will, cred)| Op::Connect {
+                protocol,
+                keep_alive,
+                client_id,
+                clean,
+                will,
+                user: cred.as_ref().map(|c| c.0.clone()),
+                pass: cred.and_then(|c| c.1),
+            },
+        );
+    let publish = (
+        any::<bool>(),
+        qos(),
+        any::<bool>(),
+        topic(),
+        pkid(),
+        bytes(300),
+    )
+        .prop_map(|(dup, qos, retain, topic, pkid, payload)| {
+            let (dup, pkid) = if qos == QoS::AtMostOnce {
+                (false, 0)
+            } else {
+                (dup, pkid)
+            };
+            Op::Publish {
+                dup,
+                qos,
+                retain,
+                topic,
+                pkid,
+                payload,
+            }
         });
-    let publish = (any::<bool>(), qos(), any::<bool>(), topic(), pkid(), bytes(300)).prop_map(
-        |(dup, qos, retain, topic, pkid, payload)| {
-            let (dup, pkid) = if qos == QoS::AtMostOnce { (false, 0) } else { (dup, pkid) };
-            Op::Publish { dup, qos, retain, topic, pkid, payload }
-        },
-    );
     prop_oneof![
         connect,
         (any::<bool>(), any::<u8>()).prop_map(|(s, c)| Op::ConnAck(s, c)),
@@ -98,8 +130,12 @@ fn op() -> impl Strategy<Value = Op> {
         pkid().prop_map(Op::PubRec),
         pkid().prop_map(Op::PubRel),
         pkid().prop_map(Op::PubComp),
-        (pkid(), prop::collection::vec((filter(), qos()), 1..5)).prop_map(|(p, f)| Op::Subscribe(p, f)),
-        (pkid(), prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 1..6))
+        (pkid(), prop::collection::vec((filter(), qos()), 1..5))
+            .prop_map(|(p, f)| Op::Subscribe(p, f)),
+        (
+            pkid(),
+            prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 1..6)
+        )
             .prop_map(|(p, c)| Op::SubAck(p, c)),
         (pkid(), prop::collection::vec(filter(), 1..5)).prop_map(|(p, f)| Op::Unsubscribe(p, f)),
         pkid().prop_map(Op::UnsubAck),
@@ -112,19 +148,40 @@ fn op() -> impl Strategy<Value = Op> {
 /// Build the borrowed packet and hand it to `f` (lists need a borrowed slice that lives long enough).
 fn with_packet<R>(op: &Op, f: impl FnOnce(Packet<'_>) -> R) -> R {
     match op {
-        Op::Connect { protocol, keep_alive, client_id, clean, will, user, pass } => f(Packet::Connect(Connect {
+        Op::Connect {
+            protocol,
+            keep_alive,
+            client_id,
+            clean,
+            will,
+            user,
+            pass,
+        } => f(Packet::Connect(Connect {
             protocol: *protocol,
             keep_alive: *keep_alive,
             client_id,
             clean_session: *clean,
-            will: will.as_ref().map(|(t, m, q, r)| LastWill { topic: t, message: m, qos: *q, retain: *r }),
+            will: will.as_ref().map(|(t, m, q, r)| LastWill {
+                topic: t,
+                message: m,
+                qos: *q,
+                retain: *r,
+            }),
             username: user.as_deref(),
             password: pass.as_deref(),
         })),
-        Op::ConnAck(s, c) => {
-            f(Packet::ConnAck(ConnAck { session_present: *s, code: ConnectReturnCode::from_u8(*c) }))
-        }
-        Op::Publish { dup, qos, retain, topic, pkid, payload } => f(Packet::Publish(Publish {
+        Op::ConnAck(s, c) => f(Packet::ConnAck(ConnAck {
+            session_present: *s,
+            code: ConnectReturnCode::from_u8(*c),
+        })),
+        Op::Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            pkid,
+            payload,
+        } => f(Packet::Publish(Publish {
             dup: *dup,
             qos: *qos,
             retain: *retain,
@@ -138,12 +195,21 @@ fn with_packet<R>(op: &Op, f: impl FnOnce(Packet<'_>) -> R) -> R {
         Op::PubComp(p) => f(Packet::PubComp(PubComp { pkid: *p })),
         Op::Subscribe(p, list) => {
             let l: Vec<(&str, QoS)> = list.iter().map(|(s, q)| (s.as_str(), *q)).collect();
-            f(Packet::Subscribe(Subscribe { pkid: *p, filters: Filters::new(&l) }))
+            f(Packet::Subscribe(Subscribe {
+                pkid: *p,
+                filters: Filters::new(&l),
+            }))
         }
-        Op::SubAck(p, c) => f(Packet::SubAck(SubAck { pkid: *p, return_codes: c })),
+        Op::SubAck(p, c) => f(Packet::SubAck(SubAck {
+            pkid: *p,
+            return_codes: c,
+        })),
         Op::Unsubscribe(p, list) => {
             let l: Vec<&str> = list.iter().map(String::as_str).collect();
-            f(Packet::Unsubscribe(Unsubscribe { pkid: *p, filters: TopicList::new(&l) }))
+            f(Packet::Unsubscribe(Unsubscribe {
+                pkid: *p,
+                filters: TopicList::new(&l),
+            }))
         }
         Op::UnsubAck(p) => f(Packet::UnsubAck(UnsubAck { pkid: *p })),
         Op::PingReq => f(Packet::PingReq),
