@@ -53,7 +53,7 @@ fn cmd() -> impl Strategy<Value = Cmd> {
 
 /// The broker's state of one client-to-broker response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resp {
+enum Answer {
     PubAck(u16),
     PubRec(u16),
     /// With the token the broker accepted on PUBREL (None: it had forgotten the PUBLISH).
@@ -85,7 +85,7 @@ struct World {
     /// In-flight token → its packet id (as last seen on the wire).
     inflight_ids: BTreeMap<u64, u16>,
     owner: HashMap<u16, u64>,
-    responses: Vec<Resp>,
+    responses: Vec<Answer>,
     // Incoming (broker → client).
     next_content: u64,
     in_pkid: u16,
@@ -270,10 +270,10 @@ impl World {
                     p.pkid
                 );
                 if p.qos == QoS::AtLeastOnce {
-                    self.responses.push(Resp::PubAck(p.pkid));
+                    self.responses.push(Answer::PubAck(p.pkid));
                 } else {
                     self.broker_q2.insert(p.pkid, token);
-                    self.responses.push(Resp::PubRec(p.pkid));
+                    self.responses.push(Answer::PubRec(p.pkid));
                 }
             }
             Packet::PubRel(r) => {
@@ -282,9 +282,9 @@ impl World {
                 if let Some(t) = accepted {
                     self.acked.insert(t);
                 }
-                self.responses.push(Resp::PubComp(r.pkid, accepted));
+                self.responses.push(Answer::PubComp(r.pkid, accepted));
             }
-            Packet::PingReq => self.responses.push(Resp::PingResp),
+            Packet::PingReq => self.responses.push(Answer::PingResp),
             Packet::PubAck(_) => {}
             Packet::Subscribe(sub) => {
                 assert!(
@@ -297,7 +297,7 @@ impl World {
                     "packet id {} used by two SUBSCRIBEs",
                     sub.pkid
                 );
-                self.responses.push(Resp::SubAck(sub.pkid));
+                self.responses.push(Answer::SubAck(sub.pkid));
             }
             Packet::PubRec(r) => {
                 if let Some(e) = self.in_q2.get_mut(&r.pkid) {
@@ -434,17 +434,17 @@ fn step(w: &mut World, c: Cmd) {
             }
             let r = w.responses.remove(i % w.responses.len());
             match r {
-                Resp::PubAck(id) => {
+                Answer::PubAck(id) => {
                     w.acked.insert(w.owner[&id]);
                     w.feed(Packet::PubAck(codec::PubAck { pkid: id }));
                 }
-                Resp::PubRec(id) => w.feed(Packet::PubRec(codec::PubRec { pkid: id })),
-                Resp::PubComp(id, accepted) => {
+                Answer::PubRec(id) => w.feed(Packet::PubRec(codec::PubRec { pkid: id })),
+                Answer::PubComp(id, accepted) => {
                     let _ = accepted;
                     w.feed(Packet::PubComp(codec::PubComp { pkid: id }));
                 }
-                Resp::PingResp => w.feed(Packet::PingResp),
-                Resp::SubAck(id) => {
+                Answer::PingResp => w.feed(Packet::PingResp),
+                Answer::SubAck(id) => {
                     w.sub_ids.remove(&id);
                     w.feed(Packet::SubAck(codec::SubAck {
                         pkid: id,
