@@ -301,6 +301,9 @@ fn packet_before_connack_is_an_error() {
         matches!(&e, SessionError::Protocol(m) if m.contains("PUBLISH before CONNACK")),
         "{e}"
     );
+    // The failed connection reports nothing more (no CONNACK timeout on top).
+    assert_eq!(h.s.poll_timeout(), None);
+    assert_eq!(h.s.handle_timeout(h.at(100.0)), Ok(()));
 }
 
 #[test]

@@ -403,12 +403,16 @@ impl Session {
     /// Let timers fire (keep-alive PINGREQ, ping / CONNACK timeout).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
         match self.state {
-            State::Connecting | State::Failed => {
+            State::Failed => {
                 if self.connack_deadline.is_some_and(|d| now >= d) {
+                    self.connack_deadline = None;
                     if let Some(m) = self.config_error.take() {
-                        self.connack_deadline = None;
                         return Err(SessionError::Invalid(m));
                     }
+                }
+            }
+            State::Connecting => {
+                if self.connack_deadline.is_some_and(|d| now >= d) {
                     self.state = State::Failed;
                     self.connack_deadline = None;
                     return Err(SessionError::Timeout("CONNACK"));
@@ -601,11 +605,15 @@ impl Session {
 
     fn fail_protocol(&mut self, e: codec::Error) -> SessionError {
         self.state = State::Failed;
+        self.connack_deadline = None;
+        self.ping_deadline = None;
         SessionError::Protocol(format!("the broker sent invalid data: {e}"))
     }
 
     fn fail(&mut self, m: String) -> SessionError {
         self.state = State::Failed;
+        self.connack_deadline = None;
+        self.ping_deadline = None;
         SessionError::Protocol(m)
     }
 
