@@ -312,6 +312,18 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Check a PUBLISH topic before queueing it: non-empty, no `+`/`#`, no U+0000, at most 65 535 bytes.
+pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    primitives::check_out_str(topic, "topic name")?;
+    primitives::check_topic(topic)
+}
+
+/// Check a subscription filter: non-empty, wildcards as whole levels (`#` last), no U+0000, ≤ 65 535 bytes.
+pub fn validate_filter(filter: &str) -> Result<(), Error> {
+    primitives::check_out_str(filter, "topic filter")?;
+    primitives::check_filter(filter)
+}
+
 /// A decoded (or to-be-encoded) control packet, borrowing its strings and payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
@@ -602,6 +614,21 @@ mod tests {
             })
         );
         assert_eq!(out.len(), 4, "nothing appended on error");
+    }
+
+    #[test]
+    fn validate() {
+        validate_topic("a/b c/é").unwrap();
+        assert_eq!(validate_topic("a/+"), Err(Error::WildcardInTopic));
+        assert_eq!(validate_topic(""), Err(Error::EmptyTopic));
+        assert_eq!(
+            validate_topic("a\0"),
+            Err(Error::NulInString {
+                field: "topic name"
+            })
+        );
+        validate_filter("a/+/#").unwrap();
+        assert_eq!(validate_filter("a#"), Err(Error::InvalidFilter));
     }
 
     #[test]
