@@ -15,6 +15,7 @@ use crate::sub::{connect_packet, fixed_header, publish_packet};
 /// Names of every contender, in table order.
 pub const ALL: &[&str] = &[
     "qmqtt",
+    "qmqtt-lean",
     "qmqtt-cli",
     "paho",
     "rumqttc",
@@ -218,7 +219,7 @@ pub fn run(job: &Job) -> Result<Outcome, String> {
         ..Outcome::default()
     };
     match job.contender.as_str() {
-        "qmqtt" => qmqtt(job, &mut o)?,
+        "qmqtt" | "qmqtt-lean" => qmqtt(job, &mut o)?,
         "paho" => paho(job, &mut o)?,
         "rumqttc" => rumqttc(job, &mut o)?,
         "raw" => raw(job, &mut o)?,
@@ -247,6 +248,11 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
     cfg.tls.ca_file = Some(job.ca.clone());
     cfg.max_inflight = 100;
     cfg.reconnect = false;
+    if job.contender == "qmqtt-lean" {
+        // A gateway-sized configuration: 256 KiB publish queue, 64 KiB event queue.
+        cfg.queue_bytes = 256 << 10;
+        cfg.event_queue_bytes = 64 << 10;
+    }
     let qos = if job.qos == 0 {
         QoS::AtMostOnce
     } else {

@@ -598,6 +598,13 @@ fn environment(ctx: &Ctx) -> Vec<(String, String)> {
             .unwrap_or_default(),
     ));
     env.push(("cpu".into(), model));
+    // The machine may be shared: the load average says how much the numbers can be trusted.
+    env.push((
+        "loadavg at the end (1, 5, 15 min)".into(),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    ));
     env.push(("kernel".into(), first_line("uname", &["-sr"], "")));
     env.push((
         "qmqtt-cli".into(),
@@ -912,7 +919,8 @@ fn report(
     }
     let _ = writeln!(
         md,
-        "\nNotes: qmqtt = `qmqtt::Client`, one `publish` call per message; qmqtt-cli = `qmqtt pub --repeat N \
+        "\nNotes: qmqtt = `qmqtt::Client`, one `publish` call per message, default config (4 MiB publish \
+         queue); qmqtt-lean = the same with a 256 KiB publish queue and a 64 KiB event queue; qmqtt-cli = `qmqtt pub --repeat N \
          --size S` (time includes process start and TLS handshake); paho = paho-mqtt async client, max \
          in-flight 100, tokens awaited with at most 10 000 outstanding; rumqttc = AsyncClient + EventLoop on \
          a current-thread tokio runtime, in-flight 100; mosquitto_pub = `-l -M 100` fed by a pipe; raw = \
