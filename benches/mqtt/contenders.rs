@@ -615,7 +615,8 @@ fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
             .as_ref()
             .ok_or("qmqtt-cli needs the qmqtt binary (cargo build --release --bin qmqtt)")?;
         cmd = Command::new(bin);
-        cmd.args(["pub", "--uri", &uri, "--cafile"])
+        // Flags as mosquitto_pub (TLS is on with --cafile).
+        cmd.args(["pub", "-h", "localhost", "-p", &port, "--cafile"])
             .arg(&job.ca)
             .args(["-t", &job.topic, "-q", &qos, "-i", &job.id])
             .args(["--repeat", &job.count.to_string(), "--size"])
