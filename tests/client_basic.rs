@@ -1,0 +1,345 @@
+//! The Rust client against a real mosquitto over plain TCP: publish at every QoS, subscribe, retained
+//! messages, credentials, keep-alive, the event descriptor, config validation and a clean disconnect.
+mod client_support;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use client_support::{cfg, connect, readable, Seen};
+use qmqtt::client::{Client, ClientError, Event, PublishError};
+use qmqtt::QoS;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn publish_qos_0_1_2_reaches_mosquitto_sub() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "pub/#", 2, &["-v"]);
+    let c = connect(cfg(&b.tcp_uri(), "pub012"));
+    assert!(c.is_connected());
+    let t0 = c.publish("pub/a", b"zero", QoS::AtMostOnce, false).unwrap();
+    let t1 = c.publish("pub/b", b"one", QoS::AtLeastOnce, false).unwrap();
+    let t2 = c.publish("pub/c", b"two", QoS::ExactlyOnce, false).unwrap();
+    assert_eq!((t0, t1, t2), (1, 2, 3), "tokens start at 1 and increase");
+    assert_eq!(sub.wait_for(3, T), 3, "broker log: {}", b.log());
+    let mut lines = sub.take();
+    lines.sort();
+    assert_eq!(lines, ["pub/a zero", "pub/b one", "pub/c two"]);
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| s.delivered.len() >= 2));
+    seen.delivered.sort();
+    // QoS 0 reports nothing by default (the q layer never calls msgsent for QoS 0).
+    assert_eq!(
+        seen.delivered,
+        [(2, QoS::AtLeastOnce), (3, QoS::ExactlyOnce)]
+    );
+    let st = c.stats();
+    assert_eq!((st.sent, st.acked, st.queued, st.inflight), (3, 2, 0, 0));
+    assert!(st.bytes_out > 0 && st.bytes_in > 0 && st.connected);
+}
+
+#[test]
+fn qos0_delivery_events_when_asked() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "q0ev");
+    k.qos0_delivery_events = true;
+    let c = connect(k);
+    let t = c.publish("q0/x", b"p", QoS::AtMostOnce, false).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| !s.delivered.is_empty()));
+    assert_eq!(seen.delivered, [(t, QoS::AtMostOnce)]);
+}
+
+#[test]
+fn subscribe_receives_qos_0_1_2_through_the_event_fd() {
+    let b = common::Broker::start();
+    let c = connect(cfg(&b.tcp_uri(), "subber"));
+    c.subscribe("in/#", QoS::ExactlyOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| !s.subscribed.is_empty()));
+    assert_eq!(
+        seen.subscribed,
+        [("in/#".to_string(), Some(QoS::ExactlyOnce))]
+    );
+    assert!(
+        !readable(c.event_fd(), 0),
+        "drained: fd must not be readable"
+    );
+    for q in 0..3 {
+        let st = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
+            .args(["-t", &format!("in/q{q}"), "-m", &format!("m{q}")])
+            .args(["-q", &q.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    // Level-triggered: readable while events wait, until drained.
+    let deadline = Instant::now() + T;
+    while c.pending_events() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(readable(c.event_fd(), 0));
+    assert_eq!(c.poll_events(1, &mut |e| seen.take(e)), 1);
+    assert!(readable(c.event_fd(), 0), "two events still wait");
+    assert_eq!(c.poll_events(100, &mut |e| seen.take(e)), 2);
+    assert!(!readable(c.event_fd(), 0), "all drained");
+    let got: Vec<_> = seen
+        .msgs
+        .iter()
+        .map(|(t, p, q, r)| (t.as_str(), String::from_utf8_lossy(p).to_string(), *q, *r))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("in/q0", "m0".to_string(), QoS::AtMostOnce, false),
+            ("in/q1", "m1".to_string(), QoS::AtLeastOnce, false),
+            ("in/q2", "m2".to_string(), QoS::ExactlyOnce, false),
+        ]
+    );
+    assert_eq!(c.stats().received, 3);
+    c.unsubscribe("in/#").unwrap();
+    assert!(seen.until(&c, T, |s| !s.unsubscribed.is_empty()));
+}
+
+#[test]
+fn retained_message_reaches_a_later_subscriber() {
+    let b = common::Broker::start();
+    let p = connect(cfg(&b.tcp_uri(), "retpub"));
+    p.publish("ret/state", b"on", QoS::AtLeastOnce, true)
+        .unwrap();
+    let mut ps = Seen::default();
+    assert!(ps.until(&p, T, |s| !s.delivered.is_empty()));
+    let s = connect(cfg(&b.tcp_uri(), "retsub"));
+    s.subscribe("ret/#", QoS::AtLeastOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&s, T, |s| !s.msgs.is_empty()));
+    assert_eq!(
+        seen.msgs[0],
+        (
+            "ret/state".to_string(),
+            b"on".to_vec(),
+            QoS::AtLeastOnce,
+            true
+        )
+    );
+}
+
+#[test]
+fn username_password_and_wrong_password() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.auth_uri(), "authok");
+    k.username = Some(common::USER.into());
+    k.password = Some(common::PASSWORD.as_bytes().to_vec());
+    let c = connect(k);
+    assert!(c.is_connected());
+
+    let mut k = cfg(&b.auth_uri(), "authbad");
+    k.username = Some(common::USER.into());
+    k.password = Some(b"wrong".to_vec());
+    let bad = Client::connect(k).unwrap();
+    match bad.wait_connected(T) {
+        Err(ClientError::Connect(m)) => {
+            assert!(
+                m.contains("bad user name or password") || m.contains("not authorized"),
+                "message should say the credentials are wrong: {m}"
+            );
+            assert!(m.contains("username") || m.contains("credentials"), "{m}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!bad.is_connected());
+    assert!(bad.stats().last_error.is_some());
+    // It keeps trying (with backoff) and reports it.
+    let mut seen = Seen::default();
+    assert!(seen.until(&bad, T, |s| !s.reconnecting.is_empty()));
+    assert!(!seen.lost.is_empty());
+}
+
+#[test]
+fn nothing_listening_is_a_clear_connect_error() {
+    let port = common::free_port();
+    let mut k = cfg(&format!("tcp://127.0.0.1:{port}"), "nobody");
+    k.reconnect = false;
+    let c = Client::connect(k).unwrap();
+    match c.wait_connected(T) {
+        Err(ClientError::Connect(m)) => assert!(!m.is_empty()),
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    // Not reconnecting: publishes are refused.
+    let deadline = Instant::now() + T;
+    loop {
+        match c.publish("x", b"y", QoS::AtMostOnce, false) {
+            Err(PublishError::NotConnected) => break,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            r => panic!("publish after a final failure: {r:?}"),
+        }
+    }
+}
+
+#[test]
+fn connect_timeout_when_the_broker_does_not_answer() {
+    let b = common::Broker::start();
+    b.freeze();
+    let mut k = cfg(&b.tcp_uri(), "frozen");
+    k.connect_timeout = Duration::from_millis(500);
+    let t0 = Instant::now();
+    let c = Client::connect(k).unwrap();
+    match c.wait_connected(T) {
+        Err(ClientError::Connect(m)) => assert!(m.contains("timeout"), "{m}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let t1 = Instant::now();
+    drop(c);
+    assert!(
+        t1.elapsed() < Duration::from_secs(1),
+        "drop must not hang on a frozen broker"
+    );
+    b.thaw();
+}
+
+#[test]
+fn keep_alive_pings_keep_an_idle_connection() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "pinger");
+    k.keep_alive = Duration::from_secs(1);
+    let c = connect(k);
+    let before = c.stats();
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = c.stats();
+    assert!(after.connected);
+    // PINGREQ and PINGRESP are 2 bytes each; at least 2 pings in 3.5 s of a 1 s keep-alive.
+    assert!(
+        after.bytes_out >= before.bytes_out + 4,
+        "no PINGREQ sent: {before:?} → {after:?}"
+    );
+    assert!(
+        after.bytes_in >= before.bytes_in + 4,
+        "no PINGRESP received"
+    );
+    let mut seen = Seen::default();
+    seen.until(&c, Duration::from_millis(10), |_| false);
+    assert!(seen.lost.is_empty(), "{:?}", seen.lost);
+}
+
+#[test]
+fn invalid_topics_and_publish_after_disconnect() {
+    let b = common::Broker::start();
+    let mut c = connect(cfg(&b.tcp_uri(), "topics"));
+    for t in ["", "a/+", "a/#", "nul\0"] {
+        assert_eq!(
+            c.publish(t, b"x", QoS::AtMostOnce, false),
+            Err(PublishError::TopicInvalid),
+            "{t:?}"
+        );
+    }
+    assert!(matches!(
+        c.subscribe("a/#/b", QoS::AtMostOnce),
+        Err(ClientError::Config(_))
+    ));
+    c.disconnect(Duration::from_secs(1));
+    assert!(!c.is_connected());
+    assert_eq!(
+        c.publish("a", b"x", QoS::AtMostOnce, false),
+        Err(PublishError::NotConnected)
+    );
+    assert_eq!(
+        c.subscribe("a", QoS::AtMostOnce),
+        Err(ClientError::NotConnected)
+    );
+    c.disconnect(Duration::from_secs(1)); // twice is fine
+}
+
+#[test]
+fn disconnect_drains_queued_qos1_messages_first() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "drain/#", 1, &[]);
+    let mut c = connect(cfg(&b.tcp_uri(), "drainer"));
+    let payload = [7u8; 100];
+    for _ in 0..2000 {
+        c.publish("drain/x", &payload, QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    c.disconnect(T);
+    let st = c.stats();
+    assert_eq!((st.acked, st.queued, st.inflight), (2000, 0, 0), "{st:?}");
+    assert_eq!(sub.wait_for(2000, T), 2000);
+}
+
+#[test]
+fn config_errors_name_the_option() {
+    use qmqtt::session::Will;
+    let b = "tcp://127.0.0.1:1883";
+    let check = |f: &dyn Fn(&mut qmqtt::client::Config), word: &str| {
+        let mut k = cfg(b, "cfg");
+        f(&mut k);
+        match Client::connect(k) {
+            Err(ClientError::Config(m)) => assert!(m.contains(word), "{m:?} should name {word}"),
+            Err(e) => panic!("expected a config error naming {word}, got {e:?}"),
+            Ok(_) => panic!("expected a config error naming {word}"),
+        }
+    };
+    check(&|k| k.max_inflight = 0, "maxInflightMessages");
+    check(&|k| k.queue_messages = 0, "queue_messages");
+    check(&|k| k.queue_bytes = 0, "queue_bytes");
+    check(&|k| k.event_queue_bytes = 0, "event_queue_bytes");
+    check(&|k| k.uri = "gopher://x".into(), "uri");
+    check(&|k| k.uri = "nonsense".into(), "uri");
+    check(&|k| k.client_id = "x".repeat(70000), "client id");
+    check(
+        &|k| {
+            k.client_id = String::new();
+            k.clean_session = false
+        },
+        "client id",
+    );
+    check(
+        &|k| {
+            k.will = Some(Will {
+                topic: "w/#".into(),
+                payload: vec![],
+                qos: QoS::AtMostOnce,
+                retain: false,
+            })
+        },
+        "will topic",
+    );
+    check(&|k| k.password = Some(b"pw".to_vec()), "password");
+    check(
+        &|k| {
+            k.uri = "ssl://localhost:8883".into();
+            k.tls.ca_file = Some("/nonexistent/ca.pem".into());
+        },
+        "tls",
+    );
+}
+
+#[test]
+fn events_are_seen_in_order_with_poll_events_max() {
+    let b = common::Broker::start();
+    let c = connect(cfg(&b.tcp_uri(), "order"));
+    let mut toks = Vec::new();
+    let msgs: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| (format!("ord/{i}"), vec![i as u8; 10]))
+        .collect();
+    c.publish_batch(
+        msgs.iter().map(|(t, p)| (t.as_str(), p.as_slice())),
+        QoS::AtLeastOnce,
+        false,
+        &mut toks,
+    )
+    .unwrap();
+    assert_eq!(toks, (1..=50).collect::<Vec<u64>>());
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| s.delivered.len() == 50));
+    let got: Vec<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(got, toks, "QoS 1 acks arrive in order");
+    let mut n = 0;
+    c.poll_events(10, &mut |e| {
+        if let Event::Delivered { .. } = e {
+            n += 1
+        }
+    });
+    assert_eq!(n, 0);
+}
