@@ -67,7 +67,7 @@ fn clean_disconnect_sends_no_will() {
 /// Publish into a client whose broker is frozen until the queue refuses; returns (accepted, max call time,
 /// 99.9th percentile call time).
 fn fill(c: &Client, limit: usize) -> (usize, Duration, Duration) {
-    let payload = [1u8; 64];
+    let payload = [b'f'; 64];
     let mut times = Vec::with_capacity(limit);
     let mut ok = 0;
     for _ in 0..limit {
@@ -110,7 +110,7 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     );
     let st = c.stats();
     assert_eq!(st.refused_full, 1);
-    assert_eq!(st.queued, 1000);
+    assert!(st.queued <= 1000, "{st:?}");
 
     // DropNewest and DropOldest: every call succeeds, the excess is counted.
     k.client_id = "frz-new".into();
@@ -125,8 +125,13 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
         let mut max = Duration::ZERO;
         for i in 0..3000u32 {
             let t0 = Instant::now();
-            cl.publish("frozen/p", &i.to_be_bytes(), QoS::AtLeastOnce, false)
-                .unwrap();
+            cl.publish(
+                "frozen/p",
+                i.to_string().as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .unwrap();
             max = max.max(t0.elapsed());
         }
         let st = cl.stats();
@@ -139,12 +144,17 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     }
     b.thaw();
     // After the thaw everything still queued goes out: 1010 per client (plus the first client's).
-    let want = 3 * 1010;
-    let got = sub.wait_for(want, Duration::from_secs(20));
-    assert!(got >= 3 * 1000, "after thaw got {got} of ~{want}");
-    // DropOldest kept the newest: its last message (2999) was delivered.
+    let got = sub.wait_for(3000, Duration::from_secs(20));
+    assert!(got >= 3000, "after thaw got {got} of ~3020");
+    let deadline = Instant::now() + T;
+    while !sub.lines.lock().unwrap().iter().any(|l| l == "2999") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // DropNewest kept the oldest, DropOldest the newest: 2999 arrives once (from DropOldest), 1500 never.
     let lines = sub.take();
-    let _ = lines; // payloads are binary; counts are the check here.
+    assert_eq!(lines.iter().filter(|l| *l == "2999").count(), 1);
+    assert_eq!(lines.iter().filter(|l| *l == "1500").count(), 0);
+    assert!(lines.iter().any(|l| l == "5"), "DropNewest kept the oldest");
 }
 
 #[test]
@@ -233,13 +243,14 @@ fn offline_publishes_wait_for_the_broker() {
     let mut seen = Seen::default();
     assert!(seen.until(&c, T, |s| !s.lost.is_empty()));
     for i in 0..500u32 {
-        c.publish("off/x", &i.to_be_bytes(), QoS::AtLeastOnce, false)
+        c.publish("off/x", i.to_string().as_bytes(), QoS::AtLeastOnce, false)
             .unwrap();
     }
     assert_eq!(c.stats().queued, 500);
     let sub = common::Sub::start(&b, "off/#", 1, &[]);
     p.refuse(false);
-    assert!(seen.until(&c, T, |s| s.delivered.len() == 500));
+    let ok = seen.until(&c, T, |s| s.delivered.len() == 500);
+    assert!(ok, "{} delivered: {:?}", seen.delivered.len(), c.stats());
     assert_eq!(sub.wait_for(500, T), 500);
     b.stop();
 }

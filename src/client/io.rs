@@ -15,11 +15,11 @@
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
 //! messages and resends them on the next connection.
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token as MioToken};
+use mio::{Events, Poll, Token as MioToken};
 
 use super::events::{Control, EV_HDR};
 use super::queue::{Hdr, TakeBudget, HDR};
@@ -232,8 +232,14 @@ impl Io {
         if qos == QoS::AtMostOnce && !self.p.qos0_events {
             return usize::MAX;
         }
+        // Announce the need before looking, so a concurrent drain cannot be missed (see `poll_events`).
+        self.sh.io_wants_room.store(true, SeqCst);
         let free = self.sh.events.free().saturating_sub(CONTROL_SLACK) / EV_HDR;
-        free.saturating_sub(self.session.inflight())
+        let room = free.saturating_sub(self.session.inflight());
+        if room > 0 {
+            self.sh.io_wants_room.store(false, SeqCst);
+        }
+        room
     }
 
     fn take_commands(&mut self, now: Instant) {
@@ -280,11 +286,7 @@ impl Io {
         let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
         match Conn::connect(&self.p.ep, tls) {
             Ok(mut c) => {
-                if let Err(e) = self.poll.registry().register(
-                    c.socket(),
-                    SOCK,
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
+                if let Err(e) = c.register(self.poll.registry(), SOCK) {
                     self.lost(now, format!("cannot watch the socket: {e}"));
                     return;
                 }
@@ -364,6 +366,16 @@ impl Io {
             match ev {
                 SEvent::Connected { session_present } => {
                     connected = true;
+                    // State first, so that whoever sees the event also sees it in `is_connected`/`stats`.
+                    self.up = true;
+                    self.connect_deadline = None;
+                    if self.ever_up {
+                        self.sh.ctr.reconnects.fetch_add(1, Relaxed);
+                    }
+                    self.ever_up = true;
+                    self.attempt = 0;
+                    self.sh.ctr.connected.store(true, Relaxed);
+                    self.sh.set_first(Ok(()));
                     self.sh
                         .events
                         .push_control(Control::Connected { session_present });
@@ -403,15 +415,6 @@ impl Io {
             }
         }
         if connected {
-            self.up = true;
-            self.connect_deadline = None;
-            if self.ever_up {
-                self.sh.ctr.reconnects.fetch_add(1, Relaxed);
-            }
-            self.ever_up = true;
-            self.attempt = 0;
-            self.sh.ctr.connected.store(true, Relaxed);
-            self.sh.set_first(Ok(()));
             log::info!("qmqtt: connected to {}:{}", self.p.ep.host, self.p.ep.port);
             self.run_pending(now);
         }
@@ -420,7 +423,7 @@ impl Io {
     /// The connection is gone (or never came): report, reset, schedule the next attempt.
     fn lost(&mut self, now: Instant, cause: String) {
         if let Some(mut c) = self.conn.take() {
-            let _ = self.poll.registry().deregister(c.socket());
+            let _ = c.deregister();
         }
         if self.attached {
             self.session.handle_disconnected();
@@ -633,7 +636,7 @@ impl Io {
             }
         }
         if let Some(mut c) = self.conn.take() {
-            let _ = self.poll.registry().deregister(c.socket());
+            let _ = c.deregister();
         }
         if self.attached {
             self.session.handle_disconnected();
@@ -679,5 +682,6 @@ pub(crate) fn session_msg(e: &SessionError) -> String {
         SessionError::Protocol(m) => format!("protocol error from the broker: {m}"),
         SessionError::Timeout(m) => format!("timeout: {m}"),
         SessionError::NotReady(m) => format!("not ready: {m}"),
+        SessionError::Invalid(m) => m.clone(),
     }
 }

@@ -11,7 +11,7 @@
 //! [`events`] (the event queue and its descriptor), [`io`] (the I/O thread: connect, batch, reconnect).
 use std::fmt;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -232,6 +232,9 @@ pub(crate) struct Shared {
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), String>>>,
     pub first_cv: Condvar,
+    /// The I/O thread stopped feeding the session because the event queue had no room for the
+    /// acknowledgements; the next `poll_events` that frees room wakes it.
+    pub io_wants_room: AtomicBool,
 }
 
 /// Lock, ignoring poisoning: every structure behind these locks stays consistent between statements.
@@ -358,16 +361,14 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
     Ok((ep, tls))
 }
 
-/// A transport error as one sentence.
+/// A transport error as one sentence (the transport's messages already name the address, the cause and
+/// the fix).
 pub(crate) fn transport_msg(e: &crate::transport::TransportError) -> String {
-    use crate::transport::TransportError as T;
-    match e {
-        T::Uri(m) | T::Config(m) => m.clone(),
-        T::Io(err, m) if m.is_empty() => err.to_string(),
-        T::Io(err, m) => format!("{m}: {err}"),
-        T::Tls(_, m) if !m.is_empty() => m.clone(),
-        T::Tls(err, _) => format!("TLS: {err}"),
-        T::Closed => "the broker closed the connection".into(),
+    let m = e.to_string();
+    if m.is_empty() {
+        format!("{e:?}")
+    } else {
+        m
     }
 }
 
@@ -405,6 +406,7 @@ impl Client {
             last_error: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
+            io_wants_room: AtomicBool::new(false),
         });
         let keep_alive = cfg.keep_alive;
         let response_timeout = if keep_alive.is_zero() {
@@ -435,6 +437,8 @@ impl Client {
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
         };
+        crate::session::Session::check_config(&params.session)
+            .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
         let sh2 = sh.clone();
         let thread = std::thread::Builder::new()
             .name("qmqtt-io".into())
@@ -593,7 +597,12 @@ impl Client {
     /// Hand up to `max` waiting events to `f`, in order. Returns how many. Never blocks on the network (it
     /// takes the event queue's lock for a copy). A call from inside `f` returns 0.
     pub fn poll_events(&self, max: usize, f: &mut dyn FnMut(Event<'_>)) -> usize {
-        self.sh.events.poll(max, f)
+        let n = self.sh.events.poll(max, f);
+        if n > 0 && self.sh.io_wants_room.load(SeqCst) && self.sh.io_wants_room.swap(false, SeqCst)
+        {
+            let _ = self.sh.waker.wake();
+        }
+        n
     }
 
     /// Events waiting now.
