@@ -343,3 +343,24 @@ fn events_are_seen_in_order_with_poll_events_max() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn an_idle_connection_does_not_spin() {
+    let b = common::Broker::start();
+    let c = connect(cfg(&b.tcp_uri(), "idle"));
+    std::thread::sleep(Duration::from_millis(200));
+    let w0 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_secs(2));
+    let w1 = c.stats().wakeups;
+    assert!(
+        w1 - w0 <= 2,
+        "the I/O thread woke {} times in 2 s idle",
+        w1 - w0
+    );
+}
+
+#[test]
+fn client_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Client>();
+}

@@ -35,8 +35,6 @@ pub(crate) const WAKE: MioToken = MioToken(1);
 const CHUNK: usize = 64 << 10;
 /// Stop encoding more messages while the transport holds this many unsent bytes (the socket is slow).
 const HIGH_WATER: usize = 256 << 10;
-/// Flush to the socket once this much is pending, even in the middle of a batch.
-const FLUSH_AT: usize = 64 << 10;
 /// Event-queue bytes kept free for connection events beyond the Delivered records.
 const CONTROL_SLACK: usize = 16 << 10;
 /// Reads per turn before giving writes a chance (the rest is read on the next turn).
@@ -174,6 +172,7 @@ impl Io {
                     break;
                 }
             }
+            self.sh.ctr.wakeups.fetch_add(1, Relaxed);
             let socket_ready = self.events.iter().any(|e| e.token() == SOCK);
             if socket_ready {
                 self.on_socket(Instant::now());
@@ -559,9 +558,6 @@ impl Io {
                         token: h.token,
                         qos: h.qos,
                     });
-                }
-                if self.tbuf.len() >= FLUSH_AT {
-                    break;
                 }
             }
             self.transmit();

@@ -175,23 +175,35 @@ pub enum Event<'a> {
 /// Counters of one connection (monotonic unless said otherwise).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Messages / bytes waiting in the publish queue now.
+    /// Messages / bytes (topic + payload) waiting in the publish queue now, including those taken by the
+    /// I/O thread and not yet accepted by the session (e.g. waiting for a reconnect).
     pub queued: u64,
     pub queued_bytes: u64,
     /// QoS 1/2 messages sent and not yet acknowledged, now.
     pub inflight: u64,
+    /// Messages handed to the session and written (QoS 0: sent and forgotten; QoS 1/2: sent at least once).
     pub sent: u64,
+    /// QoS 1/2 messages acknowledged (PUBACK / PUBCOMP).
     pub acked: u64,
+    /// Publish-queue overflow under `FullPolicy::DropOldest` / `DropNewest` / `Error`.
     pub dropped_oldest: u64,
     pub dropped_newest: u64,
     pub refused_full: u64,
+    /// Received messages dropped because the event queue (`event_queue_bytes`) was full.
     pub dropped_incoming: u64,
+    /// Messages received from the broker.
     pub received: u64,
+    /// Successful reconnections after a lost connection.
     pub reconnects: u64,
+    /// MQTT bytes read / written (plaintext, before TLS).
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connected: bool,
+    /// The last connection failure, in words.
     pub last_error: Option<String>,
+    /// Times the I/O thread woke up (for spotting busy loops: an idle connection wakes only for
+    /// keep-alive).
+    pub wakeups: u64,
 }
 
 /// The counters behind [`Stats`]: atomics, readable without any lock.
@@ -211,6 +223,7 @@ pub(crate) struct Counters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub connected: AtomicBool,
+    pub wakeups: AtomicU64,
 }
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
@@ -585,6 +598,7 @@ impl Client {
             bytes_out: c.bytes_out.load(Relaxed),
             connected: c.connected.load(Relaxed),
             last_error: lock(&self.sh.last_error).clone(),
+            wakeups: c.wakeups.load(Relaxed),
         }
     }
 
