@@ -364,3 +364,25 @@ fn client_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Client>();
 }
+
+#[test]
+fn a_batch_goes_out_in_few_socket_writes() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "batch/#", 0, &[]);
+    let c = connect(cfg(&b.tcp_uri(), "batcher"));
+    let w0 = c.stats().socket_writes;
+    let payload = [b'x'; 64];
+    let msgs = vec![("batch/t", &payload[..]); 10_000];
+    let mut toks = Vec::new();
+    c.publish_batch(msgs, QoS::AtMostOnce, false, &mut toks)
+        .unwrap();
+    assert_eq!(sub.wait_for(10_000, T), 10_000);
+    let st = c.stats();
+    let writes = st.socket_writes - w0;
+    eprintln!("10000 QoS 0 messages in {writes} socket writes");
+    assert_eq!(st.sent, 10_000);
+    assert!(
+        writes <= 100,
+        "{writes} writes for 10000 messages: no batching"
+    );
+}

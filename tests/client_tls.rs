@@ -68,3 +68,25 @@ fn unknown_ca_is_refused_with_a_message() {
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 }
+
+#[test]
+fn tls_batch_goes_out_in_few_socket_writes() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "tlsb/#", 0, &[]);
+    let mut k = cfg(&b.tls_uri(), "tlsbatch");
+    k.tls.ca_file = Some(b.certs.ca.clone());
+    let c = connect(k);
+    let w0 = c.stats().socket_writes;
+    let payload = [b'x'; 64];
+    let msgs = vec![("tlsb/t", &payload[..]); 10_000];
+    let mut toks = Vec::new();
+    c.publish_batch(msgs, QoS::AtMostOnce, false, &mut toks)
+        .unwrap();
+    assert_eq!(sub.wait_for(10_000, T), 10_000);
+    let writes = c.stats().socket_writes - w0;
+    eprintln!("TLS: 10000 QoS 0 messages in {writes} socket writes");
+    assert!(
+        writes <= 200,
+        "{writes} writes for 10000 messages: no batching"
+    );
+}

@@ -84,6 +84,7 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, p: Params) {
         stop_at: None,
         dead: false,
         read_more: false,
+        writes_base: 0,
     };
     io.qos_of.reserve(io.p.session.max_inflight as usize);
     io.run();
@@ -120,6 +121,8 @@ struct Io {
     dead: bool,
     /// The socket may have more to read (the read loop stopped early).
     read_more: bool,
+    /// Socket writes of earlier connections.
+    writes_base: u64,
 }
 
 impl Io {
@@ -422,6 +425,7 @@ impl Io {
     /// The connection is gone (or never came): report, reset, schedule the next attempt.
     fn lost(&mut self, now: Instant, cause: String) {
         if let Some(mut c) = self.conn.take() {
+            self.writes_base += c.io_stats().socket_writes;
             let _ = c.deregister();
         }
         if self.attached {
@@ -589,7 +593,12 @@ impl Io {
             self.tbuf.clear();
         }
         if conn.pending() > 0 {
-            if let Err(e) = conn.flush() {
+            let r = conn.flush();
+            self.sh
+                .ctr
+                .socket_writes
+                .store(self.writes_base + conn.io_stats().socket_writes, Relaxed);
+            if let Err(e) = r {
                 let m = transport_msg(&e);
                 self.lost(Instant::now(), m);
             }

@@ -204,6 +204,8 @@ pub struct Stats {
     /// Times the I/O thread woke up (for spotting busy loops: an idle connection wakes only for
     /// keep-alive).
     pub wakeups: u64,
+    /// Socket writes (`write`/`writev` calls that wrote something); `sent / socket_writes` is the batching.
+    pub socket_writes: u64,
 }
 
 /// The counters behind [`Stats`]: atomics, readable without any lock.
@@ -224,6 +226,7 @@ pub(crate) struct Counters {
     pub bytes_out: AtomicU64,
     pub connected: AtomicBool,
     pub wakeups: AtomicU64,
+    pub socket_writes: AtomicU64,
 }
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
@@ -599,6 +602,7 @@ impl Client {
             connected: c.connected.load(Relaxed),
             last_error: lock(&self.sh.last_error).clone(),
             wakeups: c.wakeups.load(Relaxed),
+            socket_writes: c.socket_writes.load(Relaxed),
         }
     }
 
