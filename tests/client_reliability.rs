@@ -306,3 +306,44 @@ fn enqueue_cost() {
     assert!(per < Duration::from_micros(20), "{per:?}");
     assert!(idle < Duration::from_micros(20), "{idle:?}");
 }
+
+#[test]
+fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
+    let b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "stalled");
+    k.keep_alive = Duration::from_secs(1);
+    k.connect_timeout = Duration::from_secs(2);
+    let c = connect(k);
+    let mut seen = Seen::default();
+    seen.until(&c, Duration::from_millis(50), |_| false);
+    p.stall(true);
+    let t0 = Instant::now();
+    assert!(
+        seen.until(&c, T, |s| !s.lost.is_empty()),
+        "stall not detected"
+    );
+    assert!(
+        seen.lost[0].contains("PINGRESP"),
+        "cause should name the missing PINGRESP: {}",
+        seen.lost[0]
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(!c.is_connected());
+    // Messages published while the link is down wait and go out after it recovers.
+    let sub = common::Sub::start(&b, "stall/#", 1, &[]);
+    for i in 0..100 {
+        c.publish(
+            "stall/x",
+            format!("{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .unwrap();
+    }
+    p.stall(false);
+    p.cut(); // drop the half-dead connections the stall left behind
+    assert!(seen.until(&c, Duration::from_secs(15), |s| s.delivered.len() == 100));
+    assert!(c.is_connected());
+    assert_eq!(sub.wait_for(100, T), 100);
+}

@@ -85,6 +85,7 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, p: Params) {
         dead: false,
         read_more: false,
         writes_base: 0,
+        stalled: false,
     };
     io.qos_of.reserve(io.p.session.max_inflight as usize);
     io.run();
@@ -123,6 +124,9 @@ struct Io {
     read_more: bool,
     /// Socket writes of earlier connections.
     writes_base: u64,
+    /// The session refused a publish it said it could take (e.g. no packet identifier free): wait for the
+    /// socket or a timer before trying again, rather than spinning.
+    stalled: bool,
 }
 
 impl Io {
@@ -144,6 +148,7 @@ impl Io {
                 self.lost(now, msg);
             }
             if self.attached && self.session.poll_timeout().is_some_and(|t| now >= t) {
+                self.stalled = false;
                 if let Err(e) = self.session.handle_timeout(now) {
                     self.lost(now, session_msg(&e));
                 }
@@ -205,6 +210,7 @@ impl Io {
     /// empty) so that the next publish wakes this thread.
     fn can_send_more(&mut self) -> bool {
         if !self.up
+            || self.stalled
             || self
                 .conn
                 .as_ref()
@@ -306,6 +312,7 @@ impl Io {
 
     /// The socket is ready: drive the connect/handshake, read everything, feed the session.
     fn on_socket(&mut self, now: Instant) {
+        self.stalled = false;
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
@@ -436,6 +443,7 @@ impl Io {
         self.connect_deadline = None;
         self.read_more = false;
         self.sh.ctr.connected.store(false, Relaxed);
+        self.stalled = false;
         if was_up {
             log::warn!("qmqtt: connection lost: {cause}");
         } else {
@@ -443,10 +451,17 @@ impl Io {
         }
         *lock(&self.sh.last_error) = Some(cause.clone());
         self.sh.set_first(Err(cause.clone()));
-        self.sh
-            .events
-            .push_control(Control::ConnectionLost { cause: &cause });
-        if self.stop_at.is_some() && lock(&self.sh.pubq).is_empty() {
+        // Reported once per loss (and for the very first attempt), not for every failed reconnect attempt:
+        // those show as `Reconnecting` and in `last_error` (KX calls `disconn` once per lost connection).
+        if was_up || !self.ever_up && self.attempt == 0 {
+            self.sh
+                .events
+                .push_control(Control::ConnectionLost { cause: &cause });
+        }
+        let nothing_left = self.staged_off >= self.staged.len()
+            && self.session.inflight() == 0
+            && lock(&self.sh.pubq).is_empty();
+        if self.stop_at.is_some() && nothing_left {
             // Stopping anyway; no point reconnecting.
             self.dead = true;
             return;
@@ -538,6 +553,7 @@ impl Io {
                     Ok(()) => {}
                     Err(SessionError::NotReady(why)) => {
                         log::debug!("qmqtt: publish deferred: {why}");
+                        self.stalled = true;
                         break;
                     }
                     Err(e) => {
@@ -685,7 +701,10 @@ pub(crate) fn session_msg(e: &SessionError) -> String {
             format!("the broker refused the connection: {what} ({fix})")
         }
         SessionError::Protocol(m) => format!("protocol error from the broker: {m}"),
-        SessionError::Timeout(m) => format!("timeout: {m}"),
+        SessionError::Timeout(m) => format!(
+            "timeout: the broker did not send {m} in time (the link or the broker is stalled; the \
+             connection is dropped and made again)"
+        ),
         SessionError::NotReady(m) => format!("not ready: {m}"),
         SessionError::Invalid(m) => m.clone(),
     }
