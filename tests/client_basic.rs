@@ -386,3 +386,49 @@ fn a_batch_goes_out_in_few_socket_writes() {
         "{writes} writes for 10000 messages: no batching"
     );
 }
+
+#[test]
+fn event_fd_is_level_triggered_under_load() {
+    let b = common::Broker::start();
+    let s = connect(cfg(&b.tcp_uri(), "fd-sub"));
+    s.subscribe("load/#", QoS::AtLeastOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&s, T, |x| !x.subscribed.is_empty()));
+    let p = connect(cfg(&b.tcp_uri(), "fd-pub"));
+    let n = 5000;
+    let publisher = std::thread::spawn(move || {
+        for i in 0..n {
+            p.publish("load/x", format!("{i}").as_bytes(), QoS::AtLeastOnce, false)
+                .unwrap();
+            if i % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        p
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = 0;
+    let mut batch = 1;
+    while got < n && Instant::now() < deadline {
+        // Only this thread drains: events waiting ⇒ the fd must be readable, and vice versa (checked by
+        // `poll_events` returning something whenever poll(2) said readable).
+        if s.pending_events() > 0 {
+            assert!(
+                readable(s.event_fd(), 0),
+                "events wait but the fd is not readable"
+            );
+        }
+        if readable(s.event_fd(), 10) {
+            let k = s.poll_events(batch, &mut |e| {
+                if let Event::Message { .. } = e {
+                    got += 1
+                }
+            });
+            assert!(k > 0, "fd readable with nothing to poll");
+            batch = batch % 7 + 1;
+        }
+    }
+    assert_eq!(got, n);
+    assert!(!readable(s.event_fd(), 0));
+    drop(publisher.join().unwrap());
+}

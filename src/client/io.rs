@@ -299,7 +299,7 @@ impl Io {
                     return;
                 }
                 self.conn = Some(c);
-                self.connect_deadline = Some(now + self.p.connect_timeout);
+                self.connect_deadline = Some(super::later(now, self.p.connect_timeout));
                 // A loopback connect may already be complete.
                 self.on_socket(now);
             }
@@ -469,7 +469,7 @@ impl Io {
         if self.p.reconnect {
             self.attempt = self.attempt.saturating_add(1);
             let delay = self.backoff();
-            self.retry_at = Some(now + delay);
+            self.retry_at = Some(super::later(now, delay));
             log::info!(
                 "qmqtt: reconnecting in {delay:?} (attempt {})",
                 self.attempt

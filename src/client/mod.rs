@@ -268,6 +268,12 @@ impl Shared {
     }
 }
 
+/// `now + d`, saturating at a year from now for absurd durations (user-given timeouts must not panic).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(Duration::from_secs(365 * 86400)))
+        .unwrap_or(now)
+}
+
 /// A topic name one may publish to: 1..=65535 bytes, no wildcards, no NUL.
 pub(crate) fn valid_topic(t: &str) -> bool {
     !t.is_empty() && t.len() <= 65535 && !t.bytes().any(|b| b == b'+' || b == b'#' || b == 0)
@@ -575,7 +581,7 @@ impl Client {
     pub fn disconnect(&mut self, timeout: Duration) {
         let Some(t) = self.thread.take() else { return };
         lock(&self.sh.pubq).closed = true;
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         lock(&self.sh.cmds).push(Cmd::Stop(deadline));
         let _ = self.sh.waker.wake();
         if t.join().is_err() {

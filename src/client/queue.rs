@@ -18,6 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Bytes of the per-message header in the queue (counted against `queue_bytes`).
 pub(crate) const HDR: usize = 16;
 
+/// The largest remaining length MQTT can encode.
+const MAX_REMAINING: usize = 268_435_455;
+
 /// A queued message's header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hdr {
@@ -125,7 +128,8 @@ impl PubQueue {
             return Err(PublishError::NotConnected);
         }
         let need = HDR + topic.len() + payload.len();
-        if need > self.ring.capacity() || payload.len() > u32::MAX as usize {
+        // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
+        if need > self.ring.capacity() || topic.len() + payload.len() + 4 > MAX_REMAINING {
             return Err(PublishError::TooLarge);
         }
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
