@@ -657,6 +657,7 @@ impl Io {
             }
         }
         if let Some(mut c) = self.conn.take() {
+            c.close(); // TLS close_notify, shutdown of the sending side
             let _ = c.deregister();
         }
         if self.attached {

@@ -1,14 +1,27 @@
 //! The driver: one I/O thread per connection, and [`Client`], the Rust API over it.
 //!
 //! Producer side (any thread, typically q's main thread): [`Client::publish`] copies topic and payload into
-//! a bounded byte queue under a short lock and wakes the I/O thread; it never waits on the network.
-//! The I/O thread sleeps in `mio::Poll` until the socket, the waker or a timer needs it, moves as many queued
-//! messages as the in-flight window allows into the session, and writes them in one TLS write.
-//! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) becomes readable when
-//! events are waiting (the q layer registers it with `sd1`).
+//! a bounded byte queue under a short lock (no allocation, no syscall in the common case) and wakes the I/O
+//! thread only if it sleeps waiting for work; it never waits on the network. A full queue applies
+//! [`FullPolicy`]. Tokens are strictly increasing from 1 per `Client`.
 //!
-//! Pieces: [`ring`] (the byte FIFO both queues use), [`queue`] (the publish queue and its full policies),
-//! [`events`] (the event queue and its descriptor), [`io`] (the I/O thread: connect, batch, reconnect).
+//! The I/O thread (`qmqtt-io`) sleeps in `mio::Poll` until the socket, the waker or a timer needs it, moves
+//! as many queued messages as the in-flight window allows into the session, and hands their bytes to the
+//! transport in one write (many messages per TLS record and per syscall). It reconnects with exponential
+//! backoff and jitter; messages published meanwhile wait in the queue, unacknowledged QoS 1/2 messages in
+//! the session.
+//!
+//! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
+//! while events are waiting (the q layer registers it with `sd1`). Received messages that do not fit are
+//! dropped and counted; acknowledgements are never dropped: the I/O thread stops feeding the session when
+//! the event queue could not take the acknowledgements of what is in flight, and a drain wakes it again.
+//!
+//! Bounds: `queue_bytes`/`queue_messages` (publish queue), `event_queue_bytes` (+ a control reserve of
+//! 2·`max_inflight`·24 bytes + 64 KiB), `max_packet_size` (incoming), and fixed internal batch sizes (64 KiB
+//! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more).
+//!
+//! Pieces: `ring` (the byte FIFO both queues use), `queue` (the publish queue and its full policies),
+//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect).
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -41,7 +54,7 @@ pub enum FullPolicy {
 /// `reliable=1` allows one message in flight).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` host[:port].
+    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` `host[:port]`.
     pub uri: String,
     pub client_id: String,
     pub username: Option<String>,
