@@ -432,3 +432,71 @@ fn event_fd_is_level_triggered_under_load() {
     assert!(!readable(s.event_fd(), 0));
     drop(publisher.join().unwrap());
 }
+
+#[test]
+fn incoming_messages_beyond_the_event_budget_are_dropped_and_counted() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "smallev");
+    k.event_queue_bytes = 1024;
+    let s = connect(k);
+    s.subscribe("ev/#", QoS::AtMostOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&s, T, |x| !x.subscribed.is_empty()));
+    let p = connect(cfg(&b.tcp_uri(), "smallev-pub"));
+    let payload = [b'e'; 100];
+    for _ in 0..100 {
+        p.publish("ev/x", &payload, QoS::AtMostOnce, false).unwrap();
+    }
+    let deadline = Instant::now() + T;
+    while s.stats().received < 100 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = s.stats();
+    assert_eq!(st.received, 100);
+    // 1024 bytes hold 8 records of 24 + 4 + 100 bytes.
+    assert_eq!(st.dropped_incoming, 92, "{st:?}");
+    let mut seen = Seen::default();
+    seen.until(&s, Duration::from_millis(100), |_| false);
+    assert_eq!(seen.msgs.len(), 8);
+}
+
+#[test]
+fn one_message_in_flight_like_kx_reliable() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "rel/#", 1, &[]);
+    let mut k = cfg(&b.tcp_uri(), "reliable1");
+    k.max_inflight = 1;
+    let c = connect(k);
+    for i in 0..500 {
+        c.publish("rel/x", format!("{i}").as_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    assert!(c.stats().inflight <= 1);
+    assert_eq!(sub.wait_for(500, T), 500);
+    let lines = sub.take();
+    let want: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    assert_eq!(lines, want, "in order");
+}
+
+#[test]
+fn a_large_message_goes_through() {
+    let b = common::Broker::start();
+    let s = connect(cfg(&b.tcp_uri(), "big-sub"));
+    s.subscribe("big/#", QoS::AtLeastOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&s, T, |x| !x.subscribed.is_empty()));
+    let p = connect(cfg(&b.tcp_uri(), "big-pub"));
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    p.publish("big/x", &payload, QoS::AtLeastOnce, false)
+        .unwrap();
+    assert!(seen.until(&s, T, |x| !x.msgs.is_empty()));
+    assert_eq!(seen.msgs[0].1, payload);
+    // Larger than the whole publish queue: refused at once.
+    let mut k = cfg(&b.tcp_uri(), "tiny-q");
+    k.queue_bytes = 4096;
+    let t = connect(k);
+    assert_eq!(
+        t.publish("big/y", &payload, QoS::AtLeastOnce, false),
+        Err(PublishError::TooLarge)
+    );
+}
