@@ -347,3 +347,95 @@ fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
     assert!(c.is_connected());
     assert_eq!(sub.wait_for(100, T), 100);
 }
+
+#[test]
+fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
+    let b = common::Broker::start();
+    let s = connect(cfg(&b.tcp_uri(), "eo-sub"));
+    s.subscribe("eo/#", QoS::ExactlyOnce).unwrap();
+    let mut ss = Seen::default();
+    assert!(ss.until(&s, T, |x| !x.subscribed.is_empty()));
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "eo-pub");
+    k.clean_session = false;
+    k.max_inflight = 20;
+    let c = connect(k);
+    let n = 3000u32;
+    for i in 0..n {
+        c.publish("eo/x", &i.to_be_bytes(), QoS::ExactlyOnce, false)
+            .unwrap();
+    }
+    let mut counts = vec![0u32; n as usize];
+    let mut received = 0;
+    let mut ps = Seen::default();
+    let mut cuts = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ps.delivered.len() < n as usize && Instant::now() < deadline {
+        ps.until(&c, Duration::from_millis(20), |_| false);
+        let mut ev = Seen::default();
+        ev.until(&s, Duration::from_millis(1), |_| false);
+        for (_, pl, _, _) in ev.msgs {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&pl[..4]);
+            counts[u32::from_be_bytes(a) as usize] += 1;
+            received += 1;
+        }
+        if cuts < 5 && ps.delivered.len() > (cuts + 1) * 400 {
+            p.cut();
+            cuts += 1;
+        }
+    }
+    assert_eq!(cuts, 5);
+    assert_eq!(ps.delivered.len(), n as usize, "{:?}", c.stats());
+    // Let the last ones arrive.
+    let until = Instant::now() + T;
+    while received < n && Instant::now() < until {
+        let mut ev = Seen::default();
+        ev.until(&s, Duration::from_millis(20), |_| false);
+        for (_, pl, _, _) in ev.msgs {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&pl[..4]);
+            counts[u32::from_be_bytes(a) as usize] += 1;
+            received += 1;
+        }
+    }
+    let missing = counts.iter().filter(|&&c| c == 0).count();
+    let dup = counts.iter().filter(|&&c| c > 1).count();
+    assert_eq!((missing, dup), (0, 0), "QoS 2 must arrive exactly once");
+    assert!(c.stats().reconnects >= 5);
+}
+
+#[test]
+fn publishing_from_several_threads() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "mt/#", 1, &[]);
+    let c = std::sync::Arc::new(connect(cfg(&b.tcp_uri(), "threads")));
+    let hs: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..1000 {
+                    let tok = c
+                        .publish(
+                            "mt/x",
+                            format!("{t}-{i}").as_bytes(),
+                            QoS::AtLeastOnce,
+                            false,
+                        )
+                        .unwrap();
+                    assert!(tok > last, "tokens increase");
+                    last = tok;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(sub.wait_for(4000, T), 4000);
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| s.delivered.len() == 4000));
+    let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(toks, (1..=4000).collect::<HashSet<u64>>());
+}
