@@ -33,6 +33,8 @@ pub(crate) const WAKE: MioToken = MioToken(1);
 
 /// Bytes of queued messages taken per batch.
 const CHUNK: usize = 64 << 10;
+/// Batches per turn of the I/O loop.
+const BATCHES_PER_TURN: usize = 8;
 /// Stop encoding more messages while the transport holds this many unsent bytes (the socket is slow).
 const HIGH_WATER: usize = 256 << 10;
 /// Event-queue bytes kept free for connection events beyond the Delivered records.
@@ -509,7 +511,9 @@ impl Io {
 
     /// Move queued messages into the session while the window, the event queue and the socket allow.
     fn send_queued(&mut self, now: Instant) {
-        loop {
+        // Bounded per turn, so that a producer that never pauses cannot keep this thread from reading the
+        // socket, running timers and commands.
+        for _ in 0..BATCHES_PER_TURN {
             if self.conn.as_ref().is_none_or(|c| c.pending() >= HIGH_WATER) {
                 return;
             }
