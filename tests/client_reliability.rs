@@ -467,7 +467,16 @@ fn a_flat_out_producer_does_not_starve_reading() {
         }
         n
     });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(100));
+    let w0 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_millis(200));
+    let w1 = c.stats().wakeups;
+    // The I/O thread goes back to its poll (socket, timers, commands) regularly even under a flat-out stream.
+    assert!(
+        w1 - w0 >= 5,
+        "only {} polls in 200 ms of a flat-out stream",
+        w1 - w0
+    );
     let t0 = Instant::now();
     let st = std::process::Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
