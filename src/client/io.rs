@@ -55,7 +55,21 @@ pub(crate) struct Params {
     pub qos0_events: bool,
 }
 
+/// Marks the thread as finished when dropped (also on a panic).
+struct ExitGuard(Arc<Shared>);
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.ctr.connected.store(false, Relaxed);
+        self.0
+            .set_first(Err("the connection's I/O thread stopped".into()));
+        lock(&self.0.pubq).closed = true;
+        *lock(&self.0.exited) = true;
+        self.0.exited_cv.notify_all();
+    }
+}
+
 pub(crate) fn run(sh: Arc<Shared>, poll: Poll, p: Params) {
+    let _exit = ExitGuard(sh.clone());
     let seed = {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -264,6 +264,9 @@ pub(crate) struct Shared {
     /// The I/O thread stopped feeding the session because the event queue had no room for the
     /// acknowledgements; the next `poll_events` that frees room wakes it.
     pub io_wants_room: AtomicBool,
+    /// Set when the I/O thread has finished (even by a panic).
+    pub exited: Mutex<bool>,
+    pub exited_cv: Condvar,
 }
 
 /// Lock, ignoring poisoning: every structure behind these locks stays consistent between statements.
@@ -280,6 +283,9 @@ impl Shared {
         }
     }
 }
+
+/// How long `disconnect` waits for the I/O thread beyond its deadline.
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// `now + d`, saturating at a year from now for absurd durations (user-given timeouts must not panic).
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
@@ -442,6 +448,8 @@ impl Client {
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
+            exited: Mutex::new(false),
+            exited_cv: Condvar::new(),
         });
         let keep_alive = cfg.keep_alive;
         let response_timeout = if keep_alive.is_zero() {
@@ -597,6 +605,24 @@ impl Client {
         let deadline = later(Instant::now(), timeout);
         lock(&self.sh.cmds).push(Cmd::Stop(deadline));
         let _ = self.sh.waker.wake();
+        // The thread may be stuck in name resolution (the only blocking call it makes): wait for it up to
+        // the deadline plus a short grace, then let it finish on its own rather than hang the caller.
+        let g = lock(&self.sh.exited);
+        let grace = later(deadline, STOP_GRACE);
+        let (g, _) = self
+            .sh
+            .exited_cv
+            .wait_timeout_while(g, grace.saturating_duration_since(Instant::now()), |e| !*e)
+            .unwrap_or_else(|e| e.into_inner());
+        let exited = *g;
+        drop(g);
+        if !exited {
+            log::warn!(
+                "qmqtt: the I/O thread did not stop in time (blocked resolving the broker's name?); it \
+                 will exit on its own"
+            );
+            return;
+        }
         if t.join().is_err() {
             log::error!("qmqtt: the I/O thread panicked; the connection is closed");
         }
