@@ -293,32 +293,16 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// A topic name one may publish to: 1..=65535 bytes, no wildcards, no NUL.
+/// A topic name one may publish to: 1..=65535 bytes, no wildcards, no NUL (the codec's rule).
 pub(crate) fn valid_topic(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 65535 && !t.bytes().any(|b| b == b'+' || b == b'#' || b == 0)
+    crate::codec::validate_topic(t).is_ok()
 }
 
-/// A topic filter: 1..=65535 bytes, no NUL, `+` alone in its level, `#` alone and last.
-pub(crate) fn filter_problem(f: &str) -> Option<&'static str> {
-    if f.is_empty() {
-        return Some("is empty");
-    }
-    if f.len() > 65535 {
-        return Some("is longer than 65535 bytes");
-    }
-    if f.contains('\0') {
-        return Some("contains a NUL character");
-    }
-    let levels: Vec<&str> = f.split('/').collect();
-    for (i, l) in levels.iter().enumerate() {
-        if l.contains('+') && *l != "+" {
-            return Some("has '+' not alone in its level (use a/+/b)");
-        }
-        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Some("has '#' not alone as the last level (use a/#)");
-        }
-    }
-    None
+/// What is wrong with a topic filter, if anything (the codec's rule, in words).
+pub(crate) fn filter_problem(f: &str) -> Option<String> {
+    crate::codec::validate_filter(f)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// Check a configuration; returns the broker address and, for TLS, the rustls configuration.
@@ -579,7 +563,7 @@ impl Client {
     /// that lost the session). The outcome arrives as [`Event::Subscribed`].
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), ClientError> {
         if let Some(p) = filter_problem(filter) {
-            return Err(ClientError::Config(format!("topic filter {filter:?} {p}")));
+            return Err(ClientError::Config(format!("topic filter {filter:?}: {p}")));
         }
         self.command(Cmd::Subscribe(filter.to_string(), qos))
     }
@@ -587,7 +571,7 @@ impl Client {
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
     pub fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
         if let Some(p) = filter_problem(filter) {
-            return Err(ClientError::Config(format!("topic filter {filter:?} {p}")));
+            return Err(ClientError::Config(format!("topic filter {filter:?}: {p}")));
         }
         self.command(Cmd::Unsubscribe(filter.to_string()))
     }
