@@ -145,7 +145,19 @@ impl PublishError {
 }
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+        f.write_str(match self {
+            PublishError::QueueFull => {
+                "the publish queue is full (the broker is slow or unreachable): retry later, or raise \
+                 queue_bytes / queue_messages, or choose a drop policy"
+            }
+            PublishError::NotConnected => "not connected: the client was disconnected",
+            PublishError::TopicInvalid => {
+                "invalid topic: it must be 1 to 65535 bytes without '+', '#' or NUL"
+            }
+            PublishError::TooLarge => {
+                "message too large for the publish queue (queue_bytes) or for MQTT (256 MiB)"
+            }
+        })
     }
 }
 impl std::error::Error for PublishError {}
@@ -677,7 +689,14 @@ pub enum ClientError {
 }
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            ClientError::Config(m) => write!(f, "invalid configuration: {m}"),
+            ClientError::Connect(m) => f.write_str(m),
+            ClientError::NotConnected => f.write_str("not connected: the client was disconnected"),
+            ClientError::Timeout => f.write_str(
+                "timed out waiting for the broker's CONNACK (the connection is still being attempted)",
+            ),
+        }
     }
 }
 impl std::error::Error for ClientError {}
