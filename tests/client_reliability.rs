@@ -495,3 +495,43 @@ fn a_flat_out_producer_does_not_starve_reading() {
     eprintln!("received during a flat-out stream of {n} messages after {latency:?}");
     assert!(c.stats().sent > 0);
 }
+
+#[test]
+fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
+    let b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "stall0");
+    k.queue_bytes = 1 << 20;
+    k.queue_messages = 1_000_000;
+    let c = connect(k);
+    p.stall(true);
+    let payload = [b's'; 100];
+    let mut max = Duration::ZERO;
+    let mut refused_at = None;
+    for i in 0..500_000u32 {
+        let t0 = Instant::now();
+        let r = c.publish("st/x", &payload, QoS::AtMostOnce, false);
+        max = max.max(t0.elapsed());
+        if r == Err(qmqtt::PublishError::QueueFull) {
+            refused_at = Some(i);
+            break;
+        }
+        if i % 1000 == 0 {
+            std::thread::yield_now(); // let the I/O thread fill the socket buffers
+        }
+    }
+    let st = c.stats();
+    // The I/O thread stops taking messages once the transport holds enough unsent bytes, so the bounded
+    // queue fills (rather than the transport's buffer growing without bound).
+    assert!(
+        refused_at.is_some(),
+        "50 MB went into a stalled link: {st:?}"
+    );
+    assert!(st.bytes_out < 32 << 20, "{st:?}");
+    assert!(max < Duration::from_millis(50), "a publish took {max:?}");
+    eprintln!(
+        "stalled link: queue full after {:?} messages, {} bytes handed to the transport",
+        refused_at, st.bytes_out
+    );
+    p.stall(false);
+}
