@@ -747,7 +747,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("delete", &p, e)),
         }
-        self.dir_dirty = true;
+        self.dir_changed();
         Ok(())
     }
 
@@ -919,7 +919,7 @@ impl Spool {
                 .truncate(true)
                 .open(&path)
                 .map_err(|e| io_err("create", &path, e))?;
-            self.dir_dirty = true;
+            self.dir_changed();
             self.active = Some(f);
             self.segs.push_back(Seg {
                 first: first_seq,
@@ -957,6 +957,12 @@ impl Spool {
                 Err(io_err("write", &path, e))
             }
         }
+    }
+
+    /// A file was created, renamed or deleted: the directory needs an fsync (per the sync policy).
+    fn dir_changed(&mut self) {
+        self.dir_dirty = true;
+        self.unsynced_since.get_or_insert_with(Instant::now);
     }
 
     fn sync_data(&mut self) {
@@ -1120,8 +1126,6 @@ impl Spool {
                 } else {
                     at(since + d);
                 }
-            } else if self.dir_dirty {
-                self.sync_data();
             }
         }
         Ok(next)
@@ -1155,7 +1159,7 @@ impl Spool {
         }
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| io_err("rename to acked", &tmp, e))?;
-        self.dir_dirty = true;
+        self.dir_changed();
         if self.cfg.sync == SyncPolicy::EveryBatch {
             self.sync_data();
         }
