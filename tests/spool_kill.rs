@@ -39,7 +39,7 @@ fn kill9_child_writer() {
     let mut topics: Vec<String> = Vec::new();
     let mut pays = vec![[0u8; 64]; BATCH as usize];
     loop {
-        let first = sp.stats().next_seq;
+        let first = sp.next_seq();
         topics.clear();
         for i in 0..BATCH {
             topics.push(format!("k/{}", first + i));
@@ -68,7 +68,12 @@ fn kill9_mid_append_recovers_every_complete_batch() {
     let mut seed = 0x1234_5678_9abc_def0u64;
     for round in 0..8 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "kill9_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "kill9_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(ENV, td.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -127,7 +132,10 @@ fn kill9_mid_append_recovers_every_complete_batch() {
             st.truncated_bytes
         );
         assert_eq!(bad, 0, "round {round}: records out of sequence or damaged");
-        assert!(last >= reported, "round {round}: lost records: reported {reported}, recovered {last}");
+        assert!(
+            last >= reported,
+            "round {round}: lost records: reported {reported}, recovered {last}"
+        );
         assert_eq!(st.corrupt_records_skipped, 0);
         assert_eq!(st.next_seq, last + 1);
         // Acknowledge about half of the backlog, then let the next child go on.

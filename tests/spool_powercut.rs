@@ -98,7 +98,9 @@ fn one_case(seed: u64) {
         let pl = r.range(0, 200) as usize;
         recs.push(Rec {
             seq,
-            topic: (0..tl).map(|_| (b'a' + r.range(0, 26) as u8) as char).collect(),
+            topic: (0..tl)
+                .map(|_| (b'a' + r.range(0, 26) as u8) as char)
+                .collect(),
             payload: (0..pl).map(|_| r.next() as u8).collect(),
             qos: QoS::from_u8(r.range(0, 3) as u8).unwrap(),
             retain: r.range(0, 2) == 1,
@@ -109,7 +111,11 @@ fn one_case(seed: u64) {
     let mut i = 0;
     while i < recs.len() {
         let mut k = (r.range(1, 6) as usize).min(recs.len() - i);
-        let size = |b: &[Rec]| b.iter().map(|m| 40 + m.topic.len() + m.payload.len()).sum::<usize>() as u64;
+        let size = |b: &[Rec]| {
+            b.iter()
+                .map(|m| 40 + m.topic.len() + m.payload.len())
+                .sum::<usize>() as u64
+        };
         while size(&recs[i..i + k]) > cfg.segment_bytes {
             k -= 1;
         }
@@ -126,7 +132,11 @@ fn one_case(seed: u64) {
         assert_eq!(a.first_seq, batch[0].seq);
         i += batch.len();
     }
-    let acked = if r.range(0, 3) == 0 { r.range(0, n + 1) } else { 0 };
+    let acked = if r.range(0, 3) == 0 {
+        r.range(0, n + 1)
+    } else {
+        0
+    };
     sp.ack(acked).unwrap();
     drop(sp);
 
@@ -139,7 +149,11 @@ fn one_case(seed: u64) {
     let last = segs.last().unwrap().clone();
     let mode = r.range(0, 6);
     let sealed = mode >= 4 && segs.len() >= 2;
-    let target = if sealed { segs[r.range(0, segs.len() as u64 - 1) as usize].clone() } else { last };
+    let target = if sealed {
+        segs[r.range(0, segs.len() as u64 - 1) as usize].clone()
+    } else {
+        last
+    };
     let mut bytes = std::fs::read(&target).unwrap();
     let len = bytes.len() as u64;
     // First damaged byte offset.
@@ -184,27 +198,46 @@ fn one_case(seed: u64) {
         .filter(|(p, seq, _, end)| *seq > acked && !(*p == target && *end > damage))
         .map(|(_, seq, _, _)| recs[*seq as usize - 1].clone())
         .collect();
-    let lost = lay.iter().filter(|(p, seq, _, end)| *seq > acked && *p == target && *end > damage).count() as u64;
+    let lost = lay
+        .iter()
+        .filter(|(p, seq, _, end)| *seq > acked && *p == target && *end > damage)
+        .count() as u64;
 
     let mut sp = Spool::open(cfg.clone()).unwrap();
     let got = read_all(&mut sp);
-    assert_eq!(got, expect, "seed {seed}: mode {mode} sealed {sealed} damage at {damage} of {len}");
+    assert_eq!(
+        got, expect,
+        "seed {seed}: mode {mode} sealed {sealed} damage at {damage} of {len}"
+    );
     let st = sp.stats();
     if sealed {
         assert_eq!(st.corrupt_records_skipped, lost, "seed {seed}");
     } else {
         // Exactly the bytes after the last intact record were cut off.
-        let valid_end =
-            lay.iter().filter(|(p, _, _, end)| *p == target && *end <= damage).map(|l| l.3).max().unwrap_or(0);
+        let valid_end = lay
+            .iter()
+            .filter(|(p, _, _, end)| *p == target && *end <= damage)
+            .map(|l| l.3)
+            .max()
+            .unwrap_or(0);
         let cut = bytes.len() as u64 - valid_end;
         assert_eq!(st.truncated_bytes, cut, "seed {seed}: {st:?}");
         assert_eq!(st.corrupt_regions, (cut > 0) as u64, "seed {seed}: {st:?}");
     }
     // The spool goes on: new records follow, survive a reopen with the recovered ones.
     let a = sp
-        .append_batch([Msg { topic: "after", payload: b"x", qos: QoS::AtLeastOnce, retain: false, tag: 1 }])
+        .append_batch([Msg {
+            topic: "after",
+            payload: b"x",
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: 1,
+        }])
         .unwrap();
-    assert!(a.first_seq > expect.last().map_or(acked, |e| e.seq), "seed {seed}");
+    assert!(
+        a.first_seq > expect.last().map_or(acked, |e| e.seq),
+        "seed {seed}"
+    );
     drop(sp);
     let mut sp = Spool::open(cfg).unwrap();
     let got = read_all(&mut sp);
@@ -212,13 +245,20 @@ fn one_case(seed: u64) {
     assert_eq!(&got[..expect.len()], &expect[..], "seed {seed}");
     assert_eq!(got.last().unwrap().topic, "after", "seed {seed}");
     if !sealed {
-        assert_eq!(sp.stats().corrupt_regions, 0, "seed {seed}: the damaged tail was cut off for good");
+        assert_eq!(
+            sp.stats().corrupt_regions,
+            0,
+            "seed {seed}: the damaged tail was cut off for good"
+        );
     }
 }
 
 #[test]
 fn power_cut_damage_is_recovered_and_never_delivered() {
-    let cases: u64 = std::env::var("SPOOL_POWERCUT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let cases: u64 = std::env::var("SPOOL_POWERCUT_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     for case in 0..cases {
         let seed = 0x5eed_0000 + case;
         let res = std::panic::catch_unwind(|| one_case(seed));

@@ -437,6 +437,13 @@ impl Cursor {
         self.buf_off = 0;
     }
 
+    /// Drop the file handle if it is segment `first`'s (about to be deleted).
+    fn release(&mut self, first: u64) {
+        if self.seg == Some(first) {
+            self.file = None;
+        }
+    }
+
     fn unread(&mut self) {
         (self.off, self.expect, self.target) = self.prev;
     }
@@ -741,6 +748,9 @@ impl Spool {
     }
 
     fn unlink(&mut self, first: u64) -> Result<(), SpoolError> {
+        // Close our own handles first, or the space is not freed until the readers move on.
+        self.rd.release(first);
+        self.ackc.release(first);
         let p = self.cfg.dir.join(seg_name(first));
         match fs::remove_file(&p) {
             Ok(()) => {}
@@ -1092,6 +1102,16 @@ impl Spool {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The sequence number the next appended message will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The highest acknowledged (or dropped) sequence number.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     /// Messages not yet handed out by [`Spool::read_batch`] (the backlog for [`DrainScheduler::plan`]).
