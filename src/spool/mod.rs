@@ -9,7 +9,7 @@
 //!
 //! * `seg-<16 hex digits>.log` — append-only segments, named by the sequence number of their first record.
 //!   Each record carries a header with a magic, its lengths, its sequence number, the append time, an opaque
-//!   tag and a CRC-32C over header and body (layout in [`format`]). Sequence numbers start at 1 and are
+//!   tag and a CRC-32C over header and body (layout in [`format`](mod@format)). Sequence numbers start at 1 and are
 //!   contiguous. A segment is closed when the next batch would take it past [`SpoolConfig::segment_bytes`].
 //! * `acked` — the highest sequence number known delivered (20 bytes, checksummed), replaced atomically
 //!   (`acked.tmp` + rename). Segments whose records are all acknowledged are deleted.
