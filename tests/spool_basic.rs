@@ -502,3 +502,39 @@ fn damaged_acked_file_means_resend_not_loss() {
         (1..=20).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn damage_in_the_open_segment_is_skipped_and_appends_move_on() {
+    let d = tempfile::tempdir().unwrap();
+    let mut sp = Spool::open(cfg(d.path())).unwrap();
+    append_n(&mut sp, 1, 10, 10, 20); // records of 40 + 4..5 + 20 bytes
+    let seg = d.path().join(&seg_files(d.path())[0]);
+    let mut b = std::fs::read(&seg).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x40; // inside record 5 or 6
+    std::fs::write(&seg, &b).unwrap();
+    let got = read_all(&mut sp);
+    let k = got.len() as u64;
+    assert!((4..=6).contains(&k), "{k}");
+    assert_eq!(
+        got.iter().map(|g| g.seq).collect::<Vec<_>>(),
+        (1..=k).collect::<Vec<_>>()
+    );
+    append_n(&mut sp, 11, 5, 5, 20);
+    assert_eq!(
+        seg_files(d.path()).len(),
+        2,
+        "appends went to a new segment, not behind the damage"
+    );
+    let got = read_all(&mut sp);
+    assert_eq!(
+        got.iter().map(|g| g.seq).collect::<Vec<_>>(),
+        (11..=15).collect::<Vec<_>>()
+    );
+    let st = sp.stats();
+    assert_eq!(
+        (st.corrupt_regions, st.corrupt_records_skipped),
+        (1, 10 - k),
+        "{st:?}"
+    );
+}

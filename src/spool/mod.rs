@@ -271,7 +271,10 @@ impl std::error::Error for SpoolError {
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> SpoolError {
-    if source.raw_os_error() == Some(libc::ENOSPC) {
+    if matches!(
+        source.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    ) {
         return SpoolError::DiskFull {
             path: path.to_path_buf(),
         };
@@ -435,6 +438,18 @@ impl Cursor {
         self.file = None;
         self.buf.clear();
         self.buf_off = 0;
+    }
+
+    /// Skip to the end of the current segment; returns whether it is the last one.
+    fn skip_segment(&mut self, segs: &VecDeque<Seg>) -> bool {
+        let Some(f) = self.seg else { return false };
+        match segs.binary_search_by_key(&f, |s| s.first) {
+            Ok(i) => {
+                self.off = segs[i].len;
+                i + 1 == segs.len()
+            }
+            Err(_) => false,
+        }
     }
 
     /// Drop the file handle if it is segment `first`'s (about to be deleted).
@@ -1011,10 +1026,23 @@ impl Spool {
         let mut n = 0;
         let mut bytes = 0usize;
         while n < max_msgs {
-            let step = self
-                .rd
-                .step(&self.cfg.dir, &self.segs)
-                .map_err(|e| io_err("read", &self.cfg.dir, e))?;
+            let step = match self.rd.step(&self.cfg.dir, &self.segs) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    // A bad block: skip the rest of that segment rather than stall the spool forever.
+                    let last = self.rd.skip_segment(&self.segs);
+                    log::error!(
+                        "spool {}: read error ({e}); skipping the rest of the segment",
+                        self.cfg.dir.display()
+                    );
+                    Step::Corrupt {
+                        seg: self.rd.seg.unwrap_or(0),
+                        at: self.rd.off,
+                        last,
+                    }
+                }
+                Err(e) => return Err(io_err("read", &self.cfg.dir, e)),
+            };
             match step {
                 Step::Record { h, start } => {
                     let size = h.topic_len as usize + h.payload_len as usize;
