@@ -80,7 +80,10 @@
 //!    from memory.
 //! 4. **Acks**: on PUBACK (QoS 1) / PUBCOMP (QoS 2) of a spooled message, or once a spooled QoS 0 message is
 //!    written to the socket: [`AckTracker::complete`]`(seq)`, and when it returns `Some(a)`,
-//!    [`Spool::ack`]`(a)`. Deliveries of tags from this process can be reported as `Delivered { token }`.
+//!    [`Spool::ack`]`(a)`. Acks are cumulative and idempotent; acks below the current position (after a
+//!    drop or a rewind) are ignored. The tag of a record appended by *this* process (seq ≥ the
+//!    [`Spool::next_seq`] seen at open) is its token: report `Delivered { token }` as usual; records from a
+//!    previous run carry stale tokens — count them in stats instead.
 //! 5. **Connection lost**: unless the session will retransmit its in-flight messages (session present),
 //!    [`Spool::rewind`] and [`AckTracker::clear`] — the unacknowledged ones are read again.
 //! 6. **Every loop iteration**: [`Spool::flush`]`(now)`; add the deadline it returns to the poll timeout.
