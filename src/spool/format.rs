@@ -111,9 +111,9 @@ pub struct Header {
 }
 
 impl Header {
-    /// Whole record size: header, topic and payload.
-    pub fn total(&self) -> usize {
-        HDR + self.topic_len as usize + self.payload_len as usize
+    /// Whole record size: header, topic and payload (u64: a garbled length must not overflow on 32-bit).
+    pub fn total(&self) -> u64 {
+        HDR as u64 + self.topic_len as u64 + self.payload_len as u64
     }
 }
 
@@ -256,7 +256,7 @@ mod tests {
         let mut v = Vec::new();
         encode(&mut v, 7, 1234, 99, 1, true, "a/b", b"hello");
         let h = decode_header(&v).unwrap();
-        assert_eq!(h.total(), v.len());
+        assert_eq!(h.total(), v.len() as u64);
         assert_eq!(
             (h.seq, h.time_ms, h.tag, h.qos, h.retain),
             (7, 1234, 99, 1, true)

@@ -387,7 +387,7 @@ fn parse_seg_name(name: &str) -> Option<u64> {
 
 /// One step of a [`Cursor`].
 enum Step {
-    /// A valid record; its bytes are `cursor.buf[start..start + h.total()]`.
+    /// A valid record; its bytes are `cursor.buf[start..][..h.total()]`.
     Record { h: Header, start: usize },
     /// Caught up with the end of the spool.
     End,
@@ -554,7 +554,13 @@ impl Cursor {
                     return Ok(corrupt);
                 }
             };
-            let total = h.total();
+            let total = match usize::try_from(h.total()) {
+                Ok(t) if h.total() <= seg.len - self.off => t,
+                _ => {
+                    self.off = seg.len;
+                    return Ok(corrupt);
+                }
+            };
             if !self.fill(dir, &seg, total)? {
                 self.off = seg.len;
                 return Ok(corrupt);
@@ -1048,12 +1054,12 @@ impl Spool {
             };
             match step {
                 Step::Record { h, start } => {
-                    let size = h.topic_len as usize + h.payload_len as usize;
-                    if n > 0 && bytes + size > max_bytes {
+                    let size = (h.topic_len as usize).saturating_add(h.payload_len as usize);
+                    if n > 0 && bytes.saturating_add(size) > max_bytes {
                         self.rd.unread();
                         break;
                     }
-                    let b = &self.rd.buf[start..start + h.total()];
+                    let b = &self.rd.buf[start..start + h.total() as usize];
                     let t_end = HDR + h.topic_len as usize;
                     let topic = std::str::from_utf8(&b[HDR..t_end]).unwrap_or_default();
                     f(Record {
@@ -1066,7 +1072,7 @@ impl Spool {
                         retain: h.retain,
                     });
                     n += 1;
-                    bytes += size;
+                    bytes = bytes.saturating_add(size);
                 }
                 Step::End => break,
                 Step::Gap(lost) => {
