@@ -334,7 +334,8 @@ pub struct SpoolStats {
     pub spooled_bytes: u64,
     /// Segment files, now.
     pub segments: u64,
-    /// Age of the oldest unacknowledged message (from its append time), now.
+    /// Age of the oldest unacknowledged message, now: wall clock minus its append time (0 if the clock went
+    /// back, e.g. a gateway without RTC that set its clock after boot).
     pub oldest_age: Option<Duration>,
     /// Highest acknowledged sequence number, and the next one to be assigned, now.
     pub acked_seq: u64,
@@ -1200,6 +1201,8 @@ impl Spool {
     }
 
     fn write_ack(&mut self, now: Instant) -> Result<(), SpoolError> {
+        // Also on failure: retry after the interval, not on every call.
+        self.last_ack_write = Some(now);
         let tmp = self.cfg.dir.join("acked.tmp");
         let path = self.cfg.dir.join("acked");
         let b = format::encode_ack(self.acked);
@@ -1223,7 +1226,6 @@ impl Spool {
         self.st.ack_writes += 1;
         self.st.bytes_written += b.len() as u64;
         self.acked_written = self.acked;
-        self.last_ack_write = Some(now);
         Ok(())
     }
 
