@@ -500,3 +500,42 @@ fn a_large_message_goes_through() {
         Err(PublishError::TooLarge)
     );
 }
+
+#[test]
+fn linger_collects_a_paced_stream_without_waking_per_burst() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "lg/#", 0, &[]);
+    let run = |linger: Duration, id: &str| -> (u64, u64, usize, Duration) {
+        let mut k = cfg(&b.tcp_uri(), id);
+        k.linger = linger;
+        let c = connect(k);
+        let w0 = c.stats().wakeups;
+        let t0 = Instant::now();
+        let mut n = 0;
+        let mut spent = Duration::ZERO;
+        while t0.elapsed() < Duration::from_millis(300) {
+            for _ in 0..4 {
+                let p0 = Instant::now();
+                c.publish("lg/x", b"reading", QoS::AtMostOnce, false)
+                    .unwrap();
+                spent += p0.elapsed();
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let st = c.stats();
+        (st.wakeups - w0, st.socket_writes, n, spent / n as u32)
+    };
+    let (w_now, writes_now, n1, p_now) = run(Duration::ZERO, "lg-zero");
+    let (w_linger, writes_linger, n2, p_linger) = run(Duration::from_millis(5), "lg-5ms");
+    eprintln!(
+        "paced stream: linger 0: {w_now} wake-ups, {writes_now} writes for {n1}, {p_now:?} per publish; \
+         linger 5 ms: {w_linger} wake-ups, {writes_linger} writes for {n2}, {p_linger:?} per publish"
+    );
+    assert!(
+        w_linger <= 100,
+        "linger 5 ms over 300 ms: {w_linger} wake-ups"
+    );
+    assert!(w_now >= 2 * w_linger, "{w_now} vs {w_linger}");
+    assert_eq!(sub.wait_for(n1 + n2, T), n1 + n2, "every message arrives");
+}

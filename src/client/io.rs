@@ -53,6 +53,7 @@ pub(crate) struct Params {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub qos0_events: bool,
+    pub linger: Duration,
 }
 
 /// Marks the thread as finished when dropped (also on a panic).
@@ -102,6 +103,8 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, p: Params) {
         read_more: false,
         writes_base: 0,
         stalled: false,
+        last_take: None,
+        lingering: false,
     };
     io.qos_of.reserve(io.p.session.max_inflight as usize);
     io.run();
@@ -143,6 +146,10 @@ struct Io {
     /// The session refused a publish it said it could take (e.g. no packet identifier free): wait for the
     /// socket or a timer before trying again, rather than spinning.
     stalled: bool,
+    /// When messages were last taken from the queue (for `linger`).
+    last_take: Option<Instant>,
+    /// Sleeping at most `linger` with an empty queue, without asking publishers for a wake-up.
+    lingering: bool,
 }
 
 impl Io {
@@ -219,12 +226,16 @@ impl Io {
         consider(self.connect_deadline);
         consider(self.retry_at);
         consider(self.stop_at);
+        if self.lingering {
+            consider(Some(super::later(now, self.p.linger)));
+        }
         t.map(|t| t.saturating_duration_since(now))
     }
 
     /// True when queued work could proceed right now; otherwise marks the queue `io_waiting` (if it is
     /// empty) so that the next publish wakes this thread.
     fn can_send_more(&mut self) -> bool {
+        self.lingering = false;
         if !self.up
             || self.stalled
             || self
@@ -237,10 +248,16 @@ impl Io {
         let front = if self.staged_off < self.staged.len() {
             Some(Hdr::decode(&self.staged[self.staged_off..]))
         } else {
+            let linger = self.p.linger;
+            let window = (linger * 10).max(Duration::from_millis(10));
+            let active = !linger.is_zero() && self.last_take.is_some_and(|t| t.elapsed() < window);
             let mut q = lock(&self.sh.pubq);
             let f = q.front();
             if f.is_none() {
-                q.io_waiting = true;
+                // While a stream is active with `linger`, come back after `linger` instead of having every
+                // burst wake us.
+                q.io_waiting = !active;
+                self.lingering = active;
             }
             f
         };
@@ -545,6 +562,9 @@ impl Io {
                     bytes: CHUNK,
                 };
                 let n = lock(&self.sh.pubq).take(budget, &mut self.staged);
+                if n > 0 && !self.p.linger.is_zero() {
+                    self.last_take = Some(now);
+                }
                 if n == 0 {
                     return;
                 }

@@ -91,6 +91,11 @@ pub struct Config {
     /// Emit [`Event::Delivered`] for QoS 0 messages when they are handed to the socket. Default false (the
     /// q layer never reports QoS 0 deliveries, as KX).
     pub qos0_delivery_events: bool,
+    /// Batching delay. Zero (default): a publish into an empty queue wakes the I/O thread at once (lowest
+    /// latency; one `eventfd` write per burst when the thread is idle). Non-zero: while messages keep
+    /// coming (one within the last `max(10·linger, 10 ms)`), the I/O thread collects them for up to `linger`
+    /// instead of being woken, so publishers make no system call at all; messages wait at most `linger`.
+    pub linger: Duration,
 }
 
 impl Config {
@@ -117,6 +122,7 @@ impl Config {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             qos0_delivery_events: false,
+            linger: Duration::ZERO,
         }
     }
 }
@@ -475,6 +481,7 @@ impl Client {
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
+            linger: cfg.linger.min(Duration::from_secs(1)),
         };
         crate::session::Session::check_config(&params.session)
             .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
