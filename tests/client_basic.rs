@@ -539,3 +539,24 @@ fn linger_collects_a_paced_stream_without_waking_per_burst() {
     assert!(w_now >= 2 * w_linger, "{w_now} vs {w_linger}");
     assert_eq!(sub.wait_for(n1 + n2, T), n1 + n2, "every message arrives");
 }
+
+#[test]
+fn the_io_thread_is_named_and_batch_scheduled() {
+    let b = common::Broker::start();
+    let _c = connect(cfg(&b.tcp_uri(), "sched"));
+    let mut found = 0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap() {
+        let e = e.unwrap();
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "qmqtt-io" {
+            let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: plain query of a thread's policy.
+            let pol = unsafe { libc::sched_getscheduler(tid) };
+            if pol >= 0 {
+                assert_eq!(pol, libc::SCHED_BATCH, "thread {tid}");
+                found += 1;
+            }
+        }
+    }
+    assert!(found >= 1, "no qmqtt-io thread found");
+}

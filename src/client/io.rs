@@ -54,6 +54,7 @@ pub(crate) struct Params {
     pub backoff_max: Duration,
     pub qos0_events: bool,
     pub linger: Duration,
+    pub batch_scheduling: bool,
 }
 
 /// Marks the thread as finished when dropped (also on a panic).
@@ -71,6 +72,9 @@ impl Drop for ExitGuard {
 
 pub(crate) fn run(sh: Arc<Shared>, poll: Poll, p: Params) {
     let _exit = ExitGuard(sh.clone());
+    if p.batch_scheduling {
+        batch_scheduling();
+    }
     let seed = {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -707,6 +711,24 @@ impl Io {
         self.sh.set_first(Err(
             "the client was disconnected before the connection was made".into(),
         ));
+    }
+}
+
+/// Ask Linux to treat this thread as SCHED_BATCH: when a publisher wakes it, it does not preempt the
+/// publisher (q's main thread) but runs on the next scheduling opportunity. On a busy 2-core gateway this
+/// turns a publish that wakes the thread from ~10 µs (a context switch) into a plain `eventfd` write.
+fn batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if r != 0 {
+            log::debug!(
+                "qmqtt: SCHED_BATCH not available for the I/O thread: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 

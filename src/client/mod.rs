@@ -96,6 +96,10 @@ pub struct Config {
     /// coming (one within the last `max(10·linger, 10 ms)`), the I/O thread collects them for up to `linger`
     /// instead of being woken, so publishers make no system call at all; messages wait at most `linger`.
     pub linger: Duration,
+    /// Run the I/O thread as `SCHED_BATCH` (Linux): when a publish wakes it, it does not preempt the
+    /// publishing thread (q's main thread) but runs at the next opportunity — on a busy 2-core box this
+    /// cuts a waking publish from ~10 µs (a context switch) to ~1.5 µs. Default true.
+    pub batch_scheduling: bool,
 }
 
 impl Config {
@@ -123,6 +127,7 @@ impl Config {
             backoff_max: Duration::from_secs(30),
             qos0_delivery_events: false,
             linger: Duration::ZERO,
+            batch_scheduling: true,
         }
     }
 }
@@ -482,6 +487,7 @@ impl Client {
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
             linger: cfg.linger.min(Duration::from_secs(1)),
+            batch_scheduling: cfg.batch_scheduling,
         };
         crate::session::Session::check_config(&params.session)
             .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
