@@ -9,7 +9,9 @@
 //! as many queued messages as the in-flight window allows into the session, and hands their bytes to the
 //! transport in one write (many messages per TLS record and per syscall). It reconnects with exponential
 //! backoff and jitter; messages published meanwhile wait in the queue, unacknowledged QoS 1/2 messages in
-//! the session.
+//! the session. It runs as `SCHED_BATCH` so that waking it never preempts the publisher
+//! (`Config::batch_scheduling`); `Config::linger` lets it collect an active stream instead of being woken
+//! per burst.
 //!
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
 //! while events are waiting (the q layer registers it with `sd1`). Received messages that do not fit are
