@@ -41,6 +41,8 @@ struct Driver {
     sock: TcpStream,
     out: Vec<u8>,
     buf: Vec<u8>,
+    /// The transport closed under us (EOF or reset).
+    closed: bool,
 }
 
 impl Driver {
@@ -54,15 +56,27 @@ impl Driver {
             sock,
             out: Vec::new(),
             buf: vec![0; 65536],
+            closed: false,
         };
         d.s.handle_connected(Instant::now());
         d
     }
+    /// A new transport for the same session.
+    fn reconnect(&mut self, port: u16) {
+        self.s.handle_disconnected();
+        self.sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        self.sock.set_nodelay(true).unwrap();
+        self.closed = false;
+        self.s.handle_connected(Instant::now());
+    }
     fn flush(&mut self) {
         self.out.clear();
         self.s.poll_transmit(&mut self.out);
-        if !self.out.is_empty() {
-            self.sock.write_all(&self.out).unwrap();
+        if !self.out.is_empty() && !self.closed && self.sock.write_all(&self.out).is_err() {
+            self.closed = true;
         }
     }
     /// One turn of the loop: send, read what is there, fire timers. Returns the events.
@@ -70,10 +84,11 @@ impl Driver {
         self.flush();
         let now = Instant::now();
         match self.sock.read(&mut self.buf) {
-            Ok(0) => panic!("broker closed the connection"),
+            _ if self.closed => {}
+            Ok(0) => self.closed = true,
             Ok(n) => self.s.handle_read(&self.buf[..n], now)?,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("{e}"),
+            Err(_) => self.closed = true,
         }
         self.s.handle_timeout(Instant::now())?;
         self.flush();
@@ -343,4 +358,100 @@ fn keepalive_pings_and_frozen_broker_times_out() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn link_cuts_mid_flight_lose_nothing_and_qos2_stays_exactly_once() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "qm/cut/#", 2, &["-v"]);
+    let proxy = common::proxy::Proxy::start(b.tcp_port);
+    let mut c = cfg("qmqtt-cut");
+    c.clean_session = false;
+    c.max_inflight = 10;
+    let (mut d, _) = Driver::connected(proxy.port, c);
+    let n = 240u64;
+    let mut events = Vec::new();
+    let mut reconnects = 0;
+    let mut turn = |d: &mut Driver, events: &mut Vec<E>| {
+        events.extend(d.turn().unwrap());
+        if d.closed {
+            d.reconnect(proxy.port);
+            reconnects += 1;
+        }
+    };
+    for token in 1..=n {
+        while !d.s.can_publish(QoS::AtLeastOnce) {
+            turn(&mut d, &mut events);
+        }
+        let qos = if token % 2 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let payload = format!("{token}");
+        d.s.publish(
+            token,
+            &format!("qm/cut/{}", qos as u8),
+            payload.as_bytes(),
+            qos,
+            false,
+            Instant::now(),
+        )
+        .unwrap();
+        if token % 60 == 0 {
+            // Cut the link with messages in flight (just written, not yet acknowledged).
+            assert!(d.s.inflight() > 0);
+            d.flush();
+            proxy.cut();
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(20);
+    while events
+        .iter()
+        .filter(|e| matches!(e, E::Delivered(_)))
+        .count()
+        < n as usize
+    {
+        assert!(
+            Instant::now() < end,
+            "not all delivered: {}",
+            d.s.inflight()
+        );
+        turn(&mut d, &mut events);
+    }
+    assert!(
+        reconnects >= 4,
+        "the link was cut 4 times: {reconnects} reconnects"
+    );
+    assert!(events
+        .iter()
+        .filter(|e| matches!(e, E::Connected(_)))
+        .all(|e| *e == E::Connected(true)));
+    // The session: every token delivered exactly once.
+    let mut delivered: Vec<u64> = events
+        .iter()
+        .filter_map(|e| {
+            if let E::Delivered(t) = e {
+                Some(*t)
+            } else {
+                None
+            }
+        })
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, (1..=n).collect::<Vec<_>>());
+    // The subscriber: every message arrived; QoS 2 ones exactly once (the broker saw DUP / PUBREL resends).
+    sub.wait_for(n as usize, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = sub.take();
+    for token in 1..=n {
+        let qos = if token % 2 == 0 { 2 } else { 1 };
+        let line = format!("qm/cut/{qos} {token}");
+        let count = lines.iter().filter(|l| **l == line).count();
+        if qos == 2 {
+            assert_eq!(count, 1, "{line}");
+        } else {
+            assert!(count >= 1, "{line}");
+        }
+    }
 }
