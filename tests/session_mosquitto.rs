@@ -455,3 +455,66 @@ fn link_cuts_mid_flight_lose_nothing_and_qos2_stays_exactly_once() {
         }
     }
 }
+
+#[test]
+fn broker_restart_that_loses_the_session_resubscribes_and_resends() {
+    let mut b = common::Broker::start();
+    let mut c = cfg("qmqtt-lost");
+    c.clean_session = false;
+    let (mut d, _) = Driver::connected(b.tcp_port, c);
+    d.s.subscribe("qm/rs/#", QoS::AtLeastOnce, Instant::now())
+        .unwrap();
+    d.until(5, |e| {
+        e.contains(&E::Subscribed("qm/rs/#".into(), Some(QoS::AtLeastOnce)))
+    });
+    // Messages in flight when the broker dies (no persistence: it forgets the session).
+    b.freeze();
+    for token in 1..=6u64 {
+        let qos = if token % 2 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        d.s.publish(token, "qm/rs/out", b"x", qos, false, Instant::now())
+            .unwrap();
+    }
+    d.flush();
+    assert_eq!(d.s.inflight(), 6);
+    b.kill();
+    b.restart();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !d.closed {
+        assert!(Instant::now() < end);
+        d.turn().unwrap();
+    }
+    d.reconnect(b.tcp_port);
+    let ev = d.until(10, |e| {
+        e.iter().filter(|x| matches!(x, E::Delivered(_))).count() == 6
+            && e.iter().any(|x| matches!(x, E::Subscribed(..)))
+    });
+    assert_eq!(ev[0], E::Connected(false), "{ev:?}");
+    // The subscription was replayed: a message published now reaches us.
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.tcp_port.to_string(),
+            "-t",
+            "qm/rs/in",
+            "-m",
+            "after",
+            "-q",
+            "1",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.until(5, |e| {
+        e.contains(&E::Msg(
+            "qm/rs/in".into(),
+            b"after".to_vec(),
+            QoS::AtLeastOnce,
+        ))
+    });
+}
