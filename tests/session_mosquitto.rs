@@ -518,3 +518,38 @@ fn broker_restart_that_loses_the_session_resubscribes_and_resends() {
         ))
     });
 }
+
+#[test]
+fn oversize_incoming_message_is_a_protocol_error_naming_max_packet_size() {
+    let b = common::Broker::start();
+    let mut c = cfg("qmqtt-oversize");
+    c.max_packet_size = 1024;
+    let (mut d, _) = Driver::connected(b.tcp_port, c);
+    d.s.subscribe("qm/big", QoS::AtMostOnce, Instant::now())
+        .unwrap();
+    d.until(5, |e| !e.is_empty());
+    let big = "x".repeat(2000);
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.tcp_port.to_string(),
+            "-t",
+            "qm/big",
+            "-m",
+            &big,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let end = Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        assert!(Instant::now() < end, "no error for an oversize packet");
+        if let Err(e) = d.turn() {
+            break e;
+        }
+    };
+    assert!(matches!(&e, SessionError::Protocol(_)), "{e:?}");
+    assert!(e.to_string().contains("raise max_packet_size"), "{e}");
+}
