@@ -125,14 +125,19 @@ pub struct Outcome {
     /// Set when the work was done by another process (mosquitto_pub, qmqtt pub): its peak RSS and CPU.
     pub ext_maxrss_kb: u64,
     pub ext_cpu_us: u64,
+    /// qmqtt only, from `Client::stats`: socket writes, I/O-thread wake-ups, bytes written (plaintext).
+    pub writes: u64,
+    pub wakeups: u64,
+    pub bytes_out: u64,
 }
 
 impl Outcome {
     pub fn line(&self) -> String {
         format!(
-            "RESULT base_kb={} idle_kb={} load_kb={} hwm_kb={} t_start={} t_done={} ext_maxrss_kb={} ext_cpu_us={}",
+            "RESULT base_kb={} idle_kb={} load_kb={} hwm_kb={} t_start={} t_done={} ext_maxrss_kb={} ext_cpu_us={} \
+             writes={} wakeups={} bytes_out={}",
             self.base_kb, self.idle_kb, self.load_kb, self.hwm_kb, self.t_start, self.t_done,
-            self.ext_maxrss_kb, self.ext_cpu_us
+            self.ext_maxrss_kb, self.ext_cpu_us, self.writes, self.wakeups, self.bytes_out
         )
     }
     pub fn parse(out: &str) -> Option<Outcome> {
@@ -150,6 +155,9 @@ impl Outcome {
                 "t_done" => o.t_done = v,
                 "ext_maxrss_kb" => o.ext_maxrss_kb = v,
                 "ext_cpu_us" => o.ext_cpu_us = v,
+                "writes" => o.writes = v,
+                "wakeups" => o.wakeups = v,
+                "bytes_out" => o.bytes_out = v,
                 _ => {}
             }
         }
@@ -313,6 +321,8 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
     }
     o.t_done = now_ns();
     finish(o);
+    let s = c.stats();
+    (o.writes, o.wakeups, o.bytes_out) = (s.socket_writes, s.wakeups, s.bytes_out);
     c.disconnect(Duration::from_secs(30));
     Ok(())
 }

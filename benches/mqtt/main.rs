@@ -98,6 +98,10 @@ struct Sample {
     lat_p99_us: f64,
     lat_max_us: f64,
     instr_total: u64,
+    /// qmqtt's own counters (0 for the others): socket writes, I/O-thread wake-ups, bytes written.
+    writes: u64,
+    wakeups: u64,
+    bytes_out: u64,
     /// The contender's own process did the work, so its idle/load RSS figures are meaningful.
     has_mem: bool,
     /// The contender ran but the subscriber did not get everything: a finding about the contender, not a
@@ -224,6 +228,7 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
         Outcome::parse(&stdout).ok_or_else(|| format!("no RESULT line: {}", last_err()))?;
     let r = sub.finish(Duration::from_secs(3))?;
     s.received = r.count;
+    (s.writes, s.wakeups, s.bytes_out) = (o.writes, o.wakeups, o.bytes_out);
     s.cpu_us = if o.ext_cpu_us > 0 {
         o.ext_cpu_us
     } else {
@@ -889,6 +894,31 @@ fn report(
         }
         let _ = writeln!(md);
     }
+    let _ = writeln!(
+        md,
+        "\n## qmqtt's I/O, from `Client::stats` (median over repetitions)\n\n\
+         | test | contender | socket writes / 1000 msg | I/O-thread wake-ups / 1000 msg | bytes per socket write |\n\
+         |---|---|---|---|---|"
+    );
+    for test in ["qos0-64B", "qos1-64B", "qos0-1KiB", "qos1-1KiB"] {
+        for c in ["qmqtt", "qmqtt-lean"] {
+            let per = |f: &dyn Fn(&Sample) -> f64| {
+                let mut v: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.test == test && s.contender == c && s.error.is_none())
+                    .filter(|s| s.writes > 0)
+                    .map(f)
+                    .collect();
+                stats(&mut v).map(|x| x.1)
+            };
+            let w = per(&|s| s.writes as f64 * 1000.0 / s.count as f64);
+            let k = per(&|s| s.wakeups as f64 * 1000.0 / s.count as f64);
+            let b = per(&|s| s.bytes_out as f64 / s.writes as f64);
+            if let (Some(w), Some(k), Some(b)) = (w, k, b) {
+                let _ = writeln!(md, "| {test} | {c} | {w:.1} | {k:.1} | {b:.0} |");
+            }
+        }
+    }
     let lost: Vec<String> = loss
         .iter()
         .filter(|(_, v)| v.iter().any(|x| *x > 0.0))
@@ -967,7 +997,8 @@ fn report(
             "{}\n    {{\"test\": {}, \"contender\": {}, \"qos\": {}, \"size\": {}, \"count\": {}, \"rep\": {}, \
              \"received\": {}, \"seconds\": {}, \"msgs_per_s\": {}, \"cpu_us\": {}, \"maxrss_kb\": {}, \
              \"idle_added_kb\": {}, \"load_added_kb\": {}, \"lat_p50_us\": {}, \"lat_p99_us\": {}, \
-             \"lat_max_us\": {}, \"instr_total\": {}, \"error\": {}}}",
+             \"lat_max_us\": {}, \"instr_total\": {}, \"socket_writes\": {}, \"wakeups\": {}, \
+             \"bytes_out\": {}, \"lost\": {}, \"error\": {}}}",
             if i > 0 { "," } else { "" },
             json_str(&s.test),
             json_str(&s.contender),
@@ -986,6 +1017,10 @@ fn report(
             num(s.lat_p99_us),
             num(s.lat_max_us),
             s.instr_total,
+            s.writes,
+            s.wakeups,
+            s.bytes_out,
+            s.lost,
             s.error
                 .as_deref()
                 .map(json_str)
