@@ -256,6 +256,13 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
     cfg.tls.ca_file = Some(job.ca.clone());
     cfg.max_inflight = 100;
     cfg.reconnect = false;
+    // Tuning experiments without a rebuild: QMQTT_BENCH_LINGER_US sets Config::linger.
+    if let Some(us) = std::env::var("QMQTT_BENCH_LINGER_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        cfg.linger = Duration::from_micros(us);
+    }
     if job.contender == "qmqtt-lean" {
         // A gateway-sized configuration: 256 KiB publish queue, 64 KiB event queue.
         cfg.queue_bytes = 256 << 10;
