@@ -1,0 +1,162 @@
+//! Small pieces shared by the subcommands: waiting on file descriptors with `poll(2)`, turning engine error
+//! text into advice about *this command's* flags, and the stderr logger behind `-d`.
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use qmqtt::client::ClientError;
+
+/// Wait until one of `fds` is readable or `timeout` passes (`None`: no limit). Returns which are readable
+/// (hang-up and errors count as readable, so that the next read reports them). EINTR returns early.
+pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Option<Duration>) -> [bool; N] {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let ms = match timeout {
+        None => -1,
+        // Round up so that a short timeout does not spin at 0 ms.
+        Some(d) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+    };
+    // SAFETY: `pfds` is a valid array of N pollfd structs that outlives the call.
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, ms) };
+    if n <= 0 {
+        return [false; N];
+    }
+    pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+}
+
+/// Time left until `deadline` (`None`: forever), at least zero.
+pub fn left(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// Advice in terms of this command's flags for an engine or transport error text (empty when nothing
+/// specific applies). Matching is on a normalised form (lower case, no spaces or punctuation), so both
+/// rustls' `UnknownIssuer` and prose like "unknown issuer" are recognised.
+pub fn hint(msg: &str) -> &'static str {
+    let n: String = msg
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let has = |k: &str| n.contains(k);
+    if has("unknownissuer") || has("unknownca") {
+        "unknown issuer: the broker's certificate is not signed by a CA this client trusts; pass the CA \
+         certificate that signed it with --cafile FILE (or --capath DIR)"
+    } else if has("notvalidforname") || has("hostname") || has("namemismatch") {
+        "the broker's certificate is not for this host name: connect with a name the certificate lists (-h), \
+         or set --sni NAME, or skip the host name check with --insecure"
+    } else if has("notvalidyet") {
+        "the broker's certificate is not valid yet: check the clock on this machine and on the broker"
+    } else if has("expired") {
+        "the broker's certificate has expired: renew it on the broker (or check this machine's clock)"
+    } else if has("certificaterequired")
+        || has("badcertificate")
+        || has("handshakefailure")
+        || has("clientcert")
+    {
+        "the broker rejected the TLS handshake, most often because it requires a client certificate: pass \
+         --cert FILE --key FILE (signed by a CA the broker trusts)"
+    } else if has("corruptmessage")
+        || has("invalidcontenttype")
+        || has("notls")
+        || has("wrongversion")
+    {
+        "the port did not speak TLS: is it the broker's plain MQTT port? drop the TLS flags or use its TLS \
+         port (often 8883)"
+    } else if has("notauthori")
+        || has("badusernameorpassword")
+        || has("badusername")
+        || has("password")
+    {
+        "the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)"
+    } else if has("identifierrejected") || has("clientid") {
+        "the broker rejected the client id: choose another with -i ID"
+    } else if has("connectionrefused") || has("refused") && has("tcp") {
+        "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) and that the broker runs"
+    } else if has("unacceptableprotocol") {
+        "the broker does not speak MQTT 3.1.1"
+    } else {
+        ""
+    }
+}
+
+/// A connect failure as one or two lines: what happened, then the advice.
+pub fn describe_connect_error(uri: &str, e: &ClientError) -> String {
+    let what = match e {
+        ClientError::Config(m) => format!("bad configuration: {m}"),
+        ClientError::Connect(m) => format!("cannot connect to {uri}: {m}"),
+        ClientError::NotConnected => format!("not connected to {uri}"),
+        ClientError::Timeout => format!(
+            "no answer (CONNACK) from {uri} in time: is the broker up, and is this its MQTT port \
+             (TLS or plain as the flags say)?"
+        ),
+    };
+    with_hint(what)
+}
+
+/// `what`, followed by the hint for it on its own line when there is one.
+pub fn with_hint(what: String) -> String {
+    match hint(&what) {
+        "" => what,
+        h => format!("{what}\n  hint: {h}"),
+    }
+}
+
+/// The `log` backend of the binary: one line per record on stderr, with seconds since start.
+pub struct StderrLogger {
+    start: Instant,
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let t = self.start.elapsed();
+            eprintln!(
+                "[{:>4}.{:03} {:<5} {}] {}",
+                t.as_secs(),
+                t.subsec_millis(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Install the logger: `debug` shows everything down to debug, otherwise warnings and errors only.
+pub fn init_logger(debug: bool) {
+    let level = if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    let logger = Box::leak(Box::new(StderrLogger {
+        start: Instant::now(),
+        level,
+    }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_flags() {
+        assert!(hint("invalid peer certificate: UnknownIssuer").contains("--cafile"));
+        assert!(hint("TLS: unknown issuer (set ca_file)").contains("unknown issuer"));
+        assert!(hint("InvalidCertificate(NotValidForName)").contains("--insecure"));
+        assert!(hint("refused: NotAuthorized").contains("-u USER"));
+        assert!(hint("received fatal alert: CertificateRequired").contains("--cert"));
+        assert_eq!(hint("all good"), "");
+    }
+}
