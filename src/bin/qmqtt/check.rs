@@ -239,7 +239,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
 
 /// Print version, suite, ALPN and the broker's chain.
 fn print_tls(info: &TlsInfo) {
-    println!("  TLS version: {}", info.version);
+    println!("  TLS version: {}", pretty_version(&info.version));
     println!("  cipher suite: {}", info.cipher_suite);
     match &info.alpn {
         Some(p) => println!("  ALPN: {}", String::from_utf8_lossy(p)),
@@ -274,6 +274,16 @@ fn print_tls(info: &TlsInfo) {
                 c.len()
             ),
         }
+    }
+}
+
+/// `TLSv1.3` / `TLSv1.2` whatever the transport's spelling (rustls' Debug form is `TLSv1_3`).
+fn pretty_version(v: &str) -> String {
+    let n: String = v.chars().filter(char::is_ascii_digit).collect();
+    match n.as_str() {
+        "13" => "TLSv1.3".into(),
+        "12" => "TLSv1.2".into(),
+        _ => v.to_string(),
     }
 }
 
@@ -313,6 +323,13 @@ fn session_text(e: &SessionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(pretty_version("TLSv1_3"), "TLSv1.3");
+        assert_eq!(pretty_version("TLS 1.2"), "TLSv1.2");
+        assert_eq!(pretty_version("odd"), "odd");
+    }
 
     #[test]
     fn parse_flags() {

@@ -42,7 +42,9 @@ Delivery:
   --help               this help
 
 On exit one line on stderr: sent=N acked=N dropped=N reconnects=N (sent: handed to the engine;
-acked: QoS 1/2 acknowledged by the broker; dropped: dropped by the engine's queue policy).
+acked: QoS 1/2 acknowledged by the broker; dropped: dropped by the engine's queue policy), then
+unacked=N if some were never acknowledged, full_waits=N if the queue was full that often (and waited),
+and with --repeat the elapsed time and rate.
 Exit codes: 0 done, 1 connection or runtime error, 2 bad command line, 3 not all acknowledged.
 ";
 
@@ -453,14 +455,16 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     if unacked > 0 {
         line.push_str(&format!(" unacked={unacked}"));
     }
+    if t.full_waits > 0 {
+        line.push_str(&format!(" full_waits={}", t.full_waits));
+    }
     if o.repeat > 1 {
         let secs = elapsed.as_secs_f64().max(1e-9);
         line.push_str(&format!(
-            " elapsed={:.3}s publish={:.3}s rate={:.0}/s full_waits={}",
+            " elapsed={:.3}s publish={:.3}s rate={:.0}/s",
             secs,
             publishing.as_secs_f64(),
             t.sent as f64 / secs,
-            t.full_waits
         ));
     }
     eprintln!("{line}");
