@@ -205,12 +205,12 @@ fn pub_lines_tcp_to_mosquitto_sub() {
     assert_eq!(s["acked"], "4", "{err}");
     assert_eq!(s["dropped"], "0", "{err}");
     assert_eq!(sub.wait_for(4, Duration::from_secs(10)), 4);
-    // mosquitto_sub -v prints "topic payload"; the empty line is an empty message.
+    // mosquitto_sub -v prints "topic payload"; the empty line is an empty message ("(null)" to it).
     assert_eq!(
         sub.take(),
         vec![
             "cli/tcp/x one",
-            "cli/tcp/x ",
+            "cli/tcp/x (null)",
             "cli/tcp/x two words",
             "cli/tcp/x three"
         ]

@@ -173,14 +173,19 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                 return Err(fail("setup")(format!("poll: {e}")));
             }
         }
-        // Push and pull until nothing moves (mio is edge-triggered).
+        // Push and pull until nothing moves (mio is edge-triggered). A read error is reported after the
+        // bytes before it were given to the session: a refusing broker sends CONNACK, then closes.
         conn.flush()
             .map_err(|e| fail(step(established))(transport_text(&e)))?;
+        let mut read_err = None;
         loop {
             match conn.read(&mut inbuf) {
                 Ok(0) => break,
                 Ok(_) => continue,
-                Err(e) => return Err(fail(step(established))(transport_text(&e))),
+                Err(e) => {
+                    read_err = Some(e);
+                    break;
+                }
             }
         }
         if !established && conn.is_established() {
@@ -202,6 +207,9 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             session.handle_connected(Instant::now());
         }
         if !established {
+            if let Some(e) = read_err {
+                return Err(fail(step(established))(transport_text(&e)));
+            }
             continue;
         }
         if !inbuf.is_empty() {
@@ -226,6 +234,9 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                 let _ = conn.flush();
                 return Ok(());
             }
+        }
+        if let Some(e) = read_err {
+            return Err(fail("MQTT CONNECT")(transport_text(&e)));
         }
         outbuf.clear();
         if session.poll_transmit(&mut outbuf) > 0 || !outbuf.is_empty() {
@@ -315,8 +326,7 @@ fn session_text(e: &SessionError) -> String {
     match e {
         SessionError::Refused(code) => format!("the broker refused the connection: {code:?}"),
         SessionError::Protocol(m) => format!("not MQTT from the broker: {m}"),
-        SessionError::Timeout(m) => format!("timeout: {m}"),
-        SessionError::NotReady(m) => m.to_string(),
+        other => other.to_string(),
     }
 }
 
