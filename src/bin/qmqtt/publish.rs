@@ -386,9 +386,12 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = client.wait_connected(wait) {
+    let first = client.wait_connected(wait);
+    crate::util::first_connect_done();
+    if let Err(e) = first {
         eprintln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
         client.disconnect(Duration::ZERO);
+        eprintln!("sent=0 acked=0 dropped=0 reconnects=0");
         return 1;
     }
     log::info!("connected to {uri}");

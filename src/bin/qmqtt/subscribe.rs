@@ -128,7 +128,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = client.wait_connected(wait) {
+    let first = client.wait_connected(wait);
+    crate::util::first_connect_done();
+    if let Err(e) = first {
         eprintln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
         client.disconnect(Duration::ZERO);
         return 1;

@@ -1,6 +1,7 @@
 //! Small pieces shared by the subcommands: waiting on file descriptors with `poll(2)`, turning engine error
 //! text into advice about *this command's* flags, and the stderr logger behind `-d`.
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use qmqtt::client::ClientError;
@@ -41,7 +42,7 @@ pub fn hint(msg: &str) -> &'static str {
         .map(|c| c.to_ascii_lowercase())
         .collect();
     let has = |k: &str| n.contains(k);
-    if has("unknownissuer") || has("unknownca") {
+    if has("unknownissuer") || has("unknownca") || has("notsignedbyatrusted") {
         "unknown issuer: the broker's certificate is not signed by a CA this client trusts; pass the CA \
          certificate that signed it with --cafile FILE (or --capath DIR)"
     } else if has("notvalidforname") || has("hostname") || has("namemismatch") {
@@ -51,11 +52,7 @@ pub fn hint(msg: &str) -> &'static str {
         "the broker's certificate is not valid yet: check the clock on this machine and on the broker"
     } else if has("expired") {
         "the broker's certificate has expired: renew it on the broker (or check this machine's clock)"
-    } else if has("certificaterequired")
-        || has("badcertificate")
-        || has("handshakefailure")
-        || has("clientcert")
-    {
+    } else if has("certificaterequired") || has("badcertificate") || has("handshakefailure") {
         "the broker rejected the TLS handshake, most often because it requires a client certificate: pass \
          --cert FILE --key FILE (signed by a CA the broker trusts)"
     } else if has("corruptmessage")
@@ -73,7 +70,7 @@ pub fn hint(msg: &str) -> &'static str {
         "the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)"
     } else if has("identifierrejected") || has("clientid") {
         "the broker rejected the client id: choose another with -i ID"
-    } else if has("connectionrefused") || has("refused") && has("tcp") {
+    } else if has("connectionrefused") {
         "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) and that the broker runs"
     } else if has("unacceptableprotocol") {
         "the broker does not speak MQTT 3.1.1"
@@ -104,15 +101,27 @@ pub fn with_hint(what: String) -> String {
     }
 }
 
+/// Set while the first connection is being made: the command itself reports that failure (with advice in
+/// its own flags), so the driver's error records about it would only say the same thing twice.
+static FIRST_CONNECT: AtomicBool = AtomicBool::new(true);
+
+/// The first connection is up (or given up): from now on the driver's errors are shown as they come.
+pub fn first_connect_done() {
+    FIRST_CONNECT.store(false, Ordering::Relaxed);
+}
+
 /// The `log` backend of the binary: one line per record on stderr, with seconds since start.
 pub struct StderrLogger {
     start: Instant,
-    level: log::LevelFilter,
 }
 
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
+        m.level() <= log::max_level()
+            && !(m.level() == log::Level::Error
+                && log::max_level() < log::LevelFilter::Debug
+                && m.target().starts_with("qmqtt::client")
+                && FIRST_CONNECT.load(Ordering::Relaxed))
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
@@ -139,7 +148,6 @@ pub fn init_logger(debug: bool) {
     };
     let logger = Box::leak(Box::new(StderrLogger {
         start: Instant::now(),
-        level,
     }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
