@@ -7,46 +7,41 @@
 //! unacknowledged QoS 1 message are saved and delivered once the subscriber is back. Messages the publisher
 //! sent but did not see acknowledged are resent by our engine; at worst that yields duplicates, which
 //! QoS 1 allows — the test counts and reports them, and requires all 20,000 distinct numbers.
+//!
+//! A second test runs a stream through the fault proxy and cuts the network three times (refusing
+//! connections for a while once) instead of restarting the broker.
 mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::{Broker, BrokerOptions, Sub};
 
-const N: usize = 20_000;
-
-#[test]
-fn pub_lines_survive_a_broker_restart() {
-    let mut b = Broker::start_with(BrokerOptions {
-        persistence: true,
-        ..BrokerOptions::default()
-    });
-    let sub = Sub::start(&b, "restart/#", 1, &["-c"]);
-
+/// `qmqtt pub -l -q 1` to localhost:`port` with the test CA, fed `n` numbered lines at a steady pace
+/// (100 lines per 10 ms, about `n / 10` ms in all) by a thread. Returns the child, the feeding thread and
+/// the thread collecting stderr.
+fn start_publisher(
+    b: &Broker,
+    port: u16,
+    n: usize,
+    id: &str,
+) -> (Child, JoinHandle<()>, JoinHandle<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
         .args([
             "pub",
             "-h",
             "localhost",
             "-p",
-            &b.tls_port.to_string(),
+            &port.to_string(),
             "--cafile",
         ])
         .arg(&b.certs.ca)
-        .args([
-            "-t",
-            "restart/n",
-            "-q",
-            "1",
-            "-l",
-            "-i",
-            "qmqtt-restart-pub",
-            "--drain-timeout",
-            "60",
-        ])
+        .args(["-t", "restart/n", "-q", "1", "-l", "-i", id, "-k", "5"])
+        .args(["--drain-timeout", "60"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,12 +54,11 @@ fn pub_lines_survive_a_broker_restart() {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    // Feed at a steady pace (about 2 s in all) so that the restart falls in the middle of the stream.
     let writer = std::thread::spawn(move || {
         let mut chunk = String::new();
-        for start in (0..N).step_by(100) {
+        for start in (0..n).step_by(100) {
             chunk.clear();
-            for i in start..(start + 100).min(N) {
+            for i in start..(start + 100).min(n) {
                 chunk.push_str(&i.to_string());
                 chunk.push('\n');
             }
@@ -73,20 +67,12 @@ fn pub_lines_survive_a_broker_restart() {
         }
         // Dropping stdin is the end of input.
     });
+    (child, writer, err_reader)
+}
 
-    // Restart once the subscriber has seen a good part but not all of the stream.
-    let seen = sub.wait_for(N / 4, Duration::from_secs(30));
-    assert!(
-        seen >= N / 4,
-        "only {seen} messages before the restart: {}",
-        b.log()
-    );
-    let before = seen;
-    b.restart();
-    let restarted_at = Instant::now();
-    writer.join().unwrap();
-
-    // The publisher exits once every line is acknowledged.
+/// Wait for the publisher to exit (it does once everything is acknowledged): its summary line and the
+/// reconnect count in it.
+fn finish_publisher(mut child: Child, err_reader: JoinHandle<String>, b: &Broker) -> (String, u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -103,49 +89,138 @@ fn pub_lines_survive_a_broker_restart() {
     let summary = err
         .lines()
         .find(|l| l.starts_with("sent="))
-        .unwrap_or_else(|| panic!("no summary: {err}"));
-    assert!(
-        summary.starts_with(&format!("sent={N} acked={N} dropped=0 ")),
-        "{summary}"
-    );
+        .unwrap_or_else(|| panic!("no summary: {err}"))
+        .to_string();
     let reconnects: u64 = summary
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("reconnects="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no reconnects= in {summary}"));
-    assert!(reconnects >= 1, "the restart went unnoticed: {summary}");
+    (summary, reconnects)
+}
 
-    // Every number reaches the independent subscriber.
+/// What the subscriber got of 0..n.
+struct Tally {
+    distinct: usize,
+    duplicates: u32,
+    missing: Vec<usize>,
+    strays: Vec<String>,
+}
+
+/// Collect numbers from `sub` until all of 0..n arrived or a minute passed.
+fn collect(sub: &Sub, n: usize) -> Tally {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut counts: HashMap<usize, u32> = HashMap::new();
     let mut strays = Vec::new();
     loop {
         for l in sub.take() {
             match l.parse::<usize>() {
-                Ok(n) if n < N => *counts.entry(n).or_default() += 1,
+                Ok(k) if k < n => *counts.entry(k).or_default() += 1,
                 _ => strays.push(l),
             }
         }
-        if counts.len() == N || Instant::now() > deadline {
+        if counts.len() == n || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let duplicates: u32 = counts.values().map(|c| c - 1).sum();
-    let missing: Vec<usize> = (0..N).filter(|n| !counts.contains_key(n)).collect();
-    eprintln!(
-        "restart test: {before} seen before the restart, {} distinct of {N}, {duplicates} duplicates, \
-         {} missing, publisher: {summary} ({:.1} s after the restart)",
-        counts.len(),
-        missing.len(),
-        restarted_at.elapsed().as_secs_f64()
-    );
-    assert!(strays.is_empty(), "unexpected lines: {strays:?}");
+    Tally {
+        distinct: counts.len(),
+        duplicates: counts.values().map(|c| c - 1).sum(),
+        missing: (0..n).filter(|k| !counts.contains_key(k)).collect(),
+        strays,
+    }
+}
+
+fn assert_complete(t: &Tally, b: &Broker) {
+    assert!(t.strays.is_empty(), "unexpected lines: {:?}", t.strays);
     assert!(
-        missing.is_empty(),
+        t.missing.is_empty(),
         "{} numbers never arrived, e.g. {:?}\n{}",
-        missing.len(),
-        &missing[..missing.len().min(20)],
+        t.missing.len(),
+        &t.missing[..t.missing.len().min(20)],
         b.log()
     );
+}
+
+#[test]
+fn pub_lines_survive_a_broker_restart() {
+    const N: usize = 20_000;
+    let mut b = Broker::start_with(BrokerOptions {
+        persistence: true,
+        ..BrokerOptions::default()
+    });
+    let sub = Sub::start(&b, "restart/#", 1, &["-c"]);
+    let (child, writer, err_reader) = start_publisher(&b, b.tls_port, N, "qmqtt-restart-pub");
+
+    // Restart once the subscriber has seen a good part but not all of the stream.
+    let before = sub.wait_for(N / 4, Duration::from_secs(30));
+    assert!(
+        before >= N / 4,
+        "only {before} messages before the restart: {}",
+        b.log()
+    );
+    b.restart();
+    let restarted_at = Instant::now();
+    writer.join().unwrap();
+
+    let (summary, reconnects) = finish_publisher(child, err_reader, &b);
+    assert!(
+        summary.starts_with(&format!("sent={N} acked={N} dropped=0 ")),
+        "{summary}"
+    );
+    assert!(reconnects >= 1, "the restart went unnoticed: {summary}");
+
+    let t = collect(&sub, N);
+    eprintln!(
+        "restart test: {before} seen before the restart, {} distinct of {N}, {} duplicates, {} missing; \
+         publisher: {summary} (done {:.1} s after the restart)",
+        t.distinct,
+        t.duplicates,
+        t.missing.len(),
+        restarted_at.elapsed().as_secs_f64()
+    );
+    assert_complete(&t, &b);
+}
+
+#[test]
+fn pub_lines_survive_network_cuts() {
+    const M: usize = 10_000;
+    let b = Broker::start();
+    let sub = Sub::start(&b, "restart/#", 1, &[]);
+    let proxy = Proxy::start(b.tls_port);
+    let (child, writer, err_reader) = start_publisher(&b, proxy.port, M, "qmqtt-cut-pub");
+    // Three cuts spread over the stream; at the second, connections are also refused for 1.5 s.
+    for (k, at) in [M / 5, 2 * M / 5, 3 * M / 5].into_iter().enumerate() {
+        let seen = sub.wait_for(at, Duration::from_secs(30));
+        assert!(seen >= at, "stuck at {seen} before cut {k}: {}", b.log());
+        if k == 1 {
+            proxy.refuse(true);
+            proxy.cut();
+            std::thread::sleep(Duration::from_millis(1500));
+            proxy.refuse(false);
+        } else {
+            proxy.cut();
+        }
+    }
+    writer.join().unwrap();
+    let (summary, reconnects) = finish_publisher(child, err_reader, &b);
+    assert!(
+        summary.starts_with(&format!("sent={M} acked={M} dropped=0 ")),
+        "{summary}"
+    );
+    assert!(
+        reconnects >= 3,
+        "three cuts, {reconnects} reconnects: {summary}"
+    );
+    let t = collect(&sub, M);
+    eprintln!(
+        "cut test: {} distinct of {M}, {} duplicates, {} missing; publisher: {summary}; the proxy \
+         accepted {} connections",
+        t.distinct,
+        t.duplicates,
+        t.missing.len(),
+        proxy.accepted()
+    );
+    assert_complete(&t, &b);
 }
