@@ -703,3 +703,120 @@ fn check_names_certificate_problems() {
         assert!(out.contains(want), "expected '{want}' in:\n{out}");
     }
 }
+
+#[test]
+fn tls_flags_sni_insecure_version() {
+    let b = Broker::start();
+    let ca = b.certs.ca.to_str().unwrap();
+    let p = port(b.tls_port);
+    let check = |extra: &[&str]| {
+        let mut a = vec!["check", "-h", "127.0.0.1", "-p", &p, "--cafile", ca];
+        a.extend_from_slice(extra);
+        let o = qmqtt_run(&a, b"", T);
+        (o.status.code(), text(&o.stdout) + &text(&o.stderr))
+    };
+    // By IP (the certificate lists 127.0.0.1), with TLS 1.3 as the minimum.
+    let (code, out) = check(&["--tls-version", "tlsv1.3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+    // A server name the certificate does not list: refused, advice names --sni / --insecure …
+    let (code, out) = check(&["--sni", "elsewhere.example"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("--insecure") && out.contains("--sni"), "{out}");
+    // … and --insecure (host name not checked; the CA still is) lets it through.
+    let (code, out) = check(&["--sni", "elsewhere.example", "--insecure"]);
+    assert_eq!(code, Some(0), "{out}");
+    // --insecure does not turn off the CA check.
+    let o = qmqtt_run(
+        &[
+            "check",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "--insecure",
+            "--cafile",
+            b.certs.other_ca.to_str().unwrap(),
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    // Credentials in the -L URL.
+    let o = qmqtt_run(
+        &[
+            "check",
+            "-L",
+            &format!(
+                "mqtt://{}:{}@127.0.0.1:{}",
+                common::USER,
+                common::PASSWORD,
+                b.auth_port
+            ),
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+}
+
+#[test]
+fn sub_resumes_its_session_with_c() {
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    let base = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "cli/session",
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        "qsub-fixed",
+    ];
+    // First run: subscribe with a persistent session, take one message, leave.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["-C", "1"]);
+    let mut s = QSub::start(&args);
+    mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "cli/session",
+        "-q",
+        "1",
+        "-m",
+        "live",
+    ]);
+    assert!(s.wait(T).success(), "{}", s.stderr());
+    assert_eq!(s.lines(), vec!["live"]);
+    // While it is away, the broker queues for the session.
+    for m in ["queued 1", "queued 2"] {
+        mosquitto_pub(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli/session",
+            "-q",
+            "1",
+            "-m",
+            m,
+        ]);
+    }
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["-C", "2", "-W", "10"]);
+    let o = qmqtt_run(
+        &["sub"].iter().chain(&args).copied().collect::<Vec<_>>(),
+        b"",
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "queued 1\nqueued 2\n");
+}
