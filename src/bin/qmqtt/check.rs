@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::session::{Event as SessionEvent, Session, SessionConfig, SessionError};
 use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo, TransportError};
@@ -108,12 +108,8 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
     let mut conn = Conn::connect(&ep, tls.clone().map(|c| (c, &tls_opts)))
         .map_err(|e| fail("TCP connect")(transport_text(&e)))?;
     let mut poll = Poll::new().map_err(|e| fail("setup")(format!("mio poll: {e}")))?;
-    poll.registry()
-        .register(
-            conn.socket(),
-            Token(0),
-            Interest::READABLE | Interest::WRITABLE,
-        )
+    // Through the Conn, so that a fallback to the next resolved address is registered too.
+    conn.register(poll.registry(), Token(0))
         .map_err(|e| fail("setup")(format!("registering the socket: {e}")))?;
     let mut events = Events::with_capacity(8);
 
@@ -194,14 +190,18 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             match conn.tls_info() {
                 Some(info) => {
                     println!(
-                        "  TCP + TLS: connected to {}:{} in {ms:.1} ms",
-                        ep.host, ep.port
+                        "  TCP + TLS: connected to {}:{} ({}) in {ms:.1} ms",
+                        ep.host,
+                        ep.port,
+                        conn.peer()
                     );
                     print_tls(&info);
                 }
                 None => println!(
-                    "  TCP: connected to {}:{} in {ms:.1} ms (plain, no TLS)",
-                    ep.host, ep.port
+                    "  TCP: connected to {}:{} ({}) in {ms:.1} ms (plain, no TLS)",
+                    ep.host,
+                    ep.port,
+                    conn.peer()
                 ),
             }
             session.handle_connected(Instant::now());
