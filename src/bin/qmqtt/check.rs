@@ -20,7 +20,7 @@ subjects and expiry, ALPN) and the MQTT CONNACK, or exactly why the connection f
 Usage: qmqtt check -L mqtts://HOST:PORT [TLS flags] [-u USER -P PASS]
        qmqtt check -h HOST -p PORT [TLS flags] [-u USER -P PASS]
 
-  -t SECONDS           give up after SECONDS (default 10)
+  --timeout SECONDS    give up after SECONDS (default 10)
   --help               this help
 
 Exit codes: 0 connected and accepted, 1 failed (the reason is printed), 2 bad command line.
@@ -43,7 +43,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<CheckOpts>, UsageError> {
     while let Some(f) = a.next_flag()? {
         match f.as_str() {
             "--help" => return Ok(None),
-            "-t" | "--timeout" => o.timeout = a.seconds(&f)?,
+            "--timeout" => o.timeout = a.seconds(&f)?,
             _ => {
                 if !o.conn.flag(&f, &mut a)? {
                     return Err(a.unknown(&f));

@@ -150,6 +150,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
     let mut received = 0u64;
     let mut write_err: Option<std::io::Error> = None;
+    let mut last_check = Instant::now();
+    let mut dropped = 0u64;
     let done = |n: u64| o.count.is_some_and(|c| n >= c);
     let code = loop {
         client.poll_events(1024, &mut |ev| match ev {
@@ -204,11 +206,24 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         if done(received) {
             break 0;
         }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            let d = client.stats().dropped_incoming;
+            if d > dropped {
+                log::warn!(
+                    "{} incoming message(s) dropped so far: they arrive faster than they are printed \
+                     (the event queue is full)",
+                    d
+                );
+                dropped = d;
+            }
+        }
         let l = left(deadline);
         if l == Some(Duration::ZERO) {
             break TIMEOUT_EXIT;
         }
-        wait_readable([client.event_fd()], l);
+        let step = Duration::from_secs(1);
+        wait_readable([client.event_fd()], Some(l.map_or(step, |l| l.min(step))));
     };
     drop(out);
     client.disconnect(Duration::from_secs(1));
