@@ -820,3 +820,48 @@ fn sub_resumes_its_session_with_c() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "queued 1\nqueued 2\n");
 }
+
+#[test]
+fn interrupt_stops_cleanly_with_a_summary() {
+    let b = Broker::start();
+    let sub = Sub::start(&b, "cli/int", 1, &[]);
+    let mut child = Command::new(BIN)
+        .args([
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(b.tcp_port),
+            "-t",
+            "cli/int",
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\nc\n").unwrap();
+    assert_eq!(sub.wait_for(3, Duration::from_secs(10)), 3);
+    // Input still open: SIGINT ends it, everything is acknowledged already, exit 130 with the summary.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = wait_timeout(&mut child, T, "qmqtt pub after SIGINT");
+    let err = text(&read_all(child.stderr.take().unwrap()));
+    assert_eq!(st.code(), Some(130), "{err}");
+    let s = summary(&err);
+    assert_eq!(
+        (s["sent"].as_str(), s["acked"].as_str()),
+        ("3", "3"),
+        "{err}"
+    );
+    drop(stdin);
+
+    // qmqtt sub: SIGTERM is a clean exit 0.
+    let mut s = QSub::start(&["-h", "127.0.0.1", "-p", &port(b.tcp_port), "-t", "cli/int"]);
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let st = s.wait(T);
+    assert_eq!(st.code(), Some(0), "{}", s.stderr());
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, PublishError, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
-use crate::util::{describe_connect_error, left, wait_readable};
+use crate::util::{describe_connect_error, left, wait_readable, Signals};
 
 pub const HELP: &str = "\
 qmqtt pub: publish MQTT messages (flags as mosquitto_pub)
@@ -45,7 +45,9 @@ On exit one line on stderr: sent=N acked=N dropped=N reconnects=N (sent: handed 
 acked: QoS 1/2 acknowledged by the broker; dropped: dropped by the engine's queue policy), then
 unacked=N if some were never acknowledged, full_waits=N if the queue was full that often (and waited),
 and with --repeat the elapsed time and rate.
-Exit codes: 0 done, 1 connection or runtime error, 2 bad command line, 3 not all acknowledged.
+Exit codes: 0 done, 1 connection or runtime error, 2 bad command line, 3 not all acknowledged,
+130 interrupted (SIGINT/SIGTERM: input stops, acknowledgements are awaited for --drain-timeout or 5 s,
+a second interrupt quits at once; the summary line is printed either way).
 ";
 
 /// Where the payload comes from.
@@ -212,15 +214,23 @@ impl Tally {
     }
 }
 
+/// Why publishing stopped before the end of the input.
+enum Stop {
+    /// SIGINT / SIGTERM.
+    Interrupted,
+    Fatal(String),
+}
+
 /// Publish one message; when the queue is full, wait on the event fd, drain, retry — never drop.
 fn publish_wait(
     c: &Client,
     t: &mut Tally,
+    sig: &Signals,
     topic: &str,
     payload: &[u8],
     qos: QoS,
     retain: bool,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     loop {
         match c.publish(topic, payload, qos, retain) {
             Ok(_) => {
@@ -234,21 +244,29 @@ fn publish_wait(
                 t.full_waits += 1;
                 // Events come as the queue moves (Delivered); the timeout only guards against a quiet
                 // stretch (e.g. while reconnecting, or QoS 0 without per-message events).
-                wait_readable([c.event_fd()], Some(Duration::from_millis(100)));
+                let [_, s] =
+                    wait_readable([c.event_fd(), sig.fd()], Some(Duration::from_millis(100)));
+                if s && sig.take() {
+                    return Err(Stop::Interrupted);
+                }
                 t.drain(c);
             }
             Err(PublishError::TooLarge) => {
-                return Err(format!(
+                return Err(Stop::Fatal(format!(
                     "a message of {} bytes is larger than the publish queue or MQTT allows: raise \
                      --queue-bytes or send smaller messages",
                     payload.len()
-                ))
+                )))
             }
             Err(PublishError::TopicInvalid) => {
-                return Err(format!("topic '{topic}' is not valid for publishing (-t)"))
+                return Err(Stop::Fatal(format!(
+                    "topic '{topic}' is not valid for publishing (-t)"
+                )))
             }
             Err(PublishError::NotConnected) => {
-                return Err("the client is not connected and will not reconnect".into())
+                return Err(Stop::Fatal(
+                    "the client is not connected and will not reconnect".into(),
+                ))
             }
         }
     }
@@ -379,6 +397,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let cfg = o.conn.config(&format!("qmqtt-pub-{}", std::process::id()));
     let uri = cfg.uri.clone();
     let wait = cfg.connect_timeout + Duration::from_secs(1);
+    // Before the I/O thread exists, so that it inherits the blocked signals.
+    let sig = Signals::block();
     let mut client = match Client::connect(cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -399,32 +419,37 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut t = Tally::default();
     let started = Instant::now();
     let mut failure: Option<String> = None;
-    match o.source {
-        Source::Lines => {
-            if let Err(e) = publish_lines(&client, &mut t, &o) {
-                failure = Some(e);
-            }
-        }
-        _ => {
-            let mut payload = payload;
-            for i in 0..o.repeat {
-                if o.size.is_some() {
-                    number_payload(&mut payload, i);
-                }
-                if let Err(e) = publish_wait(&client, &mut t, &o.topic, &payload, o.qos, o.retain) {
-                    failure = Some(e);
-                    break;
-                }
-                if i % 256 == 255 {
-                    t.drain(&client);
-                }
-            }
-        }
+    let mut interrupted = false;
+    let r = match o.source {
+        Source::Lines => publish_lines(&client, &mut t, &sig, &o),
+        _ => publish_repeat(&client, &mut t, &sig, &o, payload),
+    };
+    match r {
+        Ok(()) => {}
+        Err(Stop::Interrupted) => interrupted = true,
+        Err(Stop::Fatal(e)) => failure = Some(e),
     }
     let publishing = started.elapsed();
 
-    // Drain: every QoS 1/2 message acknowledged, or the deadline.
-    let deadline = o.drain_timeout.map(|d| Instant::now() + d);
+    // Drain: every QoS 1/2 message acknowledged, or the deadline (after an interrupt: --drain-timeout or
+    // 5 s; a second interrupt stops at once).
+    let grace = match (interrupted, o.drain_timeout) {
+        (true, d) => Some(d.unwrap_or(Duration::from_secs(5))),
+        (false, d) => d,
+    };
+    let deadline = grace.map(|d| Instant::now() + d);
+    let mut quit_now = false;
+    if interrupted {
+        t.drain(&client);
+        let waiting = t.sent_qos12.saturating_sub(t.acked);
+        if waiting > 0 {
+            eprintln!(
+                "qmqtt pub: interrupted: waiting up to {:.1}s for {waiting} unacknowledged message(s) \
+                 (interrupt again to quit now)",
+                grace.unwrap_or_default().as_secs_f64()
+            );
+        }
+    }
     loop {
         t.drain(&client);
         // The events are the count; the engine's own counter backs them up should events be dropped.
@@ -436,12 +461,24 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             break;
         }
         let step = Duration::from_millis(500);
-        wait_readable([client.event_fd()], Some(l.map_or(step, |l| l.min(step))));
+        let [_, s] = wait_readable(
+            [client.event_fd(), sig.fd()],
+            Some(l.map_or(step, |l| l.min(step))),
+        );
+        if s && sig.take() {
+            interrupted = true;
+            quit_now = true;
+            break;
+        }
     }
     // QoS 0 (and the DISCONNECT itself): let the engine flush what is queued.
-    let flush = left(deadline)
-        .unwrap_or(Duration::from_secs(30))
-        .max(Duration::from_millis(200));
+    let flush = if quit_now {
+        Duration::ZERO
+    } else {
+        left(deadline)
+            .unwrap_or(Duration::from_secs(30))
+            .max(Duration::from_millis(200))
+    };
     client.disconnect(flush);
     t.drain(&client);
     let elapsed = started.elapsed();
@@ -474,6 +511,10 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     if let Some(f) = failure {
         eprintln!("qmqtt pub: {f}");
         return 1;
+    }
+    if interrupted {
+        eprintln!("qmqtt pub: interrupted");
+        return 130;
     }
     if unacked > 0 {
         eprintln!(
@@ -510,8 +551,31 @@ fn number_payload(p: &mut [u8], i: u64) {
     }
 }
 
+/// `-m`, `-f`, `-s`, `-n`, `--repeat`: the one payload, `o.repeat` times.
+fn publish_repeat(
+    c: &Client,
+    t: &mut Tally,
+    sig: &Signals,
+    o: &PubOpts,
+    mut payload: Vec<u8>,
+) -> Result<(), Stop> {
+    for i in 0..o.repeat {
+        if o.size.is_some() {
+            number_payload(&mut payload, i);
+        }
+        publish_wait(c, t, sig, &o.topic, &payload, o.qos, o.retain)?;
+        if i % 256 == 255 {
+            t.drain(c);
+            if sig.take() {
+                return Err(Stop::Interrupted);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `-l`: lines of stdin, each its own message, until end of input.
-fn publish_lines(c: &Client, t: &mut Tally, o: &PubOpts) -> Result<(), String> {
+fn publish_lines(c: &Client, t: &mut Tally, sig: &Signals, o: &PubOpts) -> Result<(), Stop> {
     // fd 0 is owned by the process; ManuallyDrop keeps it open after this File goes away. Reading it
     // directly (not through std's buffered Stdin) keeps poll(2) truthful about pending input.
     // SAFETY: fd 0 is open for the whole life of the process.
@@ -519,15 +583,18 @@ fn publish_lines(c: &Client, t: &mut Tally, o: &PubOpts) -> Result<(), String> {
     let mut r = LineReader::new(MAX_MESSAGE);
     loop {
         while let Some(line) = r.next_line() {
-            publish_wait(c, t, &o.topic, line, o.qos, o.retain)?;
+            publish_wait(c, t, sig, &o.topic, line, o.qos, o.retain)?;
         }
         if r.eof {
             return Ok(());
         }
         t.drain(c);
-        let [input, _events] = wait_readable([0, c.event_fd()], None);
+        let [input, _events, s] = wait_readable([0, c.event_fd(), sig.fd()], None);
+        if s && sig.take() {
+            return Err(Stop::Interrupted);
+        }
         if input {
-            r.fill(&mut *stdin)?;
+            r.fill(&mut *stdin).map_err(Stop::Fatal)?;
         }
         t.drain(c);
     }

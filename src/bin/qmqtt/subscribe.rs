@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
-use crate::util::{describe_connect_error, left, wait_readable};
+use crate::util::{describe_connect_error, left, wait_readable, Signals};
 
 pub const HELP: &str = "\
 qmqtt sub: subscribe and print messages (flags as mosquitto_sub)
@@ -24,7 +24,8 @@ Usage: qmqtt sub [connection] -t FILTER [-t FILTER…] [options]
   -c                   no clean session: resume the broker's session for -i ID (needs -i)
   --help               this help
 
-Exit codes: 0 done, 1 connection error, 2 bad command line, 27 -W timeout.
+Exit codes: 0 done (also on SIGINT/SIGTERM: disconnects cleanly), 1 connection error, 2 bad command
+line, 27 -W timeout.
 ";
 
 /// mosquitto_sub's exit code when `-W` ends it.
@@ -121,6 +122,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
     let uri = cfg.uri.clone();
     let wait = cfg.connect_timeout + Duration::from_secs(1);
+    // Before the I/O thread exists, so that it inherits the blocked signals.
+    let sig = Signals::block();
     let mut client = match Client::connect(cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -223,7 +226,13 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             break TIMEOUT_EXIT;
         }
         let step = Duration::from_secs(1);
-        wait_readable([client.event_fd()], Some(l.map_or(step, |l| l.min(step))));
+        let [_, s] = wait_readable(
+            [client.event_fd(), sig.fd()],
+            Some(l.map_or(step, |l| l.min(step))),
+        );
+        if s && sig.take() {
+            break 0;
+        }
     };
     drop(out);
     client.disconnect(Duration::from_secs(1));

@@ -27,6 +27,65 @@ pub fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Option<Duration>)
     pfds.map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
 }
 
+/// SIGINT and SIGTERM as a readable file descriptor (signalfd), so that the commands can stop cleanly —
+/// drain, disconnect, print their summary — from the same `poll(2)` that waits for events and input.
+/// Create it before the client's I/O thread starts: the blocked mask is inherited, so the signals reach
+/// only this fd. When signalfd is unavailable the signals keep their default action (fd is -1, which
+/// `poll` ignores).
+pub struct Signals {
+    fd: RawFd,
+}
+
+impl Signals {
+    pub fn block() -> Signals {
+        // SAFETY: plain libc calls on a local, initialised sigset; the fd is owned by the returned value.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Signals { fd: -1 };
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            }
+            Signals { fd }
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Consume pending signals; true when there was at least one. Never blocks.
+    pub fn take(&self) -> bool {
+        if self.fd < 0 {
+            return false;
+        }
+        let mut got = false;
+        let mut buf = [0u8; 128]; // sizeof(struct signalfd_siginfo)
+        loop {
+            // SAFETY: reading into a local buffer of the stated length from our own non-blocking fd.
+            let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return got;
+            }
+            got = true;
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: our own fd, closed once.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
 /// Time left until `deadline` (`None`: forever), at least zero.
 pub fn left(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
