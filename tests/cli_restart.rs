@@ -21,14 +21,19 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use common::{Broker, BrokerOptions, Sub};
 
+/// The feeding pace of the restart tests: 100 lines per 10 ms.
+const MS10: Duration = Duration::from_millis(10);
+
 /// `qmqtt pub -l -q 1` to localhost:`port` with the test CA, fed `n` numbered lines at a steady pace
-/// (100 lines per 10 ms, about `n / 10` ms in all) by a thread. Returns the child, the feeding thread and
-/// the thread collecting stderr.
+/// (100 lines, then a `pause`) by a thread. Returns the child, the feeding thread and the thread
+/// collecting stderr.
 fn start_publisher(
     b: &Broker,
     port: u16,
     n: usize,
+    pause: Duration,
     id: &str,
+    extra: &[&str],
 ) -> (Child, JoinHandle<()>, JoinHandle<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
         .args([
@@ -42,6 +47,7 @@ fn start_publisher(
         .arg(&b.certs.ca)
         .args(["-t", "restart/n", "-q", "1", "-l", "-i", id, "-k", "5"])
         .args(["--drain-timeout", "60"])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -63,7 +69,7 @@ fn start_publisher(
                 chunk.push('\n');
             }
             stdin.write_all(chunk.as_bytes()).unwrap();
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(pause);
         }
         // Dropping stdin is the end of input.
     });
@@ -71,8 +77,12 @@ fn start_publisher(
 }
 
 /// Wait for the publisher to exit (it does once everything is acknowledged): its summary line and the
-/// reconnect count in it.
-fn finish_publisher(mut child: Child, err_reader: JoinHandle<String>, b: &Broker) -> (String, u64) {
+/// reconnect count in it, and all it wrote on stderr.
+fn finish_publisher(
+    mut child: Child,
+    err_reader: JoinHandle<String>,
+    b: &Broker,
+) -> (String, u64, String) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -96,7 +106,7 @@ fn finish_publisher(mut child: Child, err_reader: JoinHandle<String>, b: &Broker
         .find_map(|kv| kv.strip_prefix("reconnects="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no reconnects= in {summary}"));
-    (summary, reconnects)
+    (summary, reconnects, err)
 }
 
 /// What the subscriber got of 0..n.
@@ -151,7 +161,8 @@ fn pub_lines_survive_a_broker_restart() {
         ..BrokerOptions::default()
     });
     let sub = Sub::start(&b, "restart/#", 1, &["-c"]);
-    let (child, writer, err_reader) = start_publisher(&b, b.tls_port, N, "qmqtt-restart-pub");
+    let (child, writer, err_reader) =
+        start_publisher(&b, b.tls_port, N, MS10, "qmqtt-restart-pub", &[]);
 
     // Restart once the subscriber has seen a good part but not all of the stream.
     let before = sub.wait_for(N / 4, Duration::from_secs(30));
@@ -164,7 +175,7 @@ fn pub_lines_survive_a_broker_restart() {
     let restarted_at = Instant::now();
     writer.join().unwrap();
 
-    let (summary, reconnects) = finish_publisher(child, err_reader, &b);
+    let (summary, reconnects, _) = finish_publisher(child, err_reader, &b);
     assert!(
         summary.starts_with(&format!("sent={N} acked={N} dropped=0 ")),
         "{summary}"
@@ -189,11 +200,19 @@ fn pub_lines_survive_network_cuts() {
     let b = Broker::start();
     let sub = Sub::start(&b, "restart/#", 1, &[]);
     let proxy = Proxy::start(b.tls_port);
-    let (child, writer, err_reader) = start_publisher(&b, proxy.port, M, "qmqtt-cut-pub");
+    // 100 lines per 50 ms: 5 s of input, longer than the cuts and reconnects below take.
+    let pause = Duration::from_millis(50);
+    let (child, writer, err_reader) =
+        start_publisher(&b, proxy.port, M, pause, "qmqtt-cut-pub", &["-d"]);
     // Three cuts spread over the stream; at the second, connections are also refused for 1.5 s.
-    for (k, at) in [M / 5, 2 * M / 5, 3 * M / 5].into_iter().enumerate() {
+    for (k, at) in [M / 5, 2 * M / 5, M / 2].into_iter().enumerate() {
         let seen = sub.wait_for(at, Duration::from_secs(30));
         assert!(seen >= at, "stuck at {seen} before cut {k}: {}", b.log());
+        // Otherwise the publisher may be done before the cut, and the cut proves nothing.
+        assert!(
+            !writer.is_finished(),
+            "the input ended before cut {k}: too slow a machine?"
+        );
         if k == 1 {
             proxy.refuse(true);
             proxy.cut();
@@ -204,14 +223,16 @@ fn pub_lines_survive_network_cuts() {
         }
     }
     writer.join().unwrap();
-    let (summary, reconnects) = finish_publisher(child, err_reader, &b);
+    let (summary, reconnects, log) = finish_publisher(child, err_reader, &b);
+    let log: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
     assert!(
         summary.starts_with(&format!("sent={M} acked={M} dropped=0 ")),
         "{summary}"
     );
     assert!(
         reconnects >= 3,
-        "three cuts, {reconnects} reconnects: {summary}"
+        "three cuts, {reconnects} reconnects: {summary}\n{}",
+        log.join("\n")
     );
     let t = collect(&sub, M);
     eprintln!(
@@ -223,4 +244,116 @@ fn pub_lines_survive_network_cuts() {
         proxy.accepted()
     );
     assert_complete(&t, &b);
+}
+
+/// `qmqtt sub` as the subscriber: it must ride out the restart itself (reconnect, resume its persistent
+/// session `-c -i`, acknowledge what the broker kept for it) and print every number.
+#[test]
+fn qmqtt_sub_survives_a_broker_restart() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    const K: usize = 10_000;
+    let mut b = Broker::start_with(BrokerOptions {
+        persistence: true,
+        ..BrokerOptions::default()
+    });
+    let mut sub = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+        .args([
+            "sub",
+            "-h",
+            "localhost",
+            "-p",
+            &b.tls_port.to_string(),
+            "--cafile",
+        ])
+        .arg(&b.certs.ca)
+        .args([
+            "-t",
+            "restart/#",
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            "qsub-restart",
+            "-d",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    let out = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            l2.lock().unwrap().push(l);
+        }
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(String::new()));
+    let log2 = log.clone();
+    let err = sub.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            if l.contains("subscribed to '") {
+                let _ = ready_tx.send(());
+            }
+            log2.lock().unwrap().push_str(&(l + "\n"));
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("qmqtt sub subscribed");
+
+    let (child, writer, err_reader) =
+        start_publisher(&b, b.tls_port, K, MS10, "qmqtt-restart-pub2", &[]);
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines.lock().unwrap().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lines.lock().unwrap().len()
+    };
+    let before = wait_for(K / 3);
+    assert!(before >= K / 3, "only {before} before the restart");
+    b.restart();
+    writer.join().unwrap();
+    let (summary, _, _) = finish_publisher(child, err_reader, &b);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut counts: HashMap<usize, u32> = HashMap::new();
+    let mut strays = Vec::new();
+    loop {
+        for l in std::mem::take(&mut *lines.lock().unwrap()) {
+            match l.parse::<usize>() {
+                Ok(k) if k < K => *counts.entry(k).or_default() += 1,
+                _ => strays.push(l),
+            }
+        }
+        if counts.len() == K || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let duplicates: u32 = counts.values().map(|c| c - 1).sum();
+    let missing: Vec<usize> = (0..K).filter(|k| !counts.contains_key(k)).collect();
+    eprintln!(
+        "qmqtt sub restart test: {before} before the restart, {} distinct of {K}, {duplicates} \
+         duplicates, {} missing; publisher: {summary}",
+        counts.len(),
+        missing.len()
+    );
+    assert!(strays.is_empty(), "unexpected lines: {strays:?}");
+    assert!(
+        missing.is_empty(),
+        "{} numbers never reached qmqtt sub, e.g. {:?}\nsub log:\n{}\nbroker log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        log.lock().unwrap(),
+        b.log()
+    );
 }
