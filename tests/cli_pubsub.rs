@@ -865,3 +865,80 @@ fn interrupt_stops_cleanly_with_a_summary() {
     let st = s.wait(T);
     assert_eq!(st.code(), Some(0), "{}", s.stderr());
 }
+
+#[test]
+fn last_will_and_protocol_version() {
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    let sub = Sub::start(&b, "cli/will/#", 1, &["-v"]);
+    // A subscriber that dies without DISCONNECT: the broker publishes its will.
+    let mut s = QSub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "cli/nothing",
+        "--will-topic",
+        "cli/will/gw1",
+        "--will-payload",
+        "gateway gone",
+        "--will-qos",
+        "1",
+    ]);
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    assert_eq!(
+        sub.wait_for(1, Duration::from_secs(10)),
+        1,
+        "no will: {}",
+        b.log()
+    );
+    assert_eq!(sub.take(), vec!["cli/will/gw1 gateway gone"]);
+
+    // MQTT 3.1 (KX's MQTTVersion 3) works end to end; MQTT 5 is refused on the command line.
+    let o = qmqtt_run(
+        &[
+            "check",
+            "-V",
+            "mqttv31",
+            "-L",
+            &format!("mqtt://127.0.0.1:{p}"),
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("CONNACK accepted (MQTT 3.1,"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = qmqtt_run(
+        &[
+            "pub",
+            "-V",
+            "mqttv31",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli/will/v31",
+            "-q",
+            "1",
+            "-m",
+            "old",
+        ],
+        b"",
+        T,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(sub.wait_for(1, Duration::from_secs(10)), 1);
+    assert_eq!(sub.take(), vec!["cli/will/v31 old"]);
+    // mosquitto logs the protocol level of each client: p1 is MQTT 3.1.
+    assert!(b.log().contains("(p1, "), "{}", b.log());
+    let o = qmqtt_run(&["pub", "-V", "mqttv5", "-t", "x", "-m", "x"], b"", T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("MQTT 5 is not supported"));
+}

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use qmqtt::codec::Protocol;
+use qmqtt::session::Will;
 use qmqtt::transport::{TlsOptions, TlsVersion};
 use qmqtt::{Config, QoS};
 
@@ -139,6 +141,11 @@ pub struct ConnOpts {
     pub queue_bytes: Option<usize>,
     pub clean: bool,
     pub debug: bool,
+    pub protocol: Option<Protocol>,
+    pub will_topic: Option<String>,
+    pub will_payload: Option<Vec<u8>>,
+    pub will_qos: Option<QoS>,
+    pub will_retain: bool,
 }
 
 /// Help text for the shared flags.
@@ -150,6 +157,8 @@ Connection:
   -i ID                client id (default qmqtt-<cmd>-<pid>)
   -u USER, -P PASS     username and password
   -k SECONDS           keep-alive interval (default 60; 0 turns it off)
+  -V VERSION           MQTT version: mqttv311 (default) or mqttv31
+  --will-topic T       last will: topic (with --will-payload, --will-qos 0|1|2, --will-retain)
   -d                   debug logging on stderr
 TLS (on with --cafile, --capath, --cert, -p 8883 or an mqtts:// / ssl:// URL):
   --cafile FILE        CA certificate(s), PEM, to verify the broker (default: the Mozilla roots)
@@ -207,6 +216,27 @@ impl ConnOpts {
                     .collect();
             }
             "-d" | "--debug" => self.debug = true,
+            "-V" | "--protocol-version" => {
+                let v = a.value(flag)?;
+                self.protocol = Some(match v.to_ascii_lowercase().as_str() {
+                    "mqttv311" | "311" | "4" => Protocol::V311,
+                    "mqttv31" | "31" | "3" => Protocol::V31,
+                    "mqttv5" | "5" => {
+                        return Err(a.err(format!(
+                            "{flag} {v}: MQTT 5 is not supported; use mqttv311 or mqttv31"
+                        )))
+                    }
+                    _ => {
+                        return Err(a.err(format!(
+                            "{flag}: unknown version '{v}' (use mqttv311 or mqttv31)"
+                        )))
+                    }
+                });
+            }
+            "--will-topic" => self.will_topic = Some(a.value(flag)?),
+            "--will-payload" => self.will_payload = Some(a.value_bytes(flag)?),
+            "--will-qos" => self.will_qos = Some(a.qos(flag)?),
+            "--will-retain" => self.will_retain = true,
             _ => return Ok(false),
         }
         Ok(true)
@@ -325,6 +355,18 @@ impl ConnOpts {
         if self.pass.is_some() && self.user.is_none() {
             return Err(a.err("-P needs -u USER as well".into()));
         }
+        if self.will_topic.is_none()
+            && (self.will_payload.is_some() || self.will_qos.is_some() || self.will_retain)
+        {
+            return Err(a.err("--will-payload/--will-qos/--will-retain need --will-topic".into()));
+        }
+        if let Some(t) = &self.will_topic {
+            if t.is_empty() || t.contains(['+', '#']) {
+                return Err(a.err(format!(
+                    "--will-topic '{t}': must be non-empty, without + or #"
+                )));
+            }
+        }
         if !self.tls()
             && (self.insecure
                 || !self.alpn.is_empty()
@@ -351,6 +393,17 @@ impl ConnOpts {
         }
         c.clean_session = self.clean;
         c.tls = self.tls_options();
+        if let Some(p) = self.protocol {
+            c.protocol = p;
+        }
+        if let Some(t) = &self.will_topic {
+            c.will = Some(Will {
+                topic: t.clone(),
+                payload: self.will_payload.clone().unwrap_or_default(),
+                qos: self.will_qos.unwrap_or(QoS::AtMostOnce),
+                retain: self.will_retain,
+            });
+        }
         if let Some(m) = self.max_inflight {
             c.max_inflight = m;
         }

@@ -113,13 +113,14 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         .map_err(|e| fail("setup")(format!("registering the socket: {e}")))?;
     let mut events = Events::with_capacity(8);
 
+    let protocol = o.conn.protocol.unwrap_or(Protocol::V311);
     let mut session = Session::new(SessionConfig {
         client_id: o
             .conn
             .id
             .clone()
             .unwrap_or_else(|| format!("qmqtt-check-{}", std::process::id())),
-        protocol: Protocol::V311,
+        protocol,
         keep_alive: Duration::from_secs(u64::from(o.conn.keepalive.unwrap_or(60))),
         response_timeout: o.timeout,
         clean_session: true,
@@ -223,7 +224,12 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         while let Some(ev) = session.poll_event() {
             if let SessionEvent::Connected { session_present } = ev {
                 println!(
-                    "  MQTT: CONNACK accepted (MQTT 3.1.1, session present: {}) after {:.1} ms",
+                    "  MQTT: CONNACK accepted ({}, session present: {}) after {:.1} ms",
+                    if protocol == Protocol::V31 {
+                        "MQTT 3.1"
+                    } else {
+                        "MQTT 3.1.1"
+                    },
                     if session_present { "yes" } else { "no" },
                     started.elapsed().as_secs_f64() * 1e3
                 );
