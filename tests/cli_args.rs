@@ -129,3 +129,22 @@ fn errors_name_the_bad_flag() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("Usage"));
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    use std::os::fd::FromRawFd;
+    // A pipe whose reading end is already closed: every write fails with EPIPE (SIGPIPE is ignored by
+    // Rust programs), as with `qmqtt check … | head -1` once head has exited.
+    let mut fds = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    let w = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+    let st = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+        .args(["pub", "--help"])
+        .stdout(w)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(0), "{}", text(&st.stderr));
+    assert!(!text(&st.stderr).contains("panicked"));
+}

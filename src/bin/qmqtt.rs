@@ -9,6 +9,28 @@
 //!
 //! No clap: the parser ([`args`]) is a few hundred lines and keeps the binary lean. The submodules live in
 //! `src/bin/qmqtt/` (crate roots look beside themselves, hence the `#[path]`s).
+/// `print!` that ignores a closed stdout (`qmqtt check | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+/// `println!` that ignores a closed stdout.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[path = "qmqtt/args.rs"]
 mod args;
 #[path = "qmqtt/check.rs"]
@@ -41,7 +63,7 @@ mqtts:// (ssl://) URL; the broker's certificate and host name are verified unles
 fn main() {
     let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     if argv.is_empty() {
-        eprint!("{HELP}");
+        errln!("{}", HELP.trim_end());
         std::process::exit(args::USAGE_EXIT);
     }
     let cmd = argv.remove(0);
@@ -50,15 +72,15 @@ fn main() {
         Some("sub") => subscribe::run(argv),
         Some("check") => check::run(argv),
         Some("--help" | "-help" | "help") => {
-            print!("{HELP}");
+            out!("{HELP}");
             0
         }
         Some("--version" | "-V") => {
-            println!("qmqtt {}", env!("CARGO_PKG_VERSION"));
+            outln!("qmqtt {}", env!("CARGO_PKG_VERSION"));
             0
         }
         _ => {
-            eprintln!(
+            errln!(
                 "qmqtt: unknown command '{}' (use pub, sub or check; see qmqtt --help)",
                 cmd.to_string_lossy()
             );

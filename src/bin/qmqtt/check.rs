@@ -65,27 +65,27 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let o = match parse(argv) {
         Ok(Some(o)) => o,
         Ok(None) => {
-            print!("{HELP}\n{CONN_HELP}");
+            out!("{HELP}\n{CONN_HELP}");
             return 0;
         }
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return crate::args::USAGE_EXIT;
         }
     };
     crate::util::init_logger(o.conn.debug);
     let uri = o.conn.uri();
-    println!("checking {uri}");
+    outln!("checking {uri}");
     match check(&o, &uri) {
         Ok(()) => {
-            println!("OK: {uri} accepts MQTT connections with these settings");
+            outln!("OK: {uri} accepts MQTT connections with these settings");
             0
         }
         Err(f) => {
-            println!("FAILED at {}: {}", f.step, f.what);
+            outln!("FAILED at {}: {}", f.step, f.what);
             let h = hint(&f.what);
             if !h.is_empty() {
-                println!("  what to do: {h}");
+                outln!("  what to do: {h}");
             }
             1
         }
@@ -190,7 +190,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             let ms = started.elapsed().as_secs_f64() * 1e3;
             match conn.tls_info() {
                 Some(info) => {
-                    println!(
+                    outln!(
                         "  TCP + TLS: connected to {}:{} ({}) in {ms:.1} ms",
                         ep.host,
                         ep.port,
@@ -198,7 +198,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                     );
                     print_tls(&info);
                 }
-                None => println!(
+                None => outln!(
                     "  TCP: connected to {}:{} ({}) in {ms:.1} ms (plain, no TLS)",
                     ep.host,
                     ep.port,
@@ -223,7 +223,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             .map_err(|e| fail("MQTT CONNECT")(session_text(&e)))?;
         while let Some(ev) = session.poll_event() {
             if let SessionEvent::Connected { session_present } = ev {
-                println!(
+                outln!(
                     "  MQTT: CONNACK accepted ({}, session present: {}) after {:.1} ms",
                     if protocol == Protocol::V31 {
                         "MQTT 3.1"
@@ -256,17 +256,17 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
 
 /// Print version, suite, ALPN and the broker's chain.
 fn print_tls(info: &TlsInfo) {
-    println!("  TLS version: {}", pretty_version(&info.version));
-    println!("  cipher suite: {}", info.cipher_suite);
+    outln!("  TLS version: {}", pretty_version(&info.version));
+    outln!("  cipher suite: {}", info.cipher_suite);
     match &info.alpn {
-        Some(p) => println!("  ALPN: {}", String::from_utf8_lossy(p)),
-        None => println!("  ALPN: none negotiated"),
+        Some(p) => outln!("  ALPN: {}", String::from_utf8_lossy(p)),
+        None => outln!("  ALPN: none negotiated"),
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    println!(
+    outln!(
         "  certificate chain sent by the broker ({}):",
         info.peer_chain.len()
     );
@@ -279,14 +279,14 @@ fn print_tls(info: &TlsInfo) {
                 } else {
                     format!("{} days left", left / 86400)
                 };
-                println!("    [{i}] subject: {}", s.subject);
-                println!("        issuer:  {}", s.issuer);
-                println!("        expires: {} ({when})", s.not_after_str());
+                outln!("    [{i}] subject: {}", s.subject);
+                outln!("        issuer:  {}", s.issuer);
+                outln!("        expires: {} ({when})", s.not_after_str());
                 if !s.alt_names.is_empty() {
-                    println!("        names:   {}", s.alt_names.join(", "));
+                    outln!("        names:   {}", s.alt_names.join(", "));
                 }
             }
-            None => println!(
+            None => outln!(
                 "    [{i}] ({} bytes, not a certificate this tool can read)",
                 c.len()
             ),

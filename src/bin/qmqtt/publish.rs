@@ -357,11 +357,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let o = match parse(argv) {
         Ok(Some(o)) => o,
         Ok(None) => {
-            print!("{HELP}\n{CONN_HELP}");
+            out!("{HELP}\n{CONN_HELP}");
             return 0;
         }
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return crate::args::USAGE_EXIT;
         }
     };
@@ -373,7 +373,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Source::File(p) => match std::fs::read(p) {
             Ok(v) => v,
             Err(e) => {
-                eprintln!(
+                errln!(
                     "qmqtt pub: cannot read -f {}: {e}",
                     std::path::Path::new(p).display()
                 );
@@ -384,11 +384,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             let mut v = Vec::new();
             let mut stdin = std::io::stdin().lock().take(MAX_MESSAGE as u64 + 1);
             if let Err(e) = stdin.read_to_end(&mut v) {
-                eprintln!("qmqtt pub: reading stdin: {e}");
+                errln!("qmqtt pub: reading stdin: {e}");
                 return 1;
             }
             if v.len() > MAX_MESSAGE {
-                eprintln!("qmqtt pub: stdin is larger than the largest MQTT message ({MAX_MESSAGE} bytes)");
+                errln!("qmqtt pub: stdin is larger than the largest MQTT message ({MAX_MESSAGE} bytes)");
                 return 1;
             }
             v
@@ -402,16 +402,16 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut client = match Client::connect(cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
+            errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
             return 1;
         }
     };
     let first = client.wait_connected(wait);
     crate::util::first_connect_done();
     if let Err(e) = first {
-        eprintln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
+        errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
         client.disconnect(Duration::ZERO);
-        eprintln!("sent=0 acked=0 dropped=0 reconnects=0");
+        errln!("sent=0 acked=0 dropped=0 reconnects=0");
         return 1;
     }
     log::info!("connected to {uri}");
@@ -443,7 +443,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         t.drain(&client);
         let waiting = t.sent_qos12.saturating_sub(t.acked);
         if waiting > 0 {
-            eprintln!(
+            errln!(
                 "qmqtt pub: interrupted: waiting up to {:.1}s for {waiting} unacknowledged message(s) \
                  (interrupt again to quit now)",
                 grace.unwrap_or_default().as_secs_f64()
@@ -507,17 +507,17 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             t.sent as f64 / secs,
         ));
     }
-    eprintln!("{line}");
+    errln!("{line}");
     if let Some(f) = failure {
-        eprintln!("qmqtt pub: {f}");
+        errln!("qmqtt pub: {f}");
         return 1;
     }
     if interrupted {
-        eprintln!("qmqtt pub: interrupted");
+        errln!("qmqtt pub: interrupted");
         return 130;
     }
     if unacked > 0 {
-        eprintln!(
+        errln!(
             "qmqtt pub: {unacked} QoS {} message(s) not acknowledged{}",
             o.qos as u8,
             match o.drain_timeout {

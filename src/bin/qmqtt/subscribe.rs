@@ -110,11 +110,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let o = match parse(argv) {
         Ok(Some(o)) => o,
         Ok(None) => {
-            print!("{HELP}\n{CONN_HELP}");
+            out!("{HELP}\n{CONN_HELP}");
             return 0;
         }
         Err(e) => {
-            eprintln!("{e}");
+            errln!("{e}");
             return crate::args::USAGE_EXIT;
         }
     };
@@ -127,20 +127,20 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut client = match Client::connect(cfg) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
+            errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
             return 1;
         }
     };
     let first = client.wait_connected(wait);
     crate::util::first_connect_done();
     if let Err(e) = first {
-        eprintln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
+        errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
         client.disconnect(Duration::ZERO);
         return 1;
     }
     for t in &o.topics {
         if let Err(e) = client.subscribe(t, o.qos) {
-            eprintln!(
+            errln!(
                 "qmqtt sub: cannot subscribe to '{t}': {}",
                 crate::util::with_hint(format!("{e}"))
             );
@@ -179,7 +179,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
                 }
             }
             Event::Subscribed { filter, granted } => match granted {
-                None => eprintln!(
+                None => errln!(
                     "qmqtt sub: the broker refused the subscription to '{filter}' (check its ACL)"
                 ),
                 Some(q) => log::info!("subscribed to '{filter}' with QoS {}", q as u8),
@@ -201,7 +201,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         if let Some(e) = &write_err {
             // A closed pipe (| head) is a normal way to stop.
             if e.kind() != std::io::ErrorKind::BrokenPipe {
-                eprintln!("qmqtt sub: writing stdout: {e}");
+                errln!("qmqtt sub: writing stdout: {e}");
                 break 1;
             }
             break 0;
@@ -237,7 +237,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     drop(out);
     client.disconnect(Duration::from_secs(1));
     if code == TIMEOUT_EXIT {
-        eprintln!(
+        errln!(
             "qmqtt sub: timed out after -W {}s",
             o.timeout.unwrap_or_default().as_secs_f64()
         );

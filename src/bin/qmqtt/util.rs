@@ -185,7 +185,7 @@ impl log::Log for StderrLogger {
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
             let t = self.start.elapsed();
-            eprintln!(
+            errln!(
                 "[{:>4}.{:03} {:<5} {}] {}",
                 t.as_secs(),
                 t.subsec_millis(),
