@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, PublishError, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
-use crate::util::{describe_connect_error, left, wait_readable, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
 
 pub const HELP: &str = "\
 qmqtt pub: publish MQTT messages (flags as mosquitto_pub)
@@ -406,13 +406,20 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    let first = client.wait_connected(wait);
-    crate::util::first_connect_done();
-    if let Err(e) = first {
-        errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
-        client.disconnect(Duration::ZERO);
-        errln!("sent=0 acked=0 dropped=0 reconnects=0");
-        return 1;
+    match crate::util::wait_first_connection(&client, wait, &sig) {
+        Ok(()) => {}
+        Err(FirstConnect::Failed(e)) => {
+            errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
+            client.disconnect(Duration::ZERO);
+            errln!("sent=0 acked=0 dropped=0 reconnects=0");
+            return 1;
+        }
+        Err(FirstConnect::Interrupted) => {
+            errln!("qmqtt pub: interrupted while connecting to {uri}");
+            client.disconnect(Duration::ZERO);
+            errln!("sent=0 acked=0 dropped=0 reconnects=0");
+            return 130;
+        }
     }
     log::info!("connected to {uri}");
 

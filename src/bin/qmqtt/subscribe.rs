@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
-use crate::util::{describe_connect_error, left, wait_readable, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
 
 pub const HELP: &str = "\
 qmqtt sub: subscribe and print messages (flags as mosquitto_sub)
@@ -131,12 +131,18 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
-    let first = client.wait_connected(wait);
-    crate::util::first_connect_done();
-    if let Err(e) = first {
-        errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
-        client.disconnect(Duration::ZERO);
-        return 1;
+    match crate::util::wait_first_connection(&client, wait, &sig) {
+        Ok(()) => {}
+        Err(FirstConnect::Failed(e)) => {
+            errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
+            client.disconnect(Duration::ZERO);
+            return 1;
+        }
+        Err(FirstConnect::Interrupted) => {
+            errln!("qmqtt sub: interrupted while connecting to {uri}");
+            client.disconnect(Duration::ZERO);
+            return 130;
+        }
     }
     for t in &o.topics {
         if let Err(e) = client.subscribe(t, o.qos) {

@@ -86,6 +86,38 @@ impl Drop for Signals {
     }
 }
 
+/// Why the first connection was not made.
+pub enum FirstConnect {
+    Failed(ClientError),
+    Interrupted,
+}
+
+/// Wait for the first CONNACK (or failure) for up to `total`, in short steps so that SIGINT / SIGTERM
+/// (blocked, waiting on `sig`) still end the wait.
+pub fn wait_first_connection(
+    c: &qmqtt::Client,
+    total: Duration,
+    sig: &Signals,
+) -> Result<(), FirstConnect> {
+    let deadline = Instant::now() + total;
+    let r = loop {
+        let step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        match c.wait_connected(step) {
+            Err(ClientError::Timeout) if Instant::now() < deadline => {
+                if sig.take() {
+                    break Err(FirstConnect::Interrupted);
+                }
+            }
+            Err(e) => break Err(FirstConnect::Failed(e)),
+            Ok(()) => break Ok(()),
+        }
+    };
+    first_connect_done();
+    r
+}
+
 /// Time left until `deadline` (`None`: forever), at least zero.
 pub fn left(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
