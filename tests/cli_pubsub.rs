@@ -859,6 +859,36 @@ fn interrupt_stops_cleanly_with_a_summary() {
     );
     drop(stdin);
 
+    // A frozen broker never answers CONNECT: SIGINT still ends the wait for it at once.
+    b.freeze();
+    let mut child = Command::new(BIN)
+        .args([
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(b.tcp_port),
+            "-t",
+            "cli/int",
+            "-m",
+            "x",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = wait_timeout(
+        &mut child,
+        Duration::from_secs(3),
+        "qmqtt pub interrupted while connecting",
+    );
+    let err = text(&read_all(child.stderr.take().unwrap()));
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted while connecting"), "{err}");
+    b.thaw();
+
     // qmqtt sub: SIGTERM is a clean exit 0.
     let mut s = QSub::start(&["-h", "127.0.0.1", "-p", &port(b.tcp_port), "-t", "cli/int"]);
     unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
