@@ -38,6 +38,7 @@ Delivery:
                        limit); messages still unacknowledged make the exit code 3
   --queue-bytes N      publish queue bound in bytes (default 4194304)
   --max-inflight N     QoS 1/2 messages in flight at once (default 100)
+  --linger SECONDS     let the engine collect a burst for up to this long before sending (default 0)
   -c                   no clean session (keep the session on the broker; needs -i)
   --help               this help
 
@@ -70,6 +71,7 @@ struct PubOpts {
     drain_timeout: Option<Duration>,
     repeat: u64,
     size: Option<usize>,
+    linger: Option<Duration>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
@@ -85,6 +87,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
     let mut drain_timeout = None;
     let mut repeat = None;
     let mut size = None;
+    let mut linger = None;
     let mut set_source = |a: &Args, flag: &str, s: Source| -> Result<(), UsageError> {
         if source.is_some() {
             return Err(a.err(format!(
@@ -116,6 +119,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
             "--repeat" => repeat = Some(a.number::<u64>(&f)?),
             "--size" => size = Some(a.number::<usize>(&f)?),
             "--queue-bytes" => conn.queue_bytes = Some(a.number(&f)?),
+            "--linger" => linger = Some(a.seconds(&f)?),
             "--max-inflight" => {
                 let n: u16 = a.number(&f)?;
                 if n == 0 {
@@ -169,6 +173,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
         drain_timeout,
         repeat: repeat.unwrap_or(1),
         size,
+        linger,
     }))
 }
 
@@ -394,7 +399,13 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             v
         }
     };
-    let cfg = o.conn.config(&format!("qmqtt-pub-{}", std::process::id()));
+    let mut cfg = o.conn.config(&format!("qmqtt-pub-{}", std::process::id()));
+    // QoS 0 has no acknowledgement; a Delivered event per message written is what wakes a publisher
+    // waiting for room in a full queue.
+    cfg.qos0_delivery_events = o.qos == QoS::AtMostOnce;
+    if let Some(l) = o.linger {
+        cfg.linger = l;
+    }
     let uri = cfg.uri.clone();
     let wait = cfg.connect_timeout + Duration::from_secs(1);
     // Before the I/O thread exists, so that it inherits the blocked signals.
