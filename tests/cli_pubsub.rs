@@ -972,3 +972,33 @@ fn last_will_and_protocol_version() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("MQTT 5 is not supported"));
 }
+
+#[test]
+fn check_with_tls12_cipher_suites() {
+    // Offering only a TLS 1.2 suite makes the session TLS 1.2 (mosquitto allows 1.2 and 1.3).
+    let b = Broker::start();
+    let url = format!("mqtts://localhost:{}", b.tls_port);
+    let ca = b.certs.ca.to_str().unwrap();
+    let suite = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256";
+    let o = qmqtt_run(
+        &["check", "-L", &url, "--cafile", ca, "--ciphers", suite],
+        b"",
+        T,
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("TLS version: TLSv1.2"), "{out}");
+    assert!(out.contains(&format!("cipher suite: {suite}")), "{out}");
+    // A suite name rustls does not know: a configuration error that names it, before any connection.
+    let o = qmqtt_run(
+        &["check", "-L", &url, "--cafile", ca, "--ciphers", "RC4-MD5"],
+        b"",
+        T,
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAILED at TLS configuration") && out.contains("RC4-MD5"),
+        "{out}"
+    );
+}
