@@ -40,6 +40,9 @@ fn help_exits_zero_and_lists_the_flags() {
                 "--sni",
                 "--tls-version",
                 "sent=N acked=N dropped=N reconnects=N",
+                "--linger",
+                "--will-topic",
+                "-V VERSION",
             ][..],
         ),
         (
