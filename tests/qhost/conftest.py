@@ -1,0 +1,70 @@
+"""pytest fixtures for the q host harness: one Host per process (a shared library cannot be unloaded, and
+the extension keeps process-wide state), one broker per module."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from broker import Broker  # noqa: E402
+from qhost import Host  # noqa: E402
+
+_host = None
+
+
+def get_host():
+    global _host
+    if _host is None:
+        _host = Host()
+    return _host
+
+
+@pytest.fixture(scope="session")
+def host():
+    return get_host()
+
+
+@pytest.fixture
+def q(host):
+    """The host with a clean slate: no connections, no recorded callbacks, default handlers."""
+    host.calls.clear()
+    host.handlers.clear()
+    yield host
+    host.disconnect_all()
+    host.loop(0)
+    host.handlers.clear()
+
+
+@pytest.fixture(scope="module")
+def broker():
+    b = Broker()
+    yield b
+    b.close()
+
+
+def engine_ready():
+    """True once the engine (src/client) is implemented: a connect to a closed port fails with a q error
+    other than 'internal error' (the stub panics with todo!())."""
+    from broker import free_port
+    from qhost import QError, Sym
+    h = get_host()
+    try:
+        h.call("connhx", Sym(f"tcp://127.0.0.1:{free_port()}"), Sym("probe"), {Sym("connectTimeout"): 1})
+    except QError as e:
+        return e.msg != "internal error"
+    return True
+
+
+_ready = None
+
+
+@pytest.fixture
+def engine(q):
+    """Skips the test while the engine is still the lead's stub."""
+    global _ready
+    if _ready is None:
+        _ready = engine_ready()
+    if not _ready:
+        pytest.skip("engine not implemented yet (src/client is a stub)")
+    return q
