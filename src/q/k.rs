@@ -182,6 +182,15 @@ impl<'a> KRef<'a> {
         }
     }
 
+    /// Item `i` of a mixed list (type 0) as a K object.
+    pub fn child(self, i: usize) -> Option<KRef<'a>> {
+        if self.t() != 0 || i >= self.len()? {
+            return None;
+        }
+        // SAFETY: i < n and a mixed list holds n K pointers.
+        unsafe { KRef::new(*(self.data() as *const K).add(i)) }
+    }
+
     /// This object as a [`Val`].
     pub fn val(self) -> Val<'a> {
         if let Some(i) = self.int() {

@@ -596,10 +596,9 @@ fn topic_of<'a>(topics: &Topics<'a>, i: usize) -> Result<&'a str, QErr> {
 }
 
 fn payload_of<'a>(list: KRef<'a>, i: usize) -> Result<&'a [u8], QErr> {
-    match list.item(i) {
-        Some(Val::Chars(b)) | Some(Val::Bytes(b)) => Ok(b),
-        _ => Err(c"payload type"),
-    }
+    list.child(i)
+        .and_then(|x| x.bytes())
+        .ok_or(c"payload type")
 }
 
 fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, QErr> {

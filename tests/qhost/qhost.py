@@ -61,10 +61,10 @@ def lib_path():
     p = os.environ.get("QMQTT_LIB")
     if p:
         return p
-    for prof in ("release", "debug"):
-        cand = os.path.join(ROOT, "target", prof, "libqmqtt.so")
-        if os.path.exists(cand):
-            return cand
+    cands = [os.path.join(ROOT, "target", prof, "libqmqtt.so") for prof in ("release", "debug")]
+    cands = [c for c in cands if os.path.exists(c)]
+    if cands:
+        return max(cands, key=os.path.getmtime)
     raise RuntimeError("libqmqtt.so not built: cargo build --release --features q --lib")
 
 
