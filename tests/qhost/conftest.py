@@ -4,6 +4,10 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("qhost", database=None)
+settings.load_profile("qhost")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

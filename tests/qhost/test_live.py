@@ -1,0 +1,292 @@
+"""Live scenarios through the host: KX's drop-in usage against a real mosquitto (plain, TLS, mTLS, password),
+callbacks with q's types on q's main thread, several connections, batch publish, reconnects, stats, leaks."""
+import ctypes
+import time
+
+import pytest
+
+from broker import PASSWORD, USER, Sub, pub
+from qhost import NIL, ST_K_WRONG, QError, Sym
+
+S = Sym
+
+
+def conn(q, uri, cid="qhost", opts=None):
+    """KX's .mqtt.conn (the q wrapper prepends `::)."""
+    return q.conn(uri, cid, opts)
+
+
+def wait_calls(q, name, n, timeout=10):
+    q.loop_until(lambda: len(q.callbacks(name)) >= n, timeout)
+    return q.callbacks(name)
+
+
+def test_kx_dropin_plain(engine, broker):
+    q = engine
+    # connX with ()!() (KX's documented form) …
+    assert q.call("connX", S(broker.tcp_uri), S("kx1"), {}) == NIL
+    assert q.call("isConnected", NIL) is True
+    # … and again through KX's conn wrapper dict: replaces the first, never two connections.
+    assert conn(q, broker.tcp_uri, "kx2") == NIL
+    assert q.call("isConnected", NIL) is True
+    assert q.h.qhost_nfds() == 1
+    outside = Sub(broker, "kx/#", qos=1)
+    try:
+        assert q.call("subx", S("kx/#"), 1) == NIL
+        time.sleep(0.2)
+        q.loop(50)
+        toks = {}
+        for qos in (0, 1, 2):
+            t = q.call("pubx", S(f"kx/q{qos}"), f"msg {qos}", qos, False)
+            assert isinstance(t, int)
+            toks[qos] = t
+        rcvd = wait_calls(q, ".mqtt.msgrcvd", 3)
+        assert sorted(rcvd) == [["kx/q0", "msg 0"], ["kx/q1", "msg 1"], ["kx/q2", "msg 2"]]
+        for topic, msg in rcvd:
+            assert isinstance(topic, str) and isinstance(msg, str)  # char vectors
+        sent = wait_calls(q, ".mqtt.msgsent", 2)
+        q.loop(200)
+        sent = q.callbacks(".mqtt.msgsent")
+        # QoS 1 and 2 only, each a long equal to pub's token; never QoS 0
+        assert sorted(a[0] for a in sent) == sorted([toks[1], toks[2]])
+        assert all(isinstance(a[0], int) for a in sent)
+        lines = outside.wait_for(3)
+        assert sorted(lines) == ["kx/q0 msg 0", "kx/q1 msg 1", "kx/q2 msg 2"]
+        # unsub: no more messages to us
+        assert q.call("unsub", S("kx/#")) == NIL
+        time.sleep(0.2)
+        q.calls.clear()
+        q.call("pubx", S("kx/after"), "x", 1, 0)
+        outside.wait_for(4)
+        q.loop(300)
+        assert q.callbacks(".mqtt.msgrcvd") == []
+        # the pub wrapper: .mqtt.pubx[;;1;0]
+        assert isinstance(q.call("pubx", S("kx/w"), "w", 1, 0), int)
+    finally:
+        outside.close()
+    assert q.call("disconnect", 100) == NIL
+    assert q.call("isConnected", NIL) is False
+    assert q.h.qhost_nfds() == 0
+    with pytest.raises(QError, match="^No client is currently connected$"):
+        q.call("disconnect", 0)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("pubx", S("kx/x"), "x", 1, 0)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("subx", S("kx/x"), 1)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("unsub", S("kx/x"))
+    assert q.stat(ST_K_WRONG) == 0
+
+
+def test_payload_and_topic_forms(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "forms", {S("rcvPayload"): S("byte")})
+    q.call("subx", "forms/#", 1)  # topic as a string
+    time.sleep(0.2)
+    q.call("pubx", "forms/bytes", b"\x00\x01\xff", 1, True)  # retain as boolean
+    q.call("pubx", S("forms/char"), "abc", True, 0)  # qos as boolean
+    rcvd = wait_calls(q, ".mqtt.msgrcvd", 2)
+    assert sorted(rcvd) == [["forms/bytes", b"\x00\x01\xff"], ["forms/char", b"abc"]]
+    # clear the retained message
+    q.call("pubx", S("forms/bytes"), b"", 1, 1)
+    q.loop(100)
+
+
+def test_errors_of_connect(engine, broker):
+    q = engine
+    from broker import free_port
+    with pytest.raises(QError) as e:
+        q.call("connX", S(f"tcp://127.0.0.1:{free_port()}"), S("c"), {S("connectTimeout"): 2})
+    assert e.value.msg == "Failure"
+    assert q.call("isConnected", NIL) is False
+    st = q.call("stats", NIL)
+    assert st["connected"] is False and st["lastError"] != ""
+    with pytest.raises(QError) as e:
+        q.call("connX", S(broker.auth_uri), S("c"), {S("username"): S(USER), S("password"): S("wrong")})
+    assert e.value.msg in ("conn refused: bad user name or password", "conn refused: not authorized")
+    q.call("connX", S(broker.auth_uri), S("c"), {S("username"): S(USER), S("password"): S(PASSWORD)})
+    assert q.call("isConnected", NIL) is True
+
+
+def test_tls_and_mtls(engine, broker):
+    q = engine
+    c = broker.certs
+    conn(q, broker.tls_uri, "tls", {S("trustStore"): S(c.ca)})
+    assert q.call("isConnected", NIL) is True
+    q.call("subx", S("tls/t"), 1)
+    time.sleep(0.2)
+    q.call("pubx", S("tls/t"), "secret", 1, 0)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["tls/t", "secret"]]
+    # mutual TLS, KX's option names; then keyStore alone holding certificate and key (paho's rule)
+    conn(q, broker.mtls_uri, "mtls", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_cert),
+                                      S("privateKey"): S(c.client_key)})
+    assert q.call("isConnected", NIL) is True
+    conn(q, broker.mtls_uri, "mtls2", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_bundle)})
+    assert q.call("isConnected", NIL) is True
+    q.call("disconnect", 0)
+    # failures: the q error is a short category
+    with pytest.raises(QError) as e:
+        conn(q, broker.tls_uri, "bad", {S("trustStore"): S(c.other_ca)})
+    assert e.value.msg == "tls: unknown issuer"
+    with pytest.raises(QError) as e:
+        conn(q, broker.tls_uri, "bad", {S("trustStore"): S(c.ca), S("sni"): S("elsewhere.example")})
+    assert e.value.msg == "tls: hostname mismatch"
+    # verify 0 (KX's default value, given explicitly) turns the host name check off
+    conn(q, broker.tls_uri, "nohost", {S("trustStore"): S(c.ca), S("sni"): S("elsewhere.example"),
+                                       S("verify"): 0})
+    assert q.call("isConnected", NIL) is True
+    q.call("disconnect", 0)
+    with pytest.raises(QError) as e:
+        conn(q, broker.mtls_uri, "nocert", {S("trustStore"): S(c.ca)})
+    assert e.value.static and e.value.msg != "internal error"
+
+
+def test_callback_errors_are_counted_and_do_not_stop_events(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "cberr")
+    q.call("subx", S("cb/#"), 1)
+    time.sleep(0.2)
+    seen = []
+
+    def bad(topic, msg):
+        seen.append(msg)
+        raise RuntimeError("type")  # a q function signalling 'type
+
+    q.handlers[".mqtt.msgrcvd"] = bad
+    for i in range(5):
+        q.call("pubx", S("cb/x"), str(i), 1, 0)
+    q.loop_until(lambda: len(seen) >= 5)
+    assert seen == ["0", "1", "2", "3", "4"]
+    assert q.call("stats", NIL)["callbackErrors"] == 5
+
+
+def test_several_connections(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "default")
+    h1 = q.call("connhx", S(broker.tcp_uri), S("h1"), {S(""): NIL})
+    h2 = q.call("connhx", S(broker.tls_uri), S("h2"), {S(""): NIL, S("trustStore"): S(broker.certs.ca)})
+    assert isinstance(h1, int) and isinstance(h2, int) and h1 >= 1 and h2 > h1
+    assert q.call("isConnectedh", h1) is True and q.call("isConnectedh", h2) is True
+    assert q.h.qhost_nfds() == 3
+    q.call("subxh", h1, S("multi/1"), 1)
+    q.call("subxh", h2, S("multi/2"), 2)
+    q.call("subx", S("multi/0"), 1)
+    time.sleep(0.2)
+    t1 = q.call("pubxh", h2, S("multi/1"), "to h1", 1, 0)
+    t2 = q.call("pubxh", h1, S("multi/2"), "to h2", 1, 0)
+    q.call("pubx", S("multi/0"), "to default", 1, 0)
+    got = wait_calls(q, ".mqtt.msgrcvdh", 2)
+    assert sorted(got) == sorted([[h1, "multi/1", "to h1"], [h2, "multi/2", "to h2"]])
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["multi/0", "to default"]]
+    sent = wait_calls(q, ".mqtt.msgsenth", 2)
+    assert sorted(sent) == sorted([[h2, t1], [h1, t2]])
+    st = q.call("statsh", h1)
+    assert st["connected"] is True and st["sent"] >= 1
+    q.call("unsubh", h1, S("multi/1"))
+    assert q.call("disconnecth", h1, 0) == NIL
+    assert q.call("isConnectedh", h1) is False
+    with pytest.raises(QError, match="No client is currently connected"):
+        q.call("disconnecth", h1, 0)
+    with pytest.raises(QError, match="not connected"):
+        q.call("pubxh", h1, S("x"), "x", 1, 0)
+    assert q.call("isConnectedh", h2) is True and q.call("isConnected", NIL) is True
+    q.call("disconnecth", h2, 0)
+    assert q.h.qhost_nfds() == 1
+
+
+def test_batch(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "batch")
+    outside = Sub(broker, "batch/#", qos=1)
+    try:
+        n = 1000
+        msgs = [f"m{i}" for i in range(n)]
+        toks = q.call("pubbatch", S("batch/one"), msgs, 1, False)
+        assert isinstance(toks, list) and len(toks) == n and len(set(toks)) == n
+        sent = wait_calls(q, ".mqtt.msgsent", n, timeout=20)
+        assert sorted(a[0] for a in sent) == sorted(toks)
+        # one topic per message; byte payloads; QoS 0 → no msgsent
+        q.calls.clear()
+        topics = [S(f"batch/t{i % 3}") for i in range(9)]
+        toks0 = q.call("pubbatch", topics, [bytes([65 + i]) for i in range(9)], 0, 0)
+        assert len(toks0) == 9
+        lines = outside.wait_for(n + 9, timeout=20)
+        assert len(lines) == n + 9
+        assert "batch/t2 I" in lines
+        q.loop(200)
+        assert q.callbacks(".mqtt.msgsent") == []
+        assert q.call("pubbatch", S("batch/x"), [], 1, 0) == []
+        with pytest.raises(QError, match="^length$"):
+            q.call("pubbatch", [S("a"), S("b")], ["x"], 1, 0)
+        with pytest.raises(QError, match="^payload type$"):
+            q.call("pubbatch", S("a"), ["x", 1], 1, 0)
+    finally:
+        outside.close()
+
+
+def test_reconnect_after_broker_restart(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "recon", {S("backoffMin"): 100, S("backoffMax"): 500, S("cleansession"): 0})
+    q.call("subx", S("recon/t"), 1)
+    time.sleep(0.2)
+    broker.stop()
+    assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10) is False
+    disc = wait_calls(q, ".mqtt.disconn", 1)
+    assert isinstance(disc[0][0], str) and disc[0][0] != ""
+    # queued while down, sent after the reconnect
+    tok = q.call("pubx", S("recon/t"), "while down", 1, 0)
+    broker.start()
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    sent = wait_calls(q, ".mqtt.msgsent", 1, timeout=10)
+    assert [tok] in sent
+    assert q.call("stats", NIL)["reconnects"] >= 1
+    # KX users' .z.ts pattern: reconnect by hand when not connected — still one connection
+    if not q.call("isConnected", NIL):
+        conn(q, broker.tcp_uri, "recon")
+    conn(q, broker.tcp_uri, "recon")
+    assert q.h.qhost_nfds() == 1
+
+
+def test_no_leaks_publish_and_receive(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "leak")
+    q.call("subx", S("leak/#"), 1)
+    time.sleep(0.2)
+    topic, msg, qos, ret = q.k(S("leak/t")), q.k("x" * 100), q.k(1), q.k(False)
+    try:
+        def burst(n):
+            for _ in range(n):
+                r = q.call_k("pubx", topic, msg, qos, ret)
+                q.r0(r)
+            wait_calls(q, ".mqtt.msgrcvd", len(q.callbacks(".mqtt.msgrcvd")) + n, timeout=20)
+            q.loop_until(lambda: q.call("stats", NIL)["inflight"] == 0, 10)
+            q.loop(100)
+        burst(500)  # warm-up
+        q.calls.clear()
+        before = q.used()
+        burst(3000)
+        after = q.used()
+        assert len(q.callbacks(".mqtt.msgrcvd")) >= 3000
+        assert after == before, after - before
+    finally:
+        for x in (topic, msg, qos, ret):
+            q.r0(x)
+
+
+def test_bench_hooks(engine, broker):
+    """Caller-thread cost, timed in C: single QoS 1 pub vs batch (per message)."""
+    q = engine
+    conn(q, broker.tcp_uri, "bench", {S("queueMessages"): 1000000, S("queueBytes"): 256 << 20})
+    out = (ctypes.c_double * 4)()
+    args = [q.k(S("bench/t")), q.k("21.5,2026-11-25T10:00:00"), q.k(1), q.k(False)]
+    errors = q.h.qhost_bench_pub(q.fns["pubx"], *args, 20000, 256, out)
+    single = list(out)
+    msgs = q.k(["21.5,2026-11-25T10:00:00"] * 100)
+    errors_b = q.h.qhost_bench_batch(q.fns["pubbatch"], args[0], msgs, args[2], args[3], 100, 200, 4, out)
+    batch = list(out)
+    for x in args + [msgs]:
+        q.r0(x)
+    print(f"\npub: median {single[0]:.0f} ns, p99.9 {single[1]:.0f} ns, mean {single[2]:.0f} ns, errors {errors}")
+    print(f"pubbatch: median {batch[0]:.0f} ns/msg, p99.9 {batch[1]:.0f} ns/msg, errors {errors_b}")
+    assert errors == 0 and errors_b == 0
+    assert batch[0] < single[0]
