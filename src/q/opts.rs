@@ -289,7 +289,9 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             }
             b"enabledCipherSuites" => {
                 let s = text(v, k)?;
-                cfg.tls.cipher_suites = s
+                // OpenSSL's "ALL" / "DEFAULT" (paho's default): every suite rustls offers.
+                let all = s.eq_ignore_ascii_case("ALL") || s.eq_ignore_ascii_case("DEFAULT");
+                cfg.tls.cipher_suites = if all { "" } else { s }
                     .split([':', ',', ' '])
                     .filter(|x| !x.is_empty())
                     .map(str::to_string)
