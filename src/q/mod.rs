@@ -122,42 +122,70 @@ fn arg<'a>(x: K) -> Option<KRef<'a>> {
     unsafe { KRef::new(x) }
 }
 
-/// Connect failures: needles (lower case, spaces and `_` removed) in the engine's message → q error.
+/// Connect failures: needles (lower case, without spaces, `_` and `-`) in the engine's message → q error.
+/// First match wins; the full message goes to the log and to `lastError`.
 const CONNECT_ERRORS: &[(&str, QErr)] = &[
     (
         "badusernameorpassword",
         c"conn refused: bad user name or password",
     ),
     ("notauthori", c"conn refused: not authorized"),
+    ("clientidrejected", c"conn refused: identifier rejected"),
     ("identifierrejected", c"conn refused: identifier rejected"),
     (
-        "unacceptableprotocol",
+        "unacceptableprotocolversion",
         c"conn refused: unacceptable protocol version",
     ),
     ("serverunavailable", c"conn refused: server unavailable"),
+    ("brokerrefusedtheconnection", c"conn refused"),
+    ("notsignedbyatrustedca", c"tls: unknown issuer"),
     ("unknownissuer", c"tls: unknown issuer"),
-    ("notyetvalid", c"tls: certificate not yet valid"),
-    ("expired", c"tls: certificate expired"),
+    ("hasexpired", c"tls: certificate expired"),
+    ("notvalidyet", c"tls: certificate not yet valid"),
+    ("notvalidforhostname", c"tls: hostname mismatch"),
     ("notvalidforname", c"tls: hostname mismatch"),
-    ("hostname", c"tls: hostname mismatch"),
+    (
+        "requiresaclientcertificate",
+        c"tls: client certificate required",
+    ),
     ("certificaterequired", c"tls: client certificate required"),
-    ("badcertificate", c"tls: bad certificate"),
-    ("handshake", c"tls: handshake failed"),
-    ("resolve", c"Failure"),
+    ("hasbeenrevoked", c"tls: certificate revoked"),
+    ("signaturedoesnotverify", c"tls: bad signature"),
+    (
+        "notlsversionorciphersuiteincommon",
+        c"tls: no common version or cipher suite",
+    ),
+    ("isnottls", c"tls: the broker does not speak TLS"),
+    ("sentnocertificate", c"tls: no server certificate"),
+    ("tlshandshake", c"tls: handshake failed"),
+    ("tlswith", c"tls: failed"),
+    ("timeout:", c"timeout"),
+    ("timedout", c"timeout"),
 ];
 
-/// Configuration errors reported by the engine (the q layer checked types and files already).
+/// Configuration errors reported by the engine (the q layer checked types and file presence already).
 const CONFIG_ERRORS: &[(&str, QErr)] = &[
+    ("invalidprotocolscheme", c"Invalid protocol scheme"),
+    ("brokeruri", c"addr invalid"),
     ("cipher", c"enabledCipherSuites invalid"),
+    (
+        "encrypted",
+        c"privateKeyPassword unsupported (decrypt the key)",
+    ),
+    ("needsitsprivatekey", c"privateKey missing"),
+    ("needsitsclientcertificate", c"keyStore missing"),
+    ("clientcertificate", c"keyStore invalid"),
+    ("privatekey", c"privateKey invalid"),
+    ("capath", c"CApath invalid"),
+    ("truststore", c"trustStore invalid"),
     ("alpn", c"alpn invalid"),
     ("servername", c"sni invalid"),
-    ("uri", c"Invalid protocol scheme"),
-    ("scheme", c"Invalid protocol scheme"),
-    ("port", c"addr invalid"),
-    ("host", c"addr invalid"),
+    ("sni", c"sni invalid"),
     ("clientid", c"client invalid"),
-    ("certificate", c"tls: cannot load certificate"),
-    ("key", c"tls: cannot load private key"),
+    ("keepalive", c"keepAliveInterval invalid"),
+    ("will", c"lastWillTopic invalid"),
+    ("inflight", c"maxInflightMessages invalid"),
+    ("queue", c"queueBytes invalid"),
 ];
 
 fn squash(s: &str) -> String {
@@ -596,9 +624,7 @@ fn topic_of<'a>(topics: &Topics<'a>, i: usize) -> Result<&'a str, QErr> {
 }
 
 fn payload_of<'a>(list: KRef<'a>, i: usize) -> Result<&'a [u8], QErr> {
-    list.child(i)
-        .and_then(|x| x.bytes())
-        .ok_or(c"payload type")
+    list.child(i).and_then(|x| x.bytes()).ok_or(c"payload type")
 }
 
 fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, QErr> {

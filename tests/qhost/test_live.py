@@ -230,12 +230,14 @@ def test_reconnect_after_broker_restart(engine, broker):
     q.call("subx", S("recon/t"), 1)
     time.sleep(0.2)
     broker.stop()
-    assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10) is False
-    disc = wait_calls(q, ".mqtt.disconn", 1)
-    assert isinstance(disc[0][0], str) and disc[0][0] != ""
-    # queued while down, sent after the reconnect
-    tok = q.call("pubx", S("recon/t"), "while down", 1, 0)
-    broker.start()
+    try:
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        disc = wait_calls(q, ".mqtt.disconn", 1)
+        assert isinstance(disc[0][0], str) and disc[0][0] != ""
+        # queued while down, sent after the reconnect
+        tok = q.call("pubx", S("recon/t"), "while down", 1, 0)
+    finally:
+        broker.start()
     assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
     sent = wait_calls(q, ".mqtt.msgsent", 1, timeout=10)
     assert [tok] in sent
