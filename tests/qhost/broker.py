@@ -71,12 +71,20 @@ class Broker:
     def __init__(self, persistence=False):
         self.dir = tempfile.mkdtemp(prefix="qhost-broker-")
         self.certs = Certs(os.path.join(self.dir, "certs"))
-        self.tcp_port, self.tls_port = free_port(), free_port()
-        self.mtls_port, self.auth_port = free_port(), free_port()
         self.persistence = persistence
         self.proc = None
-        self._write_config()
-        self.start()
+        # Other processes on this machine take free ports too: on a lost race, pick new ports and retry.
+        for attempt in range(5):
+            self.tcp_port, self.tls_port = free_port(), free_port()
+            self.mtls_port, self.auth_port = free_port(), free_port()
+            self._write_config()
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                self.kill()
+                if attempt == 4:
+                    raise
 
     @property
     def tcp_uri(self):

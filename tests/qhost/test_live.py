@@ -292,3 +292,110 @@ def test_bench_hooks(engine, broker):
     print(f"pubbatch: median {batch[0]:.0f} ns/msg, p99.9 {batch[1]:.0f} ns/msg, errors {errors_b}")
     assert errors == 0 and errors_b == 0
     assert batch[0] < single[0]
+
+
+def test_pub_never_blocks_on_a_frozen_broker(engine, broker):
+    """KX's library holds q while paho's window is full; ours only queues. With the broker frozen (SIGSTOP),
+    thousands of QoS 1 publishes each return at once; the bounded queue then refuses with 'queue full'."""
+    q = engine
+    conn(q, broker.tcp_uri, "frozen", {S("queueMessages"): 5000})
+    broker.freeze()
+    try:
+        worst = 0.0
+        for i in range(5000):
+            t0 = time.perf_counter()
+            q.call("pubx", S("frozen/t"), f"m{i}", 1, 0)
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, f"a publish took {worst * 1000:.1f} ms"
+        with pytest.raises(QError, match="^queue full$"):
+            for _ in range(200):
+                q.call("pubx", S("frozen/t"), "over", 1, 0)
+        st = q.call("stats", NIL)
+        assert st["refusedFull"] >= 1 and st["queued"] + st["inflight"] >= 4000
+    finally:
+        broker.thaw()
+    q.loop_until(lambda: q.call("stats", NIL)["acked"] >= 5000, 20)
+    assert q.call("stats", NIL)["acked"] >= 5000
+
+
+def test_drop_oldest_policy(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "dropold", {S("queueMessages"): 100, S("fullPolicy"): S("dropOldest")})
+    broker.freeze()
+    try:
+        for i in range(1000):
+            q.call("pubx", S("drop/t"), f"m{i}", 1, 0)
+        st = q.call("stats", NIL)
+        assert st["droppedOldest"] >= 700 and st["dropped"] >= st["droppedOldest"]
+    finally:
+        broker.thaw()
+
+
+def test_manual_reconnect_pattern(engine, broker):
+    """KX users reconnect from .z.ts: `if[not .mqtt.isConnected[];.mqtt.conn[...]]`. A failed conn leaves no
+    connection behind; a successful one replaces the old; never two."""
+    q = engine
+    from broker import free_port
+    conn(q, broker.tcp_uri, "manual", {S("autoReconnect"): 0})
+    assert q.h.qhost_nfds() == 1
+    with pytest.raises(QError, match="^Failure$"):
+        conn(q, f"tcp://127.0.0.1:{free_port()}", "manual", {S("connectTimeout"): 1})
+    # the previous default connection was closed before trying: none now
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    for _ in range(3):
+        if not q.call("isConnected", NIL):
+            conn(q, broker.tcp_uri, "manual")
+    assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
+
+
+def test_live_zoo_while_connected(engine, broker):
+    """Every zoo value in every position of pub/sub/unsub/pubbatch while connected: a token / (::) or a static
+    q error, never a crash; libe's memory balances."""
+    from test_args import BASE, expected, run_case
+    from zoo import ZOO
+    q = engine
+    conn(q, broker.tcp_uri, "zoo", {S("queueMessages"): 1000000, S("queueBytes"): 1 << 30})
+    n = 0
+    for fn in ("pubx", "subx", "unsub", "pubbatch"):
+        base = BASE[fn]
+        for pos in range(len(base)):
+            for e in ZOO:
+                args = list(base)
+                args[pos] = e
+                run_case(q, fn, args)
+                before = q.used()
+                res = run_case(q, fn, args)
+                assert q.used() == before, (fn, pos, e[0])
+                exp = expected(fn, args, connected=True)
+                if isinstance(res, QError):
+                    assert res.msg != "internal error", (fn, e[0])
+                    if exp is not ... and exp is not None:
+                        assert res.msg == exp, (fn, pos, e[0], res.msg, exp)
+                elif exp is not ...:
+                    assert exp is None, (fn, pos, e[0], res)
+                    if fn == "pubx":
+                        assert isinstance(res, int)
+                n += 1
+                q.loop(0)
+    assert n > 300
+    q.loop(200)
+    assert q.call("isConnected", NIL) is True
+
+
+def test_telemetry_demo(engine):
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QMQTT_") or k == "QMQTT_LIB"}
+    env["QMQTT_TICKS"] = "5"
+    r = subprocess.run([sys.executable, os.path.join(here, "telemetry.py")], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sent 20 readings" in r.stdout
+    assert "acknowledged so far: 20" in r.stdout
+    assert "connected" in r.stdout and "lastError" in r.stdout
+
+
+def test_callbacks_only_on_the_main_thread(host):
+    assert host.stat(ST_K_WRONG) == 0
