@@ -386,13 +386,13 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
-        error!("conn {uri}: {t}");
+        info!("conn {uri}: {t}");
         set_last_error(t);
         client_error(&e)
     })?;
     if let Err(e) = client.wait_connected(timeout) {
         let t = client_error_text(&e);
-        error!("conn {uri}: {t}");
+        info!("conn {uri}: {t}");
         set_last_error(t);
         client.disconnect(Duration::ZERO);
         return Err(client_error(&e));

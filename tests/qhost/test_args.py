@@ -132,6 +132,10 @@ def expected(fn, args, connected=False):
         return handle_check(args[0])
     if fn == "statsh":
         return first(handle_check(args[0]), None if args[0][2] == 0 else "invalid handle")
+    if fn == "pubbatchh":
+        return handle_check(args[0]) or expected("pubbatch", args[1:], connected=False)
+    if fn == "pubbatch":
+        return batch_expected(args, connected)
     if fn in ("connX", "connhx"):
         a, c, o = args
         e = first(text_check(a, "addr type"), text_check(c, "client type"))
@@ -150,6 +154,44 @@ def expected(fn, args, connected=False):
             return "Invalid protocol scheme"
         return ...
     return ...
+
+
+LIST_LEN = {"empty list ()": 0, "list of strings": 2, "list of bytes": 1, "mixed list": 4, "nested list": 1,
+            "list of (::)": 2, "list of 10000 strings": 10000, "syms": 2, "empty syms": 0, "syms long": 10000}
+# The first item's error as a payload list / as a topic list.
+PAYLOAD_ITEM_ERR = {"empty list ()": None, "list of strings": None, "list of bytes": None,
+                    "mixed list": "payload type", "nested list": "payload type", "list of (::)": "payload type",
+                    "list of 10000 strings": None}
+TOPIC_ITEM_ERR = {"list of (::)": "topic type", "list of bytes": "topic type", "mixed list": "topic type",
+                  "nested list": "topic type"}
+
+
+def batch_expected(args, connected):
+    t, m, qo, r = args
+    if m[1] != 0:
+        return "payload type"
+    if m[0] not in LIST_LEN:
+        return ...
+    n = LIST_LEN[m[0]]
+    topic_err = None
+    if t[1] in TEXT_TYPES:
+        e = text_check(t, "topic type")
+        if e:
+            return e
+    elif t[1] in (11, 0):
+        if t[0] not in LIST_LEN:
+            return ...
+        if LIST_LEN[t[0]] != n:
+            return "length"
+        topic_err = TOPIC_ITEM_ERR.get(t[0])
+    else:
+        return "topic type"
+    e = first(qos_check(qo), retain_check(r))
+    if e:
+        return e
+    if n > 0 and (topic_err or PAYLOAD_ITEM_ERR[m[0]]):
+        return topic_err or PAYLOAD_ITEM_ERR[m[0]]
+    return None if connected else "not connected"
 
 
 def run_case(q, fn, entries):
