@@ -399,3 +399,51 @@ def test_telemetry_demo(engine):
 
 def test_callbacks_only_on_the_main_thread(host):
     assert host.stat(ST_K_WRONG) == 0
+
+
+def test_callbacks_may_call_the_library(engine, broker):
+    """A callback that publishes (an echo) and one that disconnects: no deadlock, no crash; an explicit
+    disconnect calls no .mqtt.disconn (as KX: paho's connectionLost is for lost connections only)."""
+    q = engine
+    conn(q, broker.tcp_uri, "reent")
+    q.call("subx", S("re/#"), 1)
+    time.sleep(0.2)
+    echoed = []
+
+    def on_msg(topic, msg):
+        if topic == "re/in":
+            echoed.append(q.call("pubx", S("re/out"), "echo " + msg, 1, 0))
+        elif topic == "re/stop":
+            q.call("disconnect", 0)
+
+    q.handlers[".mqtt.msgrcvd"] = on_msg
+    for i in range(20):
+        q.call("pubx", S("re/in"), str(i), 1, 0)
+    got = wait_calls(q, ".mqtt.msgrcvd", 40)
+    assert len([a for a in got if a[0] == "re/out"]) == 20 and len(echoed) == 20
+    q.call("pubx", S("re/stop"), "", 1, 0)
+    q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    q.loop(300)
+    assert q.callbacks(".mqtt.disconn") == []
+
+
+def test_no_leaks_batch(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "leakb")
+    topic, msgs, qos, ret = q.k(S("leakb/t")), q.k(["r" * 50] * 100), q.k(1), q.k(False)
+    try:
+        def burst(k):
+            for _ in range(k):
+                q.r0(q.call_k("pubbatch", topic, msgs, qos, ret))
+            q.loop_until(lambda: q.call("stats", NIL)["inflight"] == 0 and q.call("stats", NIL)["queued"] == 0, 10)
+            q.loop(100)
+        burst(5)
+        q.calls.clear()
+        before = q.used()
+        burst(30)
+        assert q.used() == before
+        assert len(q.callbacks(".mqtt.msgsent")) == 3000
+    finally:
+        for x in (topic, msgs, qos, ret):
+            q.r0(x)
