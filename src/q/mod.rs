@@ -520,8 +520,12 @@ fn drain(fd: RawFd) {
             }
         };
         if let Some(e) = k::error_text(r) {
-            conn.callback_errors.fetch_add(1, Ordering::Relaxed);
-            error!("callback on connection {h} signalled '{e}'");
+            // Logged for the first few, then every 1000th: a broken callback on a busy stream must not
+            // flood stderr. All are counted (`callbackErrors` in .mqtt.stats[]).
+            let n = conn.callback_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 10 || n % 1000 == 0 {
+                error!("callback on connection {h} signalled '{e}' ({n} callback errors so far)");
+            }
         }
         k::release(r);
     }
