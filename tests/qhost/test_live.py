@@ -447,3 +447,41 @@ def test_no_leaks_batch(engine, broker):
     finally:
         for x in (topic, msgs, qos, ret):
             q.r0(x)
+
+
+def test_large_messages_round_trip(engine, broker):
+    """KX's library once failed reading large messages: 256 KiB and 900 KiB payloads arrive whole."""
+    q = engine
+    conn(q, broker.tcp_uri, "large", {S("rcvPayload"): S("byte")})
+    q.call("subx", S("large/t"), 1)
+    time.sleep(0.2)
+    big = bytes(range(256)) * 1024
+    bigger = b"\x07" * (900 * 1024)
+    q.call("pubx", S("large/t"), big, 1, 0)
+    q.call("pubx", S("large/t"), bigger, 2, 0)
+    got = wait_calls(q, ".mqtt.msgrcvd", 2, timeout=20)
+    assert [m for _t, m in got] == [big, bigger]
+
+
+def test_reconnect_from_the_disconn_callback(engine, broker):
+    """A KX pattern: .mqtt.disconn:{.mqtt.conn[...]} — conn from inside the callback of the lost connection."""
+    q = engine
+    conn(q, broker.tcp_uri, "fromcb", {S("backoffMin"): 100, S("backoffMax"): 200})
+    attempts = []
+
+    def on_disconn(cause):
+        attempts.append(cause)
+        conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})  # broker down: signals 'Failure
+
+    q.handlers[".mqtt.disconn"] = on_disconn
+    broker.stop()
+    try:
+        q.loop_until(lambda: attempts, 10)
+        q.loop(300)
+    finally:
+        broker.start()
+    assert len(attempts) == 1
+    # the failed conn closed the old connection (never two): nothing reconnects by itself now
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    conn(q, broker.tcp_uri, "fromcb")
+    assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
