@@ -3,7 +3,8 @@
 same environment variables — through the q host harness (KX's libe.so + qhost.so + our library).
 
   QMQTT_URL QMQTT_CA QMQTT_CERT QMQTT_KEY QMQTT_TOPIC QMQTT_TICKS   as in telemetry.q
-When QMQTT_URL is not set, a local mosquitto with generated certificates is started and its mutual-TLS
+Needs the library built (cargo build --release --features q --lib; or QMQTT_LIB=path). When QMQTT_URL is
+not set, a local mosquitto with generated certificates is started and its mutual-TLS
 listener is used, so `tests/qhost/telemetry.py` runs anywhere mosquitto is installed.
 """
 import os
@@ -17,6 +18,11 @@ from qhost import NIL, Host, Sym  # noqa: E402
 
 
 def main():
+    from qhost import qhost_path
+    if not os.path.exists(qhost_path()):  # first run: fetch libe.so (pinned) and build the host shim
+        import subprocess
+        subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "build")], check=True,
+                       stdout=subprocess.DEVNULL)
     broker = None
     if not os.environ.get("QMQTT_URL"):
         from broker import Broker

@@ -485,3 +485,41 @@ def test_reconnect_from_the_disconn_callback(engine, broker):
     assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
     conn(q, broker.tcp_uri, "fromcb")
     assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
+
+
+def test_publish_from_secondary_threads(engine, broker):
+    """q's secondary threads (peach) may publish: tokens stay unique, nothing is lost, and the library never
+    calls into q (k, sd1) from those threads."""
+    import threading
+    q = engine
+    conn(q, broker.tcp_uri, "threads", {S("queueMessages"): 100000})
+    q.call("subx", S("thr/#"), 1)
+    time.sleep(0.2)
+    tokens, errors = [], []
+
+    def worker(i):
+        h = q.h
+        marker = h.qhost_err_marker()  # krr's marker is per thread
+        t, m, qo, r = h.ks(f"thr/{i}".encode()), h.kpn(b"x", 1), h.kj(1), h.kb(0)
+        mine = []
+        for _ in range(1000):
+            res = q.fns["pubx"](t, m, qo, r)
+            if res == marker or not res:
+                errors.append(i)
+            else:
+                mine.append(ctypes.c_int64.from_address(res + 8).value)
+                h.r0(res)
+        for x in (t, m, qo, r):
+            h.r0(x)
+        tokens.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        q.loop(20)
+    assert errors == []
+    assert len(tokens) == 4000 and len(set(tokens)) == 4000
+    got = wait_calls(q, ".mqtt.msgrcvd", 4000, timeout=30)
+    assert len(got) == 4000
+    assert q.stat(ST_K_WRONG) == 0
