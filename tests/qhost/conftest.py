@@ -48,16 +48,15 @@ def broker():
 
 
 def engine_ready():
-    """True once the engine (src/client) is implemented: a connect to a closed port fails with a q error
-    other than 'internal error' (the stub panics with todo!())."""
-    from broker import free_port
-    from qhost import QError, Sym
-    h = get_host()
+    """False only while src/client is still the lead's stub (its Client::connect is `todo!()`). Once the
+    engine is there, live tests always run — a panicking engine fails them instead of skipping them."""
+    from qhost import ROOT
     try:
-        h.call("connhx", Sym(f"tcp://127.0.0.1:{free_port()}"), Sym("probe"), {Sym("connectTimeout"): 1})
-    except QError as e:
-        return e.msg != "internal error"
-    return True
+        src = open(os.path.join(ROOT, "src", "client", "mod.rs")).read()
+    except OSError:
+        return True
+    i = src.find("pub fn connect(")
+    return i < 0 or "todo!()" not in src[i:i + 400]
 
 
 _ready = None
