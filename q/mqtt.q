@@ -4,7 +4,9 @@
 / Differences from KX (see README): publishing never blocks q (messages are queued for an I/O thread; up to
 / 100 QoS 1/2 messages in flight unless `reliable`/`maxInflightMessages` say otherwise); the connection
 / reconnects by itself (`autoReconnect 0b to turn off); TLS host names are verified unless `verify 0`;
-/ payloads may be byte vectors and topics strings; .mqtt.disconn gets the cause as a string.
+/ payloads may be byte vectors and topics strings; .mqtt.disconn gets the cause as a string; disconnect
+/ succeeds on a connection that is down (it stops reconnecting). At exit connections close at once: call
+/ .mqtt.disconnect[ms] first to let queued messages go out.
 
 \d .mqtt
 
