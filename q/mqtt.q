@@ -30,6 +30,18 @@ disconn:{0N!(`disconn;x);};
 msgrcvd:{0N!(`msgrecvd;x;y);};
 
 / ---- additions ----
+/ conn options beyond KX's (KX's keys all work: username password keepAliveInterval cleansession reliable
+/ connectTimeout MQTTVersion maxInflightMessages lastWill* trustStore keyStore privateKey CApath
+/ enabledCipherSuites enableServerCertAuth sslVersion verify ...; those that cannot be honoured fail conn
+/ with an error naming the key, e.g. 'MQTTVersion: 5 unsupported):
+/   queueBytes queueMessages   bounds of the publish queue (default 4 MiB, 100000 messages)
+/   fullPolicy                 `error (pub signals 'queue full) `dropOldest `dropNewest
+/   autoReconnect              1b (default) / 0b;  backoffMin backoffMax: ms between attempts (1000 30000)
+/   alpn sni                   TLS ALPN protocol(s) (symbol or symbols) and server name
+/   rcvPayload                 `char (default) or `byte: type of msg in msgrcvd
+/   linger                     ms the I/O thread may collect messages before sending (default 0)
+/   batchScheduling            1b (default): the I/O thread never preempts q's main thread
+/   logLevel                   as .mqtt.loglevel (process-wide)
 / Several connections: connh returns a handle h (long >= 1); handle 0 means the default (conn) connection.
 /   h:.mqtt.connh[`$"ssl://broker:8883";`gw1;`trustStore`keyStore`privateKey!(`ca.pem;`gw.pem;`gw.key)]
 /   .mqtt.pubh[h;`t;"msg"]  .mqtt.pubxh[h;`t;"msg";qos;retain]  .mqtt.subh[h;`t]  .mqtt.subxh[h;`t;qos]
@@ -55,7 +67,7 @@ pubbatch :`mqttkdb 2:(`pubbatch;4);
 pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
-/ droppedIncoming received reconnects bytesIn bytesOut callbackErrors connected lastError.
+/ droppedIncoming received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

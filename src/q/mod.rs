@@ -707,7 +707,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
     let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 15] = [
+    let longs: [(&CStr, u64); 17] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -723,6 +723,8 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"bytesIn", s.bytes_in),
         (c"bytesOut", s.bytes_out),
         (c"callbackErrors", cb_errors),
+        (c"wakeups", s.wakeups),
+        (c"socketWrites", s.socket_writes),
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();

@@ -95,6 +95,8 @@ const KEYS: &[Key] = &[
     key!("sni"),
     key!("rcvPayload"),
     key!("logLevel"),
+    key!("linger"),
+    key!("batchScheduling"),
 ];
 
 pub const E_OPTIONS: QErr = c"options";
@@ -384,6 +386,10 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     _ => return Err(k.ty),
                 }
             }
+            b"linger" => {
+                cfg.linger = Duration::from_millis(in_range(int(v, k)?, 0, 10_000, k)? as u64)
+            }
+            b"batchScheduling" => cfg.batch_scheduling = flag(v, k)?,
             b"logLevel" => {
                 log_level = Some(
                     match v {

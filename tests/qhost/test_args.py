@@ -259,7 +259,7 @@ OPT_KEYS = ["username", "password", "keepAliveInterval", "cleansession", "reliab
             "lastWillMessage", "lastWillRetain", "trustStore", "keyStore", "privateKey", "privateKeyPassword",
             "enabledCipherSuites", "CApath", "enableServerCertAuth", "sslVersion", "verify", "httpProxy",
             "httpsProxy", "queueBytes", "queueMessages", "fullPolicy", "autoReconnect", "backoffMin",
-            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "", "bogus"]
+            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "linger", "batchScheduling", "", "bogus"]
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
@@ -353,6 +353,8 @@ def test_options_exact(q):
     assert err({S("maxInflightMessages"): -1}) == "Invalid protocol scheme"
     assert err({S("reliable"): True}) == "Invalid protocol scheme"
     assert err({S("nosuch"): 1}) == "Unsupported conn opt name in dictionary"
+    assert err({S("linger"): 5, S("batchScheduling"): False}) == "Invalid protocol scheme"
+    assert err({S("linger"): 20000}) == "linger invalid"
     # typed value vectors: `username`password!`u`p (symbols), `keepAliveInterval`connectTimeout!10 5 (longs)
     for d in (q.h.xD(q.syms(["username", "password"]), q.syms(["u", "p"])),
               q.h.xD(q.syms(["keepAliveInterval", "connectTimeout"]), q.vec(7, [10, 5])),
@@ -414,7 +416,7 @@ def test_stats_without_connection(q):
     s = q.call("stats", NIL)
     assert s["connected"] is False
     for k in ("queued", "queuedBytes", "inflight", "sent", "acked", "dropped", "received", "reconnects",
-              "bytesIn", "bytesOut", "callbackErrors"):
+              "bytesIn", "bytesOut", "callbackErrors", "wakeups", "socketWrites"):
         assert s[k] == 0, k
     assert isinstance(s["lastError"], str)
 

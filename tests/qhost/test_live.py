@@ -543,3 +543,17 @@ def test_publish_from_secondary_threads(engine, broker):
     got = wait_calls(q, ".mqtt.msgrcvd", 4000, timeout=30)
     assert len(got) == 4000
     assert q.stat(ST_K_WRONG) == 0
+
+
+def test_linger_collects_messages_into_fewer_writes(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "linger", {S("linger"): 20})
+    outside = Sub(broker, "linger/#", qos=0)
+    try:
+        for i in range(2000):
+            q.call("pubx", S("linger/t"), f"m{i}", 0, 0)
+        assert len(outside.wait_for(2000, timeout=20)) == 2000
+        st = q.call("stats", NIL)
+        assert st["sent"] >= 2000 and st["socketWrites"] * 4 < st["sent"], st
+    finally:
+        outside.close()
