@@ -557,3 +557,21 @@ def test_linger_collects_messages_into_fewer_writes(engine, broker):
         assert st["sent"] >= 2000 and st["socketWrites"] * 4 < st["sent"], st
     finally:
         outside.close()
+
+
+def test_subscriptions_survive_an_automatic_reconnect(engine, broker):
+    """KX users resubscribe in their own reconnect code, which no longer runs when the library reconnects by
+    itself: the subscriptions must come back on their own (clean session, the default)."""
+    q = engine
+    conn(q, broker.tcp_uri, "resub", {S("backoffMin"): 100, S("backoffMax"): 300})
+    q.call("subx", S("resub/t"), 1)
+    time.sleep(0.2)
+    broker.restart()
+    assert q.loop_until(lambda: q.call("isConnected", NIL) is False or q.callbacks(".mqtt.disconn"), 10)
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    q.loop(300)
+    deadline = time.time() + 10
+    while not q.callbacks(".mqtt.msgrcvd") and time.time() < deadline:
+        pub(broker, "resub/t", "after restart", qos=1)
+        q.loop(200)
+    assert ["resub/t", "after restart"] in q.callbacks(".mqtt.msgrcvd")
