@@ -52,9 +52,10 @@ def main():
             shutil.copy(os.path.join(root, "target", "release", "libqmqtt.so"), os.path.join(libdir, "mqttkdb.so"))
             env["LD_LIBRARY_PATH"] = libdir + ":" + env.get("LD_LIBRARY_PATH", "")
             # telemetry.q stops its timer after QMQTT_TICKS ticks and shows the stats; exit a second later.
-            script = ("\\l telemetry.q\nf:.z.ts\n"
-                      ".z.ts:{f x;if[n>=ticks;.z.ts:{exit 0};system\"t 1000\"]}\n")
-            rc = subprocess.run([q, "-q"], input=script, text=True, env=env,
+            wrapper = os.path.join(libdir, "demo.q")
+            with open(wrapper, "w") as f:
+                f.write("\\l telemetry.q\nf:.z.ts\n.z.ts:{f x;if[n>=ticks;.z.ts:{exit 0};system\"t 1000\"]}\n")
+            rc = subprocess.run([q, wrapper, "-q"], stdin=subprocess.DEVNULL, env=env,
                                 cwd=os.path.join(root, "q", "examples")).returncode
             ran = "q"
         else:
