@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{Protocol, QoS};
 use crate::session::{SessionConfig, Token, Will};
+use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::transport::{Endpoint, Scheme, TlsOptions};
 
 mod events;
@@ -102,6 +103,12 @@ pub struct Config {
     /// publishing thread (q's main thread) but runs at the next opportunity — on a busy 2-core box this
     /// cuts a waking publish from ~10 µs (a context switch) to ~1.5 µs. Default true.
     pub batch_scheduling: bool,
+    /// Store-and-forward on local storage (off by default). With `Some`, messages the publish queue cannot
+    /// hold while they cannot be sent (broker unreachable, window full) go to this bounded, crash-safe disk
+    /// spool instead of being refused or dropped, and leave it in order once the broker is back — also
+    /// after a restart of the process. See [`crate::spool`] and the "Store-and-forward" section of this
+    /// module's docs.
+    pub spool: Option<SpoolConfig>,
 }
 
 impl Config {
@@ -130,6 +137,7 @@ impl Config {
             qos0_delivery_events: false,
             linger: Duration::ZERO,
             batch_scheduling: true,
+            spool: None,
         }
     }
 }
@@ -244,6 +252,27 @@ pub struct Stats {
     pub wakeups: u64,
     /// Socket writes (`write`/`writev` calls that wrote something); `sent / socket_writes` is the batching.
     pub socket_writes: u64,
+    /// Disk spool (all 0 without `Config::spool`). Messages / bytes of segment files held now (not yet
+    /// acknowledged by the broker), including a previous run's backlog.
+    pub spooled: u64,
+    pub spooled_bytes: u64,
+    /// Age of the oldest message in the spool now, in milliseconds (0 when the spool is empty).
+    pub spool_oldest_age_ms: u64,
+    /// Messages moved from the publish queue into the spool.
+    pub spilled: u64,
+    /// Spooled messages lost to the spool's budget (`SpoolFull::DropOldest` deleted unsent ones), refused by
+    /// it (`SpoolFull::Refuse`, or no room could be made; they stayed in the publish queue, whose
+    /// `full_policy` then applied), and appends that hit a full disk.
+    pub spool_dropped_oldest: u64,
+    pub spool_refused: u64,
+    pub spool_disk_full: u64,
+    /// Bytes written to the spool's files (records and acknowledgement files): the storage wear.
+    pub spool_bytes_written: u64,
+    /// Spooled messages of a previous run delivered by this one (their tokens belong to the old process, so
+    /// no `Delivered` event is emitted for them).
+    pub spool_delivered_previous: u64,
+    /// The last spool failure (disk full, I/O error), in words.
+    pub last_spool_error: Option<String>,
 }
 
 /// The counters behind [`Stats`]: atomics, readable without any lock.
@@ -265,6 +294,16 @@ pub(crate) struct Counters {
     pub connected: AtomicBool,
     pub wakeups: AtomicU64,
     pub socket_writes: AtomicU64,
+    pub spooled: AtomicU64,
+    pub spooled_bytes: AtomicU64,
+    /// Wall-clock append time (ms since the epoch) of the oldest spooled message; 0: none.
+    pub spool_oldest_ms: AtomicU64,
+    pub spilled: AtomicU64,
+    pub spool_dropped_oldest: AtomicU64,
+    pub spool_refused: AtomicU64,
+    pub spool_disk_full: AtomicU64,
+    pub spool_bytes_written: AtomicU64,
+    pub spool_delivered_previous: AtomicU64,
 }
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
@@ -283,6 +322,7 @@ pub(crate) struct Shared {
     pub events: events::EventQueue,
     pub ctr: Counters,
     pub last_error: Mutex<Option<String>>,
+    pub last_spool_error: Mutex<Option<String>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), String>>>,
     pub first_cv: Condvar,
@@ -432,6 +472,20 @@ impl Client {
     /// Validate the config, build TLS, spawn the I/O thread and start connecting. Returns at once.
     pub fn connect(cfg: Config) -> Result<Client, ClientError> {
         let (ep, tls) = validate(&cfg)?;
+        // Opened here, on the caller's thread, so that a locked or unusable directory is reported now; then
+        // moved into the I/O thread, the only one that touches it.
+        let spool = match &cfg.spool {
+            None => None,
+            Some(sc) => Some(Spool::open(sc.clone()).map_err(|e| match e {
+                SpoolError::Config(_) | SpoolError::Locked { .. } => {
+                    ClientError::Config(e.to_string())
+                }
+                e => ClientError::Config(format!(
+                    "cannot open the spool in {}: {e}",
+                    sc.dir.display()
+                )),
+            })?),
+        };
         let sys = |what: &str, e: std::io::Error| {
             ClientError::Connect(format!("{what}: {e} (out of file descriptors or memory?)"))
         };
@@ -454,12 +508,17 @@ impl Client {
             events: evq,
             ctr: Counters::default(),
             last_error: Mutex::new(None),
+            last_spool_error: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
+        let mut spool = spool;
+        if let Some(sp) = spool.as_mut() {
+            io::store_spool_stats(&sh.ctr, sp);
+        }
         let keep_alive = cfg.keep_alive;
         let response_timeout = if keep_alive.is_zero() {
             cfg.connect_timeout
@@ -490,6 +549,7 @@ impl Client {
             qos0_events: cfg.qos0_delivery_events,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
+            spool,
         };
         crate::session::Session::check_config(&params.session)
             .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
@@ -659,6 +719,19 @@ impl Client {
             last_error: lock(&self.sh.last_error).clone(),
             wakeups: c.wakeups.load(Relaxed),
             socket_writes: c.socket_writes.load(Relaxed),
+            spooled: c.spooled.load(Relaxed),
+            spooled_bytes: c.spooled_bytes.load(Relaxed),
+            spool_oldest_age_ms: match c.spool_oldest_ms.load(Relaxed) {
+                0 => 0,
+                t => io::now_ms().saturating_sub(t),
+            },
+            spilled: c.spilled.load(Relaxed),
+            spool_dropped_oldest: c.spool_dropped_oldest.load(Relaxed),
+            spool_refused: c.spool_refused.load(Relaxed),
+            spool_disk_full: c.spool_disk_full.load(Relaxed),
+            spool_bytes_written: c.spool_bytes_written.load(Relaxed),
+            spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
+            last_spool_error: lock(&self.sh.last_spool_error).clone(),
         }
     }
 

@@ -82,6 +82,12 @@ pub(crate) struct PubQueue {
     pub closed: bool,
     /// The I/O thread sleeps waiting for this queue to become non-empty.
     pub io_waiting: bool,
+    /// The I/O thread (with a spool) wants a wake-up when the queue passes its high-water mark, to spill
+    /// the oldest messages to disk; the push that crosses it sets `io_waiting` for its publisher to wake.
+    pub spill_watch: bool,
+    /// The high-water mark: bytes and messages.
+    hw_bytes: usize,
+    hw_messages: usize,
 }
 
 impl PubQueue {
@@ -93,6 +99,9 @@ impl PubQueue {
             next_token: 1,
             closed: false,
             io_waiting: false,
+            spill_watch: false,
+            hw_bytes: queue_bytes - queue_bytes / 4,
+            hw_messages: (queue_messages - queue_messages / 4).max(1),
         }
     }
 
@@ -102,6 +111,16 @@ impl PubQueue {
     #[cfg(test)]
     pub(crate) fn count(&self) -> usize {
         self.ring.count()
+    }
+
+    /// At or above the high-water mark (¾ of `queue_bytes` or of `queue_messages`).
+    pub(crate) fn over_high_water(&self) -> bool {
+        self.ring.len() >= self.hw_bytes || self.ring.count() >= self.hw_messages
+    }
+
+    /// At or above half of either bound (where spilling stops once started by the high-water mark).
+    pub(crate) fn over_low_water(&self) -> bool {
+        self.ring.len() >= self.ring.capacity() / 2 || self.ring.count() >= self.max_messages / 2
     }
 
     /// Header of the oldest message, if any.
@@ -133,6 +152,11 @@ impl PubQueue {
             return Err(PublishError::TooLarge);
         }
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
+            if self.spill_watch {
+                // Full without having crossed the mark on a push (one large message): spill now.
+                self.spill_watch = false;
+                self.io_waiting = true;
+            }
             match self.policy {
                 FullPolicy::Error => {
                     ctr.refused_full.fetch_add(1, Relaxed);
@@ -167,6 +191,10 @@ impl PubQueue {
         }
         .encode();
         self.ring.push(&[&h, topic.as_bytes(), payload]);
+        if self.spill_watch && self.over_high_water() {
+            self.spill_watch = false;
+            self.io_waiting = true;
+        }
         ctr.queued.fetch_add(1, Relaxed);
         ctr.queued_bytes
             .fetch_add((topic.len() + payload.len()) as u64, Relaxed);

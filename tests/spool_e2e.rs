@@ -1,0 +1,508 @@
+//! Store-and-forward end to end, against a real mosquitto: the publisher's path to the broker is refused
+//! (a proxy closes its port) while it publishes far more than its in-memory queue holds; everything goes to
+//! the disk spool and arrives at an independent subscriber once the path is back — in publish order, also
+//! after the publishing process was killed with SIGKILL and restarted on the same spool directory, and with
+//! bounded memory over an hour of telemetry compressed in time. A second client on a spool directory in
+//! use is refused with a clear error.
+mod client_support;
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client_support::{cfg, connect};
+use common::proxy::Proxy;
+use qmqtt::client::{Client, ClientError, Config, Event, PublishError};
+use qmqtt::spool::SpoolConfig;
+use qmqtt::QoS;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The number in a payload made by `payload`.
+fn number(p: &[u8]) -> Option<u64> {
+    std::str::from_utf8(p.get(..10)?).ok()?.parse().ok()
+}
+
+/// A numbered payload of `size` bytes (at least 10).
+fn payload(i: u64, size: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(format!("{i:010}").as_bytes());
+    out.resize(size.max(10), b'.');
+}
+
+/// An independent subscriber: a second client with a persistent session (fixed id, clean_session false),
+/// subscribed directly to the broker before the outage. Keeps only the numbers it received.
+struct Receiver {
+    c: Client,
+    nums: Vec<u64>,
+}
+
+impl Receiver {
+    fn start(b: &common::Broker, id: &str, filter: &str) -> Receiver {
+        let mut k = cfg(&b.tcp_uri(), id);
+        k.clean_session = false;
+        k.max_packet_size = 1 << 20;
+        k.event_queue_bytes = 16 << 20;
+        let c = connect(k);
+        c.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let mut r = Receiver {
+            c,
+            nums: Vec::new(),
+        };
+        let mut ok = false;
+        r.pump_until(T, |_, e| {
+            if let Event::Subscribed { granted, .. } = e {
+                ok = granted.is_some();
+                return true;
+            }
+            false
+        });
+        assert!(ok, "subscription refused");
+        r
+    }
+
+    /// Drain events until `done` says so (for any event) or `timeout`.
+    fn pump_until(&mut self, timeout: Duration, mut done: impl FnMut(&[u64], &Event<'_>) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut stop = false;
+        while !stop && Instant::now() < deadline {
+            if !client_support::readable(self.c.event_fd(), 50) {
+                continue;
+            }
+            let nums = &mut self.nums;
+            self.c.poll_events(10_000, &mut |e| {
+                if let Event::Message { payload, .. } = &e {
+                    nums.push(number(payload).expect("numbered payload"));
+                }
+                stop |= done(nums, &e);
+            });
+        }
+    }
+
+    /// Wait until `n` messages arrived (or `timeout`); returns how many did.
+    fn wait_for(&mut self, n: usize, timeout: Duration) -> usize {
+        if self.nums.len() < n {
+            self.pump_until(timeout, |nums, _| nums.len() >= n);
+        }
+        self.nums.len()
+    }
+}
+
+/// A publisher config through `uri` with a spool in `dir` and a small in-memory queue.
+fn spool_cfg(uri: &str, id: &str, dir: &Path, queue_messages: usize) -> Config {
+    let mut k = cfg(uri, id);
+    k.queue_messages = queue_messages;
+    k.spool = Some(SpoolConfig::new(dir));
+    k
+}
+
+/// Drain a publisher's events; returns the Delivered tokens seen.
+fn delivered(c: &Client, into: &mut Vec<u64>) {
+    c.poll_events(100_000, &mut |e| {
+        if let Event::Delivered { token, .. } = e {
+            into.push(token);
+        }
+    });
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// The resident set of this process, in KiB.
+fn vm_rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+#[test]
+fn outage_spills_to_disk_and_everything_arrives_in_order() {
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-1", "e2e1/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let queue = 500;
+    let n = 20 * queue as u64;
+    let c = Client::connect(spool_cfg(
+        &p.uri("tcp", "127.0.0.1"),
+        "e2e-pub-1",
+        td.path(),
+        queue,
+    ))
+    .unwrap();
+    let mut pl = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        payload(i, 100, &mut pl);
+        // Never refused: the I/O thread spills the queue to disk as it passes its high-water mark.
+        let mut tries = 0;
+        loop {
+            match c.publish("e2e1/t", &pl, QoS::AtLeastOnce, false) {
+                Ok(t) => {
+                    tokens.push(t);
+                    break;
+                }
+                Err(PublishError::QueueFull) if tries < 1000 => {
+                    // Allowed only if the disk cannot keep up; counted below.
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("publish {i}: {e}"),
+            }
+        }
+    }
+    // Offline, what is queued goes to the spool shortly after it was published.
+    assert!(
+        wait_until(T, || {
+            let s = c.stats();
+            s.queued == 0 && s.spooled == n
+        }),
+        "not everything spooled: {:?}",
+        c.stats()
+    );
+    let s = c.stats();
+    assert!(!s.connected);
+    assert_eq!(s.spilled, n);
+    assert!(s.spooled_bytes > n * 100, "{s:?}");
+    assert!(s.spool_bytes_written >= s.spooled_bytes, "{s:?}");
+    assert_eq!(s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full, 0);
+    assert!(s.refused_full < n / 10, "the producer was refused often: {s:?}");
+    assert!(
+        std::fs::read_dir(td.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("seg-")),
+        "no segment file on disk"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.stats().spool_oldest_age_ms >= 300, "{:?}", c.stats());
+    // Nothing reached the broker during the outage.
+    assert_eq!(rx.wait_for(1, Duration::from_millis(300)), 0);
+
+    p.refuse(false);
+    let got = rx.wait_for(n as usize, Duration::from_secs(120));
+    assert_eq!(got, n as usize, "publisher: {:?}", c.stats());
+    // Strict publish order (drain_rate None): exactly 0..n, in order, once each.
+    let want: Vec<u64> = (0..n).collect();
+    assert!(rx.nums == want, "out of order or duplicated");
+    // Delivered for every token of this run (they came back from the spool's tags).
+    let mut seen = Vec::new();
+    assert!(wait_until(T, || {
+        delivered(&c, &mut seen);
+        seen.len() >= n as usize
+    }));
+    seen.sort_unstable();
+    assert_eq!(seen, tokens);
+    assert!(wait_until(T, || c.stats().spooled == 0), "{:?}", c.stats());
+    let s = c.stats();
+    assert_eq!(s.spool_oldest_age_ms, 0);
+    assert_eq!(s.spool_delivered_previous, 0);
+    assert_eq!(s.acked, n);
+}
+
+#[test]
+fn a_stopped_client_keeps_its_backlog_for_the_next_run() {
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-5", "e2e5/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let n = 3000u64;
+    let mut c = Client::connect(spool_cfg(
+        &p.uri("tcp", "127.0.0.1"),
+        "e2e-pub-5",
+        td.path(),
+        100_000,
+    ))
+    .unwrap();
+    let mut pl = Vec::new();
+    for i in 0..n {
+        payload(i, 50, &mut pl);
+        c.publish("e2e5/t", &pl, QoS::AtLeastOnce, false).unwrap();
+    }
+    // Far below the high-water mark, and stopped at once: the stop spills what is in memory.
+    c.disconnect(Duration::ZERO);
+    let s = c.stats();
+    assert_eq!((s.queued, s.spooled), (0, n), "{s:?}");
+    drop(c);
+
+    p.refuse(false);
+    let c = Client::connect(spool_cfg(
+        &p.uri("tcp", "127.0.0.1"),
+        "e2e-pub-5",
+        td.path(),
+        100_000,
+    ))
+    .unwrap();
+    assert_eq!(c.stats().spooled, n, "the backlog is seen at open");
+    assert_eq!(rx.wait_for(n as usize, T), n as usize);
+    assert!(rx.nums == (0..n).collect::<Vec<_>>());
+    // A previous run's tokens are stale: counted, not reported.
+    assert!(wait_until(T, || c.stats().spool_delivered_previous == n));
+    let mut seen = Vec::new();
+    delivered(&c, &mut seen);
+    assert!(seen.is_empty(), "Delivered for a previous run: {seen:?}");
+    assert!(wait_until(T, || c.stats().spooled == 0));
+    // New messages go straight through (no spool involved while the broker is reachable).
+    c.publish("e2e5/t", b"0000999999", QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(rx.wait_for(n as usize + 1, T), n as usize + 1);
+    assert_eq!(c.stats().spilled, 0);
+}
+
+#[test]
+fn a_second_client_on_the_same_spool_directory_is_refused() {
+    let b = common::Broker::start();
+    let td = tempfile::tempdir().unwrap();
+    let mut k = cfg(&b.tcp_uri(), "e2e-lock-1");
+    k.spool = Some(SpoolConfig::new(td.path()));
+    let mut c1 = connect(k.clone());
+    k.client_id = "e2e-lock-2".into();
+    match Client::connect(k.clone()) {
+        Err(ClientError::Config(m)) => {
+            assert!(m.contains("locked"), "{m}");
+            assert!(m.contains(&td.path().display().to_string()), "{m}");
+            let shown = ClientError::Config(m).to_string();
+            assert!(shown.contains("different spool directory"), "{shown}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a second client opened a spool in use"),
+    }
+    // A bad spool configuration is a configuration error naming the field.
+    let mut bad = k.clone();
+    let mut sc = SpoolConfig::new(td.path().join("other"));
+    sc.budget_bytes = 1000;
+    bad.spool = Some(sc);
+    match Client::connect(bad) {
+        Err(ClientError::Config(m)) => assert!(m.contains("budget_bytes"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("accepted a budget below 2 segments"),
+    }
+    // Released when the first one stops.
+    c1.disconnect(Duration::from_secs(2));
+    let c2 = connect(k);
+    assert!(c2.is_connected());
+}
+
+const CHILD_ENV: &str = "QMQTT_SPOOL_E2E_CHILD";
+
+/// The child of `kill9_mid_backlog_then_restart_delivers_everything`: publishes `N` numbered messages
+/// (when told to) through a client with a spool, reports on stdout when they are all on disk, then keeps
+/// draining events until killed.
+#[test]
+fn kill9_child_publisher() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // only as a child process
+    };
+    let mut it = spec.split(',');
+    let (uri, dir, n) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+        it.next().unwrap().parse::<u64>().unwrap(),
+    );
+    let mut k = spool_cfg(&uri, "e2e-kill-pub", Path::new(&dir), 1000);
+    k.max_inflight = 20;
+    let c = Client::connect(k).expect("child connects");
+    println!("open spooled={}", c.stats().spooled);
+    let mut pl = Vec::new();
+    for i in 0..n {
+        payload(i, 64, &mut pl);
+        loop {
+            match c.publish("e2e2/t", &pl, QoS::AtLeastOnce, false) {
+                Ok(_) => break,
+                Err(PublishError::QueueFull) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("child publish: {e}"),
+            }
+        }
+    }
+    while c.stats().queued > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = c.stats();
+    println!("spooled {} {}", s.spooled, s.spool_delivered_previous);
+    loop {
+        let mut v = Vec::new();
+        delivered(&c, &mut v);
+        let s = c.stats();
+        if s.spooled == 0 {
+            println!("drained {}", s.spool_delivered_previous);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill9_mid_backlog_then_restart_delivers_everything() {
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-2", "e2e2/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let n = 6000u64;
+    let exe = std::env::current_exe().unwrap();
+    let spawn = |count: u64| {
+        let spec = format!(
+            "{},{},{count}",
+            p.uri("tcp", "127.0.0.1"),
+            td.path().display()
+        );
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "kill9_child_publisher",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    };
+    // Run 1: everything published during the outage goes to disk.
+    let (mut child, mut lines) = spawn(n);
+    let spooled = loop {
+        let l = lines.next().expect("child output").unwrap();
+        if let Some(r) = l.strip_prefix("spooled ") {
+            break r.split(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+    };
+    assert_eq!(spooled, n);
+    // The path comes back; kill -9 in the middle of the drain.
+    p.refuse(false);
+    let got = rx.wait_for(n as usize / 3, T);
+    assert!(got >= n as usize / 3 && got < n as usize, "{got}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    drop(lines);
+    let before = rx.nums.len();
+
+    // Run 2: same spool directory, nothing new published: the backlog left (including what was in flight
+    // and not yet recorded as acknowledged) is sent again.
+    let (mut child, mut lines) = spawn(0);
+    let open = lines.next().unwrap().unwrap();
+    let left: u64 = open.strip_prefix("open spooled=").unwrap().parse().unwrap();
+    assert!(left > 0 && left <= n - before as u64 + 2000, "{open} after {before} received");
+    let drained = loop {
+        let l = lines.next().expect("child output").unwrap();
+        if let Some(r) = l.strip_prefix("drained ") {
+            break r.parse::<u64>().unwrap();
+        }
+    };
+    assert_eq!(drained, left, "the previous run's messages are counted");
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+
+    rx.wait_for(n as usize, T);
+    // Let duplicates settle, then check: every number at least once; the stream after the restart is the
+    // unacknowledged tail, in order.
+    rx.pump_until(Duration::from_millis(500), |_, _| false);
+    let all: HashSet<u64> = rx.nums.iter().copied().collect();
+    let missing: Vec<u64> = (0..n).filter(|i| !all.contains(i)).collect();
+    assert!(missing.is_empty(), "missing {} e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    let second = &rx.nums[before..];
+    assert!(second.windows(2).all(|w| w[1] == w[0] + 1), "resent tail out of order");
+    assert_eq!(*second.last().unwrap(), n - 1);
+    assert!(second[0] as usize <= before, "a gap between the runs");
+}
+
+#[test]
+fn an_hour_of_telemetry_spooled_then_drained_with_bounded_memory() {
+    // 3 600 s × 10 msg/s of 1 KiB readings while the broker is unreachable, published as fast as the spool
+    // takes them: 36 MiB on disk, while memory stays within the queue's bound.
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-3", "e2e3/#");
+    rx.nums.reserve(40_000);
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let n = 36_000u64;
+    let mut k = spool_cfg(&p.uri("tcp", "127.0.0.1"), "e2e-pub-3", td.path(), 100_000);
+    k.queue_bytes = 1 << 20;
+    let c = Client::connect(k).unwrap();
+    let base = vm_rss_kib();
+    let mut max_rss = base;
+    let mut pl = Vec::new();
+    let mut refused = 0u64;
+    let t0 = Instant::now();
+    for i in 0..n {
+        payload(i, 1024, &mut pl);
+        loop {
+            match c.publish("e2e3/gw1/temp", &pl, QoS::AtLeastOnce, false) {
+                Ok(_) => break,
+                // "As fast as the spool takes them": the producer never blocks, it is told.
+                Err(PublishError::QueueFull) => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("publish {i}: {e}"),
+            }
+        }
+        if i % 1000 == 0 {
+            max_rss = max_rss.max(vm_rss_kib());
+        }
+    }
+    let publish_time = t0.elapsed();
+    assert!(wait_until(T, || c.stats().queued == 0));
+    max_rss = max_rss.max(vm_rss_kib());
+    let s = c.stats();
+    assert_eq!(s.spooled, n, "{s:?}");
+    assert!(s.spooled_bytes > 36 << 20, "{s:?}");
+    eprintln!(
+        "spooled {n} x 1 KiB in {publish_time:?} ({refused} QueueFull retries); RSS {base} -> max {max_rss} KiB"
+    );
+    assert!(
+        max_rss - base < 16 << 10,
+        "RSS grew by {} KiB while spooling 36 MiB",
+        max_rss - base
+    );
+
+    p.refuse(false);
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while rx.nums.len() < n as usize && Instant::now() < deadline {
+        rx.wait_for(rx.nums.len() + 2000, Duration::from_secs(1));
+        let mut v = Vec::new();
+        delivered(&c, &mut v);
+        max_rss = max_rss.max(vm_rss_kib());
+    }
+    eprintln!(
+        "drained {} in {:?}; RSS max {max_rss} KiB",
+        rx.nums.len(),
+        t1.elapsed()
+    );
+    assert_eq!(rx.nums.len(), n as usize, "{:?}", c.stats());
+    assert!(rx.nums == (0..n).collect::<Vec<_>>(), "out of order");
+    assert!(wait_until(T, || c.stats().spooled == 0), "{:?}", c.stats());
+    // The drained segments are deleted.
+    assert!(wait_until(T, || {
+        std::fs::read_dir(td.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("seg-"))
+            .count()
+            <= 1
+    }));
+    // Received messages are kept as numbers only, so the bound covers the drain too (the subscriber's
+    // event queue is 16 MiB).
+    assert!(
+        max_rss - base < 40 << 10,
+        "RSS grew by {} KiB during the drain",
+        max_rss - base
+    );
+}
