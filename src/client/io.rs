@@ -619,10 +619,7 @@ impl Io {
                         continue;
                     };
                     let seq = token & !SPOOL_TOKEN;
-                    let (tag, qos) = sp
-                        .inflight
-                        .remove(&seq)
-                        .unwrap_or((0, QoS::AtLeastOnce));
+                    let (tag, qos) = sp.inflight.remove(&seq).unwrap_or((0, QoS::AtLeastOnce));
                     sp.complete(seq, &self.sh);
                     if seq >= sp.run_first {
                         if !self
@@ -633,10 +630,7 @@ impl Io {
                             log::error!("qmqtt: event queue full, Delivered for token {tag} lost");
                         }
                     } else {
-                        self.sh
-                            .ctr
-                            .spool_delivered_previous
-                            .fetch_add(1, Relaxed);
+                        self.sh.ctr.spool_delivered_previous.fetch_add(1, Relaxed);
                     }
                 }
                 SEvent::Delivered { token } => {
@@ -857,9 +851,9 @@ impl Io {
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
             let topic = std::str::from_utf8(&self.staged[t0..t1]).unwrap_or("");
-            let r = self
-                .session
-                .publish(h.token, topic, &self.staged[t1..p1], h.qos, h.retain, now);
+            let r =
+                self.session
+                    .publish(h.token, topic, &self.staged[t1..p1], h.qos, h.retain, now);
             match r {
                 Ok(()) => {}
                 Err(SessionError::NotReady(why)) => {
@@ -943,10 +937,7 @@ impl Io {
                 // QoS 0: handed to the socket, as for queued messages (at most once).
                 sp.complete(seq, &self.sh);
                 if seq < sp.run_first {
-                    self.sh
-                        .ctr
-                        .spool_delivered_previous
-                        .fetch_add(1, Relaxed);
+                    self.sh.ctr.spool_delivered_previous.fetch_add(1, Relaxed);
                 } else if self.p.qos0_events && h.qos == QoS::AtMostOnce {
                     self.sh.events.push_control(Control::Delivered {
                         token: h.token,
@@ -967,7 +958,10 @@ impl Io {
     /// Once per turn with a spool: spill what cannot be sent, flush, update the stats.
     fn spool_turn(&mut self, now: Instant) {
         let up = self.up;
-        let socket_full = self.conn.as_ref().is_some_and(|c| c.pending() >= HIGH_WATER);
+        let socket_full = self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.pending() >= HIGH_WATER);
         let live_left = self.staged_off < self.staged.len();
         let (empty, high, low, front) = {
             let q = lock(&self.sh.pubq);
