@@ -570,3 +570,94 @@ fn an_hour_of_telemetry_spooled_then_drained_with_bounded_memory() {
         max_rss - base
     );
 }
+
+#[test]
+fn a_frozen_broker_fills_the_window_and_the_queue_spills_above_its_high_water_mark() {
+    // Connected, but nothing is acknowledged: the window fills, then the queue; past ¾ of it the oldest
+    // queued messages go to the spool (never everything: the rest waits in memory, ready to go).
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-6", "e2e6/#");
+    let td = tempfile::tempdir().unwrap();
+    let queue = 400;
+    let n = 10 * queue as u64;
+    let c = connect(spool_cfg(&b.tcp_uri(), "e2e-pub-6", td.path(), queue));
+    b.freeze();
+    let mut pl = Vec::new();
+    for i in 0..n {
+        payload(i, 80, &mut pl);
+        let mut tries = 0;
+        while let Err(e) = c.publish("e2e6/t", &pl, QoS::AtLeastOnce, false) {
+            assert_eq!(e, PublishError::QueueFull);
+            tries += 1;
+            assert!(tries < 5000, "the spill never made room: {:?}", c.stats());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(
+        wait_until(T, || {
+            let s = c.stats();
+            s.queued < queue as u64 * 3 / 4 && s.spooled + s.queued + s.inflight == n
+        }),
+        "{:?}",
+        c.stats()
+    );
+    let s = c.stats();
+    assert!(s.connected, "{s:?}");
+    assert_eq!(s.inflight, 100, "{s:?}");
+    assert!(s.spilled > 0 && s.spooled > 0, "{s:?}");
+    assert!(s.queued > 0, "spilled below the low-water mark: {s:?}");
+    assert_eq!(s.spooled + s.queued + s.inflight, n, "{s:?}");
+    b.thaw();
+    assert_eq!(rx.wait_for(n as usize, T), n as usize, "{:?}", c.stats());
+    assert!(rx.nums == (0..n).collect::<Vec<_>>(), "out of order");
+    assert!(
+        wait_until(T, || c.stats().spooled == 0 && c.stats().acked == n),
+        "{:?}",
+        c.stats()
+    );
+}
+
+#[test]
+fn a_drain_rate_limits_the_backlog_while_live_messages_flow() {
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-7", "e2e7/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let mut k = spool_cfg(&p.uri("tcp", "127.0.0.1"), "e2e-pub-7", td.path(), 10_000);
+    let rate = 500;
+    if let Some(sc) = k.spool.as_mut() {
+        sc.drain_rate = Some(rate);
+    }
+    let c = Client::connect(k).unwrap();
+    let backlog = 1500u64;
+    let mut pl = Vec::new();
+    for i in 0..backlog {
+        payload(i, 40, &mut pl);
+        c.publish("e2e7/t", &pl, QoS::AtLeastOnce, false).unwrap();
+    }
+    assert!(wait_until(T, || c.stats().spooled == backlog));
+    p.refuse(false);
+    let t0 = Instant::now();
+    // Live messages, numbered after the backlog, while it drains.
+    assert!(wait_until(T, || c.is_connected()));
+    for i in backlog..backlog + 10 {
+        payload(i, 40, &mut pl);
+        c.publish("e2e7/t", &pl, QoS::AtLeastOnce, false).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rx.wait_for(backlog as usize + 10, T), backlog as usize + 10);
+    let took = t0.elapsed();
+    // At most `rate` per second after a first second's burst: ≥ (1500 − 500) / 500 s.
+    assert!(took >= Duration::from_millis(1800), "drained in {took:?}");
+    // Each stream in order; live ones overtook the backlog.
+    let spooled: Vec<u64> = rx.nums.iter().copied().filter(|&x| x < backlog).collect();
+    let live: Vec<u64> = rx.nums.iter().copied().filter(|&x| x >= backlog).collect();
+    assert!(spooled == (0..backlog).collect::<Vec<_>>());
+    assert!(live == (backlog..backlog + 10).collect::<Vec<_>>());
+    let last_live = rx.nums.iter().position(|&x| x == backlog + 9).unwrap();
+    assert!(
+        last_live < backlog as usize,
+        "live messages waited for the backlog (position {last_live})"
+    );
+}

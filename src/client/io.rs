@@ -830,6 +830,7 @@ impl Io {
                 reliable,
                 fire,
                 bytes: CHUNK,
+                messages: usize::MAX,
             };
             let n = lock(&self.sh.pubq).take(budget, &mut self.staged);
             if n > 0 && !self.p.linger.is_zero() {
@@ -968,7 +969,7 @@ impl Io {
             (
                 q.is_empty(),
                 q.over_high_water(),
-                q.over_low_water(),
+                q.over_low_water().is_some(),
                 q.front().map(|h| h.qos),
             )
         };
@@ -1038,13 +1039,19 @@ impl Io {
                 self.staged.clear();
                 self.staged_off = 0;
                 let mut q = lock(&self.sh.pubq);
-                if !all && !q.over_low_water() {
-                    return false;
-                }
+                let (bytes, messages) = if all {
+                    (usize::MAX, usize::MAX)
+                } else {
+                    match q.over_low_water() {
+                        Some(x) => x,
+                        None => return false,
+                    }
+                };
                 let budget = TakeBudget {
                     reliable: usize::MAX,
                     fire: usize::MAX,
-                    bytes: sp.batch_limit,
+                    bytes: bytes.min(sp.batch_limit),
+                    messages,
                 };
                 if q.take(budget, &mut self.staged) == 0 {
                     return false;

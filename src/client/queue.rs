@@ -70,6 +70,8 @@ pub(crate) struct TakeBudget {
     pub fire: usize,
     /// Stop after this many bytes (at least one record is always taken if allowed).
     pub bytes: usize,
+    /// Stop after this many messages in all.
+    pub messages: usize,
 }
 
 pub(crate) struct PubQueue {
@@ -118,9 +120,16 @@ impl PubQueue {
         self.ring.len() >= self.hw_bytes || self.ring.count() >= self.hw_messages
     }
 
-    /// At or above half of either bound (where spilling stops once started by the high-water mark).
-    pub(crate) fn over_low_water(&self) -> bool {
-        self.ring.len() >= self.ring.capacity() / 2 || self.ring.count() >= self.max_messages / 2
+    /// How much to take to get below half of the bounds (where spilling stops once started by the
+    /// high-water mark): `(bytes, messages)`, `usize::MAX` for a bound not passed; `None` when below both.
+    pub(crate) fn over_low_water(&self) -> Option<(usize, usize)> {
+        let bytes = self.ring.len().saturating_sub(self.ring.capacity() / 2);
+        let msgs = self.ring.count().saturating_sub(self.max_messages / 2);
+        let or_max = |x: usize| if x == 0 { usize::MAX } else { x };
+        match (bytes, msgs) {
+            (0, 0) => None,
+            (b, m) => Some((or_max(b), or_max(m))),
+        }
     }
 
     /// Header of the oldest message, if any.
@@ -214,7 +223,10 @@ impl PubQueue {
             } else {
                 &mut reliable
             };
-            if *slot == 0 || (n > 0 && bytes + hd.record_len() > budget.bytes) {
+            if *slot == 0
+                || n >= budget.messages
+                || (n > 0 && bytes + hd.record_len() > budget.bytes)
+            {
                 break;
             }
             *slot -= 1;
@@ -249,6 +261,7 @@ mod tests {
             reliable: 10,
             fire: 10,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         assert_eq!(q.take(b, &mut out), 2);
         let h = Hdr::decode(&out[..HDR]);
@@ -284,6 +297,7 @@ mod tests {
             reliable: 1,
             fire: 100,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         // One reliable slot: token 1 only (token 2 is QoS 1 and must not be overtaken).
         assert_eq!(q.take(b, &mut out), 1);
@@ -293,6 +307,7 @@ mod tests {
             reliable: 2,
             fire: 100,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         assert_eq!(q.take(b, &mut out), 3); // 2 (QoS1), 3 (QoS0), 4 (QoS1)
         assert_eq!(q.front().unwrap().token, 5);
