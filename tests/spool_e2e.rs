@@ -661,3 +661,36 @@ fn a_drain_rate_limits_the_backlog_while_live_messages_flow() {
         "live messages waited for the backlog (position {last_live})"
     );
 }
+
+#[test]
+fn a_stop_with_messages_in_flight_keeps_them_in_the_spool() {
+    // The broker stops answering with a full window and more queued; the owner stops the client. What
+    // was in flight (maybe received by the broker, never acknowledged) and what was queued is spooled and
+    // sent by the next run: at least once.
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-8", "e2e8/#");
+    let td = tempfile::tempdir().unwrap();
+    let n = 300u64;
+    let mut c = connect(spool_cfg(&b.tcp_uri(), "e2e-pub-8", td.path(), 100_000));
+    b.freeze();
+    let mut pl = Vec::new();
+    for i in 0..n {
+        payload(i, 30, &mut pl);
+        c.publish("e2e8/t", &pl, QoS::AtLeastOnce, false).unwrap();
+    }
+    assert!(wait_until(T, || c.stats().inflight == 100));
+    c.disconnect(Duration::ZERO);
+    let s = c.stats();
+    assert_eq!((s.spooled, s.queued), (n, 0), "{s:?}");
+    drop(c);
+    b.thaw();
+
+    let c = connect(spool_cfg(&b.tcp_uri(), "e2e-pub-8", td.path(), 100_000));
+    rx.pump_until(T, |nums, _| {
+        let all: HashSet<u64> = nums.iter().copied().collect();
+        (0..n).all(|i| all.contains(&i))
+    });
+    let all: HashSet<u64> = rx.nums.iter().copied().collect();
+    assert!((0..n).all(|i| all.contains(&i)), "{:?}", c.stats());
+    assert!(wait_until(T, || c.stats().spool_delivered_previous == n));
+}

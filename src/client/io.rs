@@ -83,6 +83,51 @@ pub(crate) fn store_spool_stats(c: &super::Counters, sp: &mut Spool) {
     c.spool_bytes_written.store(st.bytes_written, Relaxed);
 }
 
+/// Copies of the queued QoS 1/2 messages in the session's window (with a spool only), so that a stop
+/// while they are unacknowledged (the broker unreachable) can put them in the spool instead of losing them.
+/// Records as in the publish queue; memory: the window's messages, at most twice over between compactions.
+#[derive(Default)]
+struct InflightCopies {
+    buf: Vec<u8>,
+    /// (token, record length, acknowledged), in the order handed to the session.
+    idx: VecDeque<(Token, usize, bool)>,
+    /// Bytes of acknowledged records still in `buf`.
+    done_bytes: usize,
+}
+
+impl InflightCopies {
+    fn push(&mut self, token: Token, record: &[u8]) {
+        self.buf.extend_from_slice(record);
+        self.idx.push_back((token, record.len(), false));
+    }
+
+    fn done(&mut self, token: Token) {
+        let Some(e) = self.idx.iter_mut().find(|e| e.0 == token && !e.2) else {
+            return;
+        };
+        e.2 = true;
+        self.done_bytes += e.1;
+        if self.done_bytes * 2 >= self.buf.len() {
+            self.compact();
+        }
+    }
+
+    /// Drop acknowledged records (no allocation: in place).
+    fn compact(&mut self) {
+        let (mut from, mut to) = (0, 0);
+        self.idx.retain(|&(_, len, done)| {
+            if !done {
+                self.buf.copy_within(from..from + len, to);
+                to += len;
+            }
+            from += len;
+            !done
+        });
+        self.buf.truncate(to);
+        self.done_bytes = 0;
+    }
+}
+
 /// The I/O thread's side of the disk spool (see the module docs of [`crate::spool`], "How the driver uses
 /// it").
 struct SpoolSide {
@@ -116,6 +161,8 @@ struct SpoolSide {
     batch_limit: usize,
     /// A message too large for the spool was reported.
     warned_large: bool,
+    /// Queued QoS 1/2 messages in the window.
+    copies: InflightCopies,
 }
 
 impl SpoolSide {
@@ -140,6 +187,7 @@ impl SpoolSide {
             dirty: true,
             batch_limit,
             warned_large: false,
+            copies: InflightCopies::default(),
             spool,
         })
     }
@@ -634,6 +682,9 @@ impl Io {
                     }
                 }
                 SEvent::Delivered { token } => {
+                    if let Some(sp) = self.sp.as_deref_mut() {
+                        sp.copies.done(token);
+                    }
                     let qos = self.qos_of.remove(&token).unwrap_or(QoS::AtLeastOnce);
                     self.sh.ctr.acked.fetch_add(1, Relaxed);
                     if !self
@@ -855,6 +906,7 @@ impl Io {
             let r =
                 self.session
                     .publish(h.token, topic, &self.staged[t1..p1], h.qos, h.retain, now);
+            let accepted = r.is_ok();
             match r {
                 Ok(()) => {}
                 Err(SessionError::NotReady(why)) => {
@@ -868,6 +920,11 @@ impl Io {
                         h.token,
                         session_msg(&e)
                     );
+                }
+            }
+            if h.qos != QoS::AtMostOnce && accepted {
+                if let Some(sp) = self.sp.as_deref_mut() {
+                    sp.copies.push(h.token, &self.staged[self.staged_off..p1]);
                 }
             }
             self.staged_off = p1;
@@ -1220,6 +1277,23 @@ impl Io {
             let now = Instant::now();
             if let Some(sp) = self.sp.as_deref_mut() {
                 sp.retry_at = None;
+                // Queued messages still unacknowledged in the window go first (they are the oldest in
+                // memory); the broker may have them already: at least once.
+                sp.copies.compact();
+                if !sp.copies.buf.is_empty() {
+                    let c = &self.sh.ctr;
+                    c.queued.fetch_add(sp.copies.idx.len() as u64, Relaxed);
+                    let hdrs = (sp.copies.idx.len() * HDR) as u64;
+                    c.queued_bytes
+                        .fetch_add(sp.copies.buf.len() as u64 - hdrs, Relaxed);
+                    sp.copies
+                        .buf
+                        .extend_from_slice(&self.staged[self.staged_off..]);
+                    std::mem::swap(&mut sp.copies.buf, &mut self.staged);
+                    self.staged_off = 0;
+                    sp.copies.buf.clear();
+                    sp.copies.idx.clear();
+                }
             }
             while self.spill(now, true) {}
             if let Some(mut sp) = self.sp.take() {
