@@ -14,6 +14,10 @@
 //! `ConnectionLost`; with `reconnect` the next attempt is scheduled with exponential backoff and jitter and
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
 //! messages and resends them on the next connection.
+//!
+//! With a spool (`SpoolSide`), each turn also spills what cannot be sent, flushes the spool (its deadline
+//! is part of the poll timeout) and copies its counters into the stats; see the client module's
+//! "Store-and-forward" section.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;

@@ -22,8 +22,41 @@
 //! 2·`max_inflight`·24 bytes + 64 KiB), `max_packet_size` (incoming), and fixed internal batch sizes (64 KiB
 //! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more).
 //!
+//! # Store-and-forward (`Config::spool`, off by default)
+//!
+//! With a [`SpoolConfig`], telemetry the publish queue cannot hold goes to a bounded, crash-safe disk
+//! spool ([`crate::spool`]) and is delivered in order when the broker is back, also after a restart:
+//!
+//! * **Open**: [`Client::connect`] opens the spool on the caller's thread (a directory locked by another
+//!   client or process, or a bad spool configuration, is a [`ClientError::Config`] at once) and moves it
+//!   into the I/O thread; the publisher's thread never touches the disk.
+//! * **Spill** (I/O thread, oldest first: what it has staged, then the queue's front, in appends of up to
+//!   256 KiB): while connected but unable to send (window full, socket backed up, or — strict order —
+//!   a spooled backlog ahead), when the queue passes ¾ of `queue_bytes` or `queue_messages`, down to half
+//!   (the push that crosses the mark wakes the thread); while disconnected, everything, 100 ms after it
+//!   was published; on stop (`disconnect`, drop), everything left in memory, including queued QoS 1/2
+//!   messages still unacknowledged in the window (kept as copies while in flight: at least once). The
+//!   producer never waits for the disk: it sees `QueueFull` (or its `FullPolicy`) only when the I/O
+//!   thread cannot spill fast enough, or the spool refused (`SpoolFull::Refuse`, disk full: retried
+//!   after 1 s, the messages stay in memory meanwhile; one spill batch beyond `queue_bytes`).
+//! * **Send**: staged queue messages first, then the spool's backlog and the queue as
+//!   [`DrainScheduler`](crate::spool::DrainScheduler) splits the window: `drain_rate: None` — strict
+//!   publish order, queued messages wait for the backlog; `Some(r)` — the backlog at most `r` msg/s,
+//!   live messages beside it.
+//! * **Acks**: PUBACK/PUBCOMP of a spooled message (QoS 0: when handed to the socket) advance the spool's
+//!   acknowledged position through an [`AckTracker`](crate::spool::AckTracker). The session keeps
+//!   spooled QoS 1/2 messages in its window across reconnects and resends them, so a lost connection
+//!   needs no rewind. `Delivered` carries the message's token; for messages spooled by a previous run
+//!   (stale tokens) it is not emitted, they are counted in `Stats::spool_delivered_previous`.
+//! * **Durability**: the spool's `SyncPolicy` (default: `fdatasync` at most once a second, from the I/O
+//!   loop's timer). A `kill -9` loses what was only in memory (at most 100 ms of publishes while
+//!   disconnected, the queue below its mark while connected); what the broker acknowledged within the
+//!   spool's `ack_interval` before a crash is sent again.
+//! * **Stats**: `spooled`, `spooled_bytes`, `spool_oldest_age_ms`, `spilled`, `spool_dropped_oldest`,
+//!   `spool_refused`, `spool_disk_full`, `spool_bytes_written`, `last_spool_error`.
+//!
 //! Pieces: `ring` (the byte FIFO both queues use), `queue` (the publish queue and its full policies),
-//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect).
+//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect, spool).
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
