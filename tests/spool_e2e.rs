@@ -694,3 +694,78 @@ fn a_stop_with_messages_in_flight_keeps_them_in_the_spool() {
     assert!((0..n).all(|i| all.contains(&i)), "{:?}", c.stats());
     assert!(wait_until(T, || c.stats().spool_delivered_previous == n));
 }
+
+/// `qmqtt pub` with its arguments, stdin from `input`; returns (exit code, stderr).
+fn qmqtt_pub(args: &[&str], input: &[u8]) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+        .arg("pub")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn qmqtt_pub_lines_with_a_spool_survive_an_outage_and_a_restart() {
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-9", "e2e9/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let dir = td.path().display().to_string();
+    let port = p.port.to_string();
+    let n = 2000u64;
+    let input: String = (0..n).map(|i| format!("{i:010} reading\n")).collect();
+    let common = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        "e2e9/t",
+        "-q",
+        "1",
+        "-i",
+        "e2e-cli-9",
+        "-l",
+    ];
+    // Run 1: the broker is unreachable from the start; every line goes to the spool, nothing is refused.
+    let mut args = common.to_vec();
+    args.extend([
+        "--spool",
+        &dir,
+        "--spool-bytes",
+        "8388608",
+        "--drain-timeout",
+        "1",
+    ]);
+    let (code, err) = qmqtt_pub(&args, input.as_bytes());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&format!("sent={n} acked=0")), "{err}");
+    assert!(err.contains(&format!("spooled={n}")), "{err}");
+    assert_eq!(rx.wait_for(1, Duration::from_millis(200)), 0);
+    // Run 2: back online, no new input: the previous run's lines go out, in order.
+    p.refuse(false);
+    let mut args = common.to_vec();
+    args.extend(["--spool", &dir, "--drain-timeout", "10"]);
+    let (code, err) = qmqtt_pub(&args, b"");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("spooled=0"), "{err}");
+    assert_eq!(rx.wait_for(n as usize, T), n as usize);
+    assert!(rx.nums == (0..n).collect::<Vec<_>>(), "out of order");
+    // --spool-bytes needs --spool.
+    let (code, err) = qmqtt_pub(&["-t", "x", "-m", "y", "--spool-bytes", "1000000"], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--spool-bytes goes with --spool"), "{err}");
+}
