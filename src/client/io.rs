@@ -1025,7 +1025,17 @@ impl Io {
             .as_ref()
             .is_some_and(|c| c.pending() >= HIGH_WATER);
         let live_left = self.staged_off < self.staged.len();
-        let (empty, high, low, front) = {
+        let backlog_first = self
+            .sp
+            .as_deref()
+            .is_some_and(|sp| sp.strict && (sp.staged() || sp.spool.unread() > 0));
+        // Only a connection that cannot take messages now needs a look at the queue (its lock).
+        let maybe_blocked = !up
+            || self.stalled
+            || socket_full
+            || self.session.inflight_free() == 0
+            || backlog_first;
+        let (empty, high, low, front) = if maybe_blocked {
             let q = lock(&self.sh.pubq);
             (
                 q.is_empty(),
@@ -1033,6 +1043,8 @@ impl Io {
                 q.over_low_water().is_some(),
                 q.front().map(|h| h.qos),
             )
+        } else {
+            (true, false, false, None)
         };
         let front = if live_left {
             Some(Hdr::decode(&self.staged[self.staged_off..]).qos)
@@ -1050,11 +1062,7 @@ impl Io {
             sp.drain_wake = None;
         }
         let retrying = sp.retry_at.is_some();
-        let blocked = !up
-            || self.stalled
-            || socket_full
-            || window_full
-            || (sp.strict && (sp.staged() || sp.spool.unread() > 0));
+        let blocked = !up || self.stalled || socket_full || window_full || backlog_first;
         let mut all = false;
         if !up && (live_left || !empty) {
             let at = *sp
@@ -1297,6 +1305,7 @@ impl Io {
                     self.staged_off = 0;
                     sp.copies.buf.clear();
                     sp.copies.idx.clear();
+                    self.sh.ctr.inflight.store(0, Relaxed);
                 }
             }
             while self.spill(now, true) {}
