@@ -769,3 +769,46 @@ fn qmqtt_pub_lines_with_a_spool_survive_an_outage_and_a_restart() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--spool-bytes goes with --spool"), "{err}");
 }
+
+#[test]
+fn spooled_acks_are_never_dropped_when_the_owner_stops_draining() {
+    // The backlog of this run reports Delivered for each message; an owner that does not drain events
+    // pauses the drain instead of losing them.
+    let b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let td = tempfile::tempdir().unwrap();
+    let mut k = spool_cfg(&p.uri("tcp", "127.0.0.1"), "e2e-pub-10", td.path(), 100_000);
+    k.event_queue_bytes = 1024;
+    k.max_inflight = 10;
+    let c = Client::connect(k).unwrap();
+    let n = 6000u64;
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        tokens.push(
+            c.publish("e2e10/x", &i.to_be_bytes(), QoS::AtLeastOnce, false)
+                .unwrap(),
+        );
+    }
+    assert!(wait_until(T, || c.stats().spooled == n));
+    // Drain what the connection attempts reported, then stop draining.
+    let mut seen = Vec::new();
+    delivered(&c, &mut seen);
+    p.refuse(false);
+    assert!(wait_until(T, || c.stats().acked > 0));
+    std::thread::sleep(Duration::from_secs(1));
+    let st = c.stats();
+    assert!(
+        st.acked < n,
+        "nobody drains, yet everything was sent: {st:?}"
+    );
+    assert!(wait_until(Duration::from_secs(60), || {
+        delivered(&c, &mut seen);
+        seen.len() >= n as usize
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    delivered(&c, &mut seen);
+    seen.sort_unstable();
+    assert_eq!(seen, tokens, "every token once");
+    assert!(wait_until(T, || c.stats().spooled == 0));
+}

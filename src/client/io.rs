@@ -471,7 +471,8 @@ impl Io {
         } else if let Some(sp) = self.sp.as_deref().filter(|sp| sp.staged()) {
             Some(Hdr::decode(&sp.buf[sp.off..]))
         } else if self.sp.as_deref().is_some_and(|sp| sp.backlog_ready(now)) {
-            return self.session.can_publish(QoS::AtLeastOnce);
+            return self.session.can_publish(QoS::AtLeastOnce)
+                && self.delivered_room(QoS::AtLeastOnce) > 0;
         } else if self
             .sp
             .as_deref()
@@ -952,15 +953,25 @@ impl Io {
 
     /// Hand staged spool records to the session. Returns how many it took.
     fn feed_spooled(&mut self, now: Instant) -> usize {
+        if self.sp.as_deref().is_none_or(|sp| !sp.staged()) {
+            return 0;
+        }
+        // Room for the Delivered events, as for queued messages (see `delivered_room`).
+        let mut room = [
+            self.delivered_room(QoS::AtMostOnce),
+            self.delivered_room(QoS::AtLeastOnce),
+        ];
         let Some(sp) = self.sp.as_deref_mut() else {
             return 0;
         };
         let mut moved = 0;
         while sp.off < sp.buf.len() {
             let h = Hdr::decode(&sp.buf[sp.off..]);
-            if !self.session.can_publish(h.qos) {
+            let r = &mut room[(h.qos != QoS::AtMostOnce) as usize];
+            if !self.session.can_publish(h.qos) || *r == 0 {
                 break;
             }
+            *r -= 1;
             let mut sq = [0u8; 8];
             sq.copy_from_slice(&sp.buf[sp.off + HDR..sp.off + SHDR]);
             let seq = u64::from_le_bytes(sq);
