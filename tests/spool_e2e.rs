@@ -812,3 +812,83 @@ fn spooled_acks_are_never_dropped_when_the_owner_stops_draining() {
     assert_eq!(seen, tokens, "every token once");
     assert!(wait_until(T, || c.stats().spooled == 0));
 }
+
+#[test]
+fn a_full_spool_drops_the_oldest_or_refuses_as_configured() {
+    use qmqtt::spool::SpoolFull;
+    let b = common::Broker::start();
+    let mut rx = Receiver::start(&b, "e2e-sub-11", "e2e11/#");
+    let p = Proxy::start(b.tcp_port);
+    p.refuse(true);
+    let small = |dir: &Path, full: SpoolFull| {
+        let mut sc = SpoolConfig::new(dir);
+        sc.budget_bytes = 64 << 10;
+        sc.segment_bytes = 16 << 10;
+        sc.full = full;
+        sc
+    };
+
+    // DropOldest (the default): the newest telemetry survives, the loss is counted.
+    let td = tempfile::tempdir().unwrap();
+    let mut k = spool_cfg(&p.uri("tcp", "127.0.0.1"), "e2e-pub-11", td.path(), 200);
+    k.spool = Some(small(td.path(), SpoolFull::DropOldest));
+    let mut c = Client::connect(k).unwrap();
+    let n = 5000u64;
+    let mut pl = Vec::new();
+    for i in 0..n {
+        payload(i, 100, &mut pl);
+        while c.publish("e2e11/t", &pl, QoS::AtLeastOnce, false).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(wait_until(T, || c.stats().queued == 0));
+    let s = c.stats();
+    assert!(s.spool_dropped_oldest > 0, "{s:?}");
+    assert!(s.spooled_bytes <= 64 << 10, "{s:?}");
+    assert_eq!(s.spooled + s.spool_dropped_oldest, n, "{s:?}");
+    p.refuse(false);
+    let kept = s.spooled as usize;
+    assert_eq!(rx.wait_for(kept, T), kept);
+    assert!(
+        rx.nums == (n - kept as u64..n).collect::<Vec<_>>(),
+        "not the newest, in order"
+    );
+    c.disconnect(Duration::from_secs(2));
+
+    // Refuse: the spool keeps what it has; the queue's FullPolicy (Error) tells the producer.
+    p.refuse(true);
+    rx.nums.clear();
+    let td = tempfile::tempdir().unwrap();
+    let mut k = spool_cfg(&p.uri("tcp", "127.0.0.1"), "e2e-pub-12", td.path(), 200);
+    k.spool = Some(small(td.path(), SpoolFull::Refuse));
+    let c = Client::connect(k).unwrap();
+    let mut accepted = 0u64;
+    let mut full_since: Option<Instant> = None;
+    while full_since.is_none_or(|t| t.elapsed() < Duration::from_millis(1500)) {
+        payload(accepted, 100, &mut pl);
+        match c.publish("e2e11/t", &pl, QoS::AtLeastOnce, false) {
+            Ok(_) => {
+                accepted += 1;
+                full_since = None;
+            }
+            Err(PublishError::QueueFull) => {
+                full_since.get_or_insert_with(Instant::now);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(accepted < 100_000, "never full");
+    }
+    let s = c.stats();
+    assert!(s.spool_refused > 0 && s.refused_full > 0, "{s:?}");
+    assert_eq!(s.spool_dropped_oldest, 0, "{s:?}");
+    let err = s.last_spool_error.clone().unwrap_or_default();
+    assert!(err.contains("spool full"), "{err}");
+    assert_eq!(s.spooled + s.queued, accepted, "{s:?}");
+    p.refuse(false);
+    assert_eq!(rx.wait_for(accepted as usize, T), accepted as usize);
+    assert!(
+        rx.nums == (0..accepted).collect::<Vec<_>>(),
+        "everything accepted, in order"
+    );
+}

@@ -206,6 +206,11 @@ impl SpoolSide {
         !self.staged() && self.spool.unread() == 0 && self.tracker.is_empty()
     }
 
+    /// Strict order with a backlog: messages in memory (newer) wait for it.
+    fn live_waits(&self) -> bool {
+        self.strict && (self.staged() || self.spool.unread() > 0)
+    }
+
     /// A backlog waits and the rate limiter lets it go now.
     fn backlog_ready(&self, now: Instant) -> bool {
         self.spool.unread() > 0
@@ -466,20 +471,16 @@ impl Io {
             return false;
         }
         let now = Instant::now();
-        let front = if self.staged_off < self.staged.len() {
-            Some(Hdr::decode(&self.staged[self.staged_off..]))
-        } else if let Some(sp) = self.sp.as_deref().filter(|sp| sp.staged()) {
+        let front = if let Some(sp) = self.sp.as_deref().filter(|sp| sp.staged()) {
             Some(Hdr::decode(&sp.buf[sp.off..]))
         } else if self.sp.as_deref().is_some_and(|sp| sp.backlog_ready(now)) {
             return self.session.can_publish(QoS::AtLeastOnce)
                 && self.delivered_room(QoS::AtLeastOnce) > 0;
-        } else if self
-            .sp
-            .as_deref()
-            .is_some_and(|sp| sp.strict && sp.spool.unread() > 0)
-        {
+        } else if self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
             // Strict order: queued messages wait for the backlog (which waits for a retry).
             return false;
+        } else if self.staged_off < self.staged.len() {
+            Some(Hdr::decode(&self.staged[self.staged_off..]))
         } else {
             let linger = self.p.linger;
             let window = (linger * 10).max(Duration::from_millis(10));
@@ -798,9 +799,9 @@ impl Io {
         half + Duration::from_nanos(jitter)
     }
 
-    /// Move messages into the session while the window, the event queue and the socket allow: what is
-    /// left staged from the queue first (it is older than anything spooled after it was taken), then the
-    /// spool's backlog and the queue as the [`DrainScheduler`] splits the room.
+    /// Move messages into the session while the window, the event queue and the socket allow: the
+    /// spool's backlog and the queue as the [`DrainScheduler`] splits the room (strict order: the backlog
+    /// first — it is older than anything in memory, including messages staged for a spill that failed).
     fn send_queued(&mut self, now: Instant) {
         // Bounded per turn, so that a producer that never pauses cannot keep this thread from reading the
         // socket, running timers and commands.
@@ -809,16 +810,17 @@ impl Io {
                 return;
             }
             let live_left = self.staged_off < self.staged.len();
-            let spool_left = self.sp.as_deref().is_some_and(|sp| sp.staged());
-            if !live_left && !spool_left && !self.fill(now) {
+            let (spool_left, backlog) = self
+                .sp
+                .as_deref()
+                .map_or((false, false), |sp| (sp.staged(), sp.backlog_ready(now)));
+            if !spool_left && (backlog || !live_left) && !self.fill(now) {
                 return;
             }
-            let mut moved = 0;
-            if live_left {
+            let mut moved = self.feed_spooled(now);
+            if !self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
                 moved += self.feed_live(now);
             }
-            moved += self.feed_spooled(now);
-            moved += self.feed_live(now);
             self.transmit();
             if moved == 0 || self.conn.is_none() {
                 return;
@@ -828,8 +830,11 @@ impl Io {
 
     /// Stage a batch from the spool and/or the queue. False when nothing was staged.
     fn fill(&mut self, now: Instant) -> bool {
-        self.staged.clear();
-        self.staged_off = 0;
+        let live_empty = self.staged_off >= self.staged.len();
+        if live_empty {
+            self.staged.clear();
+            self.staged_off = 0;
+        }
         let mut reliable = self
             .session
             .inflight_free()
@@ -863,6 +868,11 @@ impl Io {
                         buf.extend_from_slice(r.payload);
                     });
                     match r {
+                        Ok(0) => {
+                            // Nothing readable although the spool counts a backlog: do not spin.
+                            sp.sched.refund(plan.from_spool);
+                            sp.retry_at = Some(super::later(now, SPOOL_RETRY));
+                        }
                         Ok(n) if n < plan.from_spool => sp.sched.refund(plan.from_spool - n),
                         Ok(_) => {}
                         Err(e) => {
@@ -875,13 +885,16 @@ impl Io {
                 }
                 if sp.strict {
                     // Queued messages are newer than the backlog: they wait for it.
-                    return sp.staged();
+                    return sp.staged() || !live_empty;
                 }
                 reliable = reliable.min(plan.from_live);
                 fire = fire.min(plan.from_live);
             }
         }
-        if reliable > 0 || fire > 0 {
+        if self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
+            return self.sp.as_deref().is_some_and(|sp| sp.staged());
+        }
+        if live_empty && (reliable > 0 || fire > 0) {
             let budget = TakeBudget {
                 reliable,
                 fire,
@@ -1036,10 +1049,7 @@ impl Io {
             .as_ref()
             .is_some_and(|c| c.pending() >= HIGH_WATER);
         let live_left = self.staged_off < self.staged.len();
-        let backlog_first = self
-            .sp
-            .as_deref()
-            .is_some_and(|sp| sp.strict && (sp.staged() || sp.spool.unread() > 0));
+        let backlog_first = self.sp.as_deref().is_some_and(|sp| sp.live_waits());
         // Only a connection that cannot take messages now needs a look at the queue (its lock).
         let maybe_blocked = !up
             || self.stalled
