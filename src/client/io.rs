@@ -49,10 +49,11 @@ const MAX_READS: usize = 64;
 /// Session tokens of spooled messages: this bit plus the spool's sequence number (queue tokens never
 /// reach it).
 const SPOOL_TOKEN: u64 = 1 << 63;
-/// Bytes of queued messages moved to the spool per append (one `write(2)`), at most `segment_bytes`.
-const SPILL_BATCH: usize = 256 << 10;
+/// Bytes of queued messages moved to the spool per append (one `write(2)`), at most `segment_bytes`: as
+/// much as a send batch, so that the queue's lock is held no longer for a spill than for a send.
+const SPILL_BATCH: usize = CHUNK;
 /// Appends per spill call (bounds a turn: 4 MiB).
-const SPILL_BATCHES_PER_TURN: usize = 16;
+const SPILL_BATCHES_PER_TURN: usize = 64;
 /// While disconnected, everything queued goes to the spool (so that a crash or a stop loses nothing) this
 /// long after it was published, in one batch.
 const OFFLINE_SPILL_DELAY: Duration = Duration::from_millis(100);

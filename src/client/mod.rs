@@ -31,14 +31,14 @@
 //!   client or process, or a bad spool configuration, is a [`ClientError::Config`] at once) and moves it
 //!   into the I/O thread; the publisher's thread never touches the disk.
 //! * **Spill** (I/O thread, oldest first: what it has staged, then the queue's front, in appends of up to
-//!   256 KiB): while connected but unable to send (window full, socket backed up, or — strict order —
+//!   64 KiB): while connected but unable to send (window full, socket backed up, or — strict order —
 //!   a spooled backlog ahead), when the queue passes ¾ of `queue_bytes` or `queue_messages`, down to half
 //!   (the push that crosses the mark wakes the thread); while disconnected, everything, 100 ms after it
 //!   was published; on stop (`disconnect`, drop), everything left in memory, including queued QoS 1/2
 //!   messages still unacknowledged in the window (kept as copies while in flight: at least once). The
 //!   producer never waits for the disk: it sees `QueueFull` (or its `FullPolicy`) only when the I/O
 //!   thread cannot spill fast enough, or the spool refused (`SpoolFull::Refuse`, disk full: retried
-//!   after 1 s, the messages stay in memory meanwhile; one spill batch beyond `queue_bytes`).
+//!   after 1 s, the messages stay in memory meanwhile: one 64 KiB spill batch beyond `queue_bytes`).
 //! * **Send**: staged queue messages first, then the spool's backlog and the queue as
 //!   [`DrainScheduler`](crate::spool::DrainScheduler) splits the window: `drain_rate: None` — strict
 //!   publish order, queued messages wait for the backlog; `Some(r)` — the backlog at most `r` msg/s,
