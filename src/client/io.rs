@@ -1100,7 +1100,7 @@ impl Io {
         let retrying = sp.retry_at.is_some();
         let blocked = !up || self.stalled || socket_full || window_full || backlog_first;
         let mut all = false;
-        if !up && (live_left || !empty) {
+        if !up && !retrying && (live_left || !empty) {
             let at = *sp
                 .spill_at
                 .get_or_insert_with(|| super::later(now, OFFLINE_SPILL_DELAY));
