@@ -956,3 +956,28 @@ fn link_cuts_during_the_drain_lose_nothing() {
     assert!(s.reconnects >= 3, "{s:?}");
     assert_eq!(s.acked, n, "{s:?}");
 }
+
+#[test]
+fn an_idle_client_with_a_spool_does_not_spin() {
+    let b = common::Broker::start();
+    let td = tempfile::tempdir().unwrap();
+    let c = connect(spool_cfg(&b.tcp_uri(), "e2e-idle", td.path(), 1000));
+    for i in 0..100u64 {
+        c.publish("e2e14/t", &i.to_be_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    assert!(wait_until(T, || c.stats().acked == 100));
+    std::thread::sleep(Duration::from_millis(1200)); // past the spool's sync interval
+    let w0 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_secs(1));
+    let w = c.stats().wakeups - w0;
+    assert!(w <= 3, "{w} wake-ups in an idle second");
+
+    // Offline: only the reconnect attempts wake it (backoff up to 400 ms in these tests).
+    drop(b);
+    std::thread::sleep(Duration::from_millis(1500));
+    let w0 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_secs(1));
+    let w = c.stats().wakeups - w0;
+    assert!(w <= 12, "{w} wake-ups in an offline second");
+}
