@@ -127,16 +127,36 @@ impl std::error::Error for PublishError {}
 /// An event for the owner, borrowed from the event queue during [`Client::poll_events`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
-    Connected { session_present: bool },
-    Message { topic: &'a str, payload: &'a [u8], qos: QoS, retain: bool },
+    Connected {
+        session_present: bool,
+    },
+    Message {
+        topic: &'a str,
+        payload: &'a [u8],
+        qos: QoS,
+        retain: bool,
+    },
     /// QoS 1/2: acknowledged. QoS 0: written to the socket.
-    Delivered { token: Token, qos: QoS },
+    Delivered {
+        token: Token,
+        qos: QoS,
+    },
     /// The connection was lost (or the connect failed); `cause` says why and what to do.
-    ConnectionLost { cause: &'a str },
+    ConnectionLost {
+        cause: &'a str,
+    },
     /// A reconnect attempt will be made after `delay`.
-    Reconnecting { delay: Duration, attempt: u32 },
-    Subscribed { filter: &'a str, granted: Option<QoS> },
-    Unsubscribed { filter: &'a str },
+    Reconnecting {
+        delay: Duration,
+        attempt: u32,
+    },
+    Subscribed {
+        filter: &'a str,
+        granted: Option<QoS>,
+    },
+    Unsubscribed {
+        filter: &'a str,
+    },
 }
 
 /// Counters of one connection (monotonic unless said otherwise).
@@ -177,7 +197,13 @@ impl Client {
         todo!()
     }
     /// Copy one message into the publish queue. Never blocks on the network; no allocation.
-    pub fn publish(&self, _topic: &str, _payload: &[u8], _qos: QoS, _retain: bool) -> Result<Token, PublishError> {
+    pub fn publish(
+        &self,
+        _topic: &str,
+        _payload: &[u8],
+        _qos: QoS,
+        _retain: bool,
+    ) -> Result<Token, PublishError> {
         todo!()
     }
     /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`; on an error the

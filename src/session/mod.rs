@@ -48,14 +48,28 @@ pub struct SessionConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// CONNACK accepted.
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     /// An incoming application message (QoS 2: delivered once, on PUBLISH, duplicates suppressed).
-    Message { topic: &'a str, payload: &'a [u8], qos: QoS, retain: bool },
+    Message {
+        topic: &'a str,
+        payload: &'a [u8],
+        qos: QoS,
+        retain: bool,
+    },
     /// A QoS 1/2 publish was acknowledged (PUBACK / PUBCOMP).
-    Delivered { token: Token },
+    Delivered {
+        token: Token,
+    },
     /// SUBACK for a filter: `granted` is `None` when the broker refused (0x80).
-    Subscribed { filter: &'a str, granted: Option<QoS> },
-    Unsubscribed { filter: &'a str },
+    Subscribed {
+        filter: &'a str,
+        granted: Option<QoS>,
+    },
+    Unsubscribed {
+        filter: &'a str,
+    },
 }
 
 /// Why the session gave up on the current connection. The message says what to do.
@@ -135,7 +149,12 @@ impl Session {
         todo!()
     }
     /// Subscribe (remembered and replayed after a reconnect that lost the session).
-    pub fn subscribe(&mut self, _filter: &str, _qos: QoS, _now: Instant) -> Result<(), SessionError> {
+    pub fn subscribe(
+        &mut self,
+        _filter: &str,
+        _qos: QoS,
+        _now: Instant,
+    ) -> Result<(), SessionError> {
         todo!()
     }
     pub fn unsubscribe(&mut self, _filter: &str, _now: Instant) -> Result<(), SessionError> {
