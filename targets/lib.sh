@@ -11,7 +11,9 @@
 QM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QM_SCRIPT=${QM_SCRIPT:-$(basename "$0")}
 QM_TARGETS="x86_64 aarch64 armv7"
+# shellcheck disable=SC2034 # used by targets/setup
 QM_ZIGLANG_VERSION=0.17.1
+# shellcheck disable=SC2034
 QM_ZIGBUILD_VERSION=0.24.1
 # Where the per-target build trees live (one per target, shared by build, test, check and package).
 QM_TARGET_BASE=${QMQTT_TARGET_BASE:-$QM_ROOT/target/targets}
