@@ -61,6 +61,8 @@ if [ "$uninstall" = 1 ]; then
     done
   fi
   rm -f "$manifest"
+  # Platform directories only when empty (a real q installation keeps its q binary there).
+  for p in l64 l64arm l32arm; do rmdir "$QHOME/$p" 2>/dev/null || true; done
   rm -rf "$state/backup" "$state/examples" "$state/systemd"
   rmdir "$state" 2>/dev/null || echo "install.sh: left $state (it holds files qmqtt did not install)"
   echo "install.sh: qmqtt uninstalled from $QHOME"
@@ -140,6 +142,12 @@ fi
 put 0755 "$here/bin/qmqtt" "$prefix/qmqtt"
 # A copy of this script, so --uninstall works after the unpacked package is gone.
 put 0755 "$here/install.sh" "$state/install.sh"
+# Files a previous version installed that this one no longer ships.
+if [ -f "$manifest" ]; then
+  while IFS= read -r f; do
+    case "$f" in /*) grep -qxF "$f" "$new_manifest" || rm -f "$f" ;; esac
+  done <"$manifest"
+fi
 mv -f "$new_manifest" "$manifest"
 
 echo "install.sh: installed qmqtt ($pkgplat) into QHOME=$QHOME and $prefix/qmqtt"
