@@ -1,16 +1,38 @@
 //! The sans-I/O MQTT session: one connection's protocol state machine.
 //!
-//! STUB written by the lead to fix the interface the driver uses (quinn-proto shape). The session owner
-//! implements it and may add to it, but keeps these signatures and meanings.
-//!
-//! The caller (the driver in [`crate::client`], or a test) owns the socket and the clock:
+//! The quinn-proto shape: no sockets, no threads, no clock reads. The caller (the driver in
+//! [`crate::client`], or a test) owns the socket and the clock:
 //! - `handle_*` feed input: transport up/down, received bytes, the time;
 //! - `publish`/`subscribe`/`unsubscribe`/`disconnect` are commands; they never touch a socket;
 //! - `poll_transmit`, `poll_timeout`, `poll_event` hand back output; call them after every input.
+//!
+//! What it owns: CONNECT/CONNACK (and its timeout), keep-alive PINGREQ and the PINGRESP timeout, packet
+//! identifiers, the outgoing in-flight window, the QoS 1/2 flows in both directions, resending after a
+//! reconnect and replaying subscriptions when the broker lost the session.
+//!
+//! Memory is bounded and warm paths do not allocate:
+//! - outgoing QoS 1/2 messages live in at most `max_inflight` slots, each with a reusable `Vec<u8>` holding
+//!   the encoded PUBLISH; a slot's packet identifiers are `slot + 1 + k·max_inflight`, so an acknowledgement
+//!   finds its slot by arithmetic (no map);
+//! - identifiers in use and incoming QoS 2 identifiers awaiting PUBREL are two 65 536-bit bitsets (8 KiB each);
+//! - the receive buffer holds at most one partial packet (≤ `max_packet_size`, checked from the fixed header
+//!   before the body is buffered) plus the packets of the current `handle_read`, whose events borrow it. It is
+//!   compacted at the next `handle_read`; bytes of events not yet polled are kept, so poll every event before
+//!   feeding more bytes to keep it small.
+//!
+//! Delivery guarantee: a QoS 1/2 message given to [`Session::publish`] stays in its slot until PUBACK/PUBCOMP.
+//! After a reconnect it is resent with DUP (or, in the PUBREC state, its PUBREL is resent) when the broker kept
+//! the session, and resent as a fresh PUBLISH otherwise (the broker forgot it, so at-least-once beats loss).
+use std::collections::VecDeque;
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::codec::{ConnectReturnCode, Protocol, QoS};
+use crate::codec::{
+    self, encode_ack, encode_publish, parse_fixed_header, ConnAck, Connect, ConnectReturnCode,
+    Filters, LastWill, Packet, PacketType, Protocol, QoS, Subscribe, SubscribeReturnCode,
+    TopicList, Unsubscribe, DUP_FLAG,
+};
 
 /// A delivery token: strictly increasing per connection, assigned by the caller (the publish queue).
 pub type Token = u64;
@@ -72,108 +94,897 @@ pub enum Event<'a> {
     },
 }
 
-/// Why the session gave up on the current connection. The message says what to do.
+/// Why the session gave up on the current connection, or refused a command. The message says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionError {
     /// The broker refused CONNECT.
     Refused(ConnectReturnCode),
     /// The broker sent something that is not valid MQTT (message names it).
     Protocol(String),
-    /// No CONNACK / PINGRESP in time.
+    /// No CONNACK / PINGRESP in time (names the packet that did not come).
     Timeout(&'static str),
     /// The command is not possible in this state (e.g. publish while the window is full).
     NotReady(&'static str),
+    /// The command's arguments cannot be sent as MQTT (e.g. a wildcard in a PUBLISH topic); the message says
+    /// which and how to fix it. The connection is unaffected.
+    Invalid(String),
 }
 
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            SessionError::Refused(code) => write!(f, "connection refused: {code}"),
+            SessionError::Protocol(m) => write!(
+                f,
+                "MQTT protocol error: {m}. The connection was dropped; if this repeats, check that the port \
+                 speaks MQTT 3.1.1/3.1 (TLS vs plain) and that max_packet_size fits the broker's messages"
+            ),
+            SessionError::Timeout(what) => write!(
+                f,
+                "no {what} from the broker within response_timeout: the connection is considered dead and was \
+                 dropped; check the network and the broker, or raise response_timeout"
+            ),
+            SessionError::NotReady(m) => f.write_str(m),
+            SessionError::Invalid(m) => f.write_str(m),
+        }
     }
 }
 impl std::error::Error for SessionError {}
 
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No transport.
+    Disconnected,
+    /// CONNECT queued, waiting for CONNACK.
+    Connecting,
+    /// CONNACK accepted.
+    Connected,
+    /// DISCONNECT queued; acknowledgements are still processed.
+    Closing,
+    /// An error ended this connection; waiting for `handle_disconnected`.
+    Failed,
+}
+
+const NOT_CONNECTED: &str =
+    "not connected to the broker: wait for the Connected event (the client reconnects by itself)";
+const WINDOW_FULL: &str =
+    "the in-flight window is full (max_inflight QoS 1/2 messages unacknowledged): wait for Delivered events \
+     or raise max_inflight";
+const NO_PKID: &str =
+    "all 65535 packet identifiers are in use: wait for acknowledgements before sending more QoS 1/2 \
+     messages or subscriptions";
+
+/// A 65 536-bit set indexed by packet identifier.
+struct IdSet(Box<[u64; 1024]>);
+
+impl IdSet {
+    fn new() -> Self {
+        IdSet(Box::new([0; 1024]))
+    }
+    fn contains(&self, id: u16) -> bool {
+        self.0[id as usize >> 6] & (1 << (id & 63)) != 0
+    }
+    fn insert(&mut self, id: u16) {
+        self.0[id as usize >> 6] |= 1 << (id & 63);
+    }
+    fn remove(&mut self, id: u16) {
+        self.0[id as usize >> 6] &= !(1 << (id & 63));
+    }
+    fn clear(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish,
+    /// PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    Release,
+}
+
+/// One outgoing QoS 1/2 message in flight.
+struct Slot {
+    state: SlotState,
+    token: Token,
+    pkid: u16,
+    qos: QoS,
+    /// Send order, for resending in order.
+    seq: u64,
+    /// Which of this slot's identifiers to try next.
+    next_gen: u16,
+    /// The encoded PUBLISH (DUP clear). Reused across messages.
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqKind {
+    Subscribe(QoS),
+    Unsubscribe,
+}
+
+/// A SUBSCRIBE / UNSUBSCRIBE waiting for its acknowledgement.
+struct Request {
+    pkid: u16,
+    kind: ReqKind,
+    filter: String,
+}
+
+/// An event whose borrowed parts are ranges into `rx` (messages) or `ev_text` (filters).
+#[derive(Debug, Clone)]
+enum Ev {
+    Connected {
+        session_present: bool,
+    },
+    Message {
+        topic: Range<usize>,
+        payload: Range<usize>,
+        qos: QoS,
+        retain: bool,
+    },
+    Delivered {
+        token: Token,
+    },
+    Subscribed {
+        filter: Range<usize>,
+        granted: Option<QoS>,
+    },
+    Unsubscribed {
+        filter: Range<usize>,
+    },
+}
+
 /// One connection's protocol state.
 pub struct Session {
-    _cfg: SessionConfig,
+    cfg: SessionConfig,
+    state: State,
+    session_present: bool,
+
+    // Output.
+    tx: Vec<u8>,
+    last_tx: Option<Instant>,
+    connack_deadline: Option<Instant>,
+    ping_deadline: Option<Instant>,
+
+    // Input.
+    rx: Vec<u8>,
+    /// End of the complete packets in `rx`; `rx[rx_done..]` is a partial packet.
+    rx_done: usize,
+    events: VecDeque<Ev>,
+    ev_text: String,
+    /// Incoming QoS 2 identifiers delivered and awaiting PUBREL.
+    awaiting_rel: IdSet,
+
+    // Outgoing identifiers and in-flight messages.
+    ids_in_use: IdSet,
+    window: u16,
+    slots: Vec<Slot>,
+    free_slots: Vec<u16>,
+    inflight: usize,
+    seq: u64,
+    next_req_id: u16,
+    scratch: Vec<u16>,
+
+    // Subscriptions.
+    subs: Vec<(String, QoS)>,
+    requests: Vec<Request>,
+    /// Set when CONNECT cannot be encoded from the configuration; reported by the next `handle_timeout`.
+    config_error: Option<String>,
 }
 
 impl Session {
     pub fn new(cfg: SessionConfig) -> Session {
-        Session { _cfg: cfg }
+        let window = cfg.max_inflight.max(1);
+        Session {
+            cfg,
+            state: State::Disconnected,
+            session_present: false,
+            tx: Vec::new(),
+            last_tx: None,
+            connack_deadline: None,
+            ping_deadline: None,
+            rx: Vec::new(),
+            rx_done: 0,
+            events: VecDeque::new(),
+            ev_text: String::new(),
+            awaiting_rel: IdSet::new(),
+            ids_in_use: IdSet::new(),
+            window,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            inflight: 0,
+            seq: 0,
+            next_req_id: 0,
+            scratch: Vec::new(),
+            subs: Vec::new(),
+            requests: Vec::new(),
+            config_error: None,
+        }
     }
+
+    /// Check that CONNECT can be built from `cfg` (strings' lengths, no NUL, a will topic without
+    /// wildcards, a password only with a user name). `handle_connected` with a bad configuration fails at the
+    /// next `handle_timeout` with the same error.
+    pub fn check_config(cfg: &SessionConfig) -> Result<(), SessionError> {
+        encode_connect(cfg, &mut Vec::new())
+            .map(|_| ())
+            .map_err(|e| {
+                SessionError::Invalid(format!("cannot connect with this configuration: {e}"))
+            })
+    }
+
+    /// The configuration this session was made with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The session-present flag of the last accepted CONNACK.
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
     /// The transport is up: queues CONNECT and starts the CONNACK timer.
-    pub fn handle_connected(&mut self, _now: Instant) {
-        todo!()
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.tx.clear();
+        self.rx.truncate(self.rx_done);
+        self.ping_deadline = None;
+        if let Err(e) = encode_connect(&self.cfg, &mut self.tx) {
+            // The configuration cannot be encoded (e.g. a will topic with a wildcard). Surface it as a
+            // refusal-like failure at once rather than sending garbage.
+            self.config_error = Some(format!("cannot connect with this configuration: {e}"));
+            self.state = State::Failed;
+            self.connack_deadline = Some(now);
+            return;
+        }
+        self.last_tx = Some(now);
+        self.connack_deadline = now.checked_add(self.cfg.response_timeout);
+        self.state = State::Connecting;
     }
+
     /// The transport went down. In-flight QoS 1/2 messages are kept for resending on the next connection
     /// (with DUP when the broker kept the session, as new publishes otherwise); subscriptions are replayed
     /// when it did not.
     pub fn handle_disconnected(&mut self) {
-        todo!()
+        self.state = State::Disconnected;
+        self.tx.clear();
+        self.rx.truncate(self.rx_done);
+        self.connack_deadline = None;
+        self.ping_deadline = None;
+        self.last_tx = None;
     }
+
     /// Feed bytes read from the transport (any split). Complete packets are processed at once.
-    pub fn handle_read(&mut self, _data: &[u8], _now: Instant) -> Result<(), SessionError> {
-        todo!()
+    pub fn handle_read(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        self.compact();
+        if matches!(self.state, State::Disconnected | State::Failed) {
+            return Ok(());
+        }
+        let mut input = data;
+        loop {
+            let partial = &self.rx[self.rx_done..];
+            match parse_fixed_header(partial, self.cfg.max_packet_size) {
+                Err(e) => return Err(self.fail_protocol(e)),
+                Ok(Some(h)) => {
+                    let need = h.packet_len() - partial.len();
+                    if need == 0 {
+                        let start = self.rx_done;
+                        self.rx_done += h.packet_len();
+                        self.process(start, h, now)?;
+                        continue;
+                    }
+                    if input.is_empty() {
+                        break;
+                    }
+                    let take = need.min(input.len());
+                    self.rx.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                }
+                Ok(None) => {
+                    // Header incomplete: take one byte at a time (at most 5), so an oversize packet is
+                    // refused from its header, before its body is buffered.
+                    let Some((&b, rest)) = input.split_first() else {
+                        break;
+                    };
+                    self.rx.push(b);
+                    input = rest;
+                }
+            }
+        }
+        Ok(())
     }
+
     /// Let timers fire (keep-alive PINGREQ, ping / CONNACK timeout).
-    pub fn handle_timeout(&mut self, _now: Instant) -> Result<(), SessionError> {
-        todo!()
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        match self.state {
+            State::Failed => {
+                if self.connack_deadline.is_some_and(|d| now >= d) {
+                    self.connack_deadline = None;
+                    if let Some(m) = self.config_error.take() {
+                        return Err(SessionError::Invalid(m));
+                    }
+                }
+            }
+            State::Connecting => {
+                if self.connack_deadline.is_some_and(|d| now >= d) {
+                    self.state = State::Failed;
+                    self.connack_deadline = None;
+                    return Err(SessionError::Timeout("CONNACK"));
+                }
+            }
+            State::Connected => {
+                if self.ping_deadline.is_some_and(|d| now >= d) {
+                    self.state = State::Failed;
+                    self.ping_deadline = None;
+                    return Err(SessionError::Timeout("PINGRESP"));
+                }
+                if self.ping_deadline.is_none() && self.keepalive_due().is_some_and(|d| now >= d) {
+                    self.tx.extend_from_slice(&[0xc0, 0]);
+                    self.last_tx = Some(now);
+                    self.ping_deadline = now.checked_add(self.cfg.response_timeout);
+                }
+            }
+            State::Disconnected | State::Closing => {}
+        }
+        Ok(())
     }
+
     /// CONNACK accepted and not yet lost.
     pub fn is_connected(&self) -> bool {
-        todo!()
+        self.state == State::Connected
     }
+
     /// True when a publish of this QoS would be accepted now (connected; window not full for QoS 1/2).
-    pub fn can_publish(&self, _qos: QoS) -> bool {
-        todo!()
+    pub fn can_publish(&self, qos: QoS) -> bool {
+        self.is_connected() && (qos == QoS::AtMostOnce || self.inflight < self.window as usize)
     }
+
     /// Free slots in the in-flight window.
     pub fn inflight_free(&self) -> usize {
-        todo!()
+        (self.window as usize).saturating_sub(self.inflight)
     }
+
     /// Messages in flight (sent, not yet fully acknowledged).
     pub fn inflight(&self) -> usize {
-        todo!()
+        self.inflight
     }
+
     /// Encode a PUBLISH for sending. QoS 1/2 take an in-flight slot and a packet id until acknowledged.
     /// Allocation-free once the session's buffers are warm.
     pub fn publish(
         &mut self,
-        _token: Token,
-        _topic: &str,
-        _payload: &[u8],
-        _qos: QoS,
-        _retain: bool,
-        _now: Instant,
+        token: Token,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        now: Instant,
     ) -> Result<(), SessionError> {
-        todo!()
+        if self.state != State::Connected {
+            return Err(SessionError::NotReady(NOT_CONNECTED));
+        }
+        if qos == QoS::AtMostOnce {
+            encode_publish(&mut self.tx, topic, payload, qos, retain, false, 0).map_err(invalid)?;
+            self.last_tx = Some(now);
+            return Ok(());
+        }
+        if self.inflight >= self.window as usize {
+            return Err(SessionError::NotReady(WINDOW_FULL));
+        }
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.slots.len() < self.window as usize => {
+                self.slots.push(Slot {
+                    state: SlotState::Free,
+                    token: 0,
+                    pkid: 0,
+                    qos,
+                    seq: 0,
+                    next_gen: 0,
+                    buf: Vec::new(),
+                });
+                (self.slots.len() - 1) as u16
+            }
+            None => return Err(SessionError::NotReady(WINDOW_FULL)),
+        };
+        let Some(pkid) = self.slot_pkid(slot) else {
+            self.free_slots.push(slot);
+            return Err(SessionError::NotReady(NO_PKID));
+        };
+        let s = &mut self.slots[slot as usize];
+        s.buf.clear();
+        if let Err(e) = encode_publish(&mut s.buf, topic, payload, qos, retain, false, pkid) {
+            self.free_slots.push(slot);
+            return Err(invalid(e));
+        }
+        self.ids_in_use.insert(pkid);
+        s.state = SlotState::Publish;
+        s.token = token;
+        s.pkid = pkid;
+        s.qos = qos;
+        s.seq = self.seq;
+        self.seq += 1;
+        self.inflight += 1;
+        self.tx.extend_from_slice(&s.buf);
+        self.last_tx = Some(now);
+        Ok(())
     }
+
     /// Subscribe (remembered and replayed after a reconnect that lost the session).
-    pub fn subscribe(
-        &mut self,
-        _filter: &str,
-        _qos: QoS,
-        _now: Instant,
-    ) -> Result<(), SessionError> {
-        todo!()
+    pub fn subscribe(&mut self, filter: &str, qos: QoS, now: Instant) -> Result<(), SessionError> {
+        self.request(filter, ReqKind::Subscribe(qos), now)
     }
-    pub fn unsubscribe(&mut self, _filter: &str, _now: Instant) -> Result<(), SessionError> {
-        todo!()
+
+    pub fn unsubscribe(&mut self, filter: &str, now: Instant) -> Result<(), SessionError> {
+        self.request(filter, ReqKind::Unsubscribe, now)
     }
+
     /// Queue DISCONNECT (a clean close: the broker discards the will).
     pub fn disconnect(&mut self) {
-        todo!()
+        if matches!(self.state, State::Connected | State::Connecting) {
+            self.tx.extend_from_slice(&[0xe0, 0]);
+            self.state = State::Closing;
+            self.ping_deadline = None;
+            self.connack_deadline = None;
+        }
     }
+
     /// Append every pending outgoing byte to `out`. Returns the number of bytes appended.
-    pub fn poll_transmit(&mut self, _out: &mut Vec<u8>) -> usize {
-        todo!()
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
+        let n = self.tx.len();
+        out.extend_from_slice(&self.tx);
+        self.tx.clear();
+        n
     }
+
     /// The next instant `handle_timeout` must be called, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        match self.state {
+            State::Connecting => self.connack_deadline,
+            State::Connected => self.ping_deadline.or_else(|| self.keepalive_due()),
+            // A CONNECT that could not be encoded fails at the first timeout.
+            State::Failed => self.connack_deadline,
+            State::Disconnected | State::Closing => None,
+        }
     }
+
     /// The next event, borrowing from the session's receive buffer until the next `handle_*` call.
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
-        todo!()
+        let ev = self.events.pop_front()?;
+        Some(match ev {
+            Ev::Connected { session_present } => Event::Connected { session_present },
+            Ev::Message {
+                topic,
+                payload,
+                qos,
+                retain,
+            } => Event::Message {
+                // Validated UTF-8 when decoded.
+                topic: std::str::from_utf8(&self.rx[topic]).unwrap_or_default(),
+                payload: &self.rx[payload],
+                qos,
+                retain,
+            },
+            Ev::Delivered { token } => Event::Delivered { token },
+            Ev::Subscribed { filter, granted } => Event::Subscribed {
+                filter: &self.ev_text[filter],
+                granted,
+            },
+            Ev::Unsubscribed { filter } => Event::Unsubscribed {
+                filter: &self.ev_text[filter],
+            },
+        })
     }
+
+    /// Tokens of the QoS 1/2 messages in flight, oldest first (e.g. to report them as lost when giving up).
+    pub fn inflight_tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        let mut v: Vec<(u64, Token)> = self
+            .slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free)
+            .map(|s| (s.seq, s.token))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, t)| t)
+    }
+
+    // ----- internals -----
+
+    fn keepalive_due(&self) -> Option<Instant> {
+        if self.cfg.keep_alive.is_zero() {
+            return None;
+        }
+        self.last_tx?.checked_add(self.cfg.keep_alive)
+    }
+
+    fn fail_protocol(&mut self, e: codec::Error) -> SessionError {
+        self.state = State::Failed;
+        self.connack_deadline = None;
+        self.ping_deadline = None;
+        SessionError::Protocol(format!("the broker sent invalid data: {e}"))
+    }
+
+    fn fail(&mut self, m: String) -> SessionError {
+        self.state = State::Failed;
+        self.connack_deadline = None;
+        self.ping_deadline = None;
+        SessionError::Protocol(m)
+    }
+
+    /// Drop the bytes of packets whose events have been polled.
+    fn compact(&mut self) {
+        let keep_from = self
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Ev::Message { topic, .. } => Some(topic.start),
+                _ => None,
+            })
+            .unwrap_or(self.rx_done)
+            .min(self.rx_done);
+        // Keep the header bytes of a pending message event too: topic.start is past its header, which is
+        // already processed, so dropping up to topic.start is safe.
+        if keep_from > 0 {
+            self.rx.drain(..keep_from);
+            self.rx_done -= keep_from;
+            for e in self.events.iter_mut() {
+                if let Ev::Message { topic, payload, .. } = e {
+                    *topic = topic.start - keep_from..topic.end - keep_from;
+                    *payload = payload.start - keep_from..payload.end - keep_from;
+                }
+            }
+        }
+        if !self
+            .events
+            .iter()
+            .any(|e| matches!(e, Ev::Subscribed { .. } | Ev::Unsubscribed { .. }))
+        {
+            self.ev_text.clear();
+        }
+    }
+
+    /// The next identifier for slot `slot`: `slot + 1 + k·window`, skipping identifiers in use.
+    fn slot_pkid(&mut self, slot: u16) -> Option<u16> {
+        let w = self.window as u32;
+        let base = slot as u32 + 1;
+        let gens = (u16::MAX as u32 - base) / w + 1;
+        let s = &mut self.slots[slot as usize];
+        for i in 0..gens {
+            let g = (s.next_gen as u32 + i) % gens;
+            let id = (base + g * w) as u16;
+            if !self.ids_in_use.contains(id) {
+                s.next_gen = ((g + 1) % gens) as u16;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn slot_of(&self, pkid: u16) -> Option<usize> {
+        let s = (pkid as usize - 1) % self.window as usize;
+        let slot = self.slots.get(s)?;
+        (slot.state != SlotState::Free && slot.pkid == pkid).then_some(s)
+    }
+
+    fn free_slot(&mut self, s: usize) {
+        let slot = &mut self.slots[s];
+        slot.state = SlotState::Free;
+        self.ids_in_use.remove(slot.pkid);
+        self.free_slots.push(s as u16);
+        self.inflight -= 1;
+    }
+
+    /// A free identifier for a SUBSCRIBE/UNSUBSCRIBE.
+    fn request_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+            let id = self.next_req_id;
+            if !self.ids_in_use.contains(id) {
+                self.ids_in_use.insert(id);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn request(&mut self, filter: &str, kind: ReqKind, now: Instant) -> Result<(), SessionError> {
+        if self.state != State::Connected {
+            return Err(SessionError::NotReady(NOT_CONNECTED));
+        }
+        codec::primitives::check_out_str(filter, "topic filter").map_err(invalid)?;
+        codec::primitives::check_filter(filter).map_err(invalid)?;
+        let pkid = self.request_pkid().ok_or(SessionError::NotReady(NO_PKID))?;
+        match kind {
+            ReqKind::Subscribe(qos) => match self.subs.iter_mut().find(|(f, _)| f == filter) {
+                Some(s) => s.1 = qos,
+                None => self.subs.push((filter.to_owned(), qos)),
+            },
+            ReqKind::Unsubscribe => self.subs.retain(|(f, _)| f != filter),
+        }
+        self.requests.push(Request {
+            pkid,
+            kind,
+            filter: filter.to_owned(),
+        });
+        self.send_request(self.requests.len() - 1);
+        self.last_tx = Some(now);
+        Ok(())
+    }
+
+    fn send_request(&mut self, i: usize) {
+        let r = &self.requests[i];
+        let res = match r.kind {
+            ReqKind::Subscribe(qos) => {
+                let list = [(r.filter.as_str(), qos)];
+                Packet::Subscribe(Subscribe {
+                    pkid: r.pkid,
+                    filters: Filters::new(&list),
+                })
+                .encode(self.cfg.protocol, &mut self.tx)
+            }
+            ReqKind::Unsubscribe => {
+                let list = [r.filter.as_str()];
+                Packet::Unsubscribe(Unsubscribe {
+                    pkid: r.pkid,
+                    filters: TopicList::new(&list),
+                })
+                .encode(self.cfg.protocol, &mut self.tx)
+            }
+        };
+        if let Err(e) = res {
+            // Filters were validated when the request was made.
+            log::error!("cannot encode a remembered request for {:?}: {e}", r.filter);
+        }
+    }
+
+    fn process(
+        &mut self,
+        start: usize,
+        h: codec::FixedHeader,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let rx = std::mem::take(&mut self.rx);
+        let body_start = start + h.header_len;
+        let r = match codec::decode_body(
+            &h,
+            &rx[body_start..start + h.packet_len()],
+            self.cfg.protocol,
+        ) {
+            Ok(p) => self.on_packet(p, rx.as_ptr() as usize, now),
+            Err(e) => Err(self.fail_protocol(e)),
+        };
+        self.rx = rx;
+        r
+    }
+
+    fn on_packet(&mut self, p: Packet<'_>, base: usize, now: Instant) -> Result<(), SessionError> {
+        if self.state == State::Connecting && !matches!(p, Packet::ConnAck(_)) {
+            return Err(self.fail(format!(
+                "the broker sent {} before CONNACK (CONNACK must come first)",
+                p.packet_type()
+            )));
+        }
+        match p {
+            Packet::ConnAck(c) => self.on_connack(c, now)?,
+            Packet::Publish(p) => {
+                let topic = p.topic.as_ptr() as usize - base;
+                let payload = p.payload.as_ptr() as usize - base;
+                let ev = Ev::Message {
+                    topic: topic..topic + p.topic.len(),
+                    payload: payload..payload + p.payload.len(),
+                    qos: p.qos,
+                    retain: p.retain,
+                };
+                match p.qos {
+                    QoS::AtMostOnce => self.events.push_back(ev),
+                    QoS::AtLeastOnce => {
+                        self.events.push_back(ev);
+                        self.ack(PacketType::PubAck, p.pkid, now);
+                    }
+                    QoS::ExactlyOnce => {
+                        if !self.awaiting_rel.contains(p.pkid) {
+                            self.awaiting_rel.insert(p.pkid);
+                            self.events.push_back(ev);
+                        }
+                        self.ack(PacketType::PubRec, p.pkid, now);
+                    }
+                }
+            }
+            Packet::PubRel(r) => {
+                self.awaiting_rel.remove(r.pkid);
+                self.ack(PacketType::PubComp, r.pkid, now);
+            }
+            Packet::PubAck(a) => match self.slot_of(a.pkid) {
+                Some(s) if self.slots[s].qos == QoS::AtLeastOnce => {
+                    let token = self.slots[s].token;
+                    self.free_slot(s);
+                    self.events.push_back(Ev::Delivered { token });
+                }
+                _ => log::debug!("ignoring PUBACK for packet id {} not awaiting one", a.pkid),
+            },
+            Packet::PubRec(a) => match self.slot_of(a.pkid) {
+                Some(s) if self.slots[s].qos == QoS::ExactlyOnce => {
+                    self.slots[s].state = SlotState::Release;
+                    self.ack(PacketType::PubRel, a.pkid, now);
+                }
+                _ => log::debug!("ignoring PUBREC for packet id {} not awaiting one", a.pkid),
+            },
+            Packet::PubComp(a) => match self.slot_of(a.pkid) {
+                Some(s) if self.slots[s].state == SlotState::Release => {
+                    let token = self.slots[s].token;
+                    self.free_slot(s);
+                    self.events.push_back(Ev::Delivered { token });
+                }
+                _ => log::debug!("ignoring PUBCOMP for packet id {} not awaiting one", a.pkid),
+            },
+            Packet::SubAck(a) => {
+                let Some(i) = self.requests.iter().position(|r| r.pkid == a.pkid) else {
+                    log::debug!("ignoring SUBACK for unknown packet id {}", a.pkid);
+                    return Ok(());
+                };
+                let ReqKind::Subscribe(_) = self.requests[i].kind else {
+                    return Err(self.fail(format!(
+                        "the broker answered UNSUBSCRIBE {} with SUBACK",
+                        a.pkid
+                    )));
+                };
+                let r = self.requests.swap_remove(i);
+                self.ids_in_use.remove(r.pkid);
+                let granted = match a.codes().next() {
+                    Some(SubscribeReturnCode::Success(q)) => Some(q),
+                    _ => None,
+                };
+                if granted.is_none() {
+                    self.subs.retain(|(f, _)| *f != r.filter);
+                }
+                let filter = self.push_text(&r.filter);
+                self.events.push_back(Ev::Subscribed { filter, granted });
+            }
+            Packet::UnsubAck(a) => {
+                let Some(i) = self.requests.iter().position(|r| r.pkid == a.pkid) else {
+                    log::debug!("ignoring UNSUBACK for unknown packet id {}", a.pkid);
+                    return Ok(());
+                };
+                if self.requests[i].kind != ReqKind::Unsubscribe {
+                    return Err(self.fail(format!(
+                        "the broker answered SUBSCRIBE {} with UNSUBACK",
+                        a.pkid
+                    )));
+                }
+                let r = self.requests.swap_remove(i);
+                self.ids_in_use.remove(r.pkid);
+                let filter = self.push_text(&r.filter);
+                self.events.push_back(Ev::Unsubscribed { filter });
+            }
+            Packet::PingResp => self.ping_deadline = None,
+            Packet::Connect(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq
+            | Packet::Disconnect => {
+                return Err(self.fail(format!(
+                    "the broker sent {}, which only a client may send",
+                    p.packet_type()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn push_text(&mut self, s: &str) -> Range<usize> {
+        let start = self.ev_text.len();
+        self.ev_text.push_str(s);
+        start..self.ev_text.len()
+    }
+
+    fn ack(&mut self, t: PacketType, pkid: u16, now: Instant) {
+        // pkid is non-zero: the decoder rejects 0.
+        if encode_ack(&mut self.tx, t, pkid).is_ok() {
+            self.last_tx = Some(now);
+        }
+    }
+
+    fn on_connack(&mut self, c: ConnAck, now: Instant) -> Result<(), SessionError> {
+        if self.state != State::Connecting {
+            return Err(self.fail("the broker sent a second CONNACK".to_owned()));
+        }
+        self.connack_deadline = None;
+        if c.code != ConnectReturnCode::Accepted {
+            self.state = State::Failed;
+            return Err(SessionError::Refused(c.code));
+        }
+        self.state = State::Connected;
+        self.session_present = c.session_present;
+        self.events.push_back(Ev::Connected {
+            session_present: c.session_present,
+        });
+        if !c.session_present {
+            // The broker forgot our incoming QoS 2 state too.
+            self.awaiting_rel.clear();
+        }
+        // Resend in-flight messages in their original order.
+        self.scratch.clear();
+        self.scratch.extend(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state != SlotState::Free)
+                .map(|(i, _)| i as u16),
+        );
+        let slots = &self.slots;
+        self.scratch
+            .sort_unstable_by_key(|&i| slots[i as usize].seq);
+        for &i in &self.scratch {
+            let s = &mut self.slots[i as usize];
+            if c.session_present && s.state == SlotState::Release {
+                let _ = encode_ack(&mut self.tx, PacketType::PubRel, s.pkid);
+                continue;
+            }
+            s.state = SlotState::Publish;
+            let start = self.tx.len();
+            self.tx.extend_from_slice(&s.buf);
+            if c.session_present {
+                self.tx[start] |= DUP_FLAG;
+            }
+        }
+        // Pending SUBSCRIBE / UNSUBSCRIBE never acknowledged: send again.
+        for i in 0..self.requests.len() {
+            self.send_request(i);
+        }
+        if !c.session_present {
+            for k in 0..self.subs.len() {
+                let (filter, qos) = (self.subs[k].0.clone(), self.subs[k].1);
+                if self
+                    .requests
+                    .iter()
+                    .any(|r| r.filter == filter && matches!(r.kind, ReqKind::Subscribe(_)))
+                {
+                    continue;
+                }
+                let Some(pkid) = self.request_pkid() else {
+                    log::warn!("no free packet identifier to re-subscribe {filter:?}");
+                    break;
+                };
+                self.requests.push(Request {
+                    pkid,
+                    kind: ReqKind::Subscribe(qos),
+                    filter,
+                });
+                self.send_request(self.requests.len() - 1);
+            }
+        }
+        if !self.tx.is_empty() {
+            self.last_tx = Some(now);
+        }
+        Ok(())
+    }
+}
+
+fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec::Error> {
+    let will = cfg.will.as_ref().map(|w| LastWill {
+        topic: &w.topic,
+        message: &w.payload,
+        qos: w.qos,
+        retain: w.retain,
+    });
+    let connect = Connect {
+        protocol: cfg.protocol,
+        keep_alive: cfg.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+        client_id: &cfg.client_id,
+        clean_session: cfg.clean_session,
+        will,
+        username: cfg.username.as_deref(),
+        password: cfg.password.as_deref(),
+    };
+    Packet::Connect(connect).encode(cfg.protocol, out)
+}
+
+fn invalid(e: codec::Error) -> SessionError {
+    SessionError::Invalid(format!("cannot send this: {e}"))
 }

@@ -1,10 +1,39 @@
 //! Transport: broker URIs, TCP and TLS (rustls 0.23, ring provider) as a non-blocking stream.
 //!
-//! STUB written by the lead to fix the interface the driver and the q layer use. The transport owner
-//! implements it and may add to it, but keeps these names and meanings.
+//! What this layer does for the driver:
+//! - [`Endpoint::parse`] turns `tcp://`, `mqtt://` (plain, port 1883) and `ssl://`, `mqtts://` (TLS, port
+//!   8883) URIs into host and port, IPv6 literals in brackets (`ssl://[::1]:8883`). Errors say what is wrong.
+//! - [`tls_config`] turns [`TlsOptions`] into a rustls `ClientConfig` (ring provider, chosen versions and
+//!   cipher suites, CA file / directory or the Mozilla roots, client certificate for mutual TLS). Build it
+//!   once per connection configuration and reuse it across reconnects.
+//! - [`Conn`] is the non-blocking stream: a mio `TcpStream`, optionally wrapped in a rustls
+//!   `ClientConnection`. [`Conn::write`] only queues plaintext in a buffer that is reused; [`Conn::flush`]
+//!   encrypts everything queued in as few TLS records as possible (up to 16 KiB each) and writes them with
+//!   vectored writes, so many small MQTT packets between two flushes cost few records and few syscalls.
+//! - Errors ([`TransportError`]) name the cause and the option to change: an unknown CA, an expired
+//!   certificate, a host name the certificate does not cover, a broker that wants a client certificate.
+//!
+//! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
+//! either off logs a warning when the configuration is built.
+//!
+//! How the driver uses it (one I/O thread, a `mio::Poll`):
+//! 1. `let cfg = tls_config(&opts)?` once per connection configuration (TLS only);
+//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking),
+//!    then `conn.register(poll.registry(), token)` — with this registration a failed connect moves on to
+//!    the next resolved address by itself;
+//! 3. on WRITABLE call [`Conn::flush`]; on READABLE call [`Conn::read`] until it returns `Ok(0)` (for TLS it
+//!    also sends what the handshake needs);
+//! 4. once [`Conn::is_established`], write MQTT bytes with [`Conn::write`] (queues only) and push them with
+//!    [`Conn::flush`] (`Ok(false)`: wait for WRITABLE); bound your own queue with [`Conn::pending`];
+//! 5. [`Conn::close`] to end politely. Errors carry messages meant for the user as they are.
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+
+mod conn;
+mod tls;
+
+pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
+pub use tls::{supported_cipher_suites, tls_config};
 
 /// `tcp://` and `mqtt://` are plain TCP (default port 1883); `ssl://` and `mqtts://` are TLS (8883).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +41,20 @@ pub enum Scheme {
     Tcp,
     Tls,
 }
+
+impl Scheme {
+    /// The port used when the URI has none: 1883 for TCP, 8883 for TLS.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Tcp => 1883,
+            Scheme::Tls => 8883,
+        }
+    }
+}
+
+/// The schemes [`Endpoint::parse`] accepts, for error messages.
+pub const ACCEPTED_SCHEMES: &str =
+    "tcp://, mqtt:// (plain TCP, port 1883) or ssl://, mqtts:// (TLS, port 8883)";
 
 /// A parsed broker address. `host` has no brackets for IPv6 literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +66,111 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parse `scheme://host[:port]` (IPv6 literals as `[::1]`). Errors name what is wrong.
-    pub fn parse(_uri: &str) -> Result<Endpoint, TransportError> {
-        todo!()
+    ///
+    /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) and paths are not.
+    pub fn parse(uri: &str) -> Result<Endpoint, TransportError> {
+        let uri = uri.trim();
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Err(TransportError::Uri(format!(
+                "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
+                 with scheme {ACCEPTED_SCHEMES}"
+            )));
+        };
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "tcp" | "mqtt" => Scheme::Tcp,
+            "ssl" | "mqtts" => Scheme::Tls,
+            other => {
+                return Err(TransportError::Uri(format!(
+                    "Invalid protocol scheme '{other}://' in broker URI '{uri}': use {ACCEPTED_SCHEMES}"
+                )))
+            }
+        };
+        let bad = |what: String| TransportError::Uri(format!("invalid broker URI '{uri}': {what}"));
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('/') || authority.contains('?') || authority.contains('#') {
+            return Err(bad(
+                "a broker URI has no path or query: write scheme://host[:port]".into(),
+            ));
+        }
+        if authority.contains('@') {
+            return Err(bad(
+                "user names and passwords do not go in the URI: give them as the username/password options"
+                    .into(),
+            ));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let Some((addr, after)) = v6.split_once(']') else {
+                return Err(bad("'[' without ']': write IPv6 addresses as [::1]".into()));
+            };
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad(format!("'{addr}' in brackets is not an IPv6 address")));
+            }
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => {
+                        return Err(bad(format!(
+                            "unexpected '{p}' after ']': write [addr]:port"
+                        )))
+                    }
+                },
+            };
+            (addr, port)
+        } else {
+            match authority.matches(':').count() {
+                0 => (authority, None),
+                1 => {
+                    let (h, p) = authority.split_once(':').unwrap_or((authority, ""));
+                    (h, Some(p))
+                }
+                _ => {
+                    return Err(bad(
+                        "an IPv6 address must be in brackets, with the port after them: ssl://[::1]:8883".into(),
+                    ))
+                }
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("missing host: write scheme://host[:port]".into()));
+        }
+        if let Some(c) = host
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
+        {
+            return Err(bad(format!("'{c}' is not allowed in a host name")));
+        }
+        let port = match port {
+            None => scheme.default_port(),
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(bad(format!(
+                    "bad port '{p}': a port is a number from 1 to 65535 (or leave it out for {})",
+                    scheme.default_port()
+                )))
+                }
+            },
+        };
+        Ok(Endpoint {
+            scheme,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self.scheme {
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "ssl",
+        };
+        if self.host.contains(':') {
+            write!(f, "{s}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{s}://{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -42,7 +188,8 @@ pub enum TlsVersion {
 pub struct TlsOptions {
     /// CA certificates (PEM). When neither this nor `ca_dir` is set, the Mozilla roots (webpki-roots) are used.
     pub ca_file: Option<PathBuf>,
-    /// A directory of PEM CA certificates (every readable `*.pem`/`*.crt` file and OpenSSL hash links).
+    /// A directory of PEM CA certificates: every regular file in it (OpenSSL hash links followed) that holds
+    /// PEM certificates; unreadable files are skipped with a warning, other files silently.
     pub ca_dir: Option<PathBuf>,
     /// Client certificate chain (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
@@ -53,7 +200,8 @@ pub struct TlsOptions {
     /// ALPN protocols, e.g. `x-amzn-mqtt-ca` for AWS IoT on port 443.
     pub alpn: Vec<Vec<u8>>,
     pub min_version: TlsVersion,
-    /// Restrict cipher suites to these (rustls / IANA names, e.g. `TLS13_AES_128_GCM_SHA256`); empty: all.
+    /// Restrict cipher suites to these (rustls / IANA names, e.g. `TLS13_AES_128_GCM_SHA256`, or OpenSSL
+    /// names such as `ECDHE-RSA-AES128-GCM-SHA256`; see [`supported_cipher_suites`]); empty: all.
     pub cipher_suites: Vec<String>,
     pub verify_certificate: bool,
     pub verify_hostname: bool,
@@ -76,11 +224,6 @@ impl Default for TlsOptions {
     }
 }
 
-/// Build the rustls client configuration once per connection config (reused across reconnects).
-pub fn tls_config(_opts: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, TransportError> {
-    todo!()
-}
-
 /// What went wrong, in words that say what to change.
 #[derive(Debug)]
 pub enum TransportError {
@@ -88,7 +231,8 @@ pub enum TransportError {
     Uri(String),
     /// A TLS option or file is wrong (message names the file / option).
     Config(String),
-    /// Name resolution, connect, read or write failed.
+    /// Name resolution, connect, read or write failed. The message names the address and includes the
+    /// system's error.
     Io(std::io::Error, String),
     /// The TLS handshake or a TLS record failed; the message names the reason (unknown issuer, expired,
     /// hostname mismatch, …) and the option to fix.
@@ -99,62 +243,32 @@ pub enum TransportError {
 
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            TransportError::Uri(m) | TransportError::Config(m) => f.write_str(m),
+            TransportError::Io(_, m) | TransportError::Tls(_, m) => f.write_str(m),
+            TransportError::Closed => f.write_str("the broker closed the connection"),
+        }
     }
 }
-impl std::error::Error for TransportError {}
 
-/// A non-blocking connection: mio TCP, optionally wrapped in rustls. Register [`Conn::socket`] with a
-/// `mio::Poll` for READABLE | WRITABLE.
-pub struct Conn {
-    _p: (),
-}
-
-impl Conn {
-    /// Resolve and start a non-blocking connect (the TCP handshake completes later; `is_established` tells).
-    pub fn connect(
-        _ep: &Endpoint,
-        _tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
-    ) -> Result<Conn, TransportError> {
-        todo!()
-    }
-    /// The socket to register with mio.
-    pub fn socket(&mut self) -> &mut mio::net::TcpStream {
-        todo!()
-    }
-    /// TCP connected and (for TLS) handshake complete: MQTT bytes may flow.
-    pub fn is_established(&self) -> bool {
-        todo!()
-    }
-    /// Read whatever is available; append plaintext to `out`. `Ok(0)` with nothing more: would block.
-    /// `Err(TransportError::Closed)` on EOF.
-    pub fn read(&mut self, _out: &mut Vec<u8>) -> Result<usize, TransportError> {
-        todo!()
-    }
-    /// Queue plaintext for sending (encrypted into TLS records for TLS). Does not block.
-    pub fn write(&mut self, _data: &[u8]) -> Result<(), TransportError> {
-        todo!()
-    }
-    /// Push queued bytes to the socket. `Ok(true)` when everything is out, `Ok(false)` when the socket
-    /// would block (wait for WRITABLE).
-    pub fn flush(&mut self) -> Result<bool, TransportError> {
-        todo!()
-    }
-    /// Bytes queued and not yet written to the socket (plaintext + TLS records).
-    pub fn pending(&self) -> usize {
-        todo!()
-    }
-    /// Negotiated TLS facts for `qmqtt check`: version, suite, ALPN, peer chain (DER).
-    pub fn tls_info(&self) -> Option<TlsInfo> {
-        todo!()
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::Io(e, _) => Some(e),
+            TransportError::Tls(e, _) => Some(e),
+            _ => None,
+        }
     }
 }
 
 /// What `qmqtt check` reports about a TLS session.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
+    /// `TLS 1.2` or `TLS 1.3`.
     pub version: String,
+    /// The rustls / IANA name, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher_suite: String,
     pub alpn: Option<Vec<u8>>,
+    /// The server's certificate chain as sent, leaf first (DER).
     pub peer_chain: Vec<Vec<u8>>,
 }

@@ -1,0 +1,657 @@
+//! [`Conn`]: one non-blocking connection to the broker — a mio `TcpStream`, optionally wrapped in a rustls
+//! `ClientConnection` — with a plaintext send buffer that is reused across writes.
+//!
+//! Writes only append to the send buffer. [`Conn::flush`] hands the whole buffer to rustls in one call, so
+//! that rustls cuts it into full-size records (16 KiB) rather than one record per MQTT packet, and writes the
+//! records with vectored writes until the socket would block. The buffer keeps its capacity, so once warm a
+//! write does not allocate (rustls allocates one buffer per record it encrypts).
+use std::cell::Cell;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use rustls::{ClientConnection, ProtocolVersion};
+use rustls_pki_types::ServerName;
+
+use super::tls::{describe, trust_description, ErrCtx};
+use super::{Endpoint, TlsInfo, TlsOptions, TransportError};
+
+/// Upper bound on the plaintext one [`Conn::read`] call appends; a caller on edge-triggered readiness calls
+/// `read` again until it returns `Ok(0)`.
+pub const MAX_READ_PER_CALL: usize = 1 << 20;
+/// How much room a plain TCP read offers at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// The send buffer keeps up to this much capacity once empty (a burst larger than this is freed after it
+/// has been sent, so a backlog does not pin memory).
+pub const SEND_BUFFER_KEEP: usize = 256 * 1024;
+
+/// Counters of socket system calls and bytes (TLS bytes for TLS connections).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// `write`/`writev` calls that wrote something.
+    pub socket_writes: u64,
+    pub bytes_written: u64,
+    /// `read` calls that returned data.
+    pub socket_reads: u64,
+    pub bytes_read: u64,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .field("tls", &self.tls.is_some())
+            .field("established", &self.is_established())
+            .field("pending", &self.pending())
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// The socket seen through the counters.
+struct Counted<'a> {
+    sock: &'a mut TcpStream,
+    stats: &'a mut IoStats,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.sock.write(buf)?;
+        self.stats.socket_writes += 1;
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.sock.write_vectored(bufs)?;
+        self.stats.socket_writes += 1;
+        self.stats.bytes_written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        if n > 0 {
+            self.stats.socket_reads += 1;
+            self.stats.bytes_read += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// A non-blocking connection: mio TCP, optionally wrapped in rustls. Register it with a `mio::Poll` for
+/// READABLE | WRITABLE — preferably with [`Conn::register`], which lets the connection fall over to the next
+/// resolved address when a connect attempt fails; registering [`Conn::socket`] yourself works too, but then
+/// only the first address that accepts the connect call is tried.
+pub struct Conn {
+    sock: TcpStream,
+    addr: SocketAddr,
+    /// Every resolved address; `next` is the first not yet tried.
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    /// The TCP handshake completed (a `Cell` so that `is_established(&self)` can record it).
+    tcp_up: Cell<bool>,
+    tls: Option<ClientConnection>,
+    /// Host name for messages / the name the certificate is checked against.
+    server_name: String,
+    client_cert: bool,
+    /// Which CAs are trusted, for messages.
+    trust: String,
+    /// Plaintext queued by `write`; `out[out_pos..]` is not yet handed to rustls / the socket.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Plaintext handed to rustls whose TLS records are not yet fully written (an estimate).
+    tls_queued: usize,
+    closed: bool,
+    registration: Option<(Registry, Token)>,
+    /// Earlier connect failures, for the message when every address fails.
+    failures: Vec<String>,
+    stats: IoStats,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn connect_failure(addr: SocketAddr, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => format!(
+            "{addr} refused the connection ({e}): is the broker running and listening on port {}?",
+            addr.port()
+        ),
+        io::ErrorKind::TimedOut => {
+            format!("{addr} did not answer ({e}): check the address and firewalls")
+        }
+        _ => format!("cannot connect to {addr}: {e}"),
+    }
+}
+
+impl Conn {
+    /// Resolve and start a non-blocking connect (the TCP handshake completes later; `is_established` tells).
+    ///
+    /// Name resolution (`ToSocketAddrs`) blocks: call this on the I/O thread, not on q's main thread.
+    /// `tls` is the configuration from [`super::tls_config`] and the options it was built from (for the
+    /// server name); `None` for plain TCP.
+    pub fn connect(
+        ep: &Endpoint,
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, TransportError> {
+        let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                let m = format!(
+                    "cannot resolve the broker host '{}': {e}: check the host name and this machine's DNS",
+                    ep.host
+                );
+                TransportError::Io(e, m)
+            })?
+            .collect();
+        Conn::connect_addrs(&addrs, &ep.host, tls)
+    }
+
+    /// Start a non-blocking connect to the first of `addrs` that accepts one; later addresses are tried when
+    /// it fails (see [`Conn::register`]). `host` is the name the TLS certificate is checked against unless
+    /// `TlsOptions::server_name` is set.
+    pub fn connect_addrs(
+        addrs: &[SocketAddr],
+        host: &str,
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, TransportError> {
+        let (tls, server_name, client_cert, trust) = match tls {
+            None => (None, host.to_string(), false, String::new()),
+            Some((cfg, opts)) => {
+                let name = opts.server_name.clone().unwrap_or_else(|| host.to_string());
+                let sn = ServerName::try_from(name.clone()).map_err(|_| {
+                    TransportError::Config(format!(
+                        "'{name}' is not a valid TLS server name: give a DNS name or an IP address"
+                    ))
+                })?;
+                let c = ClientConnection::new(cfg, sn).map_err(|e| {
+                    let m = format!("cannot start TLS with {name}: {e}");
+                    TransportError::Tls(e, m)
+                })?;
+                let trust = if opts.verify_certificate {
+                    trust_description(opts)
+                } else {
+                    "any certificate (verification is off)".to_string()
+                };
+                (Some(c), name, opts.cert_file.is_some(), trust)
+            }
+        };
+        let mut failures = Vec::new();
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for (i, &addr) in addrs.iter().enumerate() {
+            match TcpStream::connect(addr) {
+                Ok(sock) => {
+                    // We coalesce writes ourselves; Nagle would only delay the flushes.
+                    let _ = sock.set_nodelay(true);
+                    return Ok(Conn {
+                        sock,
+                        addr,
+                        addrs: addrs.to_vec(),
+                        next: i + 1,
+                        tcp_up: Cell::new(false),
+                        tls,
+                        server_name,
+                        client_cert,
+                        trust,
+                        out: Vec::new(),
+                        out_pos: 0,
+                        tls_queued: 0,
+                        closed: false,
+                        registration: None,
+                        failures,
+                        stats: IoStats::default(),
+                    });
+                }
+                Err(e) => {
+                    log::debug!("connect to {addr} failed at once: {e}");
+                    failures.push(connect_failure(addr, &e));
+                    last_err = e;
+                }
+            }
+        }
+        let msg = if failures.is_empty() {
+            format!("the broker host '{host}' resolves to no address: check the host name")
+        } else {
+            format!("cannot connect to {host}: {}", failures.join("; "))
+        };
+        Err(TransportError::Io(last_err, msg))
+    }
+
+    /// Register the socket with `registry` for READABLE | WRITABLE under `token`. When a connect attempt
+    /// fails, the connection then moves on to the next resolved address by itself (re-registering the new
+    /// socket under the same token).
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(
+            &mut self.sock,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.registration = Some((registry.try_clone()?, token));
+        Ok(())
+    }
+
+    /// Undo [`Conn::register`] (dropping the `Conn` closes the socket, which deregisters it as well).
+    pub fn deregister(&mut self) -> io::Result<()> {
+        if let Some((reg, _)) = self.registration.take() {
+            reg.deregister(&mut self.sock)?;
+        }
+        Ok(())
+    }
+
+    /// The socket to register with mio.
+    pub fn socket(&mut self) -> &mut mio::net::TcpStream {
+        &mut self.sock
+    }
+
+    /// The address connected (or being connected) to.
+    pub fn peer(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// TCP connected and (for TLS) handshake complete: MQTT bytes may flow.
+    pub fn is_established(&self) -> bool {
+        if !self.tcp_up.get() {
+            if self.sock.peer_addr().is_err() {
+                return false;
+            }
+            self.tcp_up.set(true);
+        }
+        match &self.tls {
+            None => true,
+            Some(t) => !t.is_handshaking(),
+        }
+    }
+
+    /// Has the TCP connect completed? Detects a failed connect and moves to the next address if possible
+    /// (`Ok(false)`: still connecting).
+    fn poll_connect(&mut self) -> Result<bool, TransportError> {
+        if self.tcp_up.get() {
+            return Ok(true);
+        }
+        let err = match self.sock.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => match self.sock.peer_addr() {
+                Ok(_) => {
+                    self.tcp_up.set(true);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+                Err(e) => e,
+            },
+        };
+        self.fail_over(err)?;
+        Ok(false)
+    }
+
+    /// The current connect attempt failed with `e`: start the next address (when registered through
+    /// [`Conn::register`]) or report every failure.
+    fn fail_over(&mut self, e: io::Error) -> Result<(), TransportError> {
+        self.failures.push(connect_failure(self.addr, &e));
+        if let Some((reg, token)) = &self.registration {
+            while self.next < self.addrs.len() {
+                let addr = self.addrs[self.next];
+                self.next += 1;
+                match TcpStream::connect(addr) {
+                    Ok(mut s) => {
+                        log::info!("connect to {} failed ({e}); trying {addr}", self.addr);
+                        let _ = reg.deregister(&mut self.sock);
+                        reg.register(&mut s, *token, Interest::READABLE | Interest::WRITABLE)
+                            .map_err(|e| {
+                                let m = format!(
+                                    "cannot register the socket for {addr} with the poller: {e}"
+                                );
+                                TransportError::Io(e, m)
+                            })?;
+                        let _ = s.set_nodelay(true);
+                        self.sock = s;
+                        self.addr = addr;
+                        return Ok(());
+                    }
+                    Err(e2) => self.failures.push(connect_failure(addr, &e2)),
+                }
+            }
+        }
+        Err(TransportError::Io(
+            e,
+            format!(
+                "cannot connect to {}: {}",
+                self.server_name,
+                self.failures.join("; ")
+            ),
+        ))
+    }
+
+    fn io_error(&self, e: io::Error, doing: &str) -> TransportError {
+        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            let m = format!(
+                "{doing} the connection to {} ({}) failed during the TLS handshake ({e}): is this port a TLS \
+                 listener, and does it accept this client (certificate, TLS version)? The broker's log says why",
+                self.server_name, self.addr
+            );
+            return TransportError::Io(e, m);
+        }
+        let m = match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => format!(
+                "the connection to {} ({}) was reset while {doing}: {e}",
+                self.server_name, self.addr
+            ),
+            _ => format!(
+                "{doing} the connection to {} ({}) failed: {e}",
+                self.server_name, self.addr
+            ),
+        };
+        TransportError::Io(e, m)
+    }
+
+    fn tls_error(&mut self, e: rustls::Error) -> TransportError {
+        // Send the alert rustls queued, if the socket takes it; the error is what matters.
+        if let Some(t) = self.tls.as_mut() {
+            let _ = t.write_tls(&mut Counted {
+                sock: &mut self.sock,
+                stats: &mut self.stats,
+            });
+        }
+        describe(
+            e,
+            &ErrCtx {
+                server_name: &self.server_name,
+                client_cert: self.client_cert,
+                trust: &self.trust,
+            },
+        )
+    }
+
+    /// Read whatever is available; append plaintext to `out`. `Ok(0)` with nothing more: would block.
+    /// `Err(TransportError::Closed)` on EOF (or a TLS close_notify), after any data before it was returned.
+    ///
+    /// Reads until the socket would block, but appends at most [`MAX_READ_PER_CALL`] bytes per call: with
+    /// edge-triggered readiness, call again until `Ok(0)`. For TLS, also sends what the handshake needs and,
+    /// once it completes, the plaintext queued before it.
+    pub fn read(&mut self, out: &mut Vec<u8>) -> Result<usize, TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        if !self.poll_connect()? {
+            return Ok(0);
+        }
+        let start = out.len();
+        if self.tls.is_none() {
+            self.read_tcp(out, start)?;
+        } else {
+            self.read_tls(out, start)?;
+            let wants = self.tls.as_ref().is_some_and(|t| t.wants_write())
+                || (self.out_pos < self.out.len() && self.is_established());
+            if wants && !self.closed {
+                self.flush()?;
+            }
+        }
+        let got = out.len() - start;
+        if got == 0 && self.closed {
+            return Err(TransportError::Closed);
+        }
+        Ok(got)
+    }
+
+    fn read_tcp(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), TransportError> {
+        while out.len() - start < MAX_READ_PER_CALL {
+            let at = out.len();
+            out.resize(at + READ_CHUNK, 0);
+            let r = Counted {
+                sock: &mut self.sock,
+                stats: &mut self.stats,
+            }
+            .read(&mut out[at..]);
+            match r {
+                Ok(0) => {
+                    out.truncate(at);
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => out.truncate(at + n),
+                Err(e) => {
+                    out.truncate(at);
+                    if would_block(&e) {
+                        break;
+                    }
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(self.io_error(e, "reading from"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_tls(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), TransportError> {
+        while out.len() - start < MAX_READ_PER_CALL {
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(());
+            };
+            let mut eof = false;
+            match tls.read_tls(&mut Counted {
+                sock: &mut self.sock,
+                stats: &mut self.stats,
+            }) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e, "reading from")),
+            }
+            let st = match tls.process_new_packets() {
+                Ok(st) => st,
+                Err(e) => return Err(self.tls_error(e)),
+            };
+            let n = st.plaintext_bytes_to_read();
+            if n > 0 {
+                let at = out.len();
+                out.resize(at + n, 0);
+                if let Err(e) = tls.reader().read_exact(&mut out[at..]) {
+                    out.truncate(at);
+                    return Err(self.io_error(e, "decrypting data from"));
+                }
+            }
+            if st.peer_has_closed() || eof {
+                if eof && tls.is_handshaking() {
+                    let m = format!(
+                        "the broker {} ({}) closed the connection during the TLS handshake: is this port a TLS \
+                         listener, and does it accept this client (certificate, TLS version)? The broker's log \
+                         says why",
+                        self.server_name, self.addr
+                    );
+                    return Err(TransportError::Io(
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "EOF during the TLS handshake",
+                        ),
+                        m,
+                    ));
+                }
+                self.closed = true;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue plaintext for sending (encrypted into TLS records for TLS). Does not block.
+    ///
+    /// Copies into a buffer that keeps its capacity; nothing is encrypted or sent until [`Conn::flush`].
+    pub fn write(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        self.out.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Move the unsent part of the send buffer to its start (after a partial flush).
+    fn compact(&mut self) {
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > SEND_BUFFER_KEEP {
+                self.out.shrink_to(SEND_BUFFER_KEEP);
+            }
+        } else if self.out_pos > 0 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+    }
+
+    /// Push queued bytes to the socket. `Ok(true)` when everything is out, `Ok(false)` when the socket
+    /// would block (wait for WRITABLE).
+    ///
+    /// Also `Ok(false)` while the TCP connect is in progress. For TLS, plaintext queued before the handshake
+    /// completes stays queued (`Ok(true)` once the handshake messages are out; [`Conn::pending`] still counts
+    /// it) and goes out from the `read`/`flush` after the handshake completes.
+    pub fn flush(&mut self) -> Result<bool, TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        if !self.poll_connect()? {
+            return Ok(false);
+        }
+        if self.tls.is_none() {
+            while self.out_pos < self.out.len() {
+                let r = Counted {
+                    sock: &mut self.sock,
+                    stats: &mut self.stats,
+                }
+                .write(&self.out[self.out_pos..]);
+                match r {
+                    Ok(0) => {
+                        let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
+                        return Err(self.io_error(e, "writing to"));
+                    }
+                    Ok(n) => self.out_pos += n,
+                    Err(e) if would_block(&e) => {
+                        self.compact();
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.io_error(e, "writing to")),
+                }
+            }
+            self.compact();
+            return Ok(true);
+        }
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Ok(true);
+            };
+            let mut moved = 0;
+            if !tls.is_handshaking() && self.out_pos < self.out.len() {
+                // One call for everything queued: rustls makes full-size records of it (up to its buffer
+                // limit; the rest follows once records are written).
+                match tls.writer().write(&self.out[self.out_pos..]) {
+                    Ok(n) => {
+                        moved = n;
+                        self.out_pos += n;
+                        self.tls_queued += n;
+                    }
+                    Err(e) => return Err(self.io_error(e, "encrypting data for")),
+                }
+            }
+            if tls.wants_write() {
+                match tls.write_tls(&mut Counted {
+                    sock: &mut self.sock,
+                    stats: &mut self.stats,
+                }) {
+                    Ok(n) => self.tls_queued = self.tls_queued.saturating_sub(n),
+                    Err(e) if would_block(&e) => {
+                        self.compact();
+                        return Ok(false);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.io_error(e, "writing to")),
+                }
+            } else {
+                self.tls_queued = 0;
+                if moved == 0 {
+                    self.compact();
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// End the connection politely: for TLS, queue a close_notify alert; then push what the socket takes
+    /// without blocking and shut down the sending side. Afterwards `read`, `write` and `flush` return
+    /// `Closed`. Dropping the `Conn` closes the socket in any case.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Some(t) = self.tls.as_mut() {
+            t.send_close_notify();
+        }
+        if self.tcp_up.get() {
+            let _ = self.flush();
+            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        }
+        self.closed = true;
+    }
+
+    /// Bytes queued and not yet written to the socket (plaintext + TLS records). For TLS the part already
+    /// encrypted is an estimate (plaintext size, without record overhead).
+    pub fn pending(&self) -> usize {
+        let plain = self.out.len() - self.out_pos;
+        let tls = match &self.tls {
+            Some(t) if t.wants_write() => self.tls_queued.max(1),
+            _ => 0,
+        };
+        plain + tls
+    }
+
+    /// Socket call and byte counters since the connection started.
+    pub fn io_stats(&self) -> IoStats {
+        self.stats
+    }
+
+    /// Negotiated TLS facts for `qmqtt check`: version, suite, ALPN, peer chain (DER). `None` for plain TCP
+    /// and before the handshake completes.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let t = self.tls.as_ref()?;
+        if t.is_handshaking() {
+            return None;
+        }
+        let version = match t.protocol_version()? {
+            ProtocolVersion::TLSv1_2 => "TLS 1.2".to_string(),
+            ProtocolVersion::TLSv1_3 => "TLS 1.3".to_string(),
+            v => format!("{v:?}"),
+        };
+        let cipher_suite = t
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        Some(TlsInfo {
+            version,
+            cipher_suite,
+            alpn: t.alpn_protocol().map(|p| p.to_vec()),
+            peer_chain: t
+                .peer_certificates()
+                .map(|c| c.iter().map(|d| d.to_vec()).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conn_can_move_to_the_io_thread() {
+        fn send<T: Send>() {}
+        send::<super::Conn>();
+    }
+}

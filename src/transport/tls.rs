@@ -1,0 +1,750 @@
+//! TLS configuration (rustls 0.23, ring provider) and the translation of TLS failures into messages that
+//! name the cause and the option to change.
+//!
+//! The server certificate is checked by [`Verifier`], a thin wrapper around rustls' `WebPkiServerVerifier`:
+//! in full mode it only remembers, for the error message, whether a refused certificate is self-signed;
+//! with `verify_hostname = false` it ignores a certificate that does not name the host (the chain is still
+//! verified against the CAs); with `verify_certificate = false` it accepts any certificate (the handshake
+//! signatures are still checked with the provider's algorithms).
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
+    SignatureScheme, SupportedCipherSuite,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use super::{TlsOptions, TlsVersion, TransportError};
+
+/// What to tell the user for the client-certificate options (q: `keyStore`/`privateKey`; CLI: `--cert`/`--key`).
+const CLIENT_CERT_OPTS: &str = "keyStore/privateKey (--cert/--key)";
+/// The CA options (q: `trustStore`/`CApath`; CLI: `--cafile`/`--capath`).
+const CA_OPTS: &str = "trustStore/--cafile (or CApath/--capath)";
+/// The fix for an unknown issuer.
+const CA_TO_SIGNER: &str =
+    "trustStore/--cafile to the CA that signed it (or CApath/--capath to a directory holding it)";
+
+/// OpenSSL's names for the TLS 1.2 suites rustls implements, so that `enabledCipherSuites` written for
+/// paho/OpenSSL keeps working. TLS 1.3 suites have the same IANA name in OpenSSL.
+const OPENSSL_NAMES: &[(&str, &str)] = &[
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ),
+];
+
+fn suite_name(s: &SupportedCipherSuite) -> &'static str {
+    s.suite().as_str().unwrap_or("unknown")
+}
+
+/// Does `want` (case-insensitive) name this suite: its rustls name, its IANA name (`TLS_AES_…` for the
+/// `TLS13_…` suites) or its OpenSSL name?
+fn suite_matches(s: &SupportedCipherSuite, want: &str) -> bool {
+    let name = suite_name(s);
+    if name.eq_ignore_ascii_case(want) {
+        return true;
+    }
+    if let Some(rest) = name.strip_prefix("TLS13_") {
+        if let Some(w) = want
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("TLS_"))
+            .map(|_| &want[4..])
+        {
+            return rest.eq_ignore_ascii_case(w);
+        }
+    }
+    OPENSSL_NAMES
+        .iter()
+        .any(|(iana, ossl)| *iana == name && ossl.eq_ignore_ascii_case(want))
+}
+
+/// The cipher suite names [`TlsOptions::cipher_suites`] accepts (rustls names; IANA and OpenSSL names of
+/// the same suites are accepted too).
+pub fn supported_cipher_suites() -> Vec<&'static str> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(suite_name)
+        .collect()
+}
+
+fn select_suites(
+    all: &[SupportedCipherSuite],
+    wanted: &[String],
+) -> Result<Vec<SupportedCipherSuite>, TransportError> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        if w.is_empty() {
+            continue;
+        }
+        match all.iter().find(|s| suite_matches(s, w)) {
+            Some(s) => {
+                if !out
+                    .iter()
+                    .any(|o: &SupportedCipherSuite| o.suite() == s.suite())
+                {
+                    out.push(*s);
+                }
+            }
+            None => {
+                return Err(TransportError::Config(format!(
+                    "unknown cipher suite '{w}' in enabledCipherSuites: supported are {}",
+                    all.iter().map(suite_name).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(TransportError::Config(
+            "enabledCipherSuites names no cipher suite: leave it empty for all suites".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Build the rustls client configuration once per connection config (reused across reconnects).
+///
+/// Reads the CA file / directory and the client certificate and key now, so that a wrong path or file is
+/// reported when the connection is configured, not at each reconnect.
+pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !opts.cipher_suites.is_empty() {
+        provider.cipher_suites = select_suites(&provider.cipher_suites, &opts.cipher_suites)?;
+    }
+    let provider = Arc::new(provider);
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match opts.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            TransportError::Config(format!(
+                "the TLS settings cannot work together ({e}): the cipher suites in enabledCipherSuites must \
+                 include one for TLS {} or later",
+                match opts.min_version {
+                    TlsVersion::Tls12 => "1.2",
+                    TlsVersion::Tls13 => "1.3",
+                }
+            ))
+        })?;
+
+    let inner = if opts.verify_certificate {
+        let roots = load_roots(opts)?;
+        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| {
+                TransportError::Config(format!(
+                    "cannot build the certificate verifier: {e}: check {CA_OPTS}"
+                ))
+            })?;
+        if !opts.verify_hostname {
+            log::warn!(
+                "TLS host name verification is off (verify): any certificate signed by a trusted CA is accepted \
+                 for any host"
+            );
+        }
+        Some(v)
+    } else {
+        log::warn!(
+            "TLS certificate verification is off (enableServerCertAuth=0): the broker's identity is not checked \
+             and the connection can be intercepted"
+        );
+        None
+    };
+    let verifier = Arc::new(Verifier {
+        inner,
+        check_name: opts.verify_hostname,
+        algs: provider.signature_verification_algorithms,
+    });
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+
+    let mut config = match (&opts.cert_file, &opts.key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(c), Some(k)) => {
+            let chain = load_certs(c, "client certificate (keyStore, --cert)")?;
+            let key = load_key(k)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                let why = match e {
+                    rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate",
+                    _ => "check that the certificate is an X.509 v3 certificate and the key belongs to it",
+                };
+                TransportError::Config(format!(
+                    "the client certificate '{}' and key '{}' cannot be used ({e}): {why}",
+                    c.display(),
+                    k.display()
+                ))
+            })?
+        }
+        (Some(c), None) => {
+            return Err(TransportError::Config(format!(
+                "a client certificate ('{}') needs its private key: set privateKey (--key)",
+                c.display()
+            )))
+        }
+        (None, Some(k)) => {
+            return Err(TransportError::Config(format!(
+                "a private key ('{}') needs its client certificate: set keyStore (--cert)",
+                k.display()
+            )))
+        }
+    };
+    config.alpn_protocols = opts.alpn.clone();
+    Ok(Arc::new(config))
+}
+
+fn load_roots(opts: &TlsOptions) -> Result<RootCertStore, TransportError> {
+    let mut roots = RootCertStore::empty();
+    if opts.ca_file.is_none() && opts.ca_dir.is_none() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(roots);
+    }
+    if let Some(f) = &opts.ca_file {
+        let certs = load_certs(f, "CA file (trustStore, --cafile)")?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(TransportError::Config(format!(
+                "the CA file (trustStore, --cafile) '{}' holds no certificate usable as a CA: give the PEM \
+                 certificate of the CA that signed the broker's certificate",
+                f.display()
+            )));
+        }
+    }
+    if let Some(d) = &opts.ca_dir {
+        let added = load_ca_dir(&mut roots, d)?;
+        if added == 0 {
+            return Err(TransportError::Config(format!(
+                "no PEM CA certificate found in the CA directory (CApath, --capath) '{}'",
+                d.display()
+            )));
+        }
+    }
+    Ok(roots)
+}
+
+/// Add every PEM certificate of every readable file in `dir` (including OpenSSL hash links); returns how
+/// many were added. Unreadable files are skipped with a warning, files without certificates silently.
+fn load_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<usize, TransportError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        TransportError::Config(format!(
+            "cannot read the CA directory (CApath, --capath) '{}': {e}",
+            dir.display()
+        ))
+    })?;
+    let mut paths: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut added = 0;
+    for p in paths {
+        // metadata follows symlinks (OpenSSL's hash links point at the certificate files).
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => {}
+            _ => continue,
+        }
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("skipping unreadable file '{}' in CApath: {e}", p.display());
+                continue;
+            }
+        };
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(|c| c.ok())
+            .collect();
+        if certs.is_empty() {
+            log::debug!("no PEM certificate in '{}' (CApath): skipped", p.display());
+            continue;
+        }
+        added += roots.add_parsable_certificates(certs).0;
+    }
+    Ok(added)
+}
+
+fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        TransportError::Config(format!("cannot read the {what} '{}': {e}", path.display()))
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            TransportError::Config(format!(
+                "the {what} '{}' is not valid PEM ({e}): give PEM certificates (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(TransportError::Config(format!(
+            "no certificate in the {what} '{}': expected PEM (-----BEGIN CERTIFICATE-----); convert DER with \
+             `openssl x509 -inform der -in FILE -out FILE.pem`",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+    let what = "private key file (privateKey, --key)";
+    let bytes = std::fs::read(path).map_err(|e| {
+        TransportError::Config(format!("cannot read the {what} '{}': {e}", path.display()))
+    })?;
+    warn_if_loose(path);
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(k) => Ok(k),
+        Err(_) if bytes.windows(9).any(|w| w == b"ENCRYPTED") => {
+            Err(TransportError::Config(format!(
+                "the {what} '{}' is encrypted, and password-protected keys are not supported: write an \
+                 unencrypted copy readable only by this user (`openssl pkey -in KEY -out KEY.plain`)",
+                path.display()
+            )))
+        }
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(TransportError::Config(format!(
+            "no private key in the {what} '{}': expected PEM with a PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 \
+             (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key",
+            path.display()
+        ))),
+        Err(e) => Err(TransportError::Config(format!(
+            "the {what} '{}' is not valid PEM ({e}): expected a PKCS#8, PKCS#1 or SEC1 PEM key",
+            path.display()
+        ))),
+    }
+}
+
+/// Warn (never failing) when a key file can be read by group or others.
+fn warn_if_loose(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            let mode = m.permissions().mode();
+            if mode & 0o044 != 0 {
+                log::warn!(
+                    "private key file '{}' is readable by group or others (mode {:o}): `chmod 600` it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+thread_local! {
+    /// Set by [`Verifier`] when it refuses a certificate whose issuer is its own subject. Verification runs
+    /// inside `process_new_packets` on the caller's thread, so the error mapping that follows on the same
+    /// thread reads it.
+    static LAST_SELF_SIGNED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[derive(Debug)]
+struct Verifier {
+    /// `None`: accept any certificate (`verify_certificate = false`).
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(inner) = &self.inner else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        LAST_SELF_SIGNED.with(|c| c.set(false));
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(v) => Ok(v),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            Err(e) => {
+                if matches!(
+                    e,
+                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                ) && is_self_issued(end_entity)
+                {
+                    LAST_SELF_SIGNED.with(|c| c.set(true));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.as_ref().and_then(|v| v.root_hint_subjects())
+    }
+}
+
+/// One DER element: its tag, the whole element, its content, and what follows it.
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn der_tlv(b: &[u8]) -> Option<Tlv<'_>> {
+    let tag = *b.first()?;
+    let l0 = *b.get(1)? as usize;
+    let (len, hdr) = if l0 < 0x80 {
+        (l0, 2)
+    } else {
+        let n = l0 & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = hdr.checked_add(len)?;
+    if end > b.len() {
+        return None;
+    }
+    Some((tag, &b[..end], &b[hdr..end], &b[end..]))
+}
+
+/// Is the certificate's issuer name the same as its subject name (a self-signed certificate)?
+fn is_self_issued(cert: &[u8]) -> bool {
+    fn names(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (_, _, c, _) = der_tlv(cert)?;
+        let (_, _, tbs, _) = der_tlv(c)?;
+        let mut r = tbs;
+        let (tag, _, _, rest) = der_tlv(r)?;
+        if tag == 0xa0 {
+            r = rest; // version
+        }
+        let (_, _, _, r) = der_tlv(r)?; // serial
+        let (_, _, _, r) = der_tlv(r)?; // signature algorithm
+        let (_, issuer, _, r) = der_tlv(r)?;
+        let (_, _, _, r) = der_tlv(r)?; // validity
+        let (_, subject, _, _) = der_tlv(r)?;
+        Some((issuer, subject))
+    }
+    matches!(names(cert), Some((i, s)) if i == s)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (proleptic Gregorian calendar).
+pub(crate) fn fmt_time(t: UnixTime) -> String {
+    let secs = t.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (the well-known era-based conversion).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// What the error mapping needs to know about the connection.
+pub(crate) struct ErrCtx<'a> {
+    /// The name the certificate was checked against (SNI / server name or the URI's host).
+    pub server_name: &'a str,
+    pub client_cert: bool,
+    /// Which CAs are trusted, in words (see [`trust_description`]).
+    pub trust: &'a str,
+}
+
+/// Which CAs the options trust, for messages: the CA file / directory or the built-in roots.
+pub(crate) fn trust_description(opts: &TlsOptions) -> String {
+    let mut parts = Vec::new();
+    if let Some(f) = &opts.ca_file {
+        parts.push(format!("the CA file '{}'", f.display()));
+    }
+    if let Some(d) = &opts.ca_dir {
+        parts.push(format!("the CA directory '{}'", d.display()));
+    }
+    if parts.is_empty() {
+        "only the built-in Mozilla roots, as no CA is given".to_string()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+/// `DnsName("a.example")` / `IpAddress(127.0.0.1)` (how webpki presents names) → `a.example` / `127.0.0.1`.
+fn plain_name(p: &str) -> &str {
+    p.strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .or_else(|| {
+            p.strip_prefix("IpAddress(")
+                .and_then(|r| r.strip_suffix(')'))
+        })
+        .unwrap_or(p)
+}
+
+/// Turn a rustls error into [`TransportError::Tls`] with a message naming the cause and the fix.
+pub(crate) fn describe(e: rustls::Error, cx: &ErrCtx<'_>) -> TransportError {
+    let host = cx.server_name;
+    let self_signed = LAST_SELF_SIGNED.with(|c| c.replace(false));
+    let msg = match &e {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::UnknownIssuer => {
+                if self_signed {
+                    format!(
+                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
+                         set {CA_TO_SIGNER}. It is self-signed (trusted now: {}); only for testing, \
+                         certificate verification can be turned off (enableServerCertAuth=0)",
+                        cx.trust
+                    )
+                } else {
+                    format!(
+                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
+                         set {CA_TO_SIGNER} (trusted now: {})",
+                        cx.trust
+                    )
+                }
+            }
+            CertificateError::Expired => format!(
+                "TLS handshake with {host} failed: server certificate has expired: renew the broker's \
+                 certificate, or check this machine's clock"
+            ),
+            CertificateError::ExpiredContext { time, not_after } => format!(
+                "TLS handshake with {host} failed: server certificate has expired (valid until {}, this \
+                 machine's clock says {}): renew the broker's certificate, or check this machine's clock",
+                fmt_time(*not_after),
+                fmt_time(*time)
+            ),
+            CertificateError::NotValidYet => format!(
+                "TLS handshake with {host} failed: server certificate is not valid yet: check this machine's \
+                 clock (set it with NTP), or the certificate's start date"
+            ),
+            CertificateError::NotValidYetContext { time, not_before } => format!(
+                "TLS handshake with {host} failed: server certificate is not valid yet (valid from {}, this \
+                 machine's clock says {}): check this machine's clock (set it with NTP), or the \
+                 certificate's start date",
+                fmt_time(*not_before),
+                fmt_time(*time)
+            ),
+            CertificateError::NotValidForName => format!(
+                "TLS handshake with {host} failed: server certificate is not valid for host name '{host}': \
+                 connect by a name in the certificate, or set the TLS server name (SNI) to one"
+            ),
+            CertificateError::NotValidForNameContext { presented, .. } => format!(
+                "TLS handshake with {host} failed: server certificate is not valid for host name '{host}' \
+                 (it names {}): connect by a name in the certificate, or set the TLS server name (SNI) to \
+                 one",
+                if presented.is_empty() {
+                    "no host".to_string()
+                } else {
+                    presented
+                        .iter()
+                        .map(|p| plain_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            CertificateError::Revoked => format!(
+                "TLS handshake with {host} failed: server certificate has been revoked: the broker needs a \
+                 new certificate"
+            ),
+            CertificateError::BadSignature => format!(
+                "TLS handshake with {host} failed: server certificate's signature does not verify: the \
+                 certificate is corrupt or not issued by the CA it names"
+            ),
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!(
+                "TLS handshake with {host} failed: server certificate is not meant for TLS servers (extended \
+                 key usage): the broker needs a server certificate"
+            ),
+            other => format!(
+                "TLS handshake with {host} failed: server certificate refused ({other:?}): check the \
+                 broker's certificate and {CA_OPTS}"
+            ),
+        },
+        rustls::Error::AlertReceived(a) => alert_message(*a, cx),
+        rustls::Error::PeerIncompatible(p) => format!(
+            "TLS handshake with {host} failed: no TLS version or cipher suite in common with the broker \
+             ({p:?}): check sslVersion and enabledCipherSuites"
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
+            "TLS with {host} failed: the broker sent something that is not TLS ({e}): is this port a TLS \
+             listener? Use tcp:// for plain MQTT ports (usually 1883), ssl:// for TLS (usually 8883)"
+        ),
+        rustls::Error::NoCertificatesPresented => {
+            format!("TLS handshake with {host} failed: the broker sent no certificate")
+        }
+        _ => format!("TLS with {host} failed: {e}"),
+    };
+    TransportError::Tls(e, msg)
+}
+
+fn alert_message(a: AlertDescription, cx: &ErrCtx<'_>) -> String {
+    let host = cx.server_name;
+    let name = format!("{a:?}");
+    use AlertDescription as A;
+    match a {
+        A::CertificateRequired if !cx.client_cert => format!(
+            "TLS with {host} failed: the broker requires a client certificate (alert {name}): set \
+             {CLIENT_CERT_OPTS}"
+        ),
+        A::CertificateRequired
+        | A::BadCertificate
+        | A::UnsupportedCertificate
+        | A::CertificateRevoked
+        | A::CertificateExpired
+        | A::CertificateUnknown
+        | A::UnknownCA
+        | A::AccessDenied
+        | A::DecryptError => {
+            if cx.client_cert {
+                format!(
+                    "TLS with {host} failed: the broker refused the client certificate (alert {name}): check \
+                     that {CLIENT_CERT_OPTS} hold a valid certificate signed by a CA the broker trusts, and \
+                     its matching key"
+                )
+            } else {
+                format!(
+                    "TLS with {host} failed: the broker requires a client certificate (alert {name}): set \
+                     {CLIENT_CERT_OPTS}"
+                )
+            }
+        }
+        A::HandshakeFailure if !cx.client_cert => format!(
+            "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may require \
+             a client certificate: set {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher suite with \
+             this client: check sslVersion and enabledCipherSuites"
+        ),
+        A::HandshakeFailure => format!(
+            "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may have \
+             refused the client certificate: check {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher \
+             suite with this client: check sslVersion and enabledCipherSuites"
+        ),
+        A::ProtocolVersion | A::InsufficientSecurity => format!(
+            "TLS handshake with {host} failed: no TLS version or cipher suite in common with the broker (alert \
+             {name}): check sslVersion and enabledCipherSuites"
+        ),
+        A::NoApplicationProtocol => format!(
+            "TLS handshake with {host} failed: the broker accepts none of the ALPN protocols offered (alert \
+             {name}): check the ALPN option"
+        ),
+        A::UnrecognisedName => format!(
+            "TLS handshake with {host} failed: the broker does not know the server name '{host}' (alert \
+             {name}): set the TLS server name (SNI) to one it serves"
+        ),
+        _ => format!("TLS with {host} failed: the broker sent alert {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(
+            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::ZERO)),
+            "1970-01-01 00:00:00 UTC"
+        );
+        assert_eq!(
+            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                1_609_459_200
+            ))),
+            "2021-01-01 00:00:00 UTC"
+        );
+        assert_eq!(
+            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                951_827_696
+            ))),
+            "2000-02-29 12:34:56 UTC"
+        );
+    }
+
+    #[test]
+    fn suite_names() {
+        let all = rustls::crypto::ring::default_provider().cipher_suites;
+        for n in [
+            "TLS13_AES_128_GCM_SHA256",
+            "tls_aes_128_gcm_sha256",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        ] {
+            let s = select_suites(&all, &[n.to_string()]).unwrap();
+            assert_eq!(s.len(), 1, "{n}");
+        }
+        let e = select_suites(&all, &["RC4-MD5".into()]).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("'RC4-MD5'") && m.contains("TLS13_AES_256_GCM_SHA384"),
+            "{m}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn der_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = is_self_issued(&b);
+            let mut v = vec![0x30, 0x82, 0x00, b.len() as u8];
+            v.extend_from_slice(&b);
+            let _ = is_self_issued(&v);
+        }
+    }
+
+    #[test]
+    fn der_garbage_is_not_self_issued() {
+        assert!(!is_self_issued(&[]));
+        assert!(!is_self_issued(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
+        assert!(!is_self_issued(&[0x30, 0x03, 0x30, 0x01]));
+    }
+}

@@ -1,0 +1,157 @@
+//! Hot paths do not allocate once warm: a counting global allocator (per thread) watches QoS 0/1/2
+//! publishes with their acknowledgements, incoming QoS 0/1/2 messages, codec decode/encode and event polling.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use qmqtt::codec::{self, decode, encode_publish, DecodeOptions, Packet, Protocol, QoS};
+use qmqtt::session::{Event, Session, SessionConfig};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.with(|c| c.get())
+}
+
+/// One round: publish QoS 0/1/2, let the broker acknowledge, receive QoS 0/1/2, poll everything.
+fn round(
+    s: &mut Session,
+    now: Instant,
+    token: &mut u64,
+    wire: &mut Vec<u8>,
+    broker: &mut Vec<u8>,
+    payload: &[u8],
+) {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        *token += 1;
+        s.publish(*token, "sensors/gw1/temp", payload, qos, false, now)
+            .unwrap();
+    }
+    wire.clear();
+    s.poll_transmit(wire);
+    // The broker's answers to what it read: PUBACK / PUBREC, then PUBCOMP after PUBREL.
+    broker.clear();
+    let mut b = &wire[..];
+    while let Some((p, n)) = decode(b, &DecodeOptions::default()).unwrap() {
+        if let Packet::Publish(p) = p {
+            match p.qos {
+                QoS::AtLeastOnce => {
+                    codec::encode_ack(broker, codec::PacketType::PubAck, p.pkid).unwrap()
+                }
+                QoS::ExactlyOnce => {
+                    codec::encode_ack(broker, codec::PacketType::PubRec, p.pkid).unwrap()
+                }
+                QoS::AtMostOnce => 0,
+            };
+        }
+        b = &b[n..];
+    }
+    for (qos, id) in [
+        (QoS::AtMostOnce, 0),
+        (QoS::AtLeastOnce, 11),
+        (QoS::ExactlyOnce, 12),
+    ] {
+        encode_publish(broker, "cmd/gw1", payload, qos, false, false, id).unwrap();
+    }
+    codec::encode_ack(broker, codec::PacketType::PubRel, 12).unwrap();
+    s.handle_read(broker, now).unwrap();
+    wire.clear();
+    s.poll_transmit(wire);
+    let mut rel = None;
+    let mut b = &wire[..];
+    while let Some((p, n)) = decode(b, &DecodeOptions::default()).unwrap() {
+        if let Packet::PubRel(r) = p {
+            rel = Some(r.pkid);
+        }
+        b = &b[n..];
+    }
+    let mut delivered = 0;
+    let mut messages = 0;
+    while let Some(e) = s.poll_event() {
+        match e {
+            Event::Delivered { .. } => delivered += 1,
+            Event::Message { payload: p, .. } => {
+                assert_eq!(p, payload);
+                messages += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((delivered, messages), (1, 3));
+    broker.clear();
+    codec::encode_ack(broker, codec::PacketType::PubComp, rel.unwrap()).unwrap();
+    s.handle_read(broker, now).unwrap();
+    let mut delivered = 0;
+    while let Some(e) = s.poll_event() {
+        assert!(matches!(e, Event::Delivered { .. }));
+        delivered += 1;
+    }
+    assert_eq!(delivered, 1);
+    assert_eq!(s.inflight(), 0);
+}
+
+#[test]
+fn warm_paths_do_not_allocate() {
+    let cfg = SessionConfig {
+        client_id: "alloc".into(),
+        protocol: Protocol::V311,
+        keep_alive: Duration::from_secs(60),
+        response_timeout: Duration::from_secs(5),
+        clean_session: true,
+        username: None,
+        password: None,
+        will: None,
+        max_inflight: 10,
+        max_packet_size: 4096,
+    };
+    let now = Instant::now();
+    let mut s = Session::new(cfg);
+    s.handle_connected(now);
+    s.handle_read(&[0x20, 2, 0, 0], now).unwrap();
+    while s.poll_event().is_some() {}
+    let mut wire = Vec::with_capacity(8192);
+    let mut broker = Vec::with_capacity(8192);
+    let payload = [7u8; 200];
+    let mut token = 0;
+    // Warm up: slots, buffers and queues reach their working sizes.
+    for _ in 0..50 {
+        round(&mut s, now, &mut token, &mut wire, &mut broker, &payload);
+    }
+    // The counter sees allocations on this thread.
+    let a = allocs();
+    std::hint::black_box(Vec::<u8>::with_capacity(16));
+    assert_eq!(allocs(), a + 1);
+    let before = allocs();
+    for _ in 0..1000 {
+        round(&mut s, now, &mut token, &mut wire, &mut broker, &payload);
+    }
+    assert_eq!(
+        allocs() - before,
+        0,
+        "allocations on the warm publish/receive path"
+    );
+}
