@@ -18,6 +18,7 @@
 pub mod client;
 pub mod codec;
 pub mod session;
+pub mod spool;
 pub mod transport;
 
 #[cfg(feature = "q")]
