@@ -60,7 +60,7 @@ pub struct SessionConfig {
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
     pub will: Option<Will>,
-    /// In-flight window for outgoing QoS 1/2 PUBLISH (1..=65535).
+    /// In-flight window for outgoing QoS 1/2 PUBLISH (1..=65535; 0 is taken as 1).
     pub max_inflight: u16,
     /// Largest incoming packet accepted (bytes, whole packet); bigger ones are a protocol error.
     pub max_packet_size: usize,

@@ -1,0 +1,460 @@
+//! The event queue: what the I/O thread reports to the owner, and the file descriptor that says so.
+//!
+//! Records (received messages with their topic and payload copied; small control records) live in one
+//! [`ByteRing`]. Its capacity is `event_queue_bytes` plus a reserve for control events: received messages may
+//! only use the first `event_queue_bytes` (the rest are dropped and counted), control events may use the
+//! reserve too. The I/O thread keeps enough room for the `Delivered` events its in-flight messages will
+//! produce (it stops feeding the session otherwise), so acknowledgements are never dropped.
+//!
+//! The descriptor (an `eventfd`, a pipe elsewhere) is readable exactly while records are queued: it is
+//! written on the empty → non-empty transition and drained when a poll empties the queue, both under the
+//! queue's lock, so the two can never disagree.
+//!
+//! [`EventQueue::poll`] copies a batch of records into a scratch buffer under the lock and calls the owner's
+//! callback after releasing it: a slow callback never holds up the I/O thread.
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::ring::ByteRing;
+use super::Event;
+use crate::codec::QoS;
+use crate::session::Token;
+
+/// Bytes of a record header.
+pub(crate) const EV_HDR: usize = 24;
+
+const K_CONNECTED: u8 = 0;
+const K_MESSAGE: u8 = 1;
+const K_DELIVERED: u8 = 2;
+const K_LOST: u8 = 3;
+const K_RECONNECTING: u8 = 4;
+const K_SUBSCRIBED: u8 = 5;
+const K_UNSUBSCRIBED: u8 = 6;
+
+/// Longest text kept in a control record (a cause or a filter); longer ones are cut at a char boundary.
+const MAX_TEXT: usize = 1024;
+
+struct Rec<'a> {
+    kind: u8,
+    b1: u8,
+    b2: u8,
+    extra: u32,
+    n: u64,
+    s1: &'a [u8],
+    s2: &'a [u8],
+}
+
+impl Rec<'_> {
+    fn header(&self) -> [u8; EV_HDR] {
+        let mut h = [0u8; EV_HDR];
+        h[0] = self.kind;
+        h[1] = self.b1;
+        h[2] = self.b2;
+        h[4..8].copy_from_slice(&(self.s1.len() as u32).to_le_bytes());
+        h[8..12].copy_from_slice(&(self.s2.len() as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&self.extra.to_le_bytes());
+        h[16..24].copy_from_slice(&self.n.to_le_bytes());
+        h
+    }
+    fn len(&self) -> usize {
+        EV_HDR + self.s1.len() + self.s2.len()
+    }
+}
+
+fn u32_at(h: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&h[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+fn u64_at(h: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn cut_text(s: &str) -> &[u8] {
+    if s.len() <= MAX_TEXT {
+        return s.as_bytes();
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s.as_bytes()[..end]
+}
+
+/// A control event to queue (owned by the I/O thread's stack; copied in).
+pub(crate) enum Control<'a> {
+    Connected {
+        session_present: bool,
+    },
+    Delivered {
+        token: Token,
+        qos: QoS,
+    },
+    ConnectionLost {
+        cause: &'a str,
+    },
+    Reconnecting {
+        delay: Duration,
+        attempt: u32,
+    },
+    Subscribed {
+        filter: &'a str,
+        granted: Option<QoS>,
+    },
+    Unsubscribed {
+        filter: &'a str,
+    },
+}
+
+/// The readiness descriptor.
+struct Signal {
+    fd: OwnedFd,
+    /// The write end when this is a pipe.
+    #[cfg(not(target_os = "linux"))]
+    wr: OwnedFd,
+}
+
+impl Signal {
+    #[cfg(target_os = "linux")]
+    fn new() -> std::io::Result<Signal> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Signal {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    fn new() -> std::io::Result<Signal> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: fds has room for the two descriptors pipe writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for fd in fds {
+            // SAFETY: plain fcntl on descriptors we own.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        // SAFETY: fresh descriptors we own.
+        Ok(Signal {
+            fd: unsafe { OwnedFd::from_raw_fd(fds[0]) },
+            wr: unsafe { OwnedFd::from_raw_fd(fds[1]) },
+        })
+    }
+
+    fn raise(&self) {
+        #[cfg(target_os = "linux")]
+        let (fd, buf) = (self.fd.as_raw_fd(), 1u64.to_ne_bytes());
+        #[cfg(not(target_os = "linux"))]
+        let (fd, buf) = (self.wr.as_raw_fd(), [1u8]);
+        // SAFETY: buf is valid for its length. A full counter/pipe (EAGAIN) still leaves the fd readable.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    }
+
+    fn clear(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: buf is valid for its length; the fd is non-blocking.
+            let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            // An eventfd is emptied by one read; a pipe may need more.
+            if r <= 0 || cfg!(target_os = "linux") {
+                break;
+            }
+        }
+    }
+}
+
+struct Inner {
+    ring: ByteRing,
+}
+
+pub(crate) struct EventQueue {
+    inner: Mutex<Inner>,
+    /// Where `poll` copies a batch before calling back (only the owner's thread uses it).
+    scratch: Mutex<Vec<u8>>,
+    signal: Signal,
+    /// Received messages may fill the ring up to here; the rest is the control reserve.
+    msg_budget: usize,
+}
+
+impl EventQueue {
+    /// `msg_budget` bytes for received messages plus `reserve` bytes only control events may use.
+    pub(crate) fn new(msg_budget: usize, reserve: usize) -> std::io::Result<EventQueue> {
+        Ok(EventQueue {
+            inner: Mutex::new(Inner {
+                ring: ByteRing::new(msg_budget + reserve),
+            }),
+            scratch: Mutex::new(Vec::new()),
+            signal: Signal::new()?,
+            msg_budget,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.signal.fd.as_raw_fd()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere while holding it; the ring stays consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, r: &Rec<'_>, limit: usize) -> bool {
+        let mut g = self.lock();
+        if g.ring.len() + r.len() > limit.min(g.ring.capacity()) {
+            return false;
+        }
+        let was_empty = g.ring.is_empty();
+        g.ring.push(&[&r.header(), r.s1, r.s2]);
+        if was_empty {
+            self.signal.raise();
+        }
+        true
+    }
+
+    /// Queue a received message; false when it does not fit (the caller counts it as dropped).
+    pub(crate) fn push_message(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> bool {
+        self.push(
+            &Rec {
+                kind: K_MESSAGE,
+                b1: qos as u8,
+                b2: retain as u8,
+                extra: 0,
+                n: 0,
+                s1: topic.as_bytes(),
+                s2: payload,
+            },
+            self.msg_budget,
+        )
+    }
+
+    /// Queue a control event; false only when even the reserve is full.
+    pub(crate) fn push_control(&self, c: Control<'_>) -> bool {
+        let r = match c {
+            Control::Connected { session_present } => Rec {
+                kind: K_CONNECTED,
+                b1: 0,
+                b2: session_present as u8,
+                extra: 0,
+                n: 0,
+                s1: &[],
+                s2: &[],
+            },
+            Control::Delivered { token, qos } => Rec {
+                kind: K_DELIVERED,
+                b1: qos as u8,
+                b2: 0,
+                extra: 0,
+                n: token,
+                s1: &[],
+                s2: &[],
+            },
+            Control::ConnectionLost { cause } => Rec {
+                kind: K_LOST,
+                b1: 0,
+                b2: 0,
+                extra: 0,
+                n: 0,
+                s1: cut_text(cause),
+                s2: &[],
+            },
+            Control::Reconnecting { delay, attempt } => Rec {
+                kind: K_RECONNECTING,
+                b1: 0,
+                b2: 0,
+                extra: attempt,
+                n: delay.as_nanos().min(u64::MAX as u128) as u64,
+                s1: &[],
+                s2: &[],
+            },
+            Control::Subscribed { filter, granted } => Rec {
+                kind: K_SUBSCRIBED,
+                b1: granted.map(|q| q as u8).unwrap_or(0xff),
+                b2: 0,
+                extra: 0,
+                n: 0,
+                s1: cut_text(filter),
+                s2: &[],
+            },
+            Control::Unsubscribed { filter } => Rec {
+                kind: K_UNSUBSCRIBED,
+                b1: 0,
+                b2: 0,
+                extra: 0,
+                n: 0,
+                s1: cut_text(filter),
+                s2: &[],
+            },
+        };
+        self.push(&r, usize::MAX)
+    }
+
+    /// Free bytes in the whole ring (reserve included).
+    pub(crate) fn free(&self) -> usize {
+        self.lock().ring.free()
+    }
+
+    /// Events waiting now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().ring.count()
+    }
+
+    /// Hand up to `max` events to `f`. Returns how many. A call from inside `f` returns 0.
+    pub(crate) fn poll(&self, max: usize, f: &mut dyn FnMut(Event<'_>)) -> usize {
+        let Ok(mut scratch) = self.scratch.try_lock() else {
+            return 0; // re-entered from a callback (or polled from two threads at once)
+        };
+        scratch.clear();
+        let mut n = 0;
+        {
+            let mut g = self.lock();
+            let mut bytes = 0usize;
+            let mut h = [0u8; EV_HDR];
+            while n < max && bytes < g.ring.len() {
+                g.ring.peek(bytes, &mut h);
+                bytes += EV_HDR + u32_at(&h, 4) as usize + u32_at(&h, 8) as usize;
+                n += 1;
+            }
+            if n > 0 {
+                g.ring.copy_front(bytes, &mut scratch);
+                g.ring.consume(bytes, n);
+            }
+            if g.ring.is_empty() {
+                self.signal.clear();
+            }
+        }
+        let mut off = 0;
+        for _ in 0..n {
+            let h = &scratch[off..off + EV_HDR];
+            let l1 = u32_at(h, 4) as usize;
+            let l2 = u32_at(h, 8) as usize;
+            let s1 = &scratch[off + EV_HDR..off + EV_HDR + l1];
+            let s2 = &scratch[off + EV_HDR + l1..off + EV_HDR + l1 + l2];
+            let text = std::str::from_utf8(s1).unwrap_or("");
+            let qos = QoS::from_u8(h[1]).unwrap_or(QoS::AtMostOnce);
+            let ev = match h[0] {
+                K_CONNECTED => Event::Connected {
+                    session_present: h[2] != 0,
+                },
+                K_MESSAGE => Event::Message {
+                    topic: text,
+                    payload: s2,
+                    qos,
+                    retain: h[2] != 0,
+                },
+                K_DELIVERED => Event::Delivered {
+                    token: u64_at(h, 16),
+                    qos,
+                },
+                K_LOST => Event::ConnectionLost { cause: text },
+                K_RECONNECTING => Event::Reconnecting {
+                    delay: Duration::from_nanos(u64_at(h, 16)),
+                    attempt: u32_at(h, 12),
+                },
+                K_SUBSCRIBED => Event::Subscribed {
+                    filter: text,
+                    granted: QoS::from_u8(h[1]),
+                },
+                _ => Event::Unsubscribed { filter: text },
+            };
+            f(ev);
+            off += EV_HDR + l1 + l2;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r == 1 && p.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn fd_is_readable_exactly_while_events_wait() {
+        let q = EventQueue::new(1024, 256).unwrap();
+        assert!(!readable(q.fd()));
+        assert!(q.push_message("a/b", b"one", QoS::AtLeastOnce, true));
+        assert!(q.push_control(Control::Delivered {
+            token: 7,
+            qos: QoS::ExactlyOnce
+        }));
+        assert!(readable(q.fd()));
+        let mut seen = Vec::new();
+        assert_eq!(q.poll(1, &mut |e| seen.push(format!("{e:?}"))), 1);
+        assert!(readable(q.fd()), "one event still waits");
+        assert_eq!(q.poll(10, &mut |e| seen.push(format!("{e:?}"))), 1);
+        assert!(!readable(q.fd()), "drained: the fd must not stay readable");
+        assert_eq!(q.poll(10, &mut |_| panic!("nothing queued")), 0);
+        assert_eq!(
+            seen,
+            vec![
+                r#"Message { topic: "a/b", payload: [111, 110, 101], qos: AtLeastOnce, retain: true }"#
+                    .to_string(),
+                "Delivered { token: 7, qos: ExactlyOnce }".to_string()
+            ]
+        );
+        assert!(q.push_control(Control::Reconnecting {
+            delay: Duration::from_millis(1500),
+            attempt: 3
+        }));
+        assert!(readable(q.fd()));
+        let mut got = None;
+        q.poll(10, &mut |e| {
+            if let Event::Reconnecting { delay, attempt } = e {
+                got = Some((delay, attempt));
+            }
+        });
+        assert_eq!(got, Some((Duration::from_millis(1500), 3)));
+        assert!(!readable(q.fd()));
+    }
+
+    #[test]
+    fn messages_are_bounded_control_events_use_the_reserve() {
+        let q = EventQueue::new(100, 200).unwrap();
+        assert!(q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false)); // 85 bytes
+        assert!(!q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false));
+        for i in 0..8 {
+            assert!(q.push_control(Control::Delivered {
+                token: i,
+                qos: QoS::AtLeastOnce
+            }));
+        }
+        assert_eq!(q.free(), 300 - 85 - 8 * EV_HDR);
+        let mut kinds = Vec::new();
+        q.poll(100, &mut |e| {
+            kinds.push(matches!(e, Event::Message { .. }));
+        });
+        assert_eq!(kinds.len(), 9);
+        assert!(kinds[0] && !kinds[1]);
+    }
+
+    #[test]
+    fn reentrant_poll_returns_zero() {
+        let q = EventQueue::new(1024, 256).unwrap();
+        q.push_control(Control::Connected {
+            session_present: false,
+        });
+        let mut inner = usize::MAX;
+        q.poll(10, &mut |_| inner = q.poll(10, &mut |_| {}));
+        assert_eq!(inner, 0);
+    }
+}

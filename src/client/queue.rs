@@ -1,0 +1,317 @@
+//! The publish queue: messages copied by the owner's thread, waiting for the I/O thread.
+//!
+//! One [`ByteRing`] behind the client's mutex. A record is a 16-byte header (topic length, flags, payload
+//! length, token) followed by the topic and the payload. Producers push under the lock (two `memcpy`s, no
+//! allocation); the I/O thread takes a batch under the lock by copying whole records into its own staging
+//! buffer, and encodes them after releasing it, so the lock is only ever held for copies.
+//!
+//! Both bounds (`queue_bytes`, `queue_messages`) are enforced here; a full queue applies the
+//! [`FullPolicy`]. The `io_waiting` flag is how a producer knows the I/O thread sleeps waiting for work: it is
+//! set by the I/O thread under the lock when it found the queue empty, and the first producer to push after
+//! that clears it and wakes the thread — so a stream of publishes costs one wake-up, not one per message.
+use super::ring::ByteRing;
+use super::{Counters, FullPolicy, PublishError};
+use crate::codec::QoS;
+use crate::session::Token;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Bytes of the per-message header in the queue (counted against `queue_bytes`).
+pub(crate) const HDR: usize = 16;
+
+/// The largest remaining length MQTT can encode.
+const MAX_REMAINING: usize = 268_435_455;
+
+/// A queued message's header, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hdr {
+    pub topic_len: usize,
+    pub payload_len: usize,
+    pub qos: QoS,
+    pub retain: bool,
+    pub token: Token,
+}
+
+impl Hdr {
+    pub(crate) fn encode(&self) -> [u8; HDR] {
+        let mut h = [0u8; HDR];
+        h[0..2].copy_from_slice(&(self.topic_len as u16).to_le_bytes());
+        h[2] = self.qos as u8 | if self.retain { 4 } else { 0 };
+        h[4..8].copy_from_slice(&(self.payload_len as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&self.token.to_le_bytes());
+        h
+    }
+    pub(crate) fn decode(h: &[u8]) -> Hdr {
+        let mut tl = [0u8; 2];
+        tl.copy_from_slice(&h[0..2]);
+        let mut pl = [0u8; 4];
+        pl.copy_from_slice(&h[4..8]);
+        let mut tok = [0u8; 8];
+        tok.copy_from_slice(&h[8..16]);
+        Hdr {
+            topic_len: u16::from_le_bytes(tl) as usize,
+            payload_len: u32::from_le_bytes(pl) as usize,
+            qos: QoS::from_u8(h[2] & 3).unwrap_or(QoS::AtMostOnce),
+            retain: h[2] & 4 != 0,
+            token: u64::from_le_bytes(tok),
+        }
+    }
+    /// Whole record size in the queue.
+    pub(crate) fn record_len(&self) -> usize {
+        HDR + self.topic_len + self.payload_len
+    }
+}
+
+/// How many messages of each kind the I/O thread may take now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TakeBudget {
+    /// QoS 1/2 messages (free in-flight slots, limited by room for their Delivered events).
+    pub reliable: usize,
+    /// QoS 0 messages.
+    pub fire: usize,
+    /// Stop after this many bytes (at least one record is always taken if allowed).
+    pub bytes: usize,
+}
+
+pub(crate) struct PubQueue {
+    ring: ByteRing,
+    max_messages: usize,
+    policy: FullPolicy,
+    /// The token of the next message (strictly increasing from 1).
+    next_token: Token,
+    /// Set by `disconnect` (or a lost connection without reconnect): publishes are refused.
+    pub closed: bool,
+    /// The I/O thread sleeps waiting for this queue to become non-empty.
+    pub io_waiting: bool,
+}
+
+impl PubQueue {
+    pub(crate) fn new(queue_bytes: usize, queue_messages: usize, policy: FullPolicy) -> PubQueue {
+        PubQueue {
+            ring: ByteRing::new(queue_bytes),
+            max_messages: queue_messages,
+            policy,
+            next_token: 1,
+            closed: false,
+            io_waiting: false,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        self.ring.count()
+    }
+
+    /// Header of the oldest message, if any.
+    pub(crate) fn front(&self) -> Option<Hdr> {
+        if self.ring.is_empty() {
+            return None;
+        }
+        let mut h = [0u8; HDR];
+        self.ring.peek(0, &mut h);
+        Some(Hdr::decode(&h))
+    }
+
+    /// Queue one message (already validated). Returns its token; applies the full policy.
+    /// The caller checks `io_waiting` afterwards to decide whether to wake the I/O thread.
+    pub(crate) fn push(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        ctr: &Counters,
+    ) -> Result<Token, PublishError> {
+        if self.closed {
+            return Err(PublishError::NotConnected);
+        }
+        let need = HDR + topic.len() + payload.len();
+        // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
+        if need > self.ring.capacity() || topic.len() + payload.len() + 4 > MAX_REMAINING {
+            return Err(PublishError::TooLarge);
+        }
+        if need > self.ring.free() || self.ring.count() >= self.max_messages {
+            match self.policy {
+                FullPolicy::Error => {
+                    ctr.refused_full.fetch_add(1, Relaxed);
+                    return Err(PublishError::QueueFull);
+                }
+                FullPolicy::DropNewest => {
+                    ctr.dropped_newest.fetch_add(1, Relaxed);
+                    let t = self.next_token;
+                    self.next_token += 1;
+                    return Ok(t);
+                }
+                FullPolicy::DropOldest => {
+                    while need > self.ring.free() || self.ring.count() >= self.max_messages {
+                        let Some(h) = self.front() else { break };
+                        self.ring.consume(h.record_len(), 1);
+                        ctr.dropped_oldest.fetch_add(1, Relaxed);
+                        ctr.queued.fetch_sub(1, Relaxed);
+                        ctr.queued_bytes
+                            .fetch_sub((h.topic_len + h.payload_len) as u64, Relaxed);
+                    }
+                }
+            }
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let h = Hdr {
+            topic_len: topic.len(),
+            payload_len: payload.len(),
+            qos,
+            retain,
+            token,
+        }
+        .encode();
+        self.ring.push(&[&h, topic.as_bytes(), payload]);
+        ctr.queued.fetch_add(1, Relaxed);
+        ctr.queued_bytes
+            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
+        Ok(token)
+    }
+
+    /// Move whole records from the front into `out` (appended) within `budget`. Returns records taken.
+    pub(crate) fn take(&mut self, budget: TakeBudget, out: &mut Vec<u8>) -> usize {
+        let (mut n, mut bytes) = (0usize, 0usize);
+        let (mut reliable, mut fire) = (budget.reliable, budget.fire);
+        let mut h = [0u8; HDR];
+        while bytes < self.ring.len() {
+            self.ring.peek(bytes, &mut h);
+            let hd = Hdr::decode(&h);
+            let slot = if hd.qos == QoS::AtMostOnce {
+                &mut fire
+            } else {
+                &mut reliable
+            };
+            if *slot == 0 || (n > 0 && bytes + hd.record_len() > budget.bytes) {
+                break;
+            }
+            *slot -= 1;
+            bytes += hd.record_len();
+            n += 1;
+        }
+        if n > 0 {
+            self.ring.copy_front(bytes, out);
+            self.ring.consume(bytes, n);
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(bytes: usize, msgs: usize, p: FullPolicy) -> (PubQueue, Counters) {
+        (PubQueue::new(bytes, msgs, p), Counters::default())
+    }
+
+    #[test]
+    fn tokens_increase_and_records_round_trip() {
+        let (mut q, c) = q(1024, 10, FullPolicy::Error);
+        assert_eq!(q.push("a/b", b"xyz", QoS::AtLeastOnce, true, &c), Ok(1));
+        assert_eq!(q.push("c", b"", QoS::AtMostOnce, false, &c), Ok(2));
+        assert_eq!(c.queued.load(Relaxed), 2);
+        assert_eq!(c.queued_bytes.load(Relaxed), 7);
+        let mut out = Vec::new();
+        let b = TakeBudget {
+            reliable: 10,
+            fire: 10,
+            bytes: 1 << 20,
+        };
+        assert_eq!(q.take(b, &mut out), 2);
+        let h = Hdr::decode(&out[..HDR]);
+        assert_eq!(
+            h,
+            Hdr {
+                topic_len: 3,
+                payload_len: 3,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                token: 1
+            }
+        );
+        assert_eq!(&out[HDR..HDR + 6], b"a/bxyz");
+        let h2 = Hdr::decode(&out[HDR + 6..HDR + 6 + HDR]);
+        assert_eq!((h2.token, h2.qos, h2.retain), (2, QoS::AtMostOnce, false));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn take_respects_window_and_order() {
+        let (mut q, c) = q(4096, 100, FullPolicy::Error);
+        for i in 0..5 {
+            let qos = if i == 2 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            q.push("t", b"p", qos, false, &c).unwrap();
+        }
+        let mut out = Vec::new();
+        let b = TakeBudget {
+            reliable: 1,
+            fire: 100,
+            bytes: 1 << 20,
+        };
+        // One reliable slot: token 1 only (token 2 is QoS 1 and must not be overtaken).
+        assert_eq!(q.take(b, &mut out), 1);
+        assert_eq!(q.front().unwrap().token, 2);
+        out.clear();
+        let b = TakeBudget {
+            reliable: 2,
+            fire: 100,
+            bytes: 1 << 20,
+        };
+        assert_eq!(q.take(b, &mut out), 3); // 2 (QoS1), 3 (QoS0), 4 (QoS1)
+        assert_eq!(q.front().unwrap().token, 5);
+    }
+
+    #[test]
+    fn full_policies() {
+        // Room for exactly two 1-byte-topic 3-byte-payload messages (20 bytes each).
+        let (mut q1, c1) = q(2 * (HDR + 4), 100, FullPolicy::Error);
+        q1.push("t", b"abc", QoS::AtMostOnce, false, &c1).unwrap();
+        q1.push("t", b"abc", QoS::AtMostOnce, false, &c1).unwrap();
+        assert_eq!(
+            q1.push("t", b"abc", QoS::AtMostOnce, false, &c1),
+            Err(PublishError::QueueFull)
+        );
+        assert_eq!(c1.refused_full.load(Relaxed), 1);
+        assert_eq!(
+            q1.push("t", &[0u8; 100], QoS::AtMostOnce, false, &c1),
+            Err(PublishError::TooLarge)
+        );
+
+        let (mut q2, c2) = q(1 << 16, 2, FullPolicy::DropOldest);
+        for _ in 0..5 {
+            q2.push("t", b"abc", QoS::AtLeastOnce, false, &c2).unwrap();
+        }
+        assert_eq!(c2.dropped_oldest.load(Relaxed), 3);
+        assert_eq!(q2.front().unwrap().token, 4);
+        assert_eq!(c2.queued.load(Relaxed), 2);
+
+        let (mut q3, c3) = q(1 << 16, 2, FullPolicy::DropNewest);
+        for _ in 0..5 {
+            q3.push("t", b"abc", QoS::AtLeastOnce, false, &c3).unwrap();
+        }
+        assert_eq!(c3.dropped_newest.load(Relaxed), 3);
+        assert_eq!(q3.count(), 2);
+        assert_eq!(q3.front().unwrap().token, 1);
+        assert_eq!(
+            q3.push("t", b"abc", QoS::AtLeastOnce, false, &c3),
+            Ok(6),
+            "tokens keep increasing"
+        );
+
+        let (mut q4, c4) = q(1 << 16, 2, FullPolicy::Error);
+        q4.closed = true;
+        assert_eq!(
+            q4.push("t", b"abc", QoS::AtMostOnce, false, &c4),
+            Err(PublishError::NotConnected)
+        );
+    }
+}

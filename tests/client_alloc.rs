@@ -1,0 +1,91 @@
+//! `publish` and `publish_batch` allocate nothing on the caller's thread (a counting global allocator
+//! watches this thread only), and neither does draining events with `poll_events` once warm.
+mod client_support;
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use client_support::{cfg, connect, Seen};
+use qmqtt::QoS;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialised thread local (no allocation).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+#[test]
+fn publishing_and_draining_allocate_nothing_on_the_callers_thread() {
+    let b = common::Broker::start();
+    let c = connect(cfg(&b.tcp_uri(), "noalloc"));
+    c.subscribe("na/#", QoS::AtLeastOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, Duration::from_secs(10), |s| !s.subscribed.is_empty()));
+    let payload = [b'p'; 64];
+    let mut toks = Vec::with_capacity(1000);
+    let msgs = [("na/batch", &payload[..]); 100];
+    // Warm up: the event scratch buffer grows once.
+    let mut delivered = 0u64;
+    let mut received = 0u64;
+    let mut drain = |c: &qmqtt::Client| {
+        c.poll_events(10_000, &mut |e| match e {
+            qmqtt::Event::Delivered { .. } => delivered += 1,
+            qmqtt::Event::Message { .. } => received += 1,
+            _ => {}
+        })
+    };
+    for _ in 0..3000 {
+        c.publish("na/x", &payload, QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drain(&c);
+    let a0 = allocs();
+    for i in 0..10_000 {
+        c.publish("na/x", &payload, QoS::AtLeastOnce, false)
+            .unwrap();
+        if i % 1000 == 0 {
+            toks.clear();
+            c.publish_batch(msgs.iter().copied(), QoS::AtMostOnce, false, &mut toks)
+                .unwrap();
+        }
+        if i % 100 == 0 {
+            drain(&c);
+        }
+    }
+    let a1 = allocs();
+    assert_eq!(a1 - a0, 0, "allocations on the publishing thread");
+    // The counter does count.
+    let v: Vec<u8> = Vec::with_capacity(10);
+    assert!(allocs() > a1);
+    drop(v);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(delivered > 0 && received > 0);
+}

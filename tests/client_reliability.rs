@@ -1,0 +1,549 @@
+//! The client when things go wrong: a cut link (last will, reconnect), a frozen broker (the publish queue
+//! fills without blocking the caller, then the full policy applies), a broker restart in the middle of a
+//! QoS 1 stream (nothing lost), an owner that stops draining events (backpressure, no ack dropped).
+mod client_support;
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use client_support::{cfg, connect, Seen};
+use common::proxy::Proxy;
+use qmqtt::client::{Client, FullPolicy, PublishError};
+use qmqtt::session::Will;
+use qmqtt::QoS;
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn last_will_is_published_when_the_link_is_cut_and_the_client_reconnects() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "will/#", 1, &["-v"]);
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "willer");
+    k.will = Some(Will {
+        topic: "will/gw1".into(),
+        payload: b"offline".to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let c = connect(k);
+    p.cut();
+    assert_eq!(sub.wait_for(1, T), 1, "will not delivered: {}", b.log());
+    assert_eq!(sub.take(), ["will/gw1 offline"]);
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| s.connected.len() >= 2));
+    assert_eq!(seen.lost.len(), 1, "{:?}", seen.lost);
+    assert!(!seen.reconnecting.is_empty());
+    assert!(c.is_connected());
+    assert_eq!(c.stats().reconnects, 1);
+    // Still works after the reconnect.
+    c.publish("will/alive", b"yes", QoS::AtLeastOnce, false)
+        .unwrap();
+    assert_eq!(sub.wait_for(1, T), 1);
+}
+
+#[test]
+fn clean_disconnect_sends_no_will() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "cwill/#", 1, &["-v"]);
+    let mut k = cfg(&b.tcp_uri(), "cwill");
+    k.will = Some(Will {
+        topic: "cwill/gw".into(),
+        payload: b"offline".to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let mut c = connect(k);
+    c.disconnect(Duration::from_secs(2));
+    assert_eq!(
+        sub.wait_for(1, Duration::from_secs(1)),
+        0,
+        "{:?}",
+        sub.take()
+    );
+}
+
+/// Publish into a client whose broker is frozen until the queue refuses; returns (accepted, max call time,
+/// 99.9th percentile call time).
+fn fill(c: &Client, limit: usize) -> (usize, Duration, Duration) {
+    let payload = [b'f'; 64];
+    let mut times = Vec::with_capacity(limit);
+    let mut ok = 0;
+    for _ in 0..limit {
+        let t0 = Instant::now();
+        let r = c.publish("frozen/t", &payload, QoS::AtLeastOnce, false);
+        times.push(t0.elapsed());
+        match r {
+            Ok(_) => ok += 1,
+            Err(PublishError::QueueFull) => break,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    times.sort();
+    let max = *times.last().unwrap();
+    let p999 = times[times.len() * 999 / 1000];
+    (ok, max, p999)
+}
+
+#[test]
+fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "frozen/#", 1, &[]);
+    // Error policy.
+    let mut k = cfg(&b.tcp_uri(), "frz-err");
+    k.queue_messages = 1000;
+    k.max_inflight = 10;
+    k.keep_alive = Duration::from_secs(60);
+    let c = connect(k.clone());
+    b.freeze();
+    let (ok, max, p999) = fill(&c, 5000);
+    eprintln!("frozen broker: {ok} accepted, publish max {max:?}, p99.9 {p999:?}");
+    assert!(
+        (1000..=1000 + 10).contains(&ok),
+        "queue 1000 + window 10, accepted {ok}"
+    );
+    assert!(p999 < Duration::from_millis(1), "p99.9 {p999:?}");
+    assert!(
+        max < Duration::from_millis(50),
+        "a publish waited {max:?} on a frozen broker"
+    );
+    let st = c.stats();
+    assert_eq!(st.refused_full, 1);
+    assert!(st.queued <= 1000, "{st:?}");
+
+    // DropNewest and DropOldest: every call succeeds, the excess is counted.
+    k.client_id = "frz-new".into();
+    k.full_policy = FullPolicy::DropNewest;
+    b.thaw();
+    let cn = connect(k.clone());
+    k.client_id = "frz-old".into();
+    k.full_policy = FullPolicy::DropOldest;
+    let co = connect(k.clone());
+    b.freeze();
+    for (cl, name) in [(&cn, "newest"), (&co, "oldest")] {
+        let mut max = Duration::ZERO;
+        for i in 0..3000u32 {
+            let t0 = Instant::now();
+            cl.publish(
+                "frozen/p",
+                i.to_string().as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .unwrap();
+            max = max.max(t0.elapsed());
+        }
+        let st = cl.stats();
+        let dropped = st.dropped_newest + st.dropped_oldest;
+        assert!(
+            (1990..=2000).contains(&dropped),
+            "{name}: 3000 into 1000 + window 10 should drop ~2000: {st:?}"
+        );
+        assert!(max < Duration::from_millis(50), "{name}: max {max:?}");
+    }
+    b.thaw();
+    // After the thaw everything still queued goes out: 1010 per client (plus the first client's).
+    let got = sub.wait_for(3000, Duration::from_secs(20));
+    assert!(got >= 3000, "after thaw got {got} of ~3020");
+    let deadline = Instant::now() + T;
+    while !sub.lines.lock().unwrap().iter().any(|l| l == "2999") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // DropNewest kept the oldest, DropOldest the newest: 2999 arrives once (from DropOldest), 1500 never.
+    let lines = sub.take();
+    assert_eq!(lines.iter().filter(|l| *l == "2999").count(), 1);
+    assert_eq!(lines.iter().filter(|l| *l == "1500").count(), 0);
+    assert!(lines.iter().any(|l| l == "5"), "DropNewest kept the oldest");
+}
+
+#[test]
+fn broker_restart_in_a_20000_message_qos1_stream_loses_nothing() {
+    let mut b = common::Broker::start_with(common::BrokerOptions {
+        persistence: true,
+        ..Default::default()
+    });
+    let mut sk = cfg(&b.tcp_uri(), "restart-sub");
+    sk.clean_session = false;
+    let s = connect(sk);
+    s.subscribe("rs/#", QoS::AtLeastOnce).unwrap();
+    let mut ss = Seen::default();
+    assert!(ss.until(&s, T, |x| !x.subscribed.is_empty()));
+
+    let mut pk = cfg(&b.tcp_uri(), "restart-pub");
+    pk.queue_messages = 30_000;
+    let p = connect(pk);
+    let n = 20_000u32;
+    let mut got = HashSet::new();
+    let mut ps = Seen::default();
+    let mut restarted = false;
+    for i in 0..n {
+        p.publish("rs/x", &i.to_be_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+        if i == n / 3 {
+            // Let some go through first.
+            ps.until(&p, T, |x| x.delivered.len() >= 1000);
+            b.restart();
+            restarted = true;
+        }
+    }
+    assert!(restarted);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n as usize && Instant::now() < deadline {
+        let mut ev = Seen::default();
+        ev.until(&s, Duration::from_millis(100), |_| false);
+        for (_, pl, _, _) in ev.msgs {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&pl[..4]);
+            got.insert(u32::from_be_bytes(a));
+        }
+        ps.until(&p, Duration::from_millis(1), |_| false);
+    }
+    let pst = p.stats();
+    assert_eq!(got.len(), n as usize, "lost messages; publisher {pst:?}");
+    assert!(pst.reconnects >= 1 && s.stats().reconnects >= 1);
+}
+
+#[test]
+fn acks_are_never_dropped_when_the_owner_stops_draining() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "slowowner");
+    k.event_queue_bytes = 1024;
+    k.max_inflight = 10;
+    let c = connect(k);
+    let n = 6000;
+    for i in 0..n {
+        c.publish("bp/x", &(i as u32).to_be_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    // Nobody drains: the client must stop feeding the session before the event queue overflows.
+    std::thread::sleep(Duration::from_secs(1));
+    let st = c.stats();
+    assert!(
+        st.acked < n,
+        "with a 1 KiB event queue and nobody draining, sending must pause: {st:?}"
+    );
+    let mut seen = Seen::default();
+    assert!(
+        seen.until(&c, Duration::from_secs(20), |s| s.delivered.len()
+            == n as usize)
+    );
+    let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(toks.len(), n as usize);
+    assert_eq!(c.stats().acked, n);
+}
+
+#[test]
+fn offline_publishes_wait_for_the_broker() {
+    let mut b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    let c = connect(cfg(&p.uri("tcp", "127.0.0.1"), "offline"));
+    p.refuse(true);
+    p.cut();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| !s.lost.is_empty()));
+    for i in 0..500u32 {
+        c.publish("off/x", i.to_string().as_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    assert_eq!(c.stats().queued, 500);
+    let sub = common::Sub::start(&b, "off/#", 1, &[]);
+    p.refuse(false);
+    let ok = seen.until(&c, T, |s| s.delivered.len() == 500);
+    assert!(ok, "{} delivered: {:?}", seen.delivered.len(), c.stats());
+    assert_eq!(sub.wait_for(500, T), 500);
+    b.stop();
+}
+
+#[test]
+fn enqueue_cost() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "cost");
+    k.queue_messages = 200_000;
+    k.queue_bytes = 64 << 20;
+    let c = connect(k);
+    let payload = [0x5au8; 64];
+    let n = 100_000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        c.publish("gw/1/temp", &payload, QoS::AtMostOnce, false)
+            .unwrap();
+    }
+    let per = t0.elapsed() / n;
+    let st = c.stats();
+    eprintln!(
+        "enqueue: {per:?} per 64-byte QoS 0 publish ({n} messages; I/O thread woke {} times, {} socket writes)",
+        st.wakeups, st.socket_writes
+    );
+    assert!(st.wakeups < n as u64 / 2, "a wake-up per message: {st:?}");
+    let mut toks = Vec::with_capacity(n as usize);
+    let msgs = vec![("gw/1/temp", &payload[..]); 1000];
+    let t1 = Instant::now();
+    for _ in 0..100 {
+        toks.clear();
+        c.publish_batch(msgs.iter().copied(), QoS::AtMostOnce, false, &mut toks)
+            .unwrap();
+    }
+    eprintln!(
+        "enqueue (batch of 1000): {:?} per message",
+        t1.elapsed() / 100_000
+    );
+    // The copy alone: the broker is frozen and the window (1) is full, so the I/O thread never touches the
+    // queue while we measure.
+    let mut k = cfg(&b.tcp_uri(), "cost-idle");
+    k.queue_messages = 200_000;
+    k.queue_bytes = 64 << 20;
+    k.max_inflight = 1;
+    let c2 = connect(k);
+    b.freeze();
+    c2.publish("gw/1/temp", &payload, QoS::AtLeastOnce, false)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t2 = Instant::now();
+    for _ in 0..n {
+        c2.publish("gw/1/temp", &payload, QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    let idle = t2.elapsed() / n;
+    eprintln!("enqueue (I/O thread idle): {idle:?} per message");
+    b.thaw();
+    // Generous for unoptimised builds on a shared machine; release numbers are in the report.
+    assert!(per < Duration::from_micros(20), "{per:?}");
+    assert!(idle < Duration::from_micros(20), "{idle:?}");
+}
+
+#[test]
+fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
+    let b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "stalled");
+    k.keep_alive = Duration::from_secs(1);
+    k.connect_timeout = Duration::from_secs(2);
+    let c = connect(k);
+    let mut seen = Seen::default();
+    seen.until(&c, Duration::from_millis(50), |_| false);
+    p.stall(true);
+    let t0 = Instant::now();
+    assert!(
+        seen.until(&c, T, |s| !s.lost.is_empty()),
+        "stall not detected"
+    );
+    assert!(
+        seen.lost[0].contains("PINGRESP"),
+        "cause should name the missing PINGRESP: {}",
+        seen.lost[0]
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(!c.is_connected());
+    // Messages published while the link is down wait and go out after it recovers.
+    let sub = common::Sub::start(&b, "stall/#", 1, &[]);
+    for i in 0..100 {
+        c.publish(
+            "stall/x",
+            format!("{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .unwrap();
+    }
+    p.stall(false);
+    p.cut(); // drop the half-dead connections the stall left behind
+    assert!(seen.until(&c, Duration::from_secs(15), |s| s.delivered.len() == 100));
+    assert!(c.is_connected());
+    assert_eq!(sub.wait_for(100, T), 100);
+}
+
+#[test]
+fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
+    let b = common::Broker::start();
+    let s = connect(cfg(&b.tcp_uri(), "eo-sub"));
+    s.subscribe("eo/#", QoS::ExactlyOnce).unwrap();
+    let mut ss = Seen::default();
+    assert!(ss.until(&s, T, |x| !x.subscribed.is_empty()));
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "eo-pub");
+    k.clean_session = false;
+    k.max_inflight = 20;
+    let c = connect(k);
+    let n = 3000u32;
+    for i in 0..n {
+        c.publish("eo/x", &i.to_be_bytes(), QoS::ExactlyOnce, false)
+            .unwrap();
+    }
+    let mut counts = vec![0u32; n as usize];
+    let mut received = 0;
+    let mut ps = Seen::default();
+    let mut cuts = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ps.delivered.len() < n as usize && Instant::now() < deadline {
+        ps.until(&c, Duration::from_millis(20), |_| false);
+        let mut ev = Seen::default();
+        ev.until(&s, Duration::from_millis(1), |_| false);
+        for (_, pl, _, _) in ev.msgs {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&pl[..4]);
+            counts[u32::from_be_bytes(a) as usize] += 1;
+            received += 1;
+        }
+        // Cut only a connection that is up (a cut between a cut and its reconnect would cut nothing).
+        if cuts < 5
+            && ps.delivered.len() > (cuts + 1) * 400
+            && c.is_connected()
+            && c.stats().reconnects == cuts as u64
+        {
+            p.cut();
+            cuts += 1;
+        }
+    }
+    assert_eq!(cuts, 5);
+    assert_eq!(ps.delivered.len(), n as usize, "{:?}", c.stats());
+    // Let the last ones arrive.
+    let until = Instant::now() + T;
+    while received < n && Instant::now() < until {
+        let mut ev = Seen::default();
+        ev.until(&s, Duration::from_millis(20), |_| false);
+        for (_, pl, _, _) in ev.msgs {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&pl[..4]);
+            counts[u32::from_be_bytes(a) as usize] += 1;
+            received += 1;
+        }
+    }
+    let missing = counts.iter().filter(|&&c| c == 0).count();
+    let dup = counts.iter().filter(|&&c| c > 1).count();
+    assert_eq!((missing, dup), (0, 0), "QoS 2 must arrive exactly once");
+    // The last cut may come after the last acknowledgement: wait for its reconnect.
+    let until = Instant::now() + T;
+    while c.stats().reconnects < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.stats().reconnects, 5);
+}
+
+#[test]
+fn publishing_from_several_threads() {
+    let b = common::Broker::start();
+    let sub = common::Sub::start(&b, "mt/#", 1, &[]);
+    let c = std::sync::Arc::new(connect(cfg(&b.tcp_uri(), "threads")));
+    let hs: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for i in 0..1000 {
+                    let tok = c
+                        .publish(
+                            "mt/x",
+                            format!("{t}-{i}").as_bytes(),
+                            QoS::AtLeastOnce,
+                            false,
+                        )
+                        .unwrap();
+                    assert!(tok > last, "tokens increase");
+                    last = tok;
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(sub.wait_for(4000, T), 4000);
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| s.delivered.len() == 4000));
+    let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(toks, (1..=4000).collect::<HashSet<u64>>());
+}
+
+#[test]
+fn a_flat_out_producer_does_not_starve_reading() {
+    let b = common::Broker::start();
+    let c = std::sync::Arc::new(connect(cfg(&b.tcp_uri(), "flatout")));
+    c.subscribe("ctl/#", QoS::AtMostOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, T, |s| !s.subscribed.is_empty()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c2, stop2) = (c.clone(), stop.clone());
+    let producer = std::thread::spawn(move || {
+        let payload = [b'z'; 64];
+        let mut n = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if c2
+                .publish("flat/x", &payload, QoS::AtMostOnce, false)
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let w0 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_millis(300));
+    let w1 = c.stats().wakeups;
+    // The I/O thread goes back to its poll (socket, timers, commands) between bounded turns even under a
+    // flat-out stream (without the bound it never does while the producer keeps up: 0 polls). Debug builds
+    // on a loaded machine make a turn slow, hence the low bar.
+    assert!(
+        w1 - w0 >= 2,
+        "only {} polls in 300 ms of a flat-out stream",
+        w1 - w0
+    );
+    let t0 = Instant::now();
+    let st = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
+        .args(["-t", "ctl/go", "-m", "now"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let got = seen.until(&c, Duration::from_secs(5), |s| !s.msgs.is_empty());
+    let latency = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = producer.join().unwrap();
+    assert!(
+        got,
+        "no message received while publishing flat out ({n} published)"
+    );
+    eprintln!("received during a flat-out stream of {n} messages after {latency:?}");
+    assert!(c.stats().sent > 0);
+}
+
+#[test]
+fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
+    let b = common::Broker::start();
+    let p = Proxy::start(b.tcp_port);
+    let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "stall0");
+    k.queue_bytes = 1 << 20;
+    k.queue_messages = 1_000_000;
+    let c = connect(k);
+    p.stall(true);
+    let payload = [b's'; 100];
+    let mut max = Duration::ZERO;
+    let mut refused_at = None;
+    for i in 0..500_000u32 {
+        let t0 = Instant::now();
+        let r = c.publish("st/x", &payload, QoS::AtMostOnce, false);
+        max = max.max(t0.elapsed());
+        if r == Err(qmqtt::PublishError::QueueFull) {
+            refused_at = Some(i);
+            break;
+        }
+        if i % 1000 == 0 {
+            std::thread::yield_now(); // let the I/O thread fill the socket buffers
+        }
+    }
+    let st = c.stats();
+    // The I/O thread stops taking messages once the transport holds enough unsent bytes, so the bounded
+    // queue fills (rather than the transport's buffer growing without bound).
+    assert!(
+        refused_at.is_some(),
+        "50 MB went into a stalled link: {st:?}"
+    );
+    assert!(st.bytes_out < 32 << 20, "{st:?}");
+    assert!(max < Duration::from_millis(50), "a publish took {max:?}");
+    eprintln!(
+        "stalled link: queue full after {:?} messages, {} bytes handed to the transport",
+        refused_at, st.bytes_out
+    );
+    p.stall(false);
+}
