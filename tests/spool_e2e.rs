@@ -717,7 +717,7 @@ fn a_stop_with_messages_in_flight_keeps_them_in_the_spool() {
 /// `qmqtt pub` with its arguments, stdin from `input`; returns (exit code, stderr).
 fn qmqtt_pub(args: &[&str], input: &[u8]) -> (i32, String) {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+    let mut child = common::qmqtt_cmd()
         .arg("pub")
         .args(args)
         .stdin(Stdio::piped())

@@ -62,7 +62,7 @@ if [ ! -f "$etc/qmqtt-telemetry.env" ]; then
   install -m 0640 -o 0 -g "$group" "$tmp" "$etc/qmqtt-telemetry.env" 2>/dev/null ||
     install -m 0640 "$tmp" "$etc/qmqtt-telemetry.env"
   rm -f "$tmp"
-  echo "setup.sh: wrote $etc/qmqtt-telemetry.env: set QMQTT_BROKER and the certificate paths there"
+  echo "setup.sh: wrote $etc/qmqtt-telemetry.env: set QMQTT_URL and the certificate paths there"
 else
   echo "setup.sh: kept existing $etc/qmqtt-telemetry.env"
 fi
