@@ -96,7 +96,10 @@ fn kill9_mid_append_recovers_every_complete_batch() {
             if let Some(st) = child.try_wait().unwrap() {
                 panic!("the writer exited before its first batch: {st}");
             }
-            assert!(std::time::Instant::now() < deadline, "the writer reported no batch in 60 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer reported no batch in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         seed ^= seed << 13;
