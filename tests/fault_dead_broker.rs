@@ -76,7 +76,12 @@ fn setup(name: &str, policy: FullPolicy) -> Dead {
         persistence: true,
         ..Default::default()
     });
-    let sub = Counter::start(&b.tcp_uri(), &format!("sub-{name}"), "dead/#", QoS::AtLeastOnce);
+    let sub = Counter::start(
+        &b.tcp_uri(),
+        &format!("sub-{name}"),
+        "dead/#",
+        QoS::AtLeastOnce,
+    );
     let mut k = fault::cfg(&b.tcp_uri(), &format!("pub-{name}"));
     k.queue_bytes = QUEUE;
     k.queue_messages = 1_000_000;
@@ -90,7 +95,10 @@ fn setup(name: &str, policy: FullPolicy) -> Dead {
     let mut log = PubLog::default();
     let killed_at = Instant::now();
     while log.lost.is_empty() {
-        assert!(killed_at.elapsed() < Duration::from_secs(5), "death not noticed");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "death not noticed"
+        );
         fault::readable(c.event_fd(), 10);
         log.drain(&c);
     }
@@ -127,7 +135,10 @@ fn fault_dead_broker_queue_full_error_policy() {
             Err(PublishError::QueueFull) => break,
             Err(e) => panic!("{e:?}"),
         }
-        assert!(accepted < 100_000, "a 256 KiB queue took {accepted} messages");
+        assert!(
+            accepted < 100_000,
+            "a 256 KiB queue took {accepted} messages"
+        );
     }
     let st = d.c.stats();
     assert!(st.queued_bytes <= QUEUE as u64, "{st:?}");
@@ -157,7 +168,10 @@ fn fault_dead_broker_queue_full_error_policy() {
     d.b.restart();
     let back = Instant::now();
     let delivered = d.sub.wait_distinct(accepted, Duration::from_secs(30));
-    let recovery = d.sub.first_arrival(0).map(|a| a.saturating_duration_since(back));
+    let recovery = d
+        .sub
+        .first_arrival(0)
+        .map(|a| a.saturating_duration_since(back));
     let missing = d.sub.missing(accepted);
     let (extra, _) = d.sub.dups();
     fault::report(
@@ -181,14 +195,23 @@ fn fault_dead_broker_queue_full_error_policy() {
             fault::ms(recovery),
         ),
     );
-    assert!(delivered, "after the restart {} of {accepted} arrived; {:?}", d.sub.distinct(), d.c.stats());
+    assert!(
+        delivered,
+        "after the restart {} of {accepted} arrived; {:?}",
+        d.sub.distinct(),
+        d.c.stats()
+    );
     assert!(missing.is_empty());
     assert!(
         rss2 <= rss1 + 1024,
         "RSS grew {} KiB while publishing into a full queue",
         rss2 - rss1
     );
-    assert!(rss1 <= rss0 + 2048, "filling a 256 KiB queue took {} KiB", rss1 - rss0);
+    assert!(
+        rss1 <= rss0 + 2048,
+        "filling a 256 KiB queue took {} KiB",
+        rss1 - rss0
+    );
     assert!(
         tm.max_running < Duration::from_millis(5),
         "a publish ran {:?} without being preempted: {tm:?}",
@@ -208,7 +231,10 @@ fn fault_dead_broker_queue_full_error_policy() {
         fault::readable(d.c.event_fd(), 20);
         seen.drain(&d.c);
     }
-    assert_eq!(seen.delivered_n, accepted, "every accepted message acknowledged");
+    assert_eq!(
+        seen.delivered_n, accepted,
+        "every accepted message acknowledged"
+    );
 }
 
 #[test]
@@ -226,7 +252,9 @@ fn fault_dead_broker_queue_full_drop_oldest() {
     // at least 40 times the queue's size.
     while Instant::now() < until || seq * 70 < 40 * QUEUE as u64 {
         for _ in 0..500 {
-            let t = tm.publish(&d.c, seq, &mut payload).expect("DropOldest accepts");
+            let t = tm
+                .publish(&d.c, seq, &mut payload)
+                .expect("DropOldest accepts");
             assert_eq!(t, seq + 1);
             seq += 1;
         }
@@ -252,8 +280,15 @@ fn fault_dead_broker_queue_full_drop_oldest() {
     }
     std::thread::sleep(Duration::from_millis(200)); // anything extra would show now
     let s = d.sub.st.lock().unwrap();
-    let got: Vec<u64> = (0..s.counts.len() as u64).filter(|&q| s.counts[q as usize] > 0).collect();
-    let recovery = s.first.get(first_kept as usize).copied().flatten().map(|a| a.saturating_duration_since(back));
+    let got: Vec<u64> = (0..s.counts.len() as u64)
+        .filter(|&q| s.counts[q as usize] > 0)
+        .collect();
+    let recovery = s
+        .first
+        .get(first_kept as usize)
+        .copied()
+        .flatten()
+        .map(|a| a.saturating_duration_since(back));
     drop(s);
     fault::report(
         name,
@@ -282,9 +317,17 @@ fn fault_dead_broker_queue_full_drop_oldest() {
         "the kept messages arrive, nothing else; first {:?}",
         got.first()
     );
-    assert_eq!(got.first().copied(), Some(first_kept), "the newest were kept");
+    assert_eq!(
+        got.first().copied(),
+        Some(first_kept),
+        "the newest were kept"
+    );
     assert_eq!(got.last().copied(), Some(seq - 1));
-    assert!(rss2 <= rss1 + 1024, "RSS grew {} KiB while dropping", rss2 - rss1);
+    assert!(
+        rss2 <= rss1 + 1024,
+        "RSS grew {} KiB while dropping",
+        rss2 - rss1
+    );
     assert!(tm.max_running < Duration::from_millis(5), "{tm:?}");
     assert!(tm.blocked * 1000 < tm.calls, "{tm:?}");
     assert_eq!(d.sub.dropped(), 0);
