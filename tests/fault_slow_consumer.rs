@@ -153,7 +153,10 @@ fn fault_slow_consumer_flood_keeps_memory_bounded() {
         fault::readable(c.event_fd(), 20);
         c.poll_events(100, &mut |e| match e {
             Event::Delivered { token, .. } if token == tok => acked = true,
-            Event::Message { topic, .. } if topic == "flood/echo" => echoed = true,
+            Event::Message {
+                topic: "flood/echo",
+                ..
+            } => echoed = true,
             _ => {}
         });
     }
