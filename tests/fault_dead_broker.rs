@@ -179,7 +179,7 @@ fn fault_dead_broker_queue_full_error_policy() {
         &format!(
             "broker dead {:?}, queue 256 KiB, policy Error: {accepted} msgs accepted, then {refused} \
              publishes refused (QueueFull; {:.1} MiB attempted); publish max {:?} (max when not preempted \
-             {:?}, {} calls blocked, {} over 1 ms, of {}); RSS {} -> {} -> {} KiB; {attempts} reconnect \
+             {:?}, {} calls blocked, {} over 1 ms, of {}); anon RSS {} -> {} -> {} KiB; {attempts} reconnect \
              attempts while dead; after restart: lost {}, duplicates {extra}, first delivery after {}",
             back.duration_since(d.killed_at),
             attempted_bytes as f64 / (1 << 20) as f64,
@@ -295,7 +295,7 @@ fn fault_dead_broker_queue_full_drop_oldest() {
         &format!(
             "broker dead {:?}, queue 256 KiB, policy DropOldest: {seq} msgs published ({:.1} MiB), {} \
              dropped (counted), {kept} kept; publish max {:?} (max when not preempted {:?}, {} calls \
-             blocked, {} over 1 ms); RSS {} -> {} -> {} KiB; after restart {} arrived (expected the newest \
+             blocked, {} over 1 ms); anon RSS {} -> {} -> {} KiB; after restart {} arrived (expected the newest \
              {kept}), first after {}",
             back.duration_since(d.killed_at),
             (seq * 70) as f64 / (1 << 20) as f64,

@@ -187,7 +187,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64, came_up
         name,
         &format!(
             "{what}: connection dropped with \"{}\"; {} connection attempts in {secs:.0} s (gaps min {:?}, \
-             {}), RSS {:+} KiB, {:.1} MiB sent by the fake broker",
+             {}), anon RSS {:+} KiB, {:.1} MiB sent by the fake broker",
             o.last_error,
             o.attempts,
             o.min_gap,

@@ -28,13 +28,24 @@ pub fn pick<T>(short: T, long_: T) -> T {
     }
 }
 
-/// Resident set size of this process, KiB (`VmRSS` in /proc/self/status).
-pub fn rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// Resident memory of this process that is not file-backed, KiB (`RssAnon` in /proc/self/status): heap,
+/// stacks, anonymous mappings — what a leak or an unbounded buffer grows. `VmRSS` also counts pages of the
+/// (large, unoptimised) test binary paged in as new code runs, which is noise here.
+pub fn rss_kib() -> u64 {
+    status_kib("RssAnon:")
+}
+
+/// `VmRSS` (resident, including file-backed pages), KiB, for the record.
+pub fn vmrss_kib() -> u64 {
+    status_kib("VmRSS:")
 }
 
 /// Print the summary line and write it to `target/reliability/<test>.txt`.
