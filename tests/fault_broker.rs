@@ -70,6 +70,8 @@ fn crash_run(
         .map_or_else(|| b.tcp_uri(), |p| p.uri("tcp", "127.0.0.1"));
     let mut k = fault::cfg(&uri, &format!("pub-{name}"));
     k.clean_session = false;
+    k.queue_bytes = 64 << 20;
+    k.queue_messages = 1_000_000;
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
     // Both sessions reach mosquitto's disk (autosave every second) before the first crash.

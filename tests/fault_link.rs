@@ -74,6 +74,9 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
     k.clean_session = false;
     k.keep_alive = spec.keep_alive;
     k.connect_timeout = Duration::from_secs(2);
+    // Room for a minute of messages waiting out a long fault (QMQTT_FAULT_LONG).
+    k.queue_bytes = 64 << 20;
+    k.queue_messages = 1_000_000;
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
     let rate = fault::pick(500, 1000);
@@ -208,6 +211,7 @@ fn stall(name: &str, qos: QoS) {
     let dur = start + len + Duration::from_secs(4);
     let mut state = 0;
     let mut detected: Option<Duration> = None;
+    let mut cause = String::new();
     let mut stall_at = None;
     scenario(
         Spec {
@@ -227,8 +231,9 @@ fn stall(name: &str, qos: QoS) {
                 state = 1;
             } else if state == 1 {
                 if detected.is_none() {
-                    if let Some((t, _)) = log.lost.first() {
+                    if let Some((t, why)) = log.lost.first() {
                         detected = Some(t.duration_since(stall_at.unwrap()));
+                        cause = why.clone();
                     }
                 }
                 if el >= start + len {
@@ -244,6 +249,10 @@ fn stall(name: &str, qos: QoS) {
     // Keep-alive 1 s + PINGRESP wait 1 s, plus the time to fill the window when the link stalls while
     // publishing, plus scheduling slack on a busy machine.
     assert!(d < Duration::from_millis(4500), "detected only after {d:?}");
+    assert!(
+        cause.contains("PINGRESP"),
+        "detected by the ping timeout: {cause}"
+    );
 }
 
 #[test]
