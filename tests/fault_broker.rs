@@ -74,8 +74,9 @@ fn crash_run(
     k.queue_messages = 1_000_000;
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
-    // Both sessions reach mosquitto's disk (autosave every second) before the first crash.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both sessions reach mosquitto's disk before the first crash (autosave every second, checked on
+    // whole seconds: up to 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
     let last = kills.last().unwrap();
     let dur = last.at + last.dead_for + Duration::from_secs(3);
     let load = Load::new(&topic, qos, fault::pick(500, 1000), dur);

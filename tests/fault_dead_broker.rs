@@ -89,8 +89,9 @@ fn setup(name: &str, policy: FullPolicy) -> Dead {
     k.clean_session = false;
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
-    // The subscriber's session reaches the broker's disk (autosave 1 s) before the crash.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The subscriber's session reaches the broker's disk before the crash (autosave every second,
+    // checked on whole seconds: up to 2 s).
+    std::thread::sleep(Duration::from_millis(2500));
     b.kill();
     let mut log = PubLog::default();
     let killed_at = Instant::now();

@@ -49,6 +49,8 @@ struct Spec<'a> {
     keep_alive: Duration,
     /// The fault must have dropped the publisher's connection at least this often.
     min_losses: usize,
+    /// The publisher speaks TLS (through the proxy to the broker's TLS listener).
+    tls: bool,
 }
 
 fn qname(q: QoS) -> &'static str {
@@ -62,7 +64,7 @@ fn qname(q: QoS) -> &'static str {
 /// Run `spec` with `fault` called about every millisecond from the publishing thread; assert and report.
 fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLog)) {
     let b = common::Broker::start();
-    let p = Proxy::start(b.tcp_port);
+    let p = Proxy::start(if spec.tls { b.tls_port } else { b.tcp_port });
     let topic = format!("fault/{}", spec.name);
     let sub = Counter::start(
         &b.tcp_uri(),
@@ -70,7 +72,13 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
         &topic,
         spec.qos,
     );
-    let mut k = fault::cfg(&p.uri("tcp", "127.0.0.1"), &format!("pub-{}", spec.name));
+    let uri = if spec.tls {
+        p.uri("ssl", "localhost")
+    } else {
+        p.uri("tcp", "127.0.0.1")
+    };
+    let mut k = fault::cfg(&uri, &format!("pub-{}", spec.name));
+    k.tls.ca_file = Some(b.certs.ca.clone());
     k.clean_session = false;
     k.keep_alive = spec.keep_alive;
     k.connect_timeout = Duration::from_secs(2);
@@ -164,18 +172,19 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
     assert!(c.is_connected());
 }
 
-fn cut_every_1_to_2_s(name: &str, qos: QoS) {
+fn cut_every_1_to_2_s(name: &str, qos: QoS, tls: bool) {
     let dur = fault::pick(Duration::from_secs(9), Duration::from_secs(120));
     let mut next = Duration::from_secs(1);
     let mut cuts = 0usize;
     scenario(
         Spec {
             name,
-            what: "link cut every 1-2 s".into(),
+            what: format!("link cut every 1-2 s{}", if tls { " (TLS)" } else { "" }),
             qos,
             duration: dur,
             keep_alive: Duration::from_secs(2),
             min_losses: 3,
+            tls,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -193,12 +202,18 @@ fn cut_every_1_to_2_s(name: &str, qos: QoS) {
 
 #[test]
 fn fault_cut_qos1() {
-    cut_every_1_to_2_s("fault_cut_qos1", QoS::AtLeastOnce);
+    cut_every_1_to_2_s("fault_cut_qos1", QoS::AtLeastOnce, false);
+}
+
+/// The same over TLS: cuts land in the middle of TLS records; every reconnect is a new handshake.
+#[test]
+fn fault_cut_tls_qos1() {
+    cut_every_1_to_2_s("fault_cut_tls_qos1", QoS::AtLeastOnce, true);
 }
 
 #[test]
 fn fault_cut_qos2() {
-    cut_every_1_to_2_s("fault_cut_qos2", QoS::ExactlyOnce);
+    cut_every_1_to_2_s("fault_cut_qos2", QoS::ExactlyOnce, false);
 }
 
 /// The link stalls (bytes held, connections open and silent) for longer than the keep-alive: the client
@@ -221,6 +236,7 @@ fn stall(name: &str, qos: QoS) {
             duration: dur,
             keep_alive: Duration::from_secs(1),
             min_losses: 1,
+            tls: false,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {
@@ -280,6 +296,7 @@ fn trickle(name: &str, qos: QoS) {
             duration: dur,
             keep_alive: Duration::from_secs(2),
             min_losses: 0,
+            tls: false,
         },
         |el, ctl, _| {
             if state == 0 && el >= start {
@@ -318,6 +335,7 @@ fn half_close(name: &str, qos: QoS) {
             duration: dur,
             keep_alive: Duration::from_secs(2),
             min_losses: 3,
+            tls: false,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -358,6 +376,7 @@ fn refuse(name: &str, qos: QoS) {
             duration: dur,
             keep_alive: Duration::from_secs(2),
             min_losses: 1,
+            tls: false,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {
