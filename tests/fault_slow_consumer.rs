@@ -207,7 +207,7 @@ fn fault_slow_consumer_flood_keeps_memory_bounded() {
     // a 16 KiB chunk) — 4.2 MiB, reached exactly with MALLOC_MMAP_THRESHOLD_=131072 — plus 3 MiB of
     // allocator slack (by default glibc keeps freed buffers of a growing Vec in its
     // heaps once its mmap threshold has risen). Everything that arrived (tens of MB) is far beyond; a leak
-    // of a few bytes per message would show.
+    // of 8 bytes or more per message (400 000 of them) would show.
     let read = MAX_READ_PER_CALL as u64 + (16 << 10);
     let bound = (2 * EVENTQ as u64 + (64 << 10) + 2 * 100 * 24 + 2 * read + (3 << 20)) / 1024;
     assert!(
