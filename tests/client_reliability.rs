@@ -479,12 +479,14 @@ fn a_flat_out_producer_does_not_starve_reading() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let w0 = c.stats().wakeups;
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(300));
     let w1 = c.stats().wakeups;
-    // The I/O thread goes back to its poll (socket, timers, commands) regularly even under a flat-out stream.
+    // The I/O thread goes back to its poll (socket, timers, commands) between bounded turns even under a
+    // flat-out stream (without the bound it never does while the producer keeps up: 0 polls). Debug builds
+    // on a loaded machine make a turn slow, hence the low bar.
     assert!(
-        w1 - w0 >= 5,
-        "only {} polls in 200 ms of a flat-out stream",
+        w1 - w0 >= 2,
+        "only {} polls in 300 ms of a flat-out stream",
         w1 - w0
     );
     let t0 = Instant::now();

@@ -1,1 +1,929 @@
-//! The q layer (STUB): K ⇄ Rust translation behind `.mqtt.*`.
+//! The q extension: K ⇄ Rust translation behind `.mqtt.*` (feature `q`; shipped as `mqttkdb.so`).
+//!
+//! Exports KX's C functions with KX's names, arities, argument types and error strings — `connX`/3,
+//! `init`/1, `pub`/4, `sub`/2, `unsub`/1, `isConnected`/1, `disconnect`/1 — so KX's own `mqtt.q` binds to this
+//! library unchanged. Additions (bound by our `q/mqtt.q`): several connections addressed by a handle
+//! (`connh`/3, `pubh`/5, `subh`/3, `unsubh`/2, `isConnectedh`/1, `disconnecth`/2, `statsh`/1), batch publish
+//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1).
+//!
+//! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
+//! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
+//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent` and `.mqtt.disconn` (and the handle
+//! forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches.
+//!
+//! Failure: no panic crosses into q (each export catches unwinds → `'internal error`); every string handed
+//! to `krr` is static. Long explanations (why a TLS handshake failed, …) go to the log on stderr and to the
+//! `lastError` of `.mqtt.stats[]`; the q error is a short category from a fixed table.
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kdbplus::api::{native, K};
+use log::{debug, error, info, warn};
+
+mod k;
+mod opts;
+mod qlog;
+
+use self::k::{KRef, Val};
+use self::opts::QErr;
+use crate::client::{Client, ClientError, Event, PublishError};
+use crate::codec::QoS;
+use crate::session::Token;
+
+/// Most events handed to q per wake-up of the event fd (q's loop calls again while more are waiting).
+const EVENT_BATCH: usize = 1024;
+/// Extra time `conn` waits beyond `connectTimeout` for the engine to report its own verdict.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------------------
+// connections
+
+/// One connection: the engine's client and what q needs to know about it.
+struct Conn {
+    /// 0 for the KX-style default connection (callbacks with KX's signatures), ≥ 1 for `connh` handles.
+    handle: i64,
+    client: Mutex<Option<Client>>,
+    fd: RawFd,
+    /// Received payloads as byte vectors (`rcvPayload` `byte).
+    rcv_bytes: bool,
+    callback_errors: AtomicU64,
+}
+
+struct Registry {
+    conns: Vec<Arc<Conn>>,
+    next_handle: i64,
+    /// Why the last `conn` failed (also kept after the failure for `.mqtt.stats[]`).
+    last_error: Option<String>,
+}
+
+static REG: Mutex<Registry> = Mutex::new(Registry {
+    conns: Vec::new(),
+    next_handle: 1,
+    last_error: None,
+});
+static INIT: AtomicBool = AtomicBool::new(false);
+
+fn reg() -> MutexGuard<'static, Registry> {
+    REG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_client(c: &Conn) -> MutexGuard<'_, Option<Client>> {
+    c.client.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    fn find(&self, handle: i64) -> Option<&Arc<Conn>> {
+        self.conns.iter().find(|c| c.handle == handle)
+    }
+    fn take(&mut self, handle: i64) -> Option<Arc<Conn>> {
+        let i = self.conns.iter().position(|c| c.handle == handle)?;
+        Some(self.conns.swap_remove(i))
+    }
+}
+
+/// Deregister from q's loop and stop the client (waiting up to `timeout` for queued messages).
+fn close_conn(c: &Conn, timeout: Duration) {
+    // SAFETY: sd0x with 0 removes the fd from q's loop without closing it (the engine owns it).
+    unsafe { native::sd0x(c.fd, 0) };
+    let client = lock_client(c).take();
+    if let Some(mut client) = client {
+        client.disconnect(timeout);
+    }
+    info!("connection {} closed", c.handle);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// errors
+
+fn krr(e: QErr) -> K {
+    // SAFETY: e is a static NUL-terminated string, as krr requires (q keeps the pointer).
+    unsafe { native::krr(e.as_ptr()) }
+}
+
+/// Run an export's body: a q error for `Err`, `'internal error` for a panic.
+fn guard(f: impl FnOnce() -> Result<K, QErr>) -> K {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => krr(e),
+        Err(_) => {
+            error!("internal error (a panic was caught at the q boundary); please report it");
+            krr(c"internal error")
+        }
+    }
+}
+
+fn arg<'a>(x: K) -> Option<KRef<'a>> {
+    // SAFETY: q hands us valid K objects (or null from a broken caller) that live for the call.
+    unsafe { KRef::new(x) }
+}
+
+/// Connect failures: needles (lower case, without spaces, `_` and `-`) in the engine's message → q error.
+/// First match wins; the full message goes to the log and to `lastError`.
+const CONNECT_ERRORS: &[(&str, QErr)] = &[
+    (
+        "badusernameorpassword",
+        c"conn refused: bad user name or password",
+    ),
+    ("notauthori", c"conn refused: not authorized"),
+    ("clientidrejected", c"conn refused: identifier rejected"),
+    ("identifierrejected", c"conn refused: identifier rejected"),
+    (
+        "unacceptableprotocolversion",
+        c"conn refused: unacceptable protocol version",
+    ),
+    ("serverunavailable", c"conn refused: server unavailable"),
+    ("brokerrefusedtheconnection", c"conn refused"),
+    ("notsignedbyatrustedca", c"tls: unknown issuer"),
+    ("unknownissuer", c"tls: unknown issuer"),
+    ("hasexpired", c"tls: certificate expired"),
+    ("notvalidyet", c"tls: certificate not yet valid"),
+    ("notvalidforhostname", c"tls: hostname mismatch"),
+    ("notvalidforname", c"tls: hostname mismatch"),
+    (
+        "requiresaclientcertificate",
+        c"tls: client certificate required",
+    ),
+    ("certificaterequired", c"tls: client certificate required"),
+    ("hasbeenrevoked", c"tls: certificate revoked"),
+    ("signaturedoesnotverify", c"tls: bad signature"),
+    (
+        "notlsversionorciphersuiteincommon",
+        c"tls: no common version or cipher suite",
+    ),
+    ("isnottls", c"tls: the broker does not speak TLS"),
+    ("sentnocertificate", c"tls: no server certificate"),
+    ("tlshandshake", c"tls: handshake failed"),
+    ("tlswith", c"tls: failed"),
+    ("timeout:", c"timeout"),
+    ("timedout", c"timeout"),
+];
+
+/// Configuration errors reported by the engine (the q layer checked types and file presence already).
+const CONFIG_ERRORS: &[(&str, QErr)] = &[
+    ("islocked", c"spool locked"),
+    ("spool", c"spoolDir invalid"),
+    ("invalidprotocolscheme", c"Invalid protocol scheme"),
+    ("brokeruri", c"addr invalid"),
+    ("cipher", c"enabledCipherSuites invalid"),
+    (
+        "encrypted",
+        c"privateKeyPassword unsupported (decrypt the key)",
+    ),
+    ("needsitsprivatekey", c"privateKey missing"),
+    ("needsitsclientcertificate", c"keyStore missing"),
+    ("clientcertificate", c"keyStore invalid"),
+    ("privatekey", c"privateKey invalid"),
+    ("capath", c"CApath invalid"),
+    ("truststore", c"trustStore invalid"),
+    ("alpn", c"alpn invalid"),
+    ("servername", c"sni invalid"),
+    ("sni", c"sni invalid"),
+    ("clientid", c"client invalid"),
+    ("keepalive", c"keepAliveInterval invalid"),
+    ("will", c"lastWillTopic invalid"),
+    ("inflight", c"maxInflightMessages invalid"),
+    ("queue", c"queueBytes invalid"),
+];
+
+fn squash(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn classify(table: &[(&str, QErr)], msg: &str, fallback: QErr) -> QErr {
+    let s = squash(msg);
+    table
+        .iter()
+        .find(|(n, _)| s.contains(n))
+        .map(|(_, e)| *e)
+        .unwrap_or(fallback)
+}
+
+fn client_error(e: &ClientError) -> QErr {
+    match e {
+        ClientError::Config(m) => classify(CONFIG_ERRORS, m, c"options"),
+        ClientError::Connect(m) => classify(CONNECT_ERRORS, m, c"Failure"),
+        ClientError::NotConnected => c"not connected",
+        ClientError::Timeout => c"timeout",
+    }
+}
+
+fn publish_error(e: &PublishError) -> QErr {
+    match e {
+        PublishError::QueueFull => c"queue full",
+        PublishError::NotConnected => c"not connected",
+        PublishError::TopicInvalid => c"topic",
+        PublishError::TooLarge => c"payload size",
+    }
+}
+
+fn client_error_text(e: &ClientError) -> String {
+    match e {
+        ClientError::Config(m) | ClientError::Connect(m) => m.clone(),
+        ClientError::NotConnected => "not connected".into(),
+        ClientError::Timeout => "timed out waiting for the broker's CONNACK".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// argument conversions (KX's types, and a little more)
+
+fn text_arg<'a>(x: K, ty: QErr) -> Result<&'a str, QErr> {
+    let r = arg(x).ok_or(ty)?;
+    let b = match r.t() {
+        -11 => r.sym().ok_or(ty)?,
+        10 | -10 => r.bytes().ok_or(ty)?,
+        _ => return Err(ty),
+    };
+    std::str::from_utf8(b).map_err(|_| c"Invalid UTF8 string")
+}
+
+fn topic_arg<'a>(x: K) -> Result<&'a str, QErr> {
+    text_arg(x, c"topic type")
+}
+
+fn payload_arg<'a>(x: K) -> Result<&'a [u8], QErr> {
+    match arg(x) {
+        Some(r) if matches!(r.t(), 10 | 4 | -10 | -4) => r.bytes().ok_or(c"payload type"),
+        _ => Err(c"payload type"),
+    }
+}
+
+fn qos_arg(x: K) -> Result<QoS, QErr> {
+    match arg(x).and_then(|r| r.int()) {
+        None => Err(c"qos type"),
+        Some(v) => v
+            .and_then(|v| u8::try_from(v).ok())
+            .and_then(QoS::from_u8)
+            .ok_or(c"invalid qos"),
+    }
+}
+
+fn retain_arg(x: K) -> Result<bool, QErr> {
+    match arg(x).and_then(|r| r.int()) {
+        Some(Some(v)) => Ok(v != 0),
+        _ => Err(c"retained type"),
+    }
+}
+
+fn handle_arg(x: K) -> Result<i64, QErr> {
+    match arg(x).and_then(|r| r.int()) {
+        Some(Some(h)) if h >= 0 => Ok(h),
+        Some(_) => Err(c"invalid handle"),
+        None => Err(c"handle type"),
+    }
+}
+
+/// Milliseconds for `disconnect`: a number (negative → 0) or `::` (0).
+fn timeout_arg(x: K) -> Result<Duration, QErr> {
+    let r = arg(x).ok_or(c"timeout type")?;
+    if r.t() == k::GENERIC_NULL {
+        return Ok(Duration::ZERO);
+    }
+    match r.int() {
+        Some(Some(ms)) => Ok(Duration::from_millis(ms.clamp(0, 3_600_000) as u64)),
+        Some(None) => Ok(Duration::ZERO),
+        None => Err(c"timeout type"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// connect
+
+fn ensure_init() {
+    if !INIT.swap(true, Ordering::SeqCst) {
+        qlog::install();
+        // SAFETY: registering a plain extern "C" fn; runs once at process exit.
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
+extern "C" fn at_exit() {
+    let _ = catch_unwind(|| {
+        let conns = std::mem::take(&mut reg().conns);
+        for c in conns {
+            close_conn(&c, Duration::ZERO);
+        }
+    });
+}
+
+/// Check the TLS files exist and can be read, so the error names the option.
+fn check_files(cfg: &crate::client::Config) -> Result<(), QErr> {
+    let t = &cfg.tls;
+    let readable = |p: &std::path::Path| std::fs::File::open(p).is_ok();
+    if let Some(p) = &t.ca_file {
+        if !readable(p) {
+            return Err(c"trustStore: cannot read file");
+        }
+    }
+    if let Some(p) = &t.cert_file {
+        if !readable(p) {
+            return Err(c"keyStore: cannot read file");
+        }
+    }
+    if let Some(p) = &t.key_file {
+        if !readable(p) {
+            return Err(c"privateKey: cannot read file");
+        }
+    }
+    if let Some(p) = &t.ca_dir {
+        if std::fs::read_dir(p).is_err() {
+            return Err(c"CApath: cannot read directory");
+        }
+    }
+    Ok(())
+}
+
+fn set_last_error(msg: String) {
+    reg().last_error = Some(msg);
+}
+
+/// Parse, connect, wait for the first CONNACK and register the event fd. `handle` 0 replaces the default
+/// connection; otherwise a new handle is allocated.
+fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
+    ensure_init();
+    let uri = text_arg(addr, c"addr type").map_err(|e| {
+        if e == c"Invalid UTF8 string" {
+            c"addr type"
+        } else {
+            e
+        }
+    })?;
+    let id = text_arg(client, c"client type").map_err(|e| {
+        if e == c"Invalid UTF8 string" {
+            c"client type"
+        } else {
+            e
+        }
+    })?;
+    let opt = arg(opt).ok_or(c"options")?;
+    if opt.t() != k::XD && opt.t() != k::XD_SORTED {
+        return Err(c"options");
+    }
+    let spec = opts::parse(uri, id, opt)?;
+    if !opts::scheme_ok(uri) {
+        return Err(c"Invalid protocol scheme");
+    }
+    if opts::is_tls(uri) {
+        check_files(&spec.cfg)?;
+    }
+    if let Some(l) = spec.log_level {
+        qlog::set(l);
+    }
+    // KX's connX replaces the one connection it has: never two default connections.
+    if default {
+        let old = reg().take(0);
+        if let Some(old) = old {
+            info!("conn: closing the previous default connection");
+            close_conn(&old, Duration::ZERO);
+        }
+    }
+    let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
+    let mut client = Client::connect(spec.cfg).map_err(|e| {
+        let t = client_error_text(&e);
+        info!("conn {uri}: {t}");
+        set_last_error(t);
+        client_error(&e)
+    })?;
+    if let Err(e) = client.wait_connected(timeout) {
+        let t = client_error_text(&e);
+        info!("conn {uri}: {t}");
+        set_last_error(t);
+        client.disconnect(Duration::ZERO);
+        return Err(client_error(&e));
+    }
+    let fd = client.event_fd();
+    let handle = if default {
+        0
+    } else {
+        let mut r = reg();
+        let h = r.next_handle;
+        r.next_handle += 1;
+        h
+    };
+    let conn = Arc::new(Conn {
+        handle,
+        client: Mutex::new(Some(client)),
+        fd,
+        rcv_bytes: spec.rcv_bytes,
+        callback_errors: AtomicU64::new(0),
+    });
+    // SAFETY: on_events is a plain extern "C" fn; fd stays open until close_conn removes it (sd0x).
+    let r = unsafe { native::sd1(fd, on_events) };
+    if let Some(e) = k::error_text(r) {
+        k::release(r);
+        error!("conn: q's sd1 refused the event fd {fd}: {e}");
+        close_conn(&conn, Duration::ZERO);
+        return Err(c"sd1 failed");
+    }
+    k::release(r);
+    info!("connected to {uri} as {id} (handle {handle}, event fd {fd})");
+    reg().conns.push(conn);
+    Ok(handle)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// events → q callbacks
+
+/// A callback call prepared while the client is locked and made after it is released (callbacks may call
+/// back into the library: publish, disconnect, …).
+enum Pending {
+    Rcvd(K, K),
+    Sent(Token),
+    Disconn(K),
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+}
+
+extern "C" fn on_events(fd: i32) -> K {
+    let _ = catch_unwind(AssertUnwindSafe(|| drain(fd)));
+    std::ptr::null_mut()
+}
+
+fn drain(fd: RawFd) {
+    let conn = reg().conns.iter().find(|c| c.fd == fd).cloned();
+    let Some(conn) = conn else {
+        warn!("event on fd {fd}, which belongs to no connection; removing it from q's loop");
+        // SAFETY: remove the stale registration without closing an fd we do not own.
+        unsafe { native::sd0x(fd, 0) };
+        return;
+    };
+    let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    {
+        let guard = lock_client(&conn);
+        let Some(client) = guard.as_ref() else {
+            return;
+        };
+        let rcv_bytes = conn.rcv_bytes;
+        client.poll_events(EVENT_BATCH, &mut |ev| match ev {
+            Event::Message { topic, payload, .. } => pending.push(Pending::Rcvd(
+                k::kvec(topic.as_bytes(), false),
+                k::kvec(payload, rcv_bytes),
+            )),
+            Event::Delivered { token, qos } => {
+                if qos != QoS::AtMostOnce {
+                    pending.push(Pending::Sent(token))
+                }
+            }
+            Event::ConnectionLost { cause } => {
+                warn!("connection {} lost: {cause}", conn.handle);
+                pending.push(Pending::Disconn(k::kvec(cause.as_bytes(), false)))
+            }
+            Event::Connected { session_present } => {
+                info!(
+                    "connection {} connected (session present: {session_present})",
+                    conn.handle
+                )
+            }
+            Event::Reconnecting { delay, attempt } => info!(
+                "connection {}: reconnect attempt {attempt} in {delay:?}",
+                conn.handle
+            ),
+            Event::Subscribed { filter, granted } => match granted {
+                Some(q) => debug!("subscribed to {filter} with {q:?}"),
+                None => warn!("the broker refused the subscription to {filter}"),
+            },
+            Event::Unsubscribed { filter } => debug!("unsubscribed from {filter}"),
+        });
+    }
+    let h = conn.handle;
+    for p in pending.drain(..) {
+        // SAFETY: k consumes the argument objects; the result is ours to release.
+        let r = unsafe {
+            let nil: K = std::ptr::null_mut();
+            match (p, h) {
+                (Pending::Rcvd(t, m), 0) => native::k(0, c".mqtt.msgrcvd".as_ptr(), t, m, nil),
+                (Pending::Rcvd(t, m), h) => {
+                    native::k(0, c".mqtt.msgrcvdh".as_ptr(), k::kj(h), t, m, nil)
+                }
+                (Pending::Sent(tok), 0) => {
+                    native::k(0, c".mqtt.msgsent".as_ptr(), k::kj(tok as i64), nil)
+                }
+                (Pending::Sent(tok), h) => native::k(
+                    0,
+                    c".mqtt.msgsenth".as_ptr(),
+                    k::kj(h),
+                    k::kj(tok as i64),
+                    nil,
+                ),
+                (Pending::Disconn(c), 0) => native::k(0, c".mqtt.disconn".as_ptr(), c, nil),
+                (Pending::Disconn(c), h) => {
+                    native::k(0, c".mqtt.disconnh".as_ptr(), k::kj(h), c, nil)
+                }
+            }
+        };
+        if let Some(e) = k::error_text(r) {
+            // Logged for the first few, then every 1000th: a broken callback on a busy stream must not
+            // flood stderr. All are counted (`callbackErrors` in .mqtt.stats[]).
+            let n = conn.callback_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 10 || n % 1000 == 0 {
+                error!("callback on connection {h} signalled '{e}' ({n} callback errors so far)");
+            }
+        }
+        k::release(r);
+    }
+    PENDING.with(|p| {
+        let mut slot = p.borrow_mut();
+        if slot.capacity() < pending.capacity() {
+            *slot = pending;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// operations shared by the KX and handle forms
+
+fn with_client<T>(handle: i64, f: impl FnOnce(&Client) -> Result<T, QErr>) -> Result<T, QErr> {
+    let r = reg();
+    let conn = r.find(handle).ok_or(c"not connected")?;
+    let g = lock_client(conn);
+    let client = g.as_ref().ok_or(c"not connected")?;
+    f(client)
+}
+
+fn do_pub(handle: i64, topic: K, msg: K, qos: K, retain: K) -> Result<K, QErr> {
+    let topic = topic_arg(topic)?;
+    let msg = payload_arg(msg)?;
+    let qos = qos_arg(qos)?;
+    let retain = retain_arg(retain)?;
+    let tok = with_client(handle, |c| {
+        c.publish(topic, msg, qos, retain)
+            .map_err(|e| publish_error(&e))
+    })?;
+    Ok(k::kj(tok as i64))
+}
+
+fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
+    let topic = topic_arg(topic)?;
+    if reg().find(handle).is_none() {
+        return Err(c"not connected");
+    }
+    let qos = qos_arg(qos)?;
+    with_client(handle, |c| {
+        c.subscribe(topic, qos).map_err(|e| match e {
+            ClientError::Config(m) => {
+                warn!("sub {topic}: {m}");
+                c"topic"
+            }
+            e => client_error(&e),
+        })
+    })?;
+    Ok(std::ptr::null_mut())
+}
+
+fn do_unsub(handle: i64, topic: K) -> Result<K, QErr> {
+    let topic = topic_arg(topic)?;
+    with_client(handle, |c| {
+        c.unsubscribe(topic).map_err(|e| match e {
+            ClientError::Config(m) => {
+                warn!("unsub {topic}: {m}");
+                c"topic"
+            }
+            e => client_error(&e),
+        })
+    })?;
+    Ok(std::ptr::null_mut())
+}
+
+fn do_disconnect(handle: i64, timeout: K) -> Result<K, QErr> {
+    let timeout = timeout_arg(timeout)?;
+    let conn = reg()
+        .take(handle)
+        .ok_or(c"No client is currently connected")?;
+    close_conn(&conn, timeout);
+    Ok(std::ptr::null_mut())
+}
+
+fn is_connected(handle: i64) -> bool {
+    with_client(handle, |c| Ok(c.is_connected())).unwrap_or(false)
+}
+
+thread_local! {
+    static TOKENS: RefCell<Vec<Token>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The topic(s) of a batch: one for all, or one per message.
+enum Topics<'a> {
+    One(&'a str),
+    Each(KRef<'a>),
+}
+
+fn topic_of<'a>(topics: &Topics<'a>, i: usize) -> Result<&'a str, QErr> {
+    match topics {
+        Topics::One(t) => Ok(t),
+        Topics::Each(list) => match list.item(i) {
+            Some(Val::Sym(b)) | Some(Val::Chars(b)) => {
+                std::str::from_utf8(b).map_err(|_| c"Invalid UTF8 string")
+            }
+            _ => Err(c"topic type"),
+        },
+    }
+}
+
+fn payload_of<'a>(list: KRef<'a>, i: usize) -> Result<&'a [u8], QErr> {
+    list.child(i).and_then(|x| x.bytes()).ok_or(c"payload type")
+}
+
+fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, QErr> {
+    let t = arg(topic).ok_or(c"topic type")?;
+    let list = arg(msgs).ok_or(c"payload type")?;
+    // A list of payloads: a mixed list of char/byte vectors (a single char vector is one message per char
+    // in q's eyes; refuse it rather than guess).
+    if list.t() != 0 {
+        return Err(c"payload type");
+    }
+    let n = list.len().ok_or(c"payload type")?;
+    let topics = match t.t() {
+        -11 | 10 | -10 => Topics::One(topic_arg(topic)?),
+        11 | 0 => {
+            if t.len() != Some(n) {
+                return Err(c"length");
+            }
+            Topics::Each(t)
+        }
+        _ => return Err(c"topic type"),
+    };
+    let qos = qos_arg(qos)?;
+    let retain = retain_arg(retain)?;
+    // Check every item before queueing any, so a type error queues nothing.
+    for i in 0..n {
+        topic_of(&topics, i)?;
+        payload_of(list, i)?;
+    }
+    let mut tokens = TOKENS.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    tokens.clear();
+    let res = with_client(handle, |c| {
+        let msgs =
+            (0..n).filter_map(|i| Some((topic_of(&topics, i).ok()?, payload_of(list, i).ok()?)));
+        c.publish_batch(msgs, qos, retain, &mut tokens)
+            .map_err(|e| {
+                if !tokens.is_empty() {
+                    warn!(
+                        "pubbatch: {} of {n} messages queued before '{}'",
+                        tokens.len(),
+                        publish_error(&e).to_string_lossy()
+                    );
+                }
+                publish_error(&e)
+            })
+    });
+    let out = res.map(|()| k::kjs(&tokens));
+    TOKENS.with(|t| *t.borrow_mut() = tokens);
+    out
+}
+
+fn stats_dict(handle: i64) -> Result<K, QErr> {
+    let (stats, cb_errors) = {
+        let r = reg();
+        match r.find(handle) {
+            Some(c) => {
+                let g = lock_client(c);
+                let s = g.as_ref().map(|cl| cl.stats()).unwrap_or_default();
+                (s, c.callback_errors.load(Ordering::Relaxed))
+            }
+            None => {
+                if handle != 0 {
+                    return Err(c"invalid handle");
+                }
+                let s = crate::client::Stats {
+                    last_error: r.last_error.clone(),
+                    ..Default::default()
+                };
+                (s, 0)
+            }
+        }
+    };
+    let s = &stats;
+    let last = s
+        .last_error
+        .clone()
+        .or_else(|| reg().last_error.clone())
+        .unwrap_or_default();
+    let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
+    let longs: [(&CStr, u64); 23] = [
+        (c"queued", s.queued),
+        (c"queuedBytes", s.queued_bytes),
+        (c"inflight", s.inflight),
+        (c"sent", s.sent),
+        (c"acked", s.acked),
+        (c"dropped", dropped),
+        (c"droppedOldest", s.dropped_oldest),
+        (c"droppedNewest", s.dropped_newest),
+        (c"refusedFull", s.refused_full),
+        (c"droppedIncoming", s.dropped_incoming),
+        (c"received", s.received),
+        (c"reconnects", s.reconnects),
+        (c"bytesIn", s.bytes_in),
+        (c"bytesOut", s.bytes_out),
+        (c"callbackErrors", cb_errors),
+        (c"wakeups", s.wakeups),
+        (c"socketWrites", s.socket_writes),
+        (c"spooled", s.spooled),
+        (c"spooledBytes", s.spooled_bytes),
+        (c"spoolOldestAgeMs", s.spool_oldest_age_ms),
+        (c"spilled", s.spilled),
+        (
+            c"spoolDropped",
+            s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
+        ),
+        (c"spoolBytesWritten", s.spool_bytes_written),
+    ];
+    let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
+    let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();
+    keys.push(c"connected");
+    vals.push(k::kb(s.connected));
+    keys.push(c"lastError");
+    vals.push(k::kvec(last.as_bytes(), false));
+    Ok(k::kdict(&keys, &vals))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// exports: KX's names and arities
+
+/// `connX[addr;clientId;opts]` — connect the default connection (KX).
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn connX(addr: K, client: K, opt: K) -> K {
+    guard(|| connect(addr, client, opt, true).map(|_| std::ptr::null_mut()))
+}
+
+/// `init[x]` — set up logging and the exit hook (KX's mqtt.q calls it once at load).
+///
+/// # Safety
+/// Called by q.
+#[no_mangle]
+pub unsafe extern "C" fn init(_x: K) -> K {
+    guard(|| {
+        ensure_init();
+        Ok(std::ptr::null_mut())
+    })
+}
+
+/// `pub[topic;msg;qos;retain]` → the delivery token (long).
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[export_name = "pub"]
+pub unsafe extern "C" fn pub_(topic: K, msg: K, qos: K, retain: K) -> K {
+    guard(|| do_pub(0, topic, msg, qos, retain))
+}
+
+/// `sub[topic;qos]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn sub(topic: K, qos: K) -> K {
+    guard(|| do_sub(0, topic, qos))
+}
+
+/// `unsub[topic]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn unsub(topic: K) -> K {
+    guard(|| do_unsub(0, topic))
+}
+
+/// `isConnected[x]` → boolean (argument ignored).
+///
+/// # Safety
+/// Called by q.
+#[no_mangle]
+pub unsafe extern "C" fn isConnected(_x: K) -> K {
+    guard(|| Ok(k::kb(is_connected(0))))
+}
+
+/// `disconnect[timeoutMs]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn disconnect(timeout: K) -> K {
+    guard(|| do_disconnect(0, timeout))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// exports: additions
+
+/// `connh[addr;clientId;opts]` → a handle (long ≥ 1) for another connection.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn connh(addr: K, client: K, opt: K) -> K {
+    guard(|| connect(addr, client, opt, false).map(k::kj))
+}
+
+/// `pubh[h;topic;msg;qos;retain]` → token.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubh(h: K, topic: K, msg: K, qos: K, retain: K) -> K {
+    guard(|| do_pub(handle_arg(h)?, topic, msg, qos, retain))
+}
+
+/// `subh[h;topic;qos]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn subh(h: K, topic: K, qos: K) -> K {
+    guard(|| do_sub(handle_arg(h)?, topic, qos))
+}
+
+/// `unsubh[h;topic]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn unsubh(h: K, topic: K) -> K {
+    guard(|| do_unsub(handle_arg(h)?, topic))
+}
+
+/// `isConnectedh[h]` → boolean.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn isConnectedh(h: K) -> K {
+    guard(|| Ok(k::kb(is_connected(handle_arg(h)?))))
+}
+
+/// `disconnecth[h;timeoutMs]`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn disconnecth(h: K, timeout: K) -> K {
+    guard(|| do_disconnect(handle_arg(h)?, timeout))
+}
+
+/// `pubbatch[topic or topics;payloads;qos;retain]` → tokens (long vector).
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatch(topic: K, msgs: K, qos: K, retain: K) -> K {
+    guard(|| do_pubbatch(0, topic, msgs, qos, retain))
+}
+
+/// `pubbatchh[h;topic or topics;payloads;qos;retain]` → tokens.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatchh(h: K, topic: K, msgs: K, qos: K, retain: K) -> K {
+    guard(|| do_pubbatch(handle_arg(h)?, topic, msgs, qos, retain))
+}
+
+/// `stats[x]` → the default connection's counters (a dictionary; argument ignored).
+///
+/// # Safety
+/// Called by q.
+#[no_mangle]
+pub unsafe extern "C" fn stats(_x: K) -> K {
+    guard(|| stats_dict(0))
+}
+
+/// `statsh[h]` → a connection's counters.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn statsh(h: K) -> K {
+    guard(|| stats_dict(handle_arg(h)?))
+}
+
+/// `loglevel[level]` — `off error warn info debug trace` (symbol) or 0–5; `::` only reads. Returns the level.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn loglevel(x: K) -> K {
+    guard(|| {
+        ensure_init();
+        let r = arg(x).ok_or(c"level type")?;
+        match r.val() {
+            Val::Nil => {}
+            Val::Sym(b) => qlog::set(qlog::parse(b).ok_or(c"invalid level")?),
+            Val::Int(i) => qlog::set(qlog::from_number(i).ok_or(c"invalid level")?),
+            Val::IntNull => return Err(c"invalid level"),
+            _ => return Err(c"level type"),
+        }
+        Ok(k::ksym(qlog::name(qlog::current())))
+    })
+}

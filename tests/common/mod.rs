@@ -25,6 +25,21 @@ use rcgen::{
 pub const USER: &str = "gateway";
 pub const PASSWORD: &str = "s3cret-pw";
 
+/// The `qmqtt` command under test. When `$QMQTT_TEST_RUNNER` is set (targets/test sets it to qemu-user for
+/// ARM builds), the binary is started through it, so the same tests run on every target.
+pub fn qmqtt_cmd() -> Command {
+    let bin = env!("CARGO_BIN_EXE_qmqtt");
+    match std::env::var("QMQTT_TEST_RUNNER") {
+        Ok(r) if !r.trim().is_empty() => {
+            let mut words = r.split_whitespace();
+            let mut c = Command::new(words.next().unwrap());
+            c.args(words).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -192,16 +207,25 @@ impl Broker {
         let certs = Certs::generate(&dir.path().join("certs"));
         let mut b = Broker {
             certs,
-            tcp_port: free_port(),
-            tls_port: free_port(),
-            mtls_port: free_port(),
-            auth_port: free_port(),
+            tcp_port: 0,
+            tls_port: 0,
+            mtls_port: 0,
+            auth_port: 0,
             opts,
             dir,
             child: None,
         };
-        b.write_config();
-        b.spawn();
+        // free_port() releases the port before mosquitto binds it, so another test may take it first:
+        // try again on fresh ports when mosquitto exits at start.
+        for attempt in 1.. {
+            (b.tcp_port, b.tls_port, b.mtls_port, b.auth_port) =
+                (free_port(), free_port(), free_port(), free_port());
+            b.write_config();
+            if b.spawn() {
+                break;
+            }
+            assert!(attempt < 5, "mosquitto would not start: {}", b.log());
+        }
         b
     }
 
@@ -266,8 +290,9 @@ impl Broker {
         std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
+    /// Start mosquitto and wait until every listener accepts. False when it exited first (a port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdin(Stdio::null())
@@ -275,10 +300,12 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto (apt-get install mosquitto)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         for port in [self.tcp_port, self.tls_port, self.mtls_port, self.auth_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
                 assert!(
                     Instant::now() < deadline,
                     "mosquitto did not listen on {port}: {}",
@@ -287,6 +314,12 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // Listening ports could belong to another test's broker if ours died binding them.
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        self.child = Some(child);
+        true
     }
 
     /// The broker's log so far (for assertion messages).
@@ -317,7 +350,11 @@ impl Broker {
     /// Start again on the same ports with the same files.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "mosquitto did not restart on its ports: {}",
+            self.log()
+        );
     }
 
     /// Freeze (SIGSTOP) / thaw (SIGCONT) the broker: connections stay open but nothing is answered.

@@ -1,0 +1,477 @@
+//! The hand-written command-line parser (no clap: the binary stays lean) and the connection options every
+//! subcommand shares (`-h -p -L -i -u -P -k`, the TLS flags, `-d`), turned into a [`qmqtt::Config`].
+//!
+//! Flags follow mosquitto_pub / mosquitto_sub. Every error names the subcommand and the flag and points at
+//! `--help`; the caller prints it and exits with [`USAGE_EXIT`].
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use qmqtt::codec::Protocol;
+use qmqtt::session::Will;
+use qmqtt::transport::{TlsOptions, TlsVersion};
+use qmqtt::{Config, QoS};
+
+/// Exit code for a bad command line.
+pub const USAGE_EXIT: i32 = 2;
+
+/// A command-line error, already worded for the user.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The arguments of one subcommand, consumed front to back.
+pub struct Args {
+    /// `pub`, `sub` or `check`: used in error messages.
+    pub cmd: &'static str,
+    items: std::vec::IntoIter<OsString>,
+}
+
+impl Args {
+    pub fn new(cmd: &'static str, items: Vec<OsString>) -> Args {
+        Args {
+            cmd,
+            items: items.into_iter(),
+        }
+    }
+
+    /// The next flag, or `None` at the end. Non-UTF-8 flags and positional arguments are errors.
+    pub fn next_flag(&mut self) -> Result<Option<String>, UsageError> {
+        match self.items.next() {
+            None => Ok(None),
+            Some(a) => match a.into_string() {
+                Ok(s) if s.starts_with('-') && s.len() > 1 => Ok(Some(s)),
+                Ok(s) => Err(self.err(format!("unexpected argument '{s}' (flags start with -)"))),
+                Err(a) => Err(self.err(format!("unexpected argument '{}'", a.to_string_lossy()))),
+            },
+        }
+    }
+
+    /// An error for this subcommand, with the pointer to its help.
+    pub fn err(&self, msg: String) -> UsageError {
+        UsageError(format!(
+            "qmqtt {}: {msg} (see qmqtt {} --help)",
+            self.cmd, self.cmd
+        ))
+    }
+
+    /// The raw value after `flag` (may be any bytes: message payloads).
+    pub fn value_os(&mut self, flag: &str) -> Result<OsString, UsageError> {
+        self.items
+            .next()
+            .ok_or_else(|| self.err(format!("{flag} needs a value")))
+    }
+
+    /// The value after `flag` as bytes.
+    pub fn value_bytes(&mut self, flag: &str) -> Result<Vec<u8>, UsageError> {
+        Ok(self.value_os(flag)?.into_vec())
+    }
+
+    /// The value after `flag` as UTF-8 text.
+    pub fn value(&mut self, flag: &str) -> Result<String, UsageError> {
+        let v = self.value_os(flag)?;
+        v.into_string()
+            .map_err(|v| self.err(format!("{flag}: '{}' is not UTF-8", v.to_string_lossy())))
+    }
+
+    /// The value after `flag` parsed as a number (or anything `FromStr`).
+    pub fn number<T: FromStr>(&mut self, flag: &str) -> Result<T, UsageError> {
+        let v = self.value(flag)?;
+        v.trim()
+            .parse()
+            .map_err(|_| self.err(format!("bad number for {flag}: '{v}'")))
+    }
+
+    /// A QoS value 0, 1 or 2.
+    pub fn qos(&mut self, flag: &str) -> Result<QoS, UsageError> {
+        let v = self.value(flag)?;
+        match v.trim() {
+            "0" => Ok(QoS::AtMostOnce),
+            "1" => Ok(QoS::AtLeastOnce),
+            "2" => Ok(QoS::ExactlyOnce),
+            _ => Err(self.err(format!("bad QoS for {flag}: '{v}' (use 0, 1 or 2)"))),
+        }
+    }
+
+    /// Seconds, fractional allowed (`0.5`).
+    pub fn seconds(&mut self, flag: &str) -> Result<Duration, UsageError> {
+        let v = self.value(flag)?;
+        match v.trim().parse::<f64>() {
+            Ok(s) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
+            _ => Err(self.err(format!("bad number of seconds for {flag}: '{v}'"))),
+        }
+    }
+
+    pub fn unknown(&self, flag: &str) -> UsageError {
+        self.err(format!("unknown flag {flag}"))
+    }
+}
+
+/// Connection options shared by `pub`, `sub` and `check`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnOpts {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// From `-L`: scheme said TLS.
+    pub url_tls: Option<bool>,
+    /// From `-L`: the topic part.
+    pub url_topic: Option<String>,
+    pub id: Option<String>,
+    pub user: Option<String>,
+    pub pass: Option<Vec<u8>>,
+    pub keepalive: Option<u16>,
+    pub cafile: Option<PathBuf>,
+    pub capath: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure: bool,
+    pub tls_version: Option<TlsVersion>,
+    pub alpn: Vec<Vec<u8>>,
+    pub sni: Option<String>,
+    pub ciphers: Vec<String>,
+    pub max_inflight: Option<u16>,
+    pub queue_bytes: Option<usize>,
+    pub clean: bool,
+    pub debug: bool,
+    pub protocol: Option<Protocol>,
+    pub will_topic: Option<String>,
+    pub will_payload: Option<Vec<u8>>,
+    pub will_qos: Option<QoS>,
+    pub will_retain: bool,
+}
+
+/// Help text for the shared flags.
+pub const CONN_HELP: &str = "\
+Connection:
+  -h HOST              broker host (default localhost)
+  -p PORT              broker port (default 1883, or 8883 with TLS)
+  -L URL               mqtt[s]://[USER[:PASS]@]HOST[:PORT][/TOPIC] (also tcp://, ssl://)
+  -i ID                client id (default qmqtt-<cmd>-<pid>)
+  -u USER, -P PASS     username and password
+  -k SECONDS           keep-alive interval (default 60; 0 turns it off)
+  -V VERSION           MQTT version: mqttv311 (default) or mqttv31
+  --will-topic T       last will: topic (with --will-payload, --will-qos 0|1|2, --will-retain)
+  -d                   debug logging on stderr
+TLS (on with --cafile, --capath, --cert, -p 8883 or an mqtts:// / ssl:// URL):
+  --cafile FILE        CA certificate(s), PEM, to verify the broker (default: the Mozilla roots)
+  --capath DIR         a directory of PEM CA certificates
+  --cert FILE          client certificate chain (PEM) for mutual TLS; needs --key
+  --key FILE           client private key (PEM)
+  --insecure           do not check the broker's host name against its certificate
+  --tls-version V      lowest TLS version: tlsv1.2 (default) or tlsv1.3
+  --alpn PROTO         offer this ALPN protocol (repeatable), e.g. x-amzn-mqtt-ca
+  --sni NAME           server name to send and verify instead of the host
+  --ciphers LIST       colon-separated TLS cipher suites (rustls names, e.g. TLS13_AES_128_GCM_SHA256)
+";
+
+impl ConnOpts {
+    /// Consume `flag` (and its value) if it is a shared flag. `Ok(false)`: not ours.
+    pub fn flag(&mut self, flag: &str, a: &mut Args) -> Result<bool, UsageError> {
+        match flag {
+            "-h" | "--host" => self.host = Some(a.value(flag)?),
+            "-p" | "--port" => self.port = Some(a.number(flag)?),
+            "-L" | "--url" => {
+                let v = a.value(flag)?;
+                self.url(&v)
+                    .map_err(|m| a.err(format!("{flag} '{v}': {m}")))?;
+            }
+            "-i" | "--id" => self.id = Some(a.value(flag)?),
+            "-u" | "--username" => self.user = Some(a.value(flag)?),
+            "-P" | "--pw" => self.pass = Some(a.value_bytes(flag)?),
+            "-k" | "--keepalive" => self.keepalive = Some(a.number(flag)?),
+            "--cafile" => self.cafile = Some(a.value_os(flag)?.into()),
+            "--capath" => self.capath = Some(a.value_os(flag)?.into()),
+            "--cert" => self.cert = Some(a.value_os(flag)?.into()),
+            "--key" => self.key = Some(a.value_os(flag)?.into()),
+            "--insecure" => self.insecure = true,
+            "--tls-version" => {
+                let v = a.value(flag)?;
+                self.tls_version = Some(match v.to_ascii_lowercase().as_str() {
+                    "tlsv1.2" | "1.2" => TlsVersion::Tls12,
+                    "tlsv1.3" | "1.3" => TlsVersion::Tls13,
+                    "tlsv1" | "tlsv1.0" | "tlsv1.1" => {
+                        return Err(a.err(format!(
+                            "{flag} {v}: TLS 1.0/1.1 are not supported (insecure); use tlsv1.2 or tlsv1.3"
+                        )))
+                    }
+                    _ => return Err(a.err(format!("{flag}: unknown version '{v}' (use tlsv1.2 or tlsv1.3)"))),
+                });
+            }
+            "--alpn" => self.alpn.push(a.value_bytes(flag)?),
+            "--sni" => self.sni = Some(a.value(flag)?),
+            "--ciphers" => {
+                let v = a.value(flag)?;
+                self.ciphers = v
+                    .split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            "-d" | "--debug" => self.debug = true,
+            "-V" | "--protocol-version" => {
+                let v = a.value(flag)?;
+                self.protocol = Some(match v.to_ascii_lowercase().as_str() {
+                    "mqttv311" | "311" | "4" => Protocol::V311,
+                    "mqttv31" | "31" | "3" => Protocol::V31,
+                    "mqttv5" | "5" => {
+                        return Err(a.err(format!(
+                            "{flag} {v}: MQTT 5 is not supported; use mqttv311 or mqttv31"
+                        )))
+                    }
+                    _ => {
+                        return Err(a.err(format!(
+                            "{flag}: unknown version '{v}' (use mqttv311 or mqttv31)"
+                        )))
+                    }
+                });
+            }
+            "--will-topic" => self.will_topic = Some(a.value(flag)?),
+            "--will-payload" => self.will_payload = Some(a.value_bytes(flag)?),
+            "--will-qos" => self.will_qos = Some(a.qos(flag)?),
+            "--will-retain" => self.will_retain = true,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Parse a mosquitto-style `-L` URL.
+    fn url(&mut self, url: &str) -> Result<(), String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or("expected scheme://host, e.g. mqtts://broker:8883/topic")?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            s => {
+                return Err(format!(
+                    "unknown scheme '{s}' (use mqtt, mqtts, tcp or ssl)"
+                ))
+            }
+        };
+        let (authority, topic) = match rest.split_once('/') {
+            Some((a, t)) => (a, Some(t)),
+            None => (rest, None),
+        };
+        let hostport = match authority.rsplit_once('@') {
+            Some((cred, hp)) => {
+                match cred.split_once(':') {
+                    Some((u, p)) => {
+                        self.user = Some(u.to_string());
+                        self.pass = Some(p.as_bytes().to_vec());
+                    }
+                    None => self.user = Some(cred.to_string()),
+                }
+                hp
+            }
+            None => authority,
+        };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, after) = h.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(format!("unexpected '{after}' after ']'")),
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        self.host = Some(host.to_string());
+        if let Some(p) = port {
+            self.port = Some(p.parse().map_err(|_| format!("bad port '{p}'"))?);
+        }
+        self.url_tls = Some(tls);
+        if let Some(t) = topic.filter(|t| !t.is_empty()) {
+            self.url_topic = Some(t.to_string());
+        }
+        Ok(())
+    }
+
+    /// TLS is on when the URL says so, a TLS file is given, or the port is 8883.
+    pub fn tls(&self) -> bool {
+        self.url_tls.unwrap_or(false)
+            || self.cafile.is_some()
+            || self.capath.is_some()
+            || self.cert.is_some()
+            || self.port == Some(8883)
+    }
+
+    pub fn host(&self) -> &str {
+        self.host.as_deref().unwrap_or("localhost")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls() { 8883 } else { 1883 })
+    }
+
+    /// The engine's URI: `ssl://host:port` or `tcp://host:port` (IPv6 literals bracketed).
+    pub fn uri(&self) -> String {
+        let host = self.host();
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let scheme = if self.tls() { "ssl" } else { "tcp" };
+        format!("{scheme}://{host}:{}", self.port())
+    }
+
+    pub fn tls_options(&self) -> TlsOptions {
+        let mut t = TlsOptions {
+            ca_file: self.cafile.clone(),
+            ca_dir: self.capath.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            server_name: self.sni.clone(),
+            alpn: self.alpn.clone(),
+            cipher_suites: self.ciphers.clone(),
+            verify_hostname: !self.insecure,
+            ..TlsOptions::default()
+        };
+        if let Some(v) = self.tls_version {
+            t.min_version = v;
+        }
+        t
+    }
+
+    /// Check combinations that cannot work before connecting.
+    pub fn validate(&self, a: &Args) -> Result<(), UsageError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(a.err("--cert and --key go together (give both)".into()));
+        }
+        if self.pass.is_some() && self.user.is_none() {
+            return Err(a.err("-P needs -u USER as well".into()));
+        }
+        if self.will_topic.is_none()
+            && (self.will_payload.is_some() || self.will_qos.is_some() || self.will_retain)
+        {
+            return Err(a.err("--will-payload/--will-qos/--will-retain need --will-topic".into()));
+        }
+        if let Some(t) = &self.will_topic {
+            if t.is_empty() || t.contains(['+', '#']) {
+                return Err(a.err(format!(
+                    "--will-topic '{t}': must be non-empty, without + or #"
+                )));
+            }
+        }
+        if !self.tls()
+            && (self.insecure
+                || !self.alpn.is_empty()
+                || self.sni.is_some()
+                || self.tls_version.is_some()
+                || !self.ciphers.is_empty())
+        {
+            return Err(a.err(
+                "TLS flags given but TLS is off: add --cafile/--capath, use -p 8883 or -L mqtts://"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine configuration for these options.
+    pub fn config(&self, default_id: &str) -> Config {
+        let id = self.id.clone().unwrap_or_else(|| default_id.to_string());
+        let mut c = Config::new(self.uri(), id);
+        c.username = self.user.clone();
+        c.password = self.pass.clone();
+        if let Some(k) = self.keepalive {
+            c.keep_alive = Duration::from_secs(u64::from(k));
+        }
+        c.clean_session = self.clean;
+        c.tls = self.tls_options();
+        if let Some(p) = self.protocol {
+            c.protocol = p;
+        }
+        if let Some(t) = &self.will_topic {
+            c.will = Some(Will {
+                topic: t.clone(),
+                payload: self.will_payload.clone().unwrap_or_default(),
+                qos: self.will_qos.unwrap_or(QoS::AtMostOnce),
+                retain: self.will_retain,
+            });
+        }
+        if let Some(m) = self.max_inflight {
+            c.max_inflight = m;
+        }
+        if let Some(q) = self.queue_bytes {
+            c.queue_bytes = q;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Result<ConnOpts, UsageError> {
+        let mut a = Args::new("pub", v.iter().map(OsString::from).collect());
+        let mut o = ConnOpts {
+            clean: true,
+            ..ConnOpts::default()
+        };
+        while let Some(f) = a.next_flag()? {
+            if !o.flag(&f, &mut a)? {
+                return Err(a.unknown(&f));
+            }
+        }
+        o.validate(&a)?;
+        Ok(o)
+    }
+
+    #[test]
+    fn url_forms() {
+        let o = parse(&["-L", "mqtts://u:p@example.org:1234/a/b"]).unwrap();
+        assert_eq!(o.uri(), "ssl://example.org:1234");
+        assert_eq!(o.user.as_deref(), Some("u"));
+        assert_eq!(o.pass.as_deref(), Some(&b"p"[..]));
+        assert_eq!(o.url_topic.as_deref(), Some("a/b"));
+        let o = parse(&["-L", "mqtt://[::1]:1884"]).unwrap();
+        assert_eq!(o.uri(), "tcp://[::1]:1884");
+        let o = parse(&["-L", "ssl://h"]).unwrap();
+        assert_eq!(o.uri(), "ssl://h:8883");
+        assert!(parse(&["-L", "http://h"])
+            .unwrap_err()
+            .0
+            .contains("unknown scheme"));
+        let o = parse(&["-h", "::1", "-p", "8883"]).unwrap();
+        assert_eq!(o.uri(), "ssl://[::1]:8883");
+        let o = parse(&["--cafile", "x.pem", "-h", "b"]).unwrap();
+        assert_eq!(o.uri(), "ssl://b:8883");
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = parse(&["-p", "x"]).unwrap_err().0;
+        assert_eq!(
+            e,
+            "qmqtt pub: bad number for -p: 'x' (see qmqtt pub --help)"
+        );
+        let e = parse(&["-p"]).unwrap_err().0;
+        assert!(e.contains("-p needs a value"), "{e}");
+        let e = parse(&["--foo"]).unwrap_err().0;
+        assert_eq!(e, "qmqtt pub: unknown flag --foo (see qmqtt pub --help)");
+        let e = parse(&["--cert", "c.pem"]).unwrap_err().0;
+        assert!(e.contains("--cert and --key"), "{e}");
+        let e = parse(&["--insecure"]).unwrap_err().0;
+        assert!(e.contains("TLS is off"), "{e}");
+        let e = parse(&["--cafile", "c", "--tls-version", "tlsv1.1"])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("not supported"), "{e}");
+    }
+}

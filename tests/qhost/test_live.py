@@ -1,0 +1,613 @@
+"""Live scenarios through the host: KX's drop-in usage against a real mosquitto (plain, TLS, mTLS, password),
+callbacks with q's types on q's main thread, several connections, batch publish, reconnects, stats, leaks."""
+import ctypes
+import time
+
+import pytest
+
+from broker import PASSWORD, USER, Sub, pub
+from qhost import NIL, ST_K_WRONG, QError, Sym
+
+S = Sym
+
+
+def conn(q, uri, cid="qhost", opts=None):
+    """KX's .mqtt.conn (the q wrapper prepends `::)."""
+    return q.conn(uri, cid, opts)
+
+
+def wait_calls(q, name, n, timeout=10):
+    q.loop_until(lambda: len(q.callbacks(name)) >= n, timeout)
+    return q.callbacks(name)
+
+
+def test_kx_dropin_plain(engine, broker):
+    q = engine
+    # connX with ()!() (KX's documented form) …
+    assert q.call("connX", S(broker.tcp_uri), S("kx1"), {}) == NIL
+    assert q.call("isConnected", NIL) is True
+    # … and again through KX's conn wrapper dict: replaces the first, never two connections.
+    assert conn(q, broker.tcp_uri, "kx2") == NIL
+    assert q.call("isConnected", NIL) is True
+    assert q.h.qhost_nfds() == 1
+    outside = Sub(broker, "kx/#", qos=1)
+    try:
+        assert q.call("subx", S("kx/#"), 1) == NIL
+        time.sleep(0.2)
+        q.loop(50)
+        toks = {}
+        for qos in (0, 1, 2):
+            t = q.call("pubx", S(f"kx/q{qos}"), f"msg {qos}", qos, False)
+            assert isinstance(t, int)
+            toks[qos] = t
+        rcvd = wait_calls(q, ".mqtt.msgrcvd", 3)
+        assert sorted(rcvd) == [["kx/q0", "msg 0"], ["kx/q1", "msg 1"], ["kx/q2", "msg 2"]]
+        for topic, msg in rcvd:
+            assert isinstance(topic, str) and isinstance(msg, str)  # char vectors
+        sent = wait_calls(q, ".mqtt.msgsent", 2)
+        q.loop(200)
+        sent = q.callbacks(".mqtt.msgsent")
+        # QoS 1 and 2 only, each a long equal to pub's token; never QoS 0
+        assert sorted(a[0] for a in sent) == sorted([toks[1], toks[2]])
+        assert all(isinstance(a[0], int) for a in sent)
+        lines = outside.wait_for(3)
+        assert sorted(lines) == ["kx/q0 msg 0", "kx/q1 msg 1", "kx/q2 msg 2"]
+        # unsub: no more messages to us
+        assert q.call("unsub", S("kx/#")) == NIL
+        time.sleep(0.2)
+        q.calls.clear()
+        q.call("pubx", S("kx/after"), "x", 1, 0)
+        outside.wait_for(4)
+        q.loop(300)
+        assert q.callbacks(".mqtt.msgrcvd") == []
+        # the pub wrapper: .mqtt.pubx[;;1;0]
+        assert isinstance(q.call("pubx", S("kx/w"), "w", 1, 0), int)
+    finally:
+        outside.close()
+    assert q.call("disconnect", 100) == NIL
+    assert q.call("isConnected", NIL) is False
+    assert q.h.qhost_nfds() == 0
+    with pytest.raises(QError, match="^No client is currently connected$"):
+        q.call("disconnect", 0)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("pubx", S("kx/x"), "x", 1, 0)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("subx", S("kx/x"), 1)
+    with pytest.raises(QError, match="^not connected$"):
+        q.call("unsub", S("kx/x"))
+    assert q.stat(ST_K_WRONG) == 0
+
+
+def test_payload_and_topic_forms(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "forms", {S("rcvPayload"): S("byte")})
+    q.call("subx", "forms/#", 1)  # topic as a string
+    time.sleep(0.2)
+    q.call("pubx", "forms/bytes", b"\x00\x01\xff", 1, True)  # retain as boolean
+    q.call("pubx", S("forms/char"), "abc", True, 0)  # qos as boolean
+    rcvd = wait_calls(q, ".mqtt.msgrcvd", 2)
+    assert sorted(rcvd) == [["forms/bytes", b"\x00\x01\xff"], ["forms/char", b"abc"]]
+    # clear the retained message
+    q.call("pubx", S("forms/bytes"), b"", 1, 1)
+    q.loop(100)
+
+
+def test_errors_of_connect(engine, broker):
+    q = engine
+    from broker import free_port
+    with pytest.raises(QError) as e:
+        q.call("connX", S(f"tcp://127.0.0.1:{free_port()}"), S("c"), {S("connectTimeout"): 2})
+    assert e.value.msg == "Failure"
+    assert q.call("isConnected", NIL) is False
+    st = q.call("stats", NIL)
+    assert st["connected"] is False and st["lastError"] != ""
+    with pytest.raises(QError) as e:
+        q.call("connX", S(broker.auth_uri), S("c"), {S("username"): S(USER), S("password"): S("wrong")})
+    assert e.value.msg in ("conn refused: bad user name or password", "conn refused: not authorized")
+    q.call("connX", S(broker.auth_uri), S("c"), {S("username"): S(USER), S("password"): S(PASSWORD)})
+    assert q.call("isConnected", NIL) is True
+
+
+def test_tls_and_mtls(engine, broker):
+    q = engine
+    c = broker.certs
+    conn(q, broker.tls_uri, "tls", {S("trustStore"): S(c.ca)})
+    assert q.call("isConnected", NIL) is True
+    q.call("subx", S("tls/t"), 1)
+    time.sleep(0.2)
+    q.call("pubx", S("tls/t"), "secret", 1, 0)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["tls/t", "secret"]]
+    # mutual TLS, KX's option names; then keyStore alone holding certificate and key (paho's rule)
+    conn(q, broker.mtls_uri, "mtls", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_cert),
+                                      S("privateKey"): S(c.client_key)})
+    assert q.call("isConnected", NIL) is True
+    conn(q, broker.mtls_uri, "mtls2", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_bundle)})
+    assert q.call("isConnected", NIL) is True
+    q.call("disconnect", 0)
+    # failures: the q error is a short category
+    with pytest.raises(QError) as e:
+        conn(q, broker.tls_uri, "bad", {S("trustStore"): S(c.other_ca)})
+    assert e.value.msg == "tls: unknown issuer"
+    with pytest.raises(QError) as e:
+        conn(q, broker.tls_uri, "bad", {S("trustStore"): S(c.ca), S("sni"): S("elsewhere.example")})
+    assert e.value.msg == "tls: hostname mismatch"
+    # verify 0 (KX's default value, given explicitly) turns the host name check off
+    conn(q, broker.tls_uri, "nohost", {S("trustStore"): S(c.ca), S("sni"): S("elsewhere.example"),
+                                       S("verify"): 0})
+    assert q.call("isConnected", NIL) is True
+    q.call("disconnect", 0)
+    with pytest.raises(QError) as e:
+        conn(q, broker.mtls_uri, "nocert", {S("trustStore"): S(c.ca)})
+    assert e.value.static and e.value.msg != "internal error"
+
+
+def test_callback_errors_are_counted_and_do_not_stop_events(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "cberr")
+    q.call("subx", S("cb/#"), 1)
+    time.sleep(0.2)
+    seen = []
+
+    def bad(topic, msg):
+        seen.append(msg)
+        raise RuntimeError("type")  # a q function signalling 'type
+
+    q.handlers[".mqtt.msgrcvd"] = bad
+    for i in range(5):
+        q.call("pubx", S("cb/x"), str(i), 1, 0)
+    q.loop_until(lambda: len(seen) >= 5)
+    assert seen == ["0", "1", "2", "3", "4"]
+    assert q.call("stats", NIL)["callbackErrors"] == 5
+
+
+def test_several_connections(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "default")
+    h1 = q.call("connhx", S(broker.tcp_uri), S("h1"), {S(""): NIL})
+    h2 = q.call("connhx", S(broker.tls_uri), S("h2"), {S(""): NIL, S("trustStore"): S(broker.certs.ca)})
+    assert isinstance(h1, int) and isinstance(h2, int) and h1 >= 1 and h2 > h1
+    assert q.call("isConnectedh", h1) is True and q.call("isConnectedh", h2) is True
+    assert q.h.qhost_nfds() == 3
+    q.call("subxh", h1, S("multi/1"), 1)
+    q.call("subxh", h2, S("multi/2"), 2)
+    q.call("subx", S("multi/0"), 1)
+    time.sleep(0.2)
+    t1 = q.call("pubxh", h2, S("multi/1"), "to h1", 1, 0)
+    t2 = q.call("pubxh", h1, S("multi/2"), "to h2", 1, 0)
+    q.call("pubx", S("multi/0"), "to default", 1, 0)
+    got = wait_calls(q, ".mqtt.msgrcvdh", 2)
+    assert sorted(got) == sorted([[h1, "multi/1", "to h1"], [h2, "multi/2", "to h2"]])
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["multi/0", "to default"]]
+    sent = wait_calls(q, ".mqtt.msgsenth", 2)
+    assert sorted(sent) == sorted([[h2, t1], [h1, t2]])
+    st = q.call("statsh", h1)
+    assert st["connected"] is True and st["sent"] >= 1
+    q.call("unsubh", h1, S("multi/1"))
+    assert q.call("disconnecth", h1, 0) == NIL
+    assert q.call("isConnectedh", h1) is False
+    with pytest.raises(QError, match="No client is currently connected"):
+        q.call("disconnecth", h1, 0)
+    with pytest.raises(QError, match="not connected"):
+        q.call("pubxh", h1, S("x"), "x", 1, 0)
+    assert q.call("isConnectedh", h2) is True and q.call("isConnected", NIL) is True
+    q.call("disconnecth", h2, 0)
+    assert q.h.qhost_nfds() == 1
+
+
+def test_batch(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "batch")
+    outside = Sub(broker, "batch/#", qos=1)
+    try:
+        n = 1000
+        msgs = [f"m{i}" for i in range(n)]
+        toks = q.call("pubbatch", S("batch/one"), msgs, 1, False)
+        assert isinstance(toks, list) and len(toks) == n and len(set(toks)) == n
+        sent = wait_calls(q, ".mqtt.msgsent", n, timeout=20)
+        assert sorted(a[0] for a in sent) == sorted(toks)
+        # one topic per message; byte payloads; QoS 0 → no msgsent
+        q.calls.clear()
+        topics = [S(f"batch/t{i % 3}") for i in range(9)]
+        toks0 = q.call("pubbatch", topics, [bytes([65 + i]) for i in range(9)], 0, 0)
+        assert len(toks0) == 9
+        lines = outside.wait_for(n + 9, timeout=20)
+        assert len(lines) == n + 9
+        assert "batch/t2 I" in lines
+        q.loop(200)
+        assert q.callbacks(".mqtt.msgsent") == []
+        assert q.call("pubbatch", S("batch/x"), [], 1, 0) == []
+        with pytest.raises(QError, match="^length$"):
+            q.call("pubbatch", [S("a"), S("b")], ["x"], 1, 0)
+        with pytest.raises(QError, match="^payload type$"):
+            q.call("pubbatch", S("a"), ["x", 1], 1, 0)
+    finally:
+        outside.close()
+
+
+def test_reconnect_after_broker_restart(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "recon", {S("backoffMin"): 100, S("backoffMax"): 500, S("cleansession"): 0})
+    q.call("subx", S("recon/t"), 1)
+    time.sleep(0.2)
+    broker.stop()
+    try:
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        disc = wait_calls(q, ".mqtt.disconn", 1)
+        assert isinstance(disc[0][0], str) and disc[0][0] != ""
+        # queued while down, sent after the reconnect
+        tok = q.call("pubx", S("recon/t"), "while down", 1, 0)
+    finally:
+        broker.start()
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    sent = wait_calls(q, ".mqtt.msgsent", 1, timeout=10)
+    assert [tok] in sent
+    assert q.call("stats", NIL)["reconnects"] >= 1
+    # KX users' .z.ts pattern: reconnect by hand when not connected — still one connection
+    if not q.call("isConnected", NIL):
+        conn(q, broker.tcp_uri, "recon")
+    conn(q, broker.tcp_uri, "recon")
+    assert q.h.qhost_nfds() == 1
+
+
+def test_no_leaks_publish_and_receive(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "leak")
+    q.call("subx", S("leak/#"), 1)
+    time.sleep(0.2)
+    topic, msg, qos, ret = q.k(S("leak/t")), q.k("x" * 100), q.k(1), q.k(False)
+    try:
+        def burst(n):
+            for _ in range(n):
+                r = q.call_k("pubx", topic, msg, qos, ret)
+                q.r0(r)
+            wait_calls(q, ".mqtt.msgrcvd", len(q.callbacks(".mqtt.msgrcvd")) + n, timeout=20)
+            q.loop_until(lambda: q.call("stats", NIL)["inflight"] == 0, 10)
+            q.loop(100)
+        burst(500)  # warm-up
+        q.calls.clear()
+        before = q.used()
+        burst(3000)
+        after = q.used()
+        assert len(q.callbacks(".mqtt.msgrcvd")) >= 3000
+        assert after == before, after - before
+    finally:
+        for x in (topic, msg, qos, ret):
+            q.r0(x)
+
+
+def test_bench_hooks(engine, broker):
+    """Caller-thread cost, timed in C: single QoS 1 pub vs batch (per message)."""
+    q = engine
+    conn(q, broker.tcp_uri, "bench", {S("queueMessages"): 1000000, S("queueBytes"): 256 << 20})
+    out = (ctypes.c_double * 4)()
+    args = [q.k(S("bench/t")), q.k("21.5,2026-11-25T10:00:00"), q.k(1), q.k(False)]
+    errors = q.h.qhost_bench_pub(q.fns["pubx"], *args, 20000, 256, out)
+    single = list(out)
+    msgs = q.k(["21.5,2026-11-25T10:00:00"] * 100)
+    errors_b = q.h.qhost_bench_batch(q.fns["pubbatch"], args[0], msgs, args[2], args[3], 100, 200, 4, out)
+    batch = list(out)
+    for x in args + [msgs]:
+        q.r0(x)
+    print(f"\npub: median {single[0]:.0f} ns, p99.9 {single[1]:.0f} ns, mean {single[2]:.0f} ns, errors {errors}")
+    print(f"pubbatch: median {batch[0]:.0f} ns/msg, p99.9 {batch[1]:.0f} ns/msg, errors {errors_b}")
+    assert errors == 0 and errors_b == 0
+    assert batch[0] < single[0]
+
+
+def test_pub_never_blocks_on_a_frozen_broker(engine, broker):
+    """KX's library holds q while paho's window is full; ours only queues. With the broker frozen (SIGSTOP),
+    thousands of QoS 1 publishes each return at once; the bounded queue then refuses with 'queue full'."""
+    q = engine
+    conn(q, broker.tcp_uri, "frozen", {S("queueMessages"): 5000})
+    broker.freeze()
+    try:
+        worst = 0.0
+        for i in range(5000):
+            t0 = time.perf_counter()
+            q.call("pubx", S("frozen/t"), f"m{i}", 1, 0)
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05, f"a publish took {worst * 1000:.1f} ms"
+        with pytest.raises(QError, match="^queue full$"):
+            for _ in range(200):
+                q.call("pubx", S("frozen/t"), "over", 1, 0)
+        st = q.call("stats", NIL)
+        assert st["refusedFull"] >= 1 and st["queued"] + st["inflight"] >= 4000
+    finally:
+        broker.thaw()
+    q.loop_until(lambda: q.call("stats", NIL)["acked"] >= 5000, 20)
+    assert q.call("stats", NIL)["acked"] >= 5000
+
+
+def test_drop_oldest_policy(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "dropold", {S("queueMessages"): 100, S("fullPolicy"): S("dropOldest")})
+    broker.freeze()
+    try:
+        for i in range(1000):
+            q.call("pubx", S("drop/t"), f"m{i}", 1, 0)
+        st = q.call("stats", NIL)
+        assert st["droppedOldest"] >= 700 and st["dropped"] >= st["droppedOldest"]
+    finally:
+        broker.thaw()
+
+
+def test_manual_reconnect_pattern(engine, broker):
+    """KX users reconnect from .z.ts: `if[not .mqtt.isConnected[];.mqtt.conn[...]]`. A failed conn leaves no
+    connection behind; a successful one replaces the old; never two."""
+    q = engine
+    from broker import free_port
+    conn(q, broker.tcp_uri, "manual", {S("autoReconnect"): 0})
+    assert q.h.qhost_nfds() == 1
+    with pytest.raises(QError, match="^Failure$"):
+        conn(q, f"tcp://127.0.0.1:{free_port()}", "manual", {S("connectTimeout"): 1})
+    # the previous default connection was closed before trying: none now
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    for _ in range(3):
+        if not q.call("isConnected", NIL):
+            conn(q, broker.tcp_uri, "manual")
+    assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
+
+
+def engine_refuses(fn, args):
+    """MQTT's rules on topic names (publish) and filters (subscribe): what the engine must refuse."""
+    t = args[0]
+    if t[1] not in (-11, 10, -10) or t[2] is None:
+        return fn == "pubbatch"  # per-message topics: some item breaks the rule
+    s = t[2]
+    if s == "" or len(s.encode()) > 65535 or "\0" in s:
+        return True
+    if fn in ("pubx", "pubbatch"):
+        return "#" in s or "+" in s
+    levels = s.split("/")
+    return any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+")
+               for i, lv in enumerate(levels))
+
+
+def test_live_zoo_while_connected(engine, broker):
+    """Every zoo value in every position of pub/sub/unsub/pubbatch while connected: a token / (::) or a static
+    q error, never a crash; libe's memory balances."""
+    from test_args import BASE, expected, run_case
+    from zoo import ZOO
+    q = engine
+    conn(q, broker.tcp_uri, "zoo", {S("queueMessages"): 1000000, S("queueBytes"): 1 << 30})
+    n = 0
+    for fn in ("pubx", "subx", "unsub", "pubbatch"):
+        base = BASE[fn]
+        for pos in range(len(base)):
+            for e in ZOO:
+                args = list(base)
+                args[pos] = e
+                run_case(q, fn, args)
+                before = q.used()
+                res = run_case(q, fn, args)
+                assert q.used() == before, (fn, pos, e[0])
+                exp = expected(fn, args, connected=True)
+                if isinstance(res, QError):
+                    assert res.msg != "internal error", (fn, e[0])
+                    if exp is not ... and exp is not None:
+                        assert res.msg == exp, (fn, pos, e[0], res.msg, exp)
+                    elif exp is None:
+                        # the types are right; only the engine's checks on the values may refuse
+                        assert res.msg == "topic" and engine_refuses(fn, args), (fn, pos, e[0], res.msg)
+                elif exp is not ...:
+                    assert exp is None, (fn, pos, e[0], res)
+                    if fn == "pubx":
+                        assert isinstance(res, int)
+                    if fn != "pubbatch":
+                        assert not engine_refuses(fn, args), (fn, pos, e[0], "accepted")
+                n += 1
+                q.loop(0)
+    assert n > 300
+    q.loop(200)
+    assert q.call("isConnected", NIL) is True
+
+
+def test_telemetry_demo(engine):
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QMQTT_") or k == "QMQTT_LIB"}
+    env["QMQTT_TICKS"] = "5"
+    r = subprocess.run([sys.executable, os.path.join(here, "telemetry.py")], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sent 20 readings" in r.stdout
+    assert "acknowledged so far: 20" in r.stdout
+    assert "connected" in r.stdout and "lastError" in r.stdout
+
+
+def test_callbacks_only_on_the_main_thread(host):
+    assert host.stat(ST_K_WRONG) == 0
+
+
+def test_callbacks_may_call_the_library(engine, broker):
+    """A callback that publishes (an echo) and one that disconnects: no deadlock, no crash; an explicit
+    disconnect calls no .mqtt.disconn (as KX: paho's connectionLost is for lost connections only)."""
+    q = engine
+    conn(q, broker.tcp_uri, "reent")
+    q.call("subx", S("re/#"), 1)
+    time.sleep(0.2)
+    echoed = []
+
+    def on_msg(topic, msg):
+        if topic == "re/in":
+            echoed.append(q.call("pubx", S("re/out"), "echo " + msg, 1, 0))
+        elif topic == "re/stop":
+            q.call("disconnect", 0)
+
+    q.handlers[".mqtt.msgrcvd"] = on_msg
+    for i in range(20):
+        q.call("pubx", S("re/in"), str(i), 1, 0)
+    got = wait_calls(q, ".mqtt.msgrcvd", 40)
+    assert len([a for a in got if a[0] == "re/out"]) == 20 and len(echoed) == 20
+    q.call("pubx", S("re/stop"), "", 1, 0)
+    q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    q.loop(300)
+    assert q.callbacks(".mqtt.disconn") == []
+
+
+def test_no_leaks_batch(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "leakb")
+    topic, msgs, qos, ret = q.k(S("leakb/t")), q.k(["r" * 50] * 100), q.k(1), q.k(False)
+    try:
+        def burst(k):
+            for _ in range(k):
+                q.r0(q.call_k("pubbatch", topic, msgs, qos, ret))
+            q.loop_until(lambda: q.call("stats", NIL)["inflight"] == 0 and q.call("stats", NIL)["queued"] == 0, 10)
+            q.loop(100)
+        burst(5)
+        q.calls.clear()
+        before = q.used()
+        burst(30)
+        assert q.used() == before
+        assert len(q.callbacks(".mqtt.msgsent")) == 3000
+    finally:
+        for x in (topic, msgs, qos, ret):
+            q.r0(x)
+
+
+def test_large_messages_round_trip(engine, broker):
+    """KX's library once failed reading large messages: 256 KiB and 900 KiB payloads arrive whole."""
+    q = engine
+    conn(q, broker.tcp_uri, "large", {S("rcvPayload"): S("byte")})
+    q.call("subx", S("large/t"), 1)
+    time.sleep(0.2)
+    big = bytes(range(256)) * 1024
+    bigger = b"\x07" * (900 * 1024)
+    q.call("pubx", S("large/t"), big, 1, 0)
+    q.call("pubx", S("large/t"), bigger, 2, 0)
+    got = wait_calls(q, ".mqtt.msgrcvd", 2, timeout=20)
+    assert [m for _t, m in got] == [big, bigger]
+
+
+def test_reconnect_from_the_disconn_callback(engine, broker):
+    """A KX pattern: .mqtt.disconn:{.mqtt.conn[...]} — conn from inside the callback of the lost connection."""
+    q = engine
+    conn(q, broker.tcp_uri, "fromcb", {S("backoffMin"): 100, S("backoffMax"): 200})
+    attempts = []
+
+    def on_disconn(cause):
+        attempts.append(cause)
+        conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})  # broker down: signals 'Failure
+
+    q.handlers[".mqtt.disconn"] = on_disconn
+    broker.stop()
+    try:
+        q.loop_until(lambda: attempts, 10)
+        q.loop(300)
+    finally:
+        broker.start()
+    assert len(attempts) == 1
+    # the failed conn closed the old connection (never two): nothing reconnects by itself now
+    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    conn(q, broker.tcp_uri, "fromcb")
+    assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
+
+
+def test_publish_from_secondary_threads(engine, broker):
+    """q's secondary threads (peach) may publish: tokens stay unique, nothing is lost, and the library never
+    calls into q (k, sd1) from those threads."""
+    import threading
+    q = engine
+    conn(q, broker.tcp_uri, "threads", {S("queueMessages"): 100000})
+    q.call("subx", S("thr/#"), 1)
+    time.sleep(0.2)
+    tokens, errors = [], []
+
+    def worker(i):
+        h = q.h
+        marker = h.qhost_err_marker()  # krr's marker is per thread
+        t, m, qo, r = h.ks(f"thr/{i}".encode()), h.kpn(b"x", 1), h.kj(1), h.kb(0)
+        mine = []
+        for _ in range(1000):
+            res = q.fns["pubx"](t, m, qo, r)
+            if res == marker or not res:
+                errors.append(i)
+            else:
+                mine.append(ctypes.c_int64.from_address(res + 8).value)
+                h.r0(res)
+        for x in (t, m, qo, r):
+            h.r0(x)
+        tokens.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        q.loop(20)
+    assert errors == []
+    assert len(tokens) == 4000 and len(set(tokens)) == 4000
+    got = wait_calls(q, ".mqtt.msgrcvd", 4000, timeout=30)
+    assert len(got) == 4000
+    assert q.stat(ST_K_WRONG) == 0
+
+
+def test_linger_collects_messages_into_fewer_writes(engine, broker):
+    q = engine
+    conn(q, broker.tcp_uri, "linger", {S("linger"): 20})
+    outside = Sub(broker, "linger/#", qos=0)
+    try:
+        for i in range(2000):
+            q.call("pubx", S("linger/t"), f"m{i}", 0, 0)
+        assert len(outside.wait_for(2000, timeout=20)) == 2000
+        st = q.call("stats", NIL)
+        assert st["sent"] >= 2000 and st["socketWrites"] * 4 < st["sent"], st
+    finally:
+        outside.close()
+
+
+def test_subscriptions_survive_an_automatic_reconnect(engine, broker):
+    """KX users resubscribe in their own reconnect code, which no longer runs when the library reconnects by
+    itself: the subscriptions must come back on their own (clean session, the default)."""
+    q = engine
+    conn(q, broker.tcp_uri, "resub", {S("backoffMin"): 100, S("backoffMax"): 300})
+    q.call("subx", S("resub/t"), 1)
+    time.sleep(0.2)
+    broker.restart()
+    assert q.loop_until(lambda: q.call("isConnected", NIL) is False or q.callbacks(".mqtt.disconn"), 10)
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    q.loop(300)
+    deadline = time.time() + 10
+    while not q.callbacks(".mqtt.msgrcvd") and time.time() < deadline:
+        pub(broker, "resub/t", "after restart", qos=1)
+        q.loop(200)
+    assert ["resub/t", "after restart"] in q.callbacks(".mqtt.msgrcvd")
+
+
+def test_spool_options_store_and_forward(engine, broker, tmp_path):
+    """spoolDir & co. reach the engine: messages published while the broker is down go to the disk spool
+    (stats show it), a second connection on the same spool directory is refused, and after the broker is
+    back every message is acknowledged."""
+    q = engine
+    d = str(tmp_path / "spool")
+    opts = {S("spoolDir"): S(d), S("spoolBytes"): 4 << 20, S("spoolSync"): S("never"),
+            S("queueBytes"): 64 << 10, S("backoffMin"): 100, S("backoffMax"): 300}
+    conn(q, broker.tcp_uri, "spooler", opts)
+    with pytest.raises(QError, match="spool locked"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler2"), {S(""): NIL, S("spoolDir"): S(d)})
+    with pytest.raises(QError, match="spoolDir missing"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler3"), {S(""): NIL, S("drainRate"): 10})
+    with pytest.raises(QError, match="spoolFull invalid"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler4"),
+               {S(""): NIL, S("spoolDir"): S(d + "x"), S("spoolFull"): S("sideways")})
+    broker.stop()
+    try:
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        # 3000 x ~230 bytes: ten times the 64 KiB queue. Offline, the I/O thread spills what is queued 100 ms
+        # after it was published: publish at a pace the spill keeps up with (a gateway's, not a flood).
+        n, toks = 3000, []
+        for chunk in range(30):
+            toks += [q.call("pubx", S("spool/t"), f"{i:05d}" + "x" * 200, 1, 0)
+                     for i in range(chunk * 100, chunk * 100 + 100)]
+            q.loop(150)
+        assert q.loop_until(lambda: q.call("stats", NIL)["spilled"] > 0, 10)
+        st = q.call("stats", NIL)
+        assert st["spooled"] > 0 and st["spoolBytesWritten"] > 0 and st["refusedFull"] == 0
+    finally:
+        broker.start()
+    assert q.loop_until(lambda: len(q.callbacks(".mqtt.msgsent")) >= n, 30)
+    assert sorted(a[0] for a in q.callbacks(".mqtt.msgsent")) == toks
+    assert q.call("stats", NIL)["spooled"] == 0
