@@ -247,8 +247,6 @@ fn fault_secrets_never_in_logs_errors_or_stats() {
 /// `{:?}` of a configuration is what ends up in a log line or a panic message sooner or later: it must not
 /// show the password, in text or as bytes.
 #[test]
-#[ignore = "bug: Config and SessionConfig derive Debug, so {:?} prints the password bytes (src/client/mod.rs \
-            `pub struct Config`, src/session/mod.rs `pub struct SessionConfig`): redact it in a manual Debug"]
 fn fault_secrets_config_debug_redacts_the_password() {
     let pw = "Wr0ng-pa55word-7f3a9c";
     let mut k = Config::new("tcp://127.0.0.1:1883", "dbg");

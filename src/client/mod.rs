@@ -88,7 +88,7 @@ pub enum FullPolicy {
 
 /// One connection's configuration. Defaults match KxSystems/mqtt except `max_inflight` (100, where paho's
 /// `reliable=1` allows one message in flight).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` `host[:port]`.
     pub uri: String,
@@ -142,6 +142,37 @@ pub struct Config {
     /// after a restart of the process. See [`crate::spool`] and the "Store-and-forward" section of this
     /// module's docs.
     pub spool: Option<SpoolConfig>,
+}
+
+/// Debug shows everything but the password (it prints as `<redacted>`): configurations end up in logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("uri", &self.uri)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("protocol", &self.protocol)
+            .field("max_inflight", &self.max_inflight)
+            .field("will", &self.will)
+            .field("tls", &self.tls)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("queue_messages", &self.queue_messages)
+            .field("full_policy", &self.full_policy)
+            .field("event_queue_bytes", &self.event_queue_bytes)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("reconnect", &self.reconnect)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("qos0_delivery_events", &self.qos0_delivery_events)
+            .field("linger", &self.linger)
+            .field("batch_scheduling", &self.batch_scheduling)
+            .field("spool", &self.spool)
+            .finish()
+    }
 }
 
 impl Config {

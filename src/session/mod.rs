@@ -47,7 +47,7 @@ pub struct Will {
 }
 
 /// Everything the protocol needs to know; the transport's options live elsewhere.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionConfig {
     pub client_id: String,
     pub protocol: Protocol,
@@ -64,6 +64,24 @@ pub struct SessionConfig {
     pub max_inflight: u16,
     /// Largest incoming packet accepted (bytes, whole packet); bigger ones are a protocol error.
     pub max_packet_size: usize,
+}
+
+/// Debug shows everything but the password (it prints as `<redacted>`): configurations end up in logs.
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("client_id", &self.client_id)
+            .field("protocol", &self.protocol)
+            .field("keep_alive", &self.keep_alive)
+            .field("response_timeout", &self.response_timeout)
+            .field("clean_session", &self.clean_session)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("will", &self.will)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_packet_size", &self.max_packet_size)
+            .finish()
+    }
 }
 
 /// What the session reports to its owner.
