@@ -471,7 +471,9 @@ impl Io {
                 self.session.handle_reader_paused(true, now);
                 self.sh.ctr.rx_paused.fetch_add(1, Relaxed);
                 self.sh.ctr.rx_paused_now.store(true, Relaxed);
-                log::debug!("qmqtt: event queue full, reading paused until the owner drains events");
+                log::debug!(
+                    "qmqtt: event queue full, reading paused until the owner drains events"
+                );
             }
             return false;
         }
