@@ -847,9 +847,9 @@ fn bounded_read_stops_before_a_publish_that_does_not_fit() {
     }
     let one = b.len() / 3; // 2 + 2 + 3 + 2 + 20 = 29 bytes
     assert_eq!(one, 29);
-    // Budget for one message (29 + 24 = 53) and a bit: the second PUBLISH must wait, unacknowledged.
-    let r = h.s.handle_read_bounded(&b, h.at(1.0), 53 + 40, 24).unwrap();
-    assert_eq!(r.blocked, Some(53));
+    // Budget for one message (24 + 3 + 20 = 47) and a bit: the second PUBLISH must wait, unacknowledged.
+    let r = h.s.handle_read_bounded(&b, h.at(1.0), 47 + 40, 24).unwrap();
+    assert_eq!(r.blocked, Some(47));
     assert_eq!(
         r.consumed,
         2 * one,
@@ -867,11 +867,11 @@ fn bounded_read_stops_before_a_publish_that_does_not_fit() {
     // Control packets are always processed, even with no budget; a PUBLISH waits for room.
     let mut ack = Vec::new();
     puback(999).encode(Protocol::V311, &mut ack).unwrap();
-    let r = h.s.handle_read_bounded(&[], h.at(1.1), 52, 24).unwrap();
-    assert_eq!((r.consumed, r.blocked), (0, Some(53)));
+    let r = h.s.handle_read_bounded(&[], h.at(1.1), 46, 24).unwrap();
+    assert_eq!((r.consumed, r.blocked), (0, Some(47)));
     assert!(h.events().is_empty() && h.sent().is_empty());
     let r =
-        h.s.handle_read_bounded(&b[2 * one..], h.at(1.2), 106, 24)
+        h.s.handle_read_bounded(&b[2 * one..], h.at(1.2), 94, 24)
             .unwrap();
     assert_eq!((r.consumed, r.blocked), (one, None));
     assert_eq!(h.events().len(), 2);

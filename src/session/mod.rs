@@ -106,7 +106,8 @@ pub struct ReadProgress {
     /// Bytes of the input taken; the caller keeps the rest and feeds it again (first) later.
     pub consumed: usize,
     /// `Some(cost)` when it stopped before a complete PUBLISH that did not fit in the budget: call again when
-    /// at least `cost` is available (its packet length plus `per_event`). The packet is held by the session.
+    /// at least `cost` is available (`per_event` plus its topic and payload). The packet is held by the
+    /// session.
     pub blocked: Option<usize>,
 }
 
@@ -389,8 +390,8 @@ impl Session {
 
     /// Like [`Session::handle_read`], but the events produced may cost at most `budget`, where an event costs
     /// `per_event` plus its text (topic and payload of a message, the filter of a SUBACK/UNSUBACK). Before
-    /// processing a complete PUBLISH it checks that its packet length plus `per_event` (at least what its
-    /// event will cost) fits in what is left, and stops otherwise: nothing is acknowledged that did not fit.
+    /// processing a complete PUBLISH it checks that its event's cost (known from the fixed header) fits in
+    /// what is left, and stops otherwise: nothing is acknowledged that did not fit.
     /// Other packets are always processed (their events are small; the caller keeps a reserve for them) and
     /// their cost is taken from the budget. `usize::MAX` means unbounded.
     ///
@@ -421,7 +422,7 @@ impl Session {
                     if need == 0 {
                         let bounded = budget != usize::MAX;
                         if bounded && h.packet_type == PacketType::Publish {
-                            let cost = h.packet_len().saturating_add(per_event);
+                            let cost = publish_event_cost(&h).saturating_add(per_event);
                             if cost > budget {
                                 return Ok(ReadProgress {
                                     consumed: data.len() - input.len(),
@@ -1060,6 +1061,13 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Topic plus payload bytes of a PUBLISH, from its fixed header (remaining length less the topic's length
+/// prefix and, for QoS 1/2, the packet identifier).
+fn publish_event_cost(h: &codec::FixedHeader) -> usize {
+    let pkid = if (h.flags >> 1) & 3 != 0 { 2 } else { 0 };
+    h.remaining_len.saturating_sub(2 + pkid)
 }
 
 fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec::Error> {
