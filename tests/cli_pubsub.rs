@@ -1021,8 +1021,6 @@ fn check_with_tls12_cipher_suites() {
 /// engine's event queue fills; what arrives then must wait (backpressure on the socket), not be
 /// acknowledged and dropped.
 #[test]
-#[ignore = "engine: incoming QoS 1/2 messages are PUBACKed, then dropped when the event queue is full \
-            (Stats::dropped_incoming); needs backpressure in src/client — reported to the lead"]
 fn slow_reader_loses_no_qos1_messages() {
     let b = Broker::start();
     let n = 100_000;

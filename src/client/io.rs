@@ -7,6 +7,13 @@
 //! (as many as the in-flight window and the event queue's room allow), encodes them all and hands the bytes
 //! to the transport in one write, so many messages share one TLS record and one syscall.
 //!
+//! Receive backpressure: the session is fed only as far as the event queue has room for the messages it
+//! produces ([`Session::handle_read_bounded`]). When the next PUBLISH does not fit, the unfed bytes stay in
+//! `rbuf`, the socket is no longer read (the kernel buffers fill and TCP flow control holds the broker back)
+//! and the thread asks the owner for a wake-up on the next drain (`io_wants_room`, as for acknowledgement
+//! room). Once there is room it feeds the rest and reads the socket again without waiting for a readiness
+//! event (edge-triggered). The session is told of the pause so that keep-alive does not kill the connection.
+//!
 //! Before sleeping it marks the publish queue `io_waiting` if the queue is empty, so the first publish wakes
 //! it; while it is busy, or blocked by a full window, publishers do not make a syscall.
 //!
@@ -313,6 +320,9 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, mut p: Params) {
         staged: Vec::new(),
         staged_off: 0,
         rbuf: Vec::with_capacity(64 << 10),
+        rx_off: 0,
+        rx_blocked: 0,
+        rx_paused_at: None,
         tbuf: Vec::with_capacity(CHUNK + 1024),
         qos_of: HashMap::new(),
         pending: VecDeque::new(),
@@ -349,6 +359,12 @@ struct Io {
     staged: Vec<u8>,
     staged_off: usize,
     rbuf: Vec<u8>,
+    /// `rbuf[rx_off..]` was read from the transport but not yet taken by the session (no event room).
+    rx_off: usize,
+    /// Non-zero while reading is paused: the event-queue room the session's next PUBLISH needs.
+    rx_blocked: usize,
+    /// When the current pause began.
+    rx_paused_at: Option<Instant>,
     tbuf: Vec<u8>,
     /// QoS of each QoS 1/2 message handed to the session, until its Delivered event.
     qos_of: HashMap<Token, QoS>,
@@ -396,7 +412,7 @@ impl Io {
                     self.lost(now, session_msg(&e));
                 }
             }
-            if self.read_more {
+            if self.read_more || self.rx_room() {
                 self.read_more = false;
                 self.on_socket(now);
             }
@@ -414,7 +430,7 @@ impl Io {
             if self.dead || (self.stop_at.is_some() && self.should_stop(now)) {
                 break;
             }
-            let busy = self.read_more || self.can_send_more();
+            let busy = self.read_more || self.can_send_more() || self.rx_room();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
@@ -516,6 +532,16 @@ impl Io {
         }
     }
 
+    /// Reading is paused and the event queue now has room for the message that paused it. While it has
+    /// not, asks the owner's next drain for a wake-up (announced before looking, see `delivered_room`).
+    fn rx_room(&self) -> bool {
+        if self.rx_blocked == 0 {
+            return false;
+        }
+        self.sh.io_wants_room.store(true, SeqCst);
+        self.sh.events.message_room() >= self.rx_blocked
+    }
+
     /// How many more messages of this QoS may enter the session without risking a Delivered event that
     /// would not fit in the event queue.
     fn delivered_room(&self, qos: QoS) -> usize {
@@ -604,6 +630,10 @@ impl Io {
             return;
         }
         for i in 0.. {
+            // Bytes left unfed by a pause go first; while still paused, leave the socket unread.
+            if (self.rx_blocked > 0 || self.rx_off < self.rbuf.len()) && !self.feed(now) {
+                return;
+            }
             if i == MAX_READS {
                 self.read_more = true;
                 break;
@@ -612,6 +642,7 @@ impl Io {
                 return;
             };
             self.rbuf.clear();
+            self.rx_off = 0;
             match conn.read(&mut self.rbuf) {
                 Ok(0) if self.rbuf.is_empty() => break,
                 Ok(_) => {}
@@ -632,17 +663,79 @@ impl Io {
                 .bytes_in
                 .fetch_add(self.rbuf.len() as u64, Relaxed);
             if !self.attached {
+                self.rx_off = self.rbuf.len();
                 continue;
             }
-            let r = self.session.handle_read(&self.rbuf, now);
-            self.drain_session_events(now);
-            if let Err(e) = r {
-                self.lost(now, session_msg(&e));
+            if !self.feed(now) {
                 return;
             }
         }
         if !self.attached && self.conn.as_ref().is_some_and(|c| c.is_established()) {
             self.attach(now);
+        }
+    }
+
+    /// Feed `rbuf[rx_off..]` to the session as far as the event queue has room for the messages it produces.
+    /// False when it stopped: reading paused (no room), or the connection was lost.
+    fn feed(&mut self, now: Instant) -> bool {
+        loop {
+            let room = self.sh.events.message_room();
+            let r = self
+                .session
+                .handle_read_bounded(&self.rbuf[self.rx_off..], now, room, EV_HDR);
+            self.drain_session_events(now);
+            let p = match r {
+                Ok(p) => p,
+                Err(e) => {
+                    self.lost(now, session_msg(&e));
+                    return false;
+                }
+            };
+            self.rx_off += p.consumed;
+            let Some(need) = p.blocked else {
+                self.rx_resumed(now);
+                return true;
+            };
+            if need > self.sh.events.message_capacity() {
+                // Can never fit, however much the owner drains: take it (it is dropped and counted) rather
+                // than stall the connection for good. Config docs: keep max_packet_size < event_queue_bytes.
+                let r = self.session.handle_read_bounded(&[], now, usize::MAX, 0);
+                self.drain_session_events(now);
+                if let Err(e) = r {
+                    self.lost(now, session_msg(&e));
+                    return false;
+                }
+                continue;
+            }
+            self.rx_blocked = need;
+            if self.rx_room() {
+                continue; // drained meanwhile
+            }
+            if self.rx_paused_at.is_none() {
+                self.rx_paused_at = Some(now);
+                self.session.handle_reader_paused(true, now);
+                self.sh.ctr.rx_paused.fetch_add(1, Relaxed);
+                self.sh.ctr.rx_paused_now.store(true, Relaxed);
+                log::debug!(
+                    "qmqtt: event queue full, reading paused until the owner drains events"
+                );
+            }
+            return false;
+        }
+    }
+
+    /// Reading runs (again): end the pause, if any.
+    fn rx_resumed(&mut self, now: Instant) {
+        self.rx_blocked = 0;
+        if let Some(t) = self.rx_paused_at.take() {
+            if self.attached {
+                self.session.handle_reader_paused(false, now);
+            }
+            let ns = now.saturating_duration_since(t).as_nanos();
+            let c = &self.sh.ctr;
+            c.rx_paused_ns
+                .fetch_add(ns.min(u64::MAX as u128) as u64, Relaxed);
+            c.rx_paused_now.store(false, Relaxed);
         }
     }
 
@@ -747,6 +840,9 @@ impl Io {
         let was_up = std::mem::replace(&mut self.up, false);
         self.connect_deadline = None;
         self.read_more = false;
+        self.rx_resumed(now);
+        self.rbuf.clear();
+        self.rx_off = 0;
         self.sh.ctr.connected.store(false, Relaxed);
         self.stalled = false;
         if was_up {

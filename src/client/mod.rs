@@ -14,13 +14,24 @@
 //! per burst.
 //!
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
-//! while events are waiting (the q layer registers it with `sd1`). Received messages that do not fit are
-//! dropped and counted; acknowledgements are never dropped: the I/O thread stops feeding the session when
-//! the event queue could not take the acknowledgements of what is in flight, and a drain wakes it again.
+//! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
+//! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
+//! in flight, and a drain wakes it again.
+//!
+//! Received messages are never acknowledged and then dropped for lack of room (receive backpressure): when
+//! the event queue cannot take the next incoming PUBLISH (any QoS), the I/O thread stops reading the socket
+//! and leaves the rest of the stream in the kernel's buffers, so TCP flow control holds the broker back (it
+//! queues per its own limits, e.g. mosquitto's `max_queued_messages`). The owner's next drain wakes it and
+//! reading resumes. While paused, PINGREQs still go out and the PINGRESP timeout is suspended, so a slow owner
+//! does not cost the connection. Pauses show in `Stats::rx_paused`/`rx_paused_time`/`rx_paused_now`. The one
+//! exception: a message larger than the whole message part of the event queue (`event_queue_bytes`) can
+//! never be queued; it is acknowledged, dropped and counted in `Stats::dropped_incoming` (keep
+//! `max_packet_size` below `event_queue_bytes` to rule that out).
 //!
 //! Bounds: `queue_bytes`/`queue_messages` (publish queue), `event_queue_bytes` (+ a control reserve of
 //! 2·`max_inflight`·24 bytes + 64 KiB), `max_packet_size` (incoming), and fixed internal batch sizes (64 KiB
-//! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more).
+//! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more, at most one
+//! transport read — 1 MiB — held unfed while receiving is paused).
 //!
 //! # Store-and-forward (`Config::spool`, off by default)
 //!
@@ -113,8 +124,11 @@ pub struct Config {
     /// Publish queue bound in messages. Default 100 000.
     pub queue_messages: usize,
     pub full_policy: FullPolicy,
-    /// Event queue bound in bytes (received messages are the bulk). Default 4 MiB; incoming messages that do
-    /// not fit are dropped and counted (`Stats::dropped_incoming`).
+    /// Event queue bound in bytes for received messages (each takes 24 bytes plus topic and payload). Default
+    /// 4 MiB. When it is full the client stops reading from the broker until the owner drains events (TCP
+    /// backpressure; nothing is acknowledged that is not queued; see `Stats::rx_paused`). Only a message that
+    /// could never fit (its record larger than `event_queue_bytes`) is dropped and counted
+    /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
     /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
     /// the connection. Default 1 MiB.
@@ -299,8 +313,15 @@ pub struct Stats {
     pub dropped_oldest: u64,
     pub dropped_newest: u64,
     pub refused_full: u64,
-    /// Received messages dropped because the event queue (`event_queue_bytes`) was full.
+    /// Received messages dropped because they can never fit in the event queue (larger than
+    /// `event_queue_bytes`). A merely full queue pauses reading instead (`rx_paused`).
     pub dropped_incoming: u64,
+    /// Times reading from the broker paused because the event queue had no room for the next message.
+    pub rx_paused: u64,
+    /// Total time reading was paused (pauses that have ended; see `rx_paused_now`).
+    pub rx_paused_time: Duration,
+    /// Reading is paused now (waiting for the owner to drain events).
+    pub rx_paused_now: bool,
     /// Messages received from the broker.
     pub received: u64,
     /// Successful reconnections after a lost connection.
@@ -351,6 +372,9 @@ pub(crate) struct Counters {
     pub dropped_newest: AtomicU64,
     pub refused_full: AtomicU64,
     pub dropped_incoming: AtomicU64,
+    pub rx_paused: AtomicU64,
+    pub rx_paused_ns: AtomicU64,
+    pub rx_paused_now: AtomicBool,
     pub received: AtomicU64,
     pub reconnects: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -775,6 +799,9 @@ impl Client {
             dropped_newest: c.dropped_newest.load(Relaxed),
             refused_full: c.refused_full.load(Relaxed),
             dropped_incoming: c.dropped_incoming.load(Relaxed),
+            rx_paused: c.rx_paused.load(Relaxed),
+            rx_paused_time: Duration::from_nanos(c.rx_paused_ns.load(Relaxed)),
+            rx_paused_now: c.rx_paused_now.load(Relaxed),
             received: c.received.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             bytes_in: c.bytes_in.load(Relaxed),

@@ -220,8 +220,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             let d = client.stats().dropped_incoming;
             if d > dropped {
                 log::warn!(
-                    "{} incoming message(s) dropped so far: they arrive faster than they are printed \
-                     (the event queue is full)",
+                    "{} incoming message(s) dropped so far: each was larger than the client's event \
+                     queue (4 MiB) can ever hold (a merely slow reader makes the broker wait instead)",
                     d
                 );
                 dropped = d;
