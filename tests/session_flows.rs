@@ -133,7 +133,7 @@ impl H {
                     qos,
                     retain,
                 } => E::Msg(topic.into(), payload.into(), qos, retain),
-                Event::Delivered { token } => E::Delivered(token),
+                Event::Delivered { token, .. } => E::Delivered(token),
                 Event::Subscribed { filter, granted } => E::Subscribed(filter.into(), granted),
                 Event::Unsubscribed { filter } => E::Unsubscribed(filter.into()),
             });

@@ -324,7 +324,6 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, mut p: Params) {
         rx_blocked: 0,
         rx_paused_at: None,
         tbuf: Vec::with_capacity(CHUNK + 1024),
-        qos_of: HashMap::new(),
         pending: VecDeque::new(),
         stop_at: None,
         dead: false,
@@ -334,7 +333,6 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, mut p: Params) {
         last_take: None,
         lingering: false,
     };
-    io.qos_of.reserve(io.p.session.max_inflight as usize);
     io.run();
 }
 
@@ -366,8 +364,6 @@ struct Io {
     /// When the current pause began.
     rx_paused_at: Option<Instant>,
     tbuf: Vec<u8>,
-    /// QoS of each QoS 1/2 message handed to the session, until its Delivered event.
-    qos_of: HashMap<Token, QoS>,
     /// Subscribe/unsubscribe commands waiting for a connection.
     pending: VecDeque<Cmd>,
     stop_at: Option<Instant>,
@@ -775,7 +771,7 @@ impl Io {
                         self.sh.ctr.dropped_incoming.fetch_add(1, Relaxed);
                     }
                 }
-                SEvent::Delivered { token } if token & SPOOL_TOKEN != 0 => {
+                SEvent::Delivered { token, .. } if token & SPOOL_TOKEN != 0 => {
                     self.sh.ctr.acked.fetch_add(1, Relaxed);
                     let Some(sp) = self.sp.as_deref_mut() else {
                         continue;
@@ -795,11 +791,10 @@ impl Io {
                         self.sh.ctr.spool_delivered_previous.fetch_add(1, Relaxed);
                     }
                 }
-                SEvent::Delivered { token } => {
+                SEvent::Delivered { token, qos } => {
                     if let Some(sp) = self.sp.as_deref_mut() {
                         sp.copies.done(token);
                     }
-                    let qos = self.qos_of.remove(&token).unwrap_or(QoS::AtLeastOnce);
                     self.sh.ctr.acked.fetch_add(1, Relaxed);
                     if !self
                         .sh
@@ -1063,9 +1058,7 @@ impl Io {
             c.queued_bytes
                 .fetch_sub((h.topic_len + h.payload_len) as u64, Relaxed);
             c.sent.fetch_add(1, Relaxed);
-            if h.qos != QoS::AtMostOnce {
-                self.qos_of.insert(h.token, h.qos);
-            } else if self.p.qos0_events {
+            if h.qos == QoS::AtMostOnce && self.p.qos0_events {
                 self.sh.events.push_control(Control::Delivered {
                     token: h.token,
                     qos: h.qos,

@@ -439,6 +439,9 @@ impl Shared {
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+/// With a spool the I/O thread writes what is still in memory to disk when it stops (bounded by
+/// `queue_bytes`; local I/O): worth waiting for, or a restart would find the spool still locked.
+const SPOOL_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `now + d`, saturating at a year from now for absurd durations (user-given timeouts must not panic).
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
@@ -554,6 +557,8 @@ pub(crate) fn transport_msg(e: &crate::transport::TransportError) -> String {
 pub struct Client {
     sh: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// With a spool, stopping spills what is in memory to disk: `disconnect` waits for that.
+    has_spool: bool,
 }
 
 impl Client {
@@ -649,6 +654,7 @@ impl Client {
         Ok(Client {
             sh,
             thread: Some(thread),
+            has_spool: cfg.spool.is_some(),
         })
     }
 
@@ -767,7 +773,14 @@ impl Client {
         // The thread may be stuck in name resolution (the only blocking call it makes): wait for it up to
         // the deadline plus a short grace, then let it finish on its own rather than hang the caller.
         let g = lock(&self.sh.exited);
-        let grace = later(deadline, STOP_GRACE);
+        let grace = later(
+            deadline,
+            if self.has_spool {
+                SPOOL_STOP_GRACE
+            } else {
+                STOP_GRACE
+            },
+        );
         let (g, _) = self
             .sh
             .exited_cv

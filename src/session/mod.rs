@@ -104,9 +104,10 @@ pub enum Event<'a> {
         qos: QoS,
         retain: bool,
     },
-    /// A QoS 1/2 publish was acknowledged (PUBACK / PUBCOMP).
+    /// A QoS 1/2 publish was acknowledged (PUBACK: QoS 1 / PUBCOMP: QoS 2).
     Delivered {
         token: Token,
+        qos: QoS,
     },
     /// SUBACK for a filter: `granted` is `None` when the broker refused (0x80).
     Subscribed {
@@ -261,6 +262,7 @@ enum Ev {
     },
     Delivered {
         token: Token,
+        qos: QoS,
     },
     Subscribed {
         filter: Range<usize>,
@@ -636,8 +638,13 @@ impl Session {
     /// Append every pending outgoing byte to `out`. Returns the number of bytes appended.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let n = self.tx.len();
-        out.extend_from_slice(&self.tx);
-        self.tx.clear();
+        if out.is_empty() {
+            // Hand the buffer over instead of copying it; the caller's (empty, warm) one comes back.
+            std::mem::swap(out, &mut self.tx);
+        } else {
+            out.extend_from_slice(&self.tx);
+            self.tx.clear();
+        }
         n
     }
 
@@ -671,7 +678,7 @@ impl Session {
                 qos,
                 retain,
             },
-            Ev::Delivered { token } => Event::Delivered { token },
+            Ev::Delivered { token, qos } => Event::Delivered { token, qos },
             Ev::Subscribed { filter, granted } => Event::Subscribed {
                 filter: &self.ev_text[filter],
                 granted,
@@ -919,7 +926,10 @@ impl Session {
                 Some(s) if self.slots[s].qos == QoS::AtLeastOnce => {
                     let token = self.slots[s].token;
                     self.free_slot(s);
-                    self.events.push_back(Ev::Delivered { token });
+                    self.events.push_back(Ev::Delivered {
+                        token,
+                        qos: QoS::AtLeastOnce,
+                    });
                 }
                 _ => log::debug!("ignoring PUBACK for packet id {} not awaiting one", a.pkid),
             },
@@ -934,7 +944,10 @@ impl Session {
                 Some(s) if self.slots[s].state == SlotState::Release => {
                     let token = self.slots[s].token;
                     self.free_slot(s);
-                    self.events.push_back(Ev::Delivered { token });
+                    self.events.push_back(Ev::Delivered {
+                        token,
+                        qos: QoS::ExactlyOnce,
+                    });
                 }
                 _ => log::debug!("ignoring PUBCOMP for packet id {} not awaiting one", a.pkid),
             },
