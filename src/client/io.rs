@@ -40,6 +40,9 @@ use crate::session::{Event as SEvent, Session, SessionConfig, SessionError, Toke
 use crate::spool::{self, AckTracker, DrainScheduler, Msg, Spool, SpoolError};
 use crate::transport::{Conn, Endpoint, TlsOptions};
 
+/// A connection that stayed up this long resets the reconnect backoff to `backoff_min`.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 pub(crate) const SOCK: MioToken = MioToken(0);
 pub(crate) const WAKE: MioToken = MioToken(1);
 
@@ -316,6 +319,7 @@ pub(crate) fn run(sh: Arc<Shared>, poll: Poll, mut p: Params) {
         connect_deadline: None,
         retry_at: None,
         attempt: 0,
+        up_since: None,
         rng: seed,
         staged: Vec::new(),
         staged_off: 0,
@@ -350,8 +354,11 @@ struct Io {
     ever_up: bool,
     connect_deadline: Option<Instant>,
     retry_at: Option<Instant>,
-    /// Failed attempts since the last successful connection.
+    /// Failed attempts (and short-lived connections) since the last connection that stayed up for
+    /// `STABLE_CONNECTION`: the exponent of the reconnect backoff.
     attempt: u32,
+    /// When the current connection's CONNACK came.
+    up_since: Option<Instant>,
     rng: u64,
     /// Messages taken from the queue and not yet accepted by the session (records as in the queue).
     staged: Vec<u8>,
@@ -753,7 +760,9 @@ impl Io {
                         self.sh.ctr.reconnects.fetch_add(1, Relaxed);
                     }
                     self.ever_up = true;
-                    self.attempt = 0;
+                    // The backoff starts again only once this connection has proved stable (see `lost`):
+                    // a broker that accepts and then drops us at once must not be retried in a hot loop.
+                    self.up_since = Some(now);
                     self.sh.ctr.connected.store(true, Relaxed);
                     self.sh.set_first(Ok(()));
                     self.sh
@@ -833,6 +842,11 @@ impl Io {
             self.attached = false;
         }
         let was_up = std::mem::replace(&mut self.up, false);
+        if let Some(t) = self.up_since.take() {
+            if now.saturating_duration_since(t) >= STABLE_CONNECTION {
+                self.attempt = 0;
+            }
+        }
         self.connect_deadline = None;
         self.read_more = false;
         self.rx_resumed(now);
