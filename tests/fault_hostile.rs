@@ -248,6 +248,8 @@ fn fault_hostile_http_reply() {
         "{}",
         o.last_error
     );
+    // … and says what is likely wrong: not an MQTT port.
+    assert!(o.last_error.contains("MQTT port"), "{}", o.last_error);
 }
 
 #[test]

@@ -726,10 +726,16 @@ impl Session {
     }
 
     fn fail_protocol(&mut self, e: codec::Error) -> SessionError {
+        // Garbage instead of a CONNACK is most often another protocol on that port (HTTP, TLS, …).
+        let hint = if self.state == State::Connecting {
+            " (instead of a CONNACK: is this an MQTT port? check the URI's scheme and port)"
+        } else {
+            ""
+        };
         self.state = State::Failed;
         self.connack_deadline = None;
         self.ping_deadline = None;
-        SessionError::Protocol(format!("the broker sent invalid data: {e}"))
+        SessionError::Protocol(format!("the broker sent invalid data: {e}{hint}"))
     }
 
     fn fail(&mut self, m: String) -> SessionError {
@@ -888,7 +894,7 @@ impl Session {
     fn on_packet(&mut self, p: Packet<'_>, base: usize, now: Instant) -> Result<(), SessionError> {
         if self.state == State::Connecting && !matches!(p, Packet::ConnAck(_)) {
             return Err(self.fail(format!(
-                "the broker sent {} before CONNACK (CONNACK must come first)",
+                "the broker sent {} before CONNACK (CONNACK must come first: is this an MQTT port?)",
                 p.packet_type()
             )));
         }
