@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use qmqtt::{Client, Event, PublishError, QoS};
 
-use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
+use crate::args::{Args, ConnOpts, UsageError};
 use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
 
 pub const HELP: &str = "\
@@ -378,16 +378,9 @@ impl LineReader {
 const MAX_MESSAGE: usize = 268_435_455 - 65_536;
 
 pub fn run(argv: Vec<OsString>) -> i32 {
-    let o = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            out!("{HELP}\n{CONN_HELP}");
-            return 0;
-        }
-        Err(e) => {
-            errln!("{e}");
-            return crate::args::USAGE_EXIT;
-        }
+    let o = match crate::args::options_or_exit(parse(argv), HELP) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
     // Whole-input sources are read before connecting (nothing to do while the broker waits).
