@@ -43,8 +43,9 @@ def exit_with_in_flight(uri, n, probe_so):
     toks = [q.call("pubx", S("proc/exit/t"), f"{i:06d}", 1, 0) for i in range(n)]
     q.loop(300)
     say("callbacks_before_burst", len(q.calls))
-    # A last burst right before exit, without running the loop: messages queued and in flight at exit.
-    toks += [q.call("pubx", S("proc/exit/t"), f"{i:06d}", 1, 0) for i in range(n, n + n // 4)]
+    # A last burst right before exit (one batch call: faster than the I/O thread can send and have
+    # acknowledged), without running the loop: messages queued and in flight at exit.
+    toks += q.call("pubbatch", S("proc/exit/t"), [f"{i:06d}" for i in range(n, n + n // 4)], 1, False)
     say("published", len(toks))
     st = stats(q)
     say("stats", st)
@@ -71,7 +72,11 @@ def cycle(uri, rounds):
         for _ in range(2000):
             q.r0(q.call_k("pubx", topic, msg, qos, ret))
         q.loop(50)
+        acked = stats(q)["acked"]
+        # then a burst the I/O thread cannot have sent yet: in flight at the disconnect, whatever the speed
+        q.call("pubbatch", S("proc/cycle/t"), ["z" * 100] * 1000, 1, False)
         st = stats(q)
+        st["acked"] = acked
         q.call("disconnect", 0)
         q.loop(20)
         q.calls.clear()
