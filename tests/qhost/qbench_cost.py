@@ -19,8 +19,8 @@ timings. QoS 1, 64-byte payload, topic `bench/cost`:
   frozen pubbatch the same with `--frozen`/B batch calls, per call (not per message).
 
 Prints one line per case for benches/mqtt/main.rs to parse:
-  COST case=NAME calls=C per=M median_ns=X p999_ns=Y max_ns=Z mean_ns=W refused=R preempted=P
-(per = messages per call; median/p99.9/max/mean are ns per message for `pub`/`pubbatch[B]`, per call for the
+  COST case=NAME calls=C per=M unit=U median_ns=X p999_ns=Y max_ns=Z mean_ns=W refused=R preempted=P
+(per = messages per call; median/p99.9/max/mean are ns per U: `msg` for `pub`/`pubbatch[B]`, `call` for the
 frozen cases; preempted = involuntary context switches of the calling thread during the timed calls, which
 is what a millisecond outlier on a shared machine usually is). Exit 1 with a message when a case fails (refused calls, messages not acknowledged).
 """
@@ -90,9 +90,9 @@ def main():
         preempted["n"] = preempted.get("n", 0) + resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - before
         return list(buf), err
 
-    def report(case, calls, per, times, refused):
-        s = summary(times, per)
-        lines.append(f"COST case={case} calls={calls} per={per} median_ns={s['median_ns']:.1f} "
+    def report(case, calls, per, times, refused, unit="msg"):
+        s = summary(times, per if unit == "msg" else 1)
+        lines.append(f"COST case={case} calls={calls} per={per} unit={unit} median_ns={s['median_ns']:.1f} "
                      f"p999_ns={s['p999_ns']:.1f} max_ns={s['max_ns']:.1f} mean_ns={s['mean_ns']:.1f} "
                      f"refused={refused} preempted={preempted.pop('n', 0)}")
         if refused:
@@ -143,7 +143,7 @@ def main():
             finally:
                 broker.thaw()
             total += (calls - err) * per
-            report(case, calls, 1, t, err)
+            report(case, calls, per, t, err, unit="call")
             if st["queued"] + st["inflight"] < calls * per * 9 // 10:
                 failures.append(f"{case}: only {st['queued']} queued and {st['inflight']} in flight while frozen: "
                                 "was the broker frozen?")
