@@ -286,9 +286,17 @@ struct CostRow {
     max_ns: f64,
     mean_ns: f64,
     refused: u64,
+    /// Involuntary / voluntary context switches of the calling thread during the timed calls, CPU time the
+    /// hypervisor stole (ms, all CPUs), wake-ups of the connection's I/O thread.
     preempted: u64,
+    blocked: u64,
+    steal_ms: u64,
+    io_wakeups: u64,
     /// What the times are per: "msg" or "call".
     unit: String,
+    /// The longest call and the involuntary context switches of each round.
+    round_max_ns: Vec<f64>,
+    round_preempted: Vec<u64>,
 }
 
 /// Run the command in QMQTT_Q_COST (split at white space; `--quick` appended for --quick) and parse its
@@ -353,7 +361,16 @@ fn q_cost(quick: bool) -> Result<Vec<CostRow>, String> {
                 "mean_ns" => r.mean_ns = f(),
                 "refused" => r.refused = u(),
                 "preempted" => r.preempted = u(),
+                "blocked" => r.blocked = u(),
+                "steal_ms" => r.steal_ms = u(),
+                "io_wakeups" => r.io_wakeups = u(),
                 "unit" => r.unit = v.to_string(),
+                "round_max_ns" => {
+                    r.round_max_ns = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                }
+                "round_preempted" => {
+                    r.round_preempted = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                }
                 _ => {}
             }
         }
@@ -1058,7 +1075,7 @@ fn report(
                  What q's main thread pays, timed in C around each call to the exported function \
                  (tests/qhost/qbench_cost.py). `pub`/`pubbatch`: ns per message; broker frozen (SIGSTOP, the \
                  queue not full): ns per call.\n\n\
-                 | call | calls | median ns | p99.9 ns | max ns | mean ns | refused | preempted |\n\
+                 | call | calls | median ns | p99.9 ns | max ns | mean ns | refused | preempted / blocked / steal ms |\n\
                  |---|---|---|---|---|---|---|---|"
             );
             for r in rows {
@@ -1078,17 +1095,52 @@ fn report(
                 );
                 let _ = writeln!(
                     md,
-                    "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
-                    r.calls, r.median_ns, r.p999_ns, r.max_ns, r.mean_ns, r.refused, r.preempted
+                    "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} / {} / {} |",
+                    r.calls,
+                    r.median_ns,
+                    r.p999_ns,
+                    r.max_ns,
+                    r.mean_ns,
+                    r.refused,
+                    r.preempted,
+                    r.blocked,
+                    r.steal_ms
                 );
             }
-            if let Some(f) = rows.iter().find(|r| r.case == "frozen-pub") {
+            let _ = writeln!(
+                md,
+                "\npreempted / blocked: involuntary / voluntary context switches of the calling thread during \
+                 the timed calls (another process took the CPU / the call waited, e.g. on a lock); steal: CPU \
+                 time the hypervisor took from this VM. On a shared machine a preemption is what a \
+                 millisecond outlier is."
+            );
+            for f in rows.iter().filter(|r| r.case.starts_with("frozen")) {
+                let rounds: Vec<String> = f
+                    .round_max_ns
+                    .iter()
+                    .zip(f.round_preempted.iter().chain(std::iter::repeat(&0)))
+                    .map(|(m, p)| format!("{:.1} µs ({p} preempted)", m / 1e3))
+                    .collect();
+                let clean = f
+                    .round_max_ns
+                    .iter()
+                    .zip(&f.round_preempted)
+                    .filter(|(_, p)| **p == 0)
+                    .map(|(m, _)| *m)
+                    .fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.max(m))));
                 let _ = writeln!(
                     md,
-                    "\nLongest single `.mqtt.pubx` while the broker was frozen: {:.1} µs. (preempted: involuntary \
-                     context switches of the calling thread during the timed calls; on a shared machine they \
-                     are what millisecond outliers are.)",
-                    f.max_ns / 1e3
+                    "\nLongest single call, {}, broker frozen, per round: {}; longest in rounds without a \
+                     preemption: {}.",
+                    if f.per > 1 {
+                        format!("`.mqtt.pubbatch` of {}", f.per)
+                    } else {
+                        "`.mqtt.pubx`".to_string()
+                    },
+                    rounds.join(", "),
+                    clean
+                        .map(|m| format!("{:.1} µs", m / 1e3))
+                        .unwrap_or_else(|| "– (every round was preempted)".into())
                 );
             }
         }
@@ -1166,7 +1218,8 @@ fn report(
                 let _ = write!(
                     j,
                     "{}\n    {{\"case\": {}, \"calls\": {}, \"msgs_per_call\": {}, \"median_ns\": {}, \
-                     \"p999_ns\": {}, \"max_ns\": {}, \"mean_ns\": {}, \"unit\": {}, \"refused\": {}, \"preempted\": {}}}",
+                     \"p999_ns\": {}, \"max_ns\": {}, \"mean_ns\": {}, \"unit\": {}, \"refused\": {}, \"preempted\": {}, \"blocked\": {}, \
+                     \"steal_ms\": {}, \"io_wakeups\": {}, \"round_max_ns\": [{}], \"round_preempted\": {:?}}}",
                     if i > 0 { "," } else { "" },
                     json_str(&r.case),
                     r.calls,
@@ -1177,7 +1230,16 @@ fn report(
                     num(r.mean_ns),
                     json_str(&r.unit),
                     r.refused,
-                    r.preempted
+                    r.preempted,
+                    r.blocked,
+                    r.steal_ms,
+                    r.io_wakeups,
+                    r.round_max_ns
+                        .iter()
+                        .map(|x| num(*x))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.round_preempted
                 );
             }
             j.push_str("\n  ]");

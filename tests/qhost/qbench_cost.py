@@ -15,14 +15,19 @@ timings. QoS 1, 64-byte payload, topic `bench/cost`:
   pubbatch[B]     n/B calls of B messages, same rounds; times are per message (call time / B);
   frozen pub      broker SIGSTOPped after everything is acknowledged, then `--frozen` single calls: the queue
                   only grows (not full: refused must be 0), nothing is acknowledged; the broker is then
-                  resumed and everything must be acknowledged;
+                  resumed and everything must be acknowledged; three rounds;
   frozen pubbatch the same with `--frozen`/B batch calls, per call (not per message).
 
 Prints one line per case for benches/mqtt/main.rs to parse:
   COST case=NAME calls=C per=M unit=U median_ns=X p999_ns=Y max_ns=Z mean_ns=W refused=R preempted=P
+       blocked=B steal_ms=S io_wakeups=I round_max_ns=A,B,... round_preempted=a,b,...
 (per = messages per call; median/p99.9/max/mean are ns per U: `msg` for `pub`/`pubbatch[B]`, `call` for the
-frozen cases; preempted = involuntary context switches of the calling thread during the timed calls, which
-is what a millisecond outlier on a shared machine usually is). Exit 1 with a message when a case fails (refused calls, messages not acknowledged).
+frozen cases, which run FROZEN_ROUNDS times. What can stretch a call on a shared machine, counted during the
+timed calls: preempted = involuntary context switches of the calling thread, blocked = voluntary ones (it
+waited, e.g. on a lock), steal_ms = time the hypervisor took from this VM (all CPUs, /proc/stat, 10 ms
+ticks); io_wakeups = wake-ups of the connection's I/O thread; round_max_ns / round_preempted = the longest call and the
+involuntary context switches of each round.)
+Exit 1 with a message when a case fails (refused calls, messages not acknowledged).
 """
 import argparse
 import ctypes
@@ -36,6 +41,17 @@ from qhost import KP, NIL, Host, Sym  # noqa: E402
 from broker import Broker  # noqa: E402
 
 ROUND = 10_000  # messages per round: well inside the default 4 MiB / 100 000-message queue at 64 B
+FROZEN_ROUNDS = 3  # freeze / publish / thaw / drain, each round timed on its own (round_max_ns)
+
+
+def steal_ms():
+    """CPU time stolen from this (virtual) machine by its host so far, all CPUs, in ms (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = f.readline().split()
+        return int(cpu[8]) * 1000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def summary(times, per):
@@ -81,20 +97,33 @@ def main():
             raise SystemExit(f"qbench_cost: {what}: only {st['acked']} of {total} messages acknowledged "
                              f"(stats {st})")
 
-    preempted = {}
+    ctx = {}  # what disturbed the timed calls of the current case (summed over its rounds)
+
+    def add(k, v):
+        ctx[k] = ctx.get(k, 0) + v
 
     def timed(f, args, calls, loop_every):
         buf = (ctypes.c_longlong * calls)()
-        before = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+        w0, s0 = stats()["wakeups"], steal_ms()
+        r0 = resource.getrusage(resource.RUSAGE_THREAD)
         err = h.qhost_time_calls(f, *args, calls, loop_every, buf)
-        preempted["n"] = preempted.get("n", 0) + resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - before
+        r1 = resource.getrusage(resource.RUSAGE_THREAD)
+        add("preempted", r1.ru_nivcsw - r0.ru_nivcsw)
+        ctx.setdefault("round_preempted", []).append(r1.ru_nivcsw - r0.ru_nivcsw)
+        add("blocked", r1.ru_nvcsw - r0.ru_nvcsw)
+        add("steal_ms", steal_ms() - s0)
+        add("io_wakeups", stats()["wakeups"] - w0)
+        ctx.setdefault("round_max", []).append(max(buf))
         return list(buf), err
 
     def report(case, calls, per, times, refused, unit="msg"):
         s = summary(times, per if unit == "msg" else 1)
+        rmax = ",".join(f"{x / (per if unit == 'msg' else 1):.0f}" for x in ctx.pop("round_max", []))
         lines.append(f"COST case={case} calls={calls} per={per} unit={unit} median_ns={s['median_ns']:.1f} "
                      f"p999_ns={s['p999_ns']:.1f} max_ns={s['max_ns']:.1f} mean_ns={s['mean_ns']:.1f} "
-                     f"refused={refused} preempted={preempted.pop('n', 0)}")
+                     f"refused={refused} preempted={ctx.pop('preempted', 0)} blocked={ctx.pop('blocked', 0)} "
+                     f"steal_ms={ctx.pop('steal_ms', 0)} io_wakeups={ctx.pop('io_wakeups', 0)} round_max_ns={rmax} "
+                     f"round_preempted={','.join(str(x) for x in ctx.pop('round_preempted', []))}")
         if refused:
             failures.append(f"{case}: {refused} calls refused (queue full?)")
 
@@ -108,7 +137,7 @@ def main():
         _, err = timed(pub, (topic, msg, qos, ret), 5_000, 256)
         total += 5_000 - err
         settle("warm-up")
-        preempted.clear()
+        ctx.clear()
 
         times, refused = [], 0
         for r in range(0, n, ROUND):
@@ -136,18 +165,22 @@ def main():
         for case, f, arg, calls, per in (("frozen-pub", pub, msg, frozen, 1),
                                          (f"frozen-pubbatch[{a.batch}]", pubbatch, msgs,
                                           max(1, frozen // a.batch), a.batch)):
-            broker.freeze()
-            try:
-                t, err = timed(f, (topic, arg, qos, ret), calls, 256 if per == 1 else 4)
-                st = stats()
-            finally:
-                broker.thaw()
-            total += (calls - err) * per
-            report(case, calls, per, t, err, unit="call")
-            if st["queued"] + st["inflight"] < calls * per * 9 // 10:
-                failures.append(f"{case}: only {st['queued']} queued and {st['inflight']} in flight while frozen: "
-                                "was the broker frozen?")
-            settle(case)
+            times, refused = [], 0
+            for _ in range(FROZEN_ROUNDS):
+                broker.freeze()
+                try:
+                    t, err = timed(f, (topic, arg, qos, ret), calls, 256 if per == 1 else 4)
+                    st = stats()
+                finally:
+                    broker.thaw()
+                times += t
+                refused += err
+                total += (calls - err) * per
+                if st["queued"] + st["inflight"] < calls * per * 9 // 10:
+                    failures.append(f"{case}: only {st['queued']} queued and {st['inflight']} in flight while "
+                                    "frozen: was the broker frozen?")
+                settle(case)
+            report(case, len(times), per, times, refused, unit="call")
     finally:
         for x in ks:
             q.r0(x)
