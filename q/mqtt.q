@@ -42,6 +42,11 @@ msgrcvd:{0N!(`msgrecvd;x;y);};
 /   linger                     ms the I/O thread may collect messages before sending (default 0)
 /   batchScheduling            1b (default): the I/O thread never preempts q's main thread
 /   logLevel                   as .mqtt.loglevel (process-wide)
+/   spoolDir                   store-and-forward: a directory for this connection's disk spool (off unless
+/                              given). When the broker is unreachable and the queue fills, the oldest queued
+/                              messages go to disk and are sent, in order, once it is back - also after q restarts.
+/   spoolBytes spoolFull       disk budget (default 64 MiB); `dropOldest (default) or `refuse when it is full
+/   spoolSync drainRate        `never / `batch / ms between fsyncs (default 1000); backlog messages/s (default: all)
 / Several connections: connh returns a handle h (long >= 1); handle 0 means the default (conn) connection.
 /   h:.mqtt.connh[`$"ssl://broker:8883";`gw1;`trustStore`keyStore`privateKey!(`ca.pem;`gw.pem;`gw.key)]
 /   .mqtt.pubh[h;`t;"msg"]  .mqtt.pubxh[h;`t;"msg";qos;retain]  .mqtt.subh[h;`t]  .mqtt.subxh[h;`t;qos]
@@ -67,7 +72,8 @@ pubbatch :`mqttkdb 2:(`pubbatch;4);
 pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
-/ droppedIncoming received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites connected lastError.
+/ droppedIncoming received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
+/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

@@ -1,12 +1,10 @@
 //! The `qmqtt` command line: `--help` everywhere exits 0 and documents the flags; bad command lines exit 2
 //! with a message that names the subcommand, the flag and where to look. No broker needed.
-use std::process::{Command, Output};
+mod common;
+use std::process::Output;
 
 fn qmqtt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qmqtt"))
-        .args(args)
-        .output()
-        .expect("run qmqtt")
+    common::qmqtt_cmd().args(args).output().expect("run qmqtt")
 }
 
 fn text(b: &[u8]) -> String {
@@ -142,7 +140,7 @@ fn a_closed_stdout_is_not_a_crash() {
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     unsafe { libc::close(fds[0]) };
     let w = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
-    let st = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+    let st = common::qmqtt_cmd()
         .args(["pub", "--help"])
         .stdout(w)
         .stderr(std::process::Stdio::piped())

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ fn start_publisher(
     id: &str,
     extra: &[&str],
 ) -> (Child, JoinHandle<()>, JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+    let mut child = common::qmqtt_cmd()
         .args([
             "pub",
             "-h",
@@ -257,7 +257,7 @@ fn qmqtt_sub_survives_a_broker_restart() {
         persistence: true,
         ..BrokerOptions::default()
     });
-    let mut sub = Command::new(env!("CARGO_BIN_EXE_qmqtt"))
+    let mut sub = common::qmqtt_cmd()
         .args([
             "sub",
             "-h",

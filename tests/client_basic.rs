@@ -434,7 +434,7 @@ fn event_fd_is_level_triggered_under_load() {
 }
 
 #[test]
-fn incoming_messages_beyond_the_event_budget_are_dropped_and_counted() {
+fn incoming_messages_beyond_the_event_budget_wait_for_the_owner() {
     let b = common::Broker::start();
     let mut k = cfg(&b.tcp_uri(), "smallev");
     k.event_queue_bytes = 1024;
@@ -444,20 +444,47 @@ fn incoming_messages_beyond_the_event_budget_are_dropped_and_counted() {
     assert!(seen.until(&s, T, |x| !x.subscribed.is_empty()));
     let p = connect(cfg(&b.tcp_uri(), "smallev-pub"));
     let payload = [b'e'; 100];
-    for _ in 0..100 {
-        p.publish("ev/x", &payload, QoS::AtMostOnce, false).unwrap();
+    for i in 0..100u8 {
+        let mut m = payload;
+        m[0] = i;
+        p.publish("ev/x", &m, QoS::AtMostOnce, false).unwrap();
     }
+    // Nobody drains: 1024 bytes hold 8 records of 24 + 4 + 100 bytes; the rest waits unread (even QoS 0).
     let deadline = Instant::now() + T;
-    while s.stats().received < 100 && Instant::now() < deadline {
+    while !s.stats().rx_paused_now && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let st = s.stats();
+    assert!(st.rx_paused_now && st.rx_paused >= 1, "{st:?}");
+    assert_eq!(st.received, 8, "{st:?}");
+    assert_eq!(st.dropped_incoming, 0, "{st:?}");
+    let mut seen = Seen::default();
+    assert!(
+        seen.until(&s, T, |x| x.msgs.len() == 100),
+        "{:?}",
+        s.stats()
+    );
+    let firsts: Vec<u8> = seen.msgs.iter().map(|m| m.1[0]).collect();
+    assert_eq!(firsts, (0..100).collect::<Vec<u8>>(), "all, in order");
+    // The last message may be handed over just before the I/O thread notes the end of its pause.
+    let deadline = Instant::now() + T;
+    while s.stats().rx_paused_now && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let st = s.stats();
-    assert_eq!(st.received, 100);
-    // 1024 bytes hold 8 records of 24 + 4 + 100 bytes.
-    assert_eq!(st.dropped_incoming, 92, "{st:?}");
+    assert!(!st.rx_paused_now && st.dropped_incoming == 0, "{st:?}");
+
+    // A message that can never fit (its record is larger than event_queue_bytes) is the one thing dropped
+    // and counted; the stream goes on.
+    p.publish("ev/big", &[b'b'; 2000], QoS::AtLeastOnce, false)
+        .unwrap();
+    p.publish("ev/after", b"a", QoS::AtLeastOnce, false)
+        .unwrap();
     let mut seen = Seen::default();
-    seen.until(&s, Duration::from_millis(100), |_| false);
-    assert_eq!(seen.msgs.len(), 8);
+    assert!(seen.until(&s, T, |x| !x.msgs.is_empty()), "{:?}", s.stats());
+    assert_eq!(seen.msgs[0].0, "ev/after");
+    assert_eq!(s.stats().dropped_incoming, 1);
 }
 
 #[test]

@@ -133,7 +133,7 @@ impl H {
                     qos,
                     retain,
                 } => E::Msg(topic.into(), payload.into(), qos, retain),
-                Event::Delivered { token } => E::Delivered(token),
+                Event::Delivered { token, .. } => E::Delivered(token),
                 Event::Subscribed { filter, granted } => E::Subscribed(filter.into(), granted),
                 Event::Unsubscribed { filter } => E::Unsubscribed(filter.into()),
             });
@@ -786,4 +786,96 @@ fn bad_config_is_reported() {
         Err(SessionError::Invalid(_))
     ));
     Session::check_config(&cfg()).unwrap();
+}
+
+#[test]
+fn paused_reader_keeps_pinging_and_suspends_the_pingresp_timeout() {
+    let mut c = cfg();
+    c.keep_alive = Duration::from_secs(10);
+    c.response_timeout = Duration::from_secs(3);
+    let mut h = H::new(c);
+    h.connect(0.0, false);
+    h.s.handle_timeout(h.at(10.0)).unwrap();
+    assert_eq!(h.sent(), [P::PingReq]);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(13.0)), "PINGRESP deadline");
+    // The owner stops reading (its event queue is full): the PINGRESP may be waiting unread.
+    h.s.handle_reader_paused(true, h.at(11.0));
+    assert_eq!(
+        h.s.poll_timeout(),
+        Some(h.at(20.0)),
+        "while paused only the next PINGREQ is due"
+    );
+    assert_eq!(
+        h.s.handle_timeout(h.at(13.0)),
+        Ok(()),
+        "no PINGRESP timeout while paused"
+    );
+    assert!(h.s.is_connected());
+    // PINGREQ keeps going out every keep-alive although one is unanswered, so the broker keeps us.
+    h.s.handle_timeout(h.at(20.0)).unwrap();
+    assert_eq!(h.sent(), [P::PingReq]);
+    assert_eq!(h.s.poll_timeout(), Some(h.at(30.0)));
+    h.s.handle_timeout(h.at(30.0)).unwrap();
+    assert_eq!(h.sent(), [P::PingReq]);
+    // Resumed at 35: the unanswered PINGREQ gets a full response_timeout from now.
+    h.s.handle_reader_paused(false, h.at(35.0));
+    assert_eq!(h.s.poll_timeout(), Some(h.at(38.0)));
+    h.s.handle_timeout(h.at(37.9)).unwrap();
+    assert!(h.s.is_connected());
+    h.s.handle_read(&[0xd0, 0], h.at(36.0)).unwrap();
+    assert_eq!(h.s.poll_timeout(), Some(h.at(40.0)), "answered: next ping");
+
+    // Not answered after resuming: the timeout applies again.
+    h.s.handle_timeout(h.at(40.0)).unwrap();
+    assert_eq!(h.sent(), [P::PingReq]);
+    h.s.handle_reader_paused(true, h.at(41.0));
+    h.s.handle_reader_paused(false, h.at(42.0));
+    assert_eq!(h.s.poll_timeout(), Some(h.at(45.0)));
+    let e = h.s.handle_timeout(h.at(45.0)).unwrap_err();
+    assert_eq!(e, SessionError::Timeout("PINGRESP"));
+}
+
+#[test]
+fn bounded_read_stops_before_a_publish_that_does_not_fit() {
+    let mut h = H::new(cfg());
+    h.connect(0.0, false);
+    let mut b = Vec::new();
+    for i in 0..3u16 {
+        publish("t/a", &[i as u8; 20], QoS::AtLeastOnce, 10 + i, false)
+            .encode(Protocol::V311, &mut b)
+            .unwrap();
+    }
+    let one = b.len() / 3; // 2 + 2 + 3 + 2 + 20 = 29 bytes
+    assert_eq!(one, 29);
+    // Budget for one message (24 + 3 + 20 = 47) and a bit: the second PUBLISH must wait, unacknowledged.
+    let r = h.s.handle_read_bounded(&b, h.at(1.0), 47 + 40, 24).unwrap();
+    assert_eq!(r.blocked, Some(47));
+    assert_eq!(
+        r.consumed,
+        2 * one,
+        "the blocked packet is held, nothing after it is taken"
+    );
+    assert_eq!(
+        h.events(),
+        [E::Msg("t/a".into(), vec![0; 20], QoS::AtLeastOnce, false)]
+    );
+    assert_eq!(
+        h.sent(),
+        [P::PubAck(10)],
+        "only what fitted is acknowledged"
+    );
+    // Control packets are always processed, even with no budget; a PUBLISH waits for room.
+    let mut ack = Vec::new();
+    puback(999).encode(Protocol::V311, &mut ack).unwrap();
+    let r = h.s.handle_read_bounded(&[], h.at(1.1), 46, 24).unwrap();
+    assert_eq!((r.consumed, r.blocked), (0, Some(47)));
+    assert!(h.events().is_empty() && h.sent().is_empty());
+    let r =
+        h.s.handle_read_bounded(&b[2 * one..], h.at(1.2), 94, 24)
+            .unwrap();
+    assert_eq!((r.consumed, r.blocked), (one, None));
+    assert_eq!(h.events().len(), 2);
+    assert_eq!(h.sent(), [P::PubAck(11), P::PubAck(12)]);
+    let r = h.s.handle_read_bounded(&ack, h.at(1.3), 0, 24).unwrap();
+    assert_eq!((r.consumed, r.blocked), (ack.len(), None));
 }

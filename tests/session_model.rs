@@ -180,7 +180,7 @@ impl World {
                 any = true;
                 match e {
                     Event::Connected { .. } => {}
-                    Event::Delivered { token } => {
+                    Event::Delivered { token, .. } => {
                         assert!(
                             self.acked.contains(&token),
                             "Delivered {token} before the broker acknowledged it"

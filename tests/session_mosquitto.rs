@@ -102,7 +102,7 @@ impl Driver {
                     qos,
                     ..
                 } => E::Msg(topic.into(), payload.into(), qos),
-                Event::Delivered { token } => E::Delivered(token),
+                Event::Delivered { token, .. } => E::Delivered(token),
                 Event::Subscribed { filter, granted } => E::Subscribed(filter.into(), granted),
                 Event::Unsubscribed { filter } => panic!("unexpected Unsubscribed {filter}"),
             });

@@ -91,7 +91,15 @@ fn kill9_mid_append_recovers_every_complete_batch() {
             }
         });
         // Let it write a while (at least one batch), then kill at a pseudo-random moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while reported.load(Ordering::SeqCst) <= acked {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("the writer exited before its first batch: {st}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer reported no batch in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         seed ^= seed << 13;

@@ -746,3 +746,44 @@ fn no_address_is_an_error() {
     let e = Conn::connect_addrs(&[], "nowhere", None).unwrap_err();
     assert!(e.to_string().contains("resolves to no address"), "{e}");
 }
+
+/// A server that speaks only TLS 1.1 (or 1.0) — `openssl s_server` with the old protocol forced on — is
+/// refused: rustls offers TLS 1.2 and 1.3 only, and the message says no version is shared.
+#[test]
+fn tls_1_0_and_1_1_servers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::Certs::generate(dir.path());
+    for (flag, name) in [("-tls1_1", "TLS 1.1"), ("-tls1", "TLS 1.0")] {
+        let port = common::free_port();
+        let mut server = Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(flag)
+            // OpenSSL 3 disables TLS < 1.2 at its default security level; level 0 turns it back on.
+            .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-cert"])
+            .arg(&certs.server_cert)
+            .arg("-key")
+            .arg(&certs.server_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl (apt-get install openssl)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "openssl s_server {flag} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let m = refused(
+            &format!("ssl://localhost:{port}"),
+            &ca(&certs.ca),
+            &["no TLS version or cipher suite in common"],
+        );
+        eprintln!("{name}: {m}");
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}

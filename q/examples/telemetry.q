@@ -6,9 +6,12 @@
 /   QMQTT_CERT   client certificate (PEM)   keyStore
 /   QMQTT_KEY    client private key (PEM)   privateKey
 /   QMQTT_TOPIC  topic prefix               (default gateway/telemetry)
-/   QMQTT_TICKS  ticks before stopping      (default 50; each tick sends one reading per sensor)
-/ Run:  q telemetry.q   (with mqtt.q and mqttkdb.so installed; from this directory ../mqtt.q is loaded)
-\l ../mqtt.q
+/   QMQTT_TICKS  ticks before stopping      (default 50; 0: run for ever, as the systemd service does;
+/                                            each tick sends one reading per sensor)
+/   QMQTT_CLIENT_ID  MQTT client id         (default telemetry-<host>-<pid>)
+/ Run:  q telemetry.q   (mqtt.q is loaded from ../mqtt.q in the source tree, else from $QHOME/mqtt.q as
+/ deploy/install.sh installs it)
+$[()~key`:../mqtt.q;system"l ",getenv[`QHOME],"/mqtt.q";system"l ../mqtt.q"];
 
 env:{$[count v:getenv x;v;y]}
 url:`$env[`QMQTT_URL;"ssl://localhost:8883"]
@@ -27,7 +30,8 @@ acked:0
 .mqtt.msgsent:{acked+:1;}
 .mqtt.disconn:{-1"disconnected: ",x;}
 
-.mqtt.conn[url;`$"telemetry-",string .z.i;opts]
+cid:`$env[`QMQTT_CLIENT_ID;"telemetry-",string[.z.h],"-",string .z.i]
+.mqtt.conn[url;cid;opts]
 -1"connected to ",string[url],"; publishing to ",topic,"/<sensor>";
 
 // One reading per sensor: "<timestamp>,<value>"
@@ -37,7 +41,7 @@ n:0
 .z.ts:{
   tokens:.mqtt.pubbatch[`$topic,/:"/",/:string sensors;reading each base sensors;1;0b];
   n+:1;
-  if[n>=ticks;
+  if[(ticks>0)&n>=ticks;
     system"t 0";
     -1"sent ",string[n*count sensors]," readings, last token ",string last tokens;
     show .mqtt.stats[];

@@ -2,7 +2,8 @@
 //!
 //! Records (received messages with their topic and payload copied; small control records) live in one
 //! [`ByteRing`]. Its capacity is `event_queue_bytes` plus a reserve for control events: received messages may
-//! only use the first `event_queue_bytes` (the rest are dropped and counted), control events may use the
+//! only use the first `event_queue_bytes` (the I/O thread checks [`EventQueue::message_room`] before letting
+//! the session take a PUBLISH, and stops reading while there is no room), control events may use the
 //! reserve too. The I/O thread keeps enough room for the `Delivered` events its in-flight messages will
 //! produce (it stops feeding the session otherwise), so acknowledgements are never dropped.
 //!
@@ -296,6 +297,20 @@ impl EventQueue {
             },
         };
         self.push(&r, usize::MAX)
+    }
+
+    /// Bytes a received message may still take now (its record: `EV_HDR` + topic + payload). Only the I/O
+    /// thread pushes, so this can only grow until it pushes again.
+    pub(crate) fn message_room(&self) -> usize {
+        let g = self.lock();
+        self.msg_budget
+            .min(g.ring.capacity())
+            .saturating_sub(g.ring.len())
+    }
+
+    /// The most a received message's record can ever take (`event_queue_bytes`).
+    pub(crate) fn message_capacity(&self) -> usize {
+        self.msg_budget
     }
 
     /// Free bytes in the whole ring (reserve included).

@@ -14,16 +14,60 @@
 //! per burst.
 //!
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
-//! while events are waiting (the q layer registers it with `sd1`). Received messages that do not fit are
-//! dropped and counted; acknowledgements are never dropped: the I/O thread stops feeding the session when
-//! the event queue could not take the acknowledgements of what is in flight, and a drain wakes it again.
+//! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
+//! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
+//! in flight, and a drain wakes it again.
+//!
+//! Received messages are never acknowledged and then dropped for lack of room (receive backpressure): when
+//! the event queue cannot take the next incoming PUBLISH (any QoS), the I/O thread stops reading the socket
+//! and leaves the rest of the stream in the kernel's buffers, so TCP flow control holds the broker back (it
+//! queues per its own limits, e.g. mosquitto's `max_queued_messages`). The owner's next drain wakes it and
+//! reading resumes. While paused, PINGREQs still go out and the PINGRESP timeout is suspended, so a slow owner
+//! does not cost the connection. Pauses show in `Stats::rx_paused`/`rx_paused_time`/`rx_paused_now`. The one
+//! exception: a message larger than the whole message part of the event queue (`event_queue_bytes`) can
+//! never be queued; it is acknowledged, dropped and counted in `Stats::dropped_incoming` (keep
+//! `max_packet_size` below `event_queue_bytes` to rule that out).
 //!
 //! Bounds: `queue_bytes`/`queue_messages` (publish queue), `event_queue_bytes` (+ a control reserve of
 //! 2·`max_inflight`·24 bytes + 64 KiB), `max_packet_size` (incoming), and fixed internal batch sizes (64 KiB
-//! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more).
+//! taken per batch, 256 KiB unsent in the transport before the thread stops encoding more, at most one
+//! transport read — 1 MiB — held unfed while receiving is paused).
+//!
+//! # Store-and-forward (`Config::spool`, off by default)
+//!
+//! With a [`SpoolConfig`], telemetry the publish queue cannot hold goes to a bounded, crash-safe disk
+//! spool ([`crate::spool`]) and is delivered in order when the broker is back, also after a restart:
+//!
+//! * **Open**: [`Client::connect`] opens the spool on the caller's thread (a directory locked by another
+//!   client or process, or a bad spool configuration, is a [`ClientError::Config`] at once) and moves it
+//!   into the I/O thread; the publisher's thread never touches the disk.
+//! * **Spill** (I/O thread, oldest first: what it has staged, then the queue's front, in appends of up to
+//!   64 KiB): while connected but unable to send (window full, socket backed up, or — strict order —
+//!   a spooled backlog ahead), when the queue passes ¾ of `queue_bytes` or `queue_messages`, down to half
+//!   (the push that crosses the mark wakes the thread); while disconnected, everything, 100 ms after it
+//!   was published; on stop (`disconnect`, drop), everything left in memory, including queued QoS 1/2
+//!   messages still unacknowledged in the window (kept as copies while in flight: at least once). The
+//!   producer never waits for the disk: it sees `QueueFull` (or its `FullPolicy`) only when the I/O
+//!   thread cannot spill fast enough, or the spool refused (`SpoolFull::Refuse`, disk full: retried
+//!   after 1 s, the messages stay in memory meanwhile: one 64 KiB spill batch beyond `queue_bytes`).
+//! * **Send**: staged queue messages first, then the spool's backlog and the queue as
+//!   [`DrainScheduler`](crate::spool::DrainScheduler) splits the window: `drain_rate: None` — strict
+//!   publish order, queued messages wait for the backlog; `Some(r)` — the backlog at most `r` msg/s,
+//!   live messages beside it.
+//! * **Acks**: PUBACK/PUBCOMP of a spooled message (QoS 0: when handed to the socket) advance the spool's
+//!   acknowledged position through an [`AckTracker`](crate::spool::AckTracker). The session keeps
+//!   spooled QoS 1/2 messages in its window across reconnects and resends them, so a lost connection
+//!   needs no rewind. `Delivered` carries the message's token; for messages spooled by a previous run
+//!   (stale tokens) it is not emitted, they are counted in `Stats::spool_delivered_previous`.
+//! * **Durability**: the spool's `SyncPolicy` (default: `fdatasync` at most once a second, from the I/O
+//!   loop's timer). A `kill -9` loses what was only in memory (at most 100 ms of publishes while
+//!   disconnected, the queue below its mark while connected); what the broker acknowledged within the
+//!   spool's `ack_interval` before a crash is sent again.
+//! * **Stats**: `spooled`, `spooled_bytes`, `spool_oldest_age_ms`, `spilled`, `spool_dropped_oldest`,
+//!   `spool_refused`, `spool_disk_full`, `spool_bytes_written`, `last_spool_error`.
 //!
 //! Pieces: `ring` (the byte FIFO both queues use), `queue` (the publish queue and its full policies),
-//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect).
+//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect, spool).
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -33,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{Protocol, QoS};
 use crate::session::{SessionConfig, Token, Will};
+use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::transport::{Endpoint, Scheme, TlsOptions};
 
 mod events;
@@ -54,7 +99,7 @@ pub enum FullPolicy {
 
 /// One connection's configuration. Defaults match KxSystems/mqtt except `max_inflight` (100, where paho's
 /// `reliable=1` allows one message in flight).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` `host[:port]`.
     pub uri: String,
@@ -79,8 +124,11 @@ pub struct Config {
     /// Publish queue bound in messages. Default 100 000.
     pub queue_messages: usize,
     pub full_policy: FullPolicy,
-    /// Event queue bound in bytes (received messages are the bulk). Default 4 MiB; incoming messages that do
-    /// not fit are dropped and counted (`Stats::dropped_incoming`).
+    /// Event queue bound in bytes for received messages (each takes 24 bytes plus topic and payload). Default
+    /// 4 MiB. When it is full the client stops reading from the broker until the owner drains events (TCP
+    /// backpressure; nothing is acknowledged that is not queued; see `Stats::rx_paused`). Only a message that
+    /// could never fit (its record larger than `event_queue_bytes`) is dropped and counted
+    /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
     /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
     /// the connection. Default 1 MiB.
@@ -102,6 +150,43 @@ pub struct Config {
     /// publishing thread (q's main thread) but runs at the next opportunity — on a busy 2-core box this
     /// cuts a waking publish from ~10 µs (a context switch) to ~1.5 µs. Default true.
     pub batch_scheduling: bool,
+    /// Store-and-forward on local storage (off by default). With `Some`, messages the publish queue cannot
+    /// hold while they cannot be sent (broker unreachable, window full) go to this bounded, crash-safe disk
+    /// spool instead of being refused or dropped, and leave it in order once the broker is back — also
+    /// after a restart of the process. See [`crate::spool`] and the "Store-and-forward" section of this
+    /// module's docs.
+    pub spool: Option<SpoolConfig>,
+}
+
+/// Debug shows everything but the password (it prints as `<redacted>`): configurations end up in logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("uri", &self.uri)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_session", &self.clean_session)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("protocol", &self.protocol)
+            .field("max_inflight", &self.max_inflight)
+            .field("will", &self.will)
+            .field("tls", &self.tls)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("queue_messages", &self.queue_messages)
+            .field("full_policy", &self.full_policy)
+            .field("event_queue_bytes", &self.event_queue_bytes)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("reconnect", &self.reconnect)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("qos0_delivery_events", &self.qos0_delivery_events)
+            .field("linger", &self.linger)
+            .field("batch_scheduling", &self.batch_scheduling)
+            .field("spool", &self.spool)
+            .finish()
+    }
 }
 
 impl Config {
@@ -130,6 +215,7 @@ impl Config {
             qos0_delivery_events: false,
             linger: Duration::ZERO,
             batch_scheduling: true,
+            spool: None,
         }
     }
 }
@@ -227,8 +313,15 @@ pub struct Stats {
     pub dropped_oldest: u64,
     pub dropped_newest: u64,
     pub refused_full: u64,
-    /// Received messages dropped because the event queue (`event_queue_bytes`) was full.
+    /// Received messages dropped because they can never fit in the event queue (larger than
+    /// `event_queue_bytes`). A merely full queue pauses reading instead (`rx_paused`).
     pub dropped_incoming: u64,
+    /// Times reading from the broker paused because the event queue had no room for the next message.
+    pub rx_paused: u64,
+    /// Total time reading was paused (pauses that have ended; see `rx_paused_now`).
+    pub rx_paused_time: Duration,
+    /// Reading is paused now (waiting for the owner to drain events).
+    pub rx_paused_now: bool,
     /// Messages received from the broker.
     pub received: u64,
     /// Successful reconnections after a lost connection.
@@ -244,6 +337,27 @@ pub struct Stats {
     pub wakeups: u64,
     /// Socket writes (`write`/`writev` calls that wrote something); `sent / socket_writes` is the batching.
     pub socket_writes: u64,
+    /// Disk spool (all 0 without `Config::spool`). Messages / bytes of segment files held now (not yet
+    /// acknowledged by the broker), including a previous run's backlog.
+    pub spooled: u64,
+    pub spooled_bytes: u64,
+    /// Age of the oldest message in the spool now, in milliseconds (0 when the spool is empty).
+    pub spool_oldest_age_ms: u64,
+    /// Messages moved from the publish queue into the spool.
+    pub spilled: u64,
+    /// Spooled messages lost to the spool's budget (`SpoolFull::DropOldest` deleted unsent ones), refused by
+    /// it (`SpoolFull::Refuse`, or no room could be made; they stayed in the publish queue, whose
+    /// `full_policy` then applied), and appends that hit a full disk.
+    pub spool_dropped_oldest: u64,
+    pub spool_refused: u64,
+    pub spool_disk_full: u64,
+    /// Bytes written to the spool's files (records and acknowledgement files): the storage wear.
+    pub spool_bytes_written: u64,
+    /// Spooled messages of a previous run delivered by this one (their tokens belong to the old process, so
+    /// no `Delivered` event is emitted for them).
+    pub spool_delivered_previous: u64,
+    /// The last spool failure (disk full, I/O error), in words.
+    pub last_spool_error: Option<String>,
 }
 
 /// The counters behind [`Stats`]: atomics, readable without any lock.
@@ -258,6 +372,9 @@ pub(crate) struct Counters {
     pub dropped_newest: AtomicU64,
     pub refused_full: AtomicU64,
     pub dropped_incoming: AtomicU64,
+    pub rx_paused: AtomicU64,
+    pub rx_paused_ns: AtomicU64,
+    pub rx_paused_now: AtomicBool,
     pub received: AtomicU64,
     pub reconnects: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -265,6 +382,16 @@ pub(crate) struct Counters {
     pub connected: AtomicBool,
     pub wakeups: AtomicU64,
     pub socket_writes: AtomicU64,
+    pub spooled: AtomicU64,
+    pub spooled_bytes: AtomicU64,
+    /// Wall-clock append time (ms since the epoch) of the oldest spooled message; 0: none.
+    pub spool_oldest_ms: AtomicU64,
+    pub spilled: AtomicU64,
+    pub spool_dropped_oldest: AtomicU64,
+    pub spool_refused: AtomicU64,
+    pub spool_disk_full: AtomicU64,
+    pub spool_bytes_written: AtomicU64,
+    pub spool_delivered_previous: AtomicU64,
 }
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
@@ -283,6 +410,7 @@ pub(crate) struct Shared {
     pub events: events::EventQueue,
     pub ctr: Counters,
     pub last_error: Mutex<Option<String>>,
+    pub last_spool_error: Mutex<Option<String>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), String>>>,
     pub first_cv: Condvar,
@@ -311,6 +439,9 @@ impl Shared {
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
 const STOP_GRACE: Duration = Duration::from_millis(500);
+/// With a spool the I/O thread writes what is still in memory to disk when it stops (bounded by
+/// `queue_bytes`; local I/O): worth waiting for, or a restart would find the spool still locked.
+const SPOOL_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// `now + d`, saturating at a year from now for absurd durations (user-given timeouts must not panic).
 pub(crate) fn later(now: Instant, d: Duration) -> Instant {
@@ -426,12 +557,28 @@ pub(crate) fn transport_msg(e: &crate::transport::TransportError) -> String {
 pub struct Client {
     sh: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// With a spool, stopping spills what is in memory to disk: `disconnect` waits for that.
+    has_spool: bool,
 }
 
 impl Client {
     /// Validate the config, build TLS, spawn the I/O thread and start connecting. Returns at once.
     pub fn connect(cfg: Config) -> Result<Client, ClientError> {
         let (ep, tls) = validate(&cfg)?;
+        // Opened here, on the caller's thread, so that a locked or unusable directory is reported now; then
+        // moved into the I/O thread, the only one that touches it.
+        let spool = match &cfg.spool {
+            None => None,
+            Some(sc) => Some(Spool::open(sc.clone()).map_err(|e| match e {
+                SpoolError::Config(_) | SpoolError::Locked { .. } => {
+                    ClientError::Config(e.to_string())
+                }
+                e => ClientError::Config(format!(
+                    "cannot open the spool in {}: {e}",
+                    sc.dir.display()
+                )),
+            })?),
+        };
         let sys = |what: &str, e: std::io::Error| {
             ClientError::Connect(format!("{what}: {e} (out of file descriptors or memory?)"))
         };
@@ -454,12 +601,17 @@ impl Client {
             events: evq,
             ctr: Counters::default(),
             last_error: Mutex::new(None),
+            last_spool_error: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
+        let mut spool = spool;
+        if let Some(sp) = spool.as_mut() {
+            io::store_spool_stats(&sh.ctr, sp);
+        }
         let keep_alive = cfg.keep_alive;
         let response_timeout = if keep_alive.is_zero() {
             cfg.connect_timeout
@@ -490,6 +642,7 @@ impl Client {
             qos0_events: cfg.qos0_delivery_events,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
+            spool,
         };
         crate::session::Session::check_config(&params.session)
             .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
@@ -501,6 +654,7 @@ impl Client {
         Ok(Client {
             sh,
             thread: Some(thread),
+            has_spool: cfg.spool.is_some(),
         })
     }
 
@@ -619,7 +773,14 @@ impl Client {
         // The thread may be stuck in name resolution (the only blocking call it makes): wait for it up to
         // the deadline plus a short grace, then let it finish on its own rather than hang the caller.
         let g = lock(&self.sh.exited);
-        let grace = later(deadline, STOP_GRACE);
+        let grace = later(
+            deadline,
+            if self.has_spool {
+                SPOOL_STOP_GRACE
+            } else {
+                STOP_GRACE
+            },
+        );
         let (g, _) = self
             .sh
             .exited_cv
@@ -651,6 +812,9 @@ impl Client {
             dropped_newest: c.dropped_newest.load(Relaxed),
             refused_full: c.refused_full.load(Relaxed),
             dropped_incoming: c.dropped_incoming.load(Relaxed),
+            rx_paused: c.rx_paused.load(Relaxed),
+            rx_paused_time: Duration::from_nanos(c.rx_paused_ns.load(Relaxed)),
+            rx_paused_now: c.rx_paused_now.load(Relaxed),
             received: c.received.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             bytes_in: c.bytes_in.load(Relaxed),
@@ -659,6 +823,19 @@ impl Client {
             last_error: lock(&self.sh.last_error).clone(),
             wakeups: c.wakeups.load(Relaxed),
             socket_writes: c.socket_writes.load(Relaxed),
+            spooled: c.spooled.load(Relaxed),
+            spooled_bytes: c.spooled_bytes.load(Relaxed),
+            spool_oldest_age_ms: match c.spool_oldest_ms.load(Relaxed) {
+                0 => 0,
+                t => io::now_ms().saturating_sub(t),
+            },
+            spilled: c.spilled.load(Relaxed),
+            spool_dropped_oldest: c.spool_dropped_oldest.load(Relaxed),
+            spool_refused: c.spool_refused.load(Relaxed),
+            spool_disk_full: c.spool_disk_full.load(Relaxed),
+            spool_bytes_written: c.spool_bytes_written.load(Relaxed),
+            spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
+            last_spool_error: lock(&self.sh.last_spool_error).clone(),
         }
     }
 

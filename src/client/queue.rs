@@ -70,6 +70,8 @@ pub(crate) struct TakeBudget {
     pub fire: usize,
     /// Stop after this many bytes (at least one record is always taken if allowed).
     pub bytes: usize,
+    /// Stop after this many messages in all.
+    pub messages: usize,
 }
 
 pub(crate) struct PubQueue {
@@ -82,6 +84,12 @@ pub(crate) struct PubQueue {
     pub closed: bool,
     /// The I/O thread sleeps waiting for this queue to become non-empty.
     pub io_waiting: bool,
+    /// The I/O thread (with a spool) wants a wake-up when the queue passes its high-water mark, to spill
+    /// the oldest messages to disk; the push that crosses it sets `io_waiting` for its publisher to wake.
+    pub spill_watch: bool,
+    /// The high-water mark: bytes and messages.
+    hw_bytes: usize,
+    hw_messages: usize,
 }
 
 impl PubQueue {
@@ -93,6 +101,9 @@ impl PubQueue {
             next_token: 1,
             closed: false,
             io_waiting: false,
+            spill_watch: false,
+            hw_bytes: queue_bytes - queue_bytes / 4,
+            hw_messages: (queue_messages - queue_messages / 4).max(1),
         }
     }
 
@@ -102,6 +113,23 @@ impl PubQueue {
     #[cfg(test)]
     pub(crate) fn count(&self) -> usize {
         self.ring.count()
+    }
+
+    /// At or above the high-water mark (¾ of `queue_bytes` or of `queue_messages`).
+    pub(crate) fn over_high_water(&self) -> bool {
+        self.ring.len() >= self.hw_bytes || self.ring.count() >= self.hw_messages
+    }
+
+    /// How much to take to get below half of the bounds (where spilling stops once started by the
+    /// high-water mark): `(bytes, messages)`, `usize::MAX` for a bound not passed; `None` when below both.
+    pub(crate) fn over_low_water(&self) -> Option<(usize, usize)> {
+        let bytes = self.ring.len().saturating_sub(self.ring.capacity() / 2);
+        let msgs = self.ring.count().saturating_sub(self.max_messages / 2);
+        let or_max = |x: usize| if x == 0 { usize::MAX } else { x };
+        match (bytes, msgs) {
+            (0, 0) => None,
+            (b, m) => Some((or_max(b), or_max(m))),
+        }
     }
 
     /// Header of the oldest message, if any.
@@ -133,6 +161,11 @@ impl PubQueue {
             return Err(PublishError::TooLarge);
         }
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
+            if self.spill_watch {
+                // Full without having crossed the mark on a push (one large message): spill now.
+                self.spill_watch = false;
+                self.io_waiting = true;
+            }
             match self.policy {
                 FullPolicy::Error => {
                     ctr.refused_full.fetch_add(1, Relaxed);
@@ -167,6 +200,10 @@ impl PubQueue {
         }
         .encode();
         self.ring.push(&[&h, topic.as_bytes(), payload]);
+        if self.spill_watch && self.over_high_water() {
+            self.spill_watch = false;
+            self.io_waiting = true;
+        }
         ctr.queued.fetch_add(1, Relaxed);
         ctr.queued_bytes
             .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
@@ -186,7 +223,10 @@ impl PubQueue {
             } else {
                 &mut reliable
             };
-            if *slot == 0 || (n > 0 && bytes + hd.record_len() > budget.bytes) {
+            if *slot == 0
+                || n >= budget.messages
+                || (n > 0 && bytes + hd.record_len() > budget.bytes)
+            {
                 break;
             }
             *slot -= 1;
@@ -221,6 +261,7 @@ mod tests {
             reliable: 10,
             fire: 10,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         assert_eq!(q.take(b, &mut out), 2);
         let h = Hdr::decode(&out[..HDR]);
@@ -256,6 +297,7 @@ mod tests {
             reliable: 1,
             fire: 100,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         // One reliable slot: token 1 only (token 2 is QoS 1 and must not be overtaken).
         assert_eq!(q.take(b, &mut out), 1);
@@ -265,6 +307,7 @@ mod tests {
             reliable: 2,
             fire: 100,
             bytes: 1 << 20,
+            messages: usize::MAX,
         };
         assert_eq!(q.take(b, &mut out), 3); // 2 (QoS1), 3 (QoS0), 4 (QoS1)
         assert_eq!(q.front().unwrap().token, 5);

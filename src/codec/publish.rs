@@ -57,6 +57,20 @@ pub fn publish_len(topic: &str, payload_len: usize, qos: QoS) -> usize {
     1 + super::primitives::remaining_length_len(remaining) + remaining
 }
 
+/// The checks of `check_out_str` + `check_topic` in one pass over the bytes (the hot path's only scan).
+#[inline]
+fn check_publish_topic(topic: &str) -> Result<(), Error> {
+    let b = topic.as_bytes();
+    if b.len() > u16::MAX as usize
+        || b.is_empty()
+        || b.iter().any(|&c| c == 0 || c == b'+' || c == b'#')
+    {
+        check_out_str(topic, "topic name")?;
+        check_topic(topic)?;
+    }
+    Ok(())
+}
+
 /// Fast path: append a PUBLISH's fixed and variable header (everything but the payload) for a payload of
 /// `payload_len` bytes; the caller appends the payload itself. Validates the topic and packet id. Returns the
 /// header's length; on error nothing is appended.
@@ -69,8 +83,7 @@ pub fn encode_publish_header(
     dup: bool,
     pkid: u16,
 ) -> Result<usize, Error> {
-    check_out_str(topic, "topic name")?;
-    check_topic(topic)?;
+    check_publish_topic(topic)?;
     let has_id = qos != QoS::AtMostOnce;
     if has_id && pkid == 0 {
         return Err(Error::ZeroPacketId {

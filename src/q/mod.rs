@@ -165,6 +165,8 @@ const CONNECT_ERRORS: &[(&str, QErr)] = &[
 
 /// Configuration errors reported by the engine (the q layer checked types and file presence already).
 const CONFIG_ERRORS: &[(&str, QErr)] = &[
+    ("islocked", c"spool locked"),
+    ("spool", c"spoolDir invalid"),
     ("invalidprotocolscheme", c"Invalid protocol scheme"),
     ("brokeruri", c"addr invalid"),
     ("cipher", c"enabledCipherSuites invalid"),
@@ -707,7 +709,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
     let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 17] = [
+    let longs: [(&CStr, u64); 23] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -725,6 +727,15 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"callbackErrors", cb_errors),
         (c"wakeups", s.wakeups),
         (c"socketWrites", s.socket_writes),
+        (c"spooled", s.spooled),
+        (c"spooledBytes", s.spooled_bytes),
+        (c"spoolOldestAgeMs", s.spool_oldest_age_ms),
+        (c"spilled", s.spilled),
+        (
+            c"spoolDropped",
+            s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
+        ),
+        (c"spoolBytesWritten", s.spool_bytes_written),
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();

@@ -15,6 +15,7 @@ use super::k::{KRef, Val, KS};
 use crate::client::{Config, FullPolicy};
 use crate::codec::{Protocol, QoS};
 use crate::session::Will;
+use crate::spool::{SpoolConfig, SpoolFull, SyncPolicy};
 use crate::transport::TlsVersion;
 
 /// A static, NUL-terminated q error string.
@@ -97,6 +98,11 @@ const KEYS: &[Key] = &[
     key!("logLevel"),
     key!("linger"),
     key!("batchScheduling"),
+    key!("spoolDir"),
+    key!("spoolBytes"),
+    key!("spoolFull"),
+    key!("spoolSync"),
+    key!("drainRate"),
 ];
 
 pub const E_OPTIONS: QErr = c"options";
@@ -188,6 +194,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     let mut key_store: Option<PathBuf> = None;
     let mut private_key: Option<PathBuf> = None;
     let mut tls_given = false;
+    let mut spool: Option<SpoolConfig> = None;
+    let mut spool_extra: Vec<(&Key, Val<'_>)> = Vec::new();
 
     for i in 0..n {
         let name = match keys.item(i) {
@@ -390,6 +398,9 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 cfg.linger = Duration::from_millis(in_range(int(v, k)?, 0, 10_000, k)? as u64)
             }
             b"batchScheduling" => cfg.batch_scheduling = flag(v, k)?,
+            b"spoolDir" => spool = path(v, k)?.map(SpoolConfig::new),
+            // Applied once spoolDir is known (keys may come in any order).
+            b"spoolBytes" | b"spoolFull" | b"spoolSync" | b"drainRate" => spool_extra.push((k, v)),
             b"logLevel" => {
                 log_level = Some(
                     match v {
@@ -403,6 +414,42 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             }
             _ => return Err(E_UNSUPPORTED),
         }
+    }
+
+    if let Some(sp) = spool.as_mut() {
+        for (k, v) in spool_extra {
+            match k.name {
+                b"spoolBytes" => {
+                    sp.budget_bytes = in_range(int(v, k)?, 1 << 20, i64::MAX, k)? as u64
+                }
+                b"spoolFull" => {
+                    sp.full = match v {
+                        Val::Sym(b"dropOldest") => SpoolFull::DropOldest,
+                        Val::Sym(b"refuse") => SpoolFull::Refuse,
+                        Val::Sym(_) => return Err(k.bad),
+                        _ => return Err(k.ty),
+                    }
+                }
+                b"spoolSync" => {
+                    sp.sync = match v {
+                        Val::Sym(b"batch") => SyncPolicy::EveryBatch,
+                        Val::Sym(b"never") => SyncPolicy::Never,
+                        Val::Int(ms) => SyncPolicy::Interval(Duration::from_millis(in_range(
+                            ms, 1, 86_400_000, k,
+                        )?
+                            as u64)),
+                        Val::Sym(_) | Val::IntNull => return Err(k.bad),
+                        _ => return Err(k.ty),
+                    }
+                }
+                _ => sp.drain_rate = Some(in_range(int(v, k)?, 1, u32::MAX as i64, k)? as u32),
+            }
+        }
+        // A segment must fit twice in the budget: shrink segments for small budgets.
+        sp.segment_bytes = sp.segment_bytes.min(sp.budget_bytes / 2);
+        cfg.spool = spool;
+    } else if !spool_extra.is_empty() {
+        return Err(c"spoolDir missing");
     }
 
     // paho: `reliable` 1 = one message in flight, 0 = ten; `maxInflightMessages` (> 0) wins over both.

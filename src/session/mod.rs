@@ -20,6 +20,12 @@
 //!   compacted at the next `handle_read`; bytes of events not yet polled are kept, so poll every event before
 //!   feeding more bytes to keep it small.
 //!
+//! Receive backpressure: [`Session::handle_read_bounded`] takes a budget for the events it produces and stops
+//! before a PUBLISH whose event would not fit, returning how many input bytes it took, so that the owner never
+//! has to acknowledge a message it cannot keep. While the owner leaves the rest of the stream unread it says so
+//! with [`Session::handle_reader_paused`]: the PINGRESP timeout is not enforced then (the PINGRESP may be waiting
+//! unread behind the messages) and PINGREQ keeps going out every keep-alive so the broker keeps the connection.
+//!
 //! Delivery guarantee: a QoS 1/2 message given to [`Session::publish`] stays in its slot until PUBACK/PUBCOMP.
 //! After a reconnect it is resent with DUP (or, in the PUBREC state, its PUBREL is resent) when the broker kept
 //! the session, and resent as a fresh PUBLISH otherwise (the broker forgot it, so at-least-once beats loss).
@@ -47,7 +53,7 @@ pub struct Will {
 }
 
 /// Everything the protocol needs to know; the transport's options live elsewhere.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionConfig {
     pub client_id: String,
     pub protocol: Protocol,
@@ -66,6 +72,24 @@ pub struct SessionConfig {
     pub max_packet_size: usize,
 }
 
+/// Debug shows everything but the password (it prints as `<redacted>`): configurations end up in logs.
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("client_id", &self.client_id)
+            .field("protocol", &self.protocol)
+            .field("keep_alive", &self.keep_alive)
+            .field("response_timeout", &self.response_timeout)
+            .field("clean_session", &self.clean_session)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("will", &self.will)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_packet_size", &self.max_packet_size)
+            .finish()
+    }
+}
+
 /// What the session reports to its owner.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -80,9 +104,10 @@ pub enum Event<'a> {
         qos: QoS,
         retain: bool,
     },
-    /// A QoS 1/2 publish was acknowledged (PUBACK / PUBCOMP).
+    /// A QoS 1/2 publish was acknowledged (PUBACK: QoS 1 / PUBCOMP: QoS 2).
     Delivered {
         token: Token,
+        qos: QoS,
     },
     /// SUBACK for a filter: `granted` is `None` when the broker refused (0x80).
     Subscribed {
@@ -92,6 +117,17 @@ pub enum Event<'a> {
     Unsubscribed {
         filter: &'a str,
     },
+}
+
+/// What [`Session::handle_read_bounded`] did with its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadProgress {
+    /// Bytes of the input taken; the caller keeps the rest and feeds it again (first) later.
+    pub consumed: usize,
+    /// `Some(cost)` when it stopped before a complete PUBLISH that did not fit in the budget: call again when
+    /// at least `cost` is available (`per_event` plus its topic and payload). The packet is held by the
+    /// session.
+    pub blocked: Option<usize>,
 }
 
 /// Why the session gave up on the current connection, or refused a command. The message says what to do.
@@ -226,6 +262,7 @@ enum Ev {
     },
     Delivered {
         token: Token,
+        qos: QoS,
     },
     Subscribed {
         filter: Range<usize>,
@@ -256,6 +293,8 @@ pub struct Session {
     ev_text: String,
     /// Incoming QoS 2 identifiers delivered and awaiting PUBREL.
     awaiting_rel: IdSet,
+    /// The owner stopped reading (see `handle_reader_paused`).
+    rx_paused: bool,
 
     // Outgoing identifiers and in-flight messages.
     ids_in_use: IdSet,
@@ -290,6 +329,7 @@ impl Session {
             events: VecDeque::new(),
             ev_text: String::new(),
             awaiting_rel: IdSet::new(),
+            rx_paused: false,
             ids_in_use: IdSet::new(),
             window,
             slots: Vec::new(),
@@ -335,6 +375,7 @@ impl Session {
         self.tx.clear();
         self.rx.truncate(self.rx_done);
         self.ping_deadline = None;
+        self.rx_paused = false;
         if let Err(e) = encode_connect(&self.cfg, &mut self.tx) {
             // The configuration cannot be encoded (e.g. a will topic with a wildcard). Surface it as a
             // refusal-like failure at once rather than sending garbage.
@@ -358,14 +399,39 @@ impl Session {
         self.connack_deadline = None;
         self.ping_deadline = None;
         self.last_tx = None;
+        self.rx_paused = false;
     }
 
     /// Feed bytes read from the transport (any split). Complete packets are processed at once.
     pub fn handle_read(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        self.handle_read_bounded(data, now, usize::MAX, 0)
+            .map(|_| ())
+    }
+
+    /// Like [`Session::handle_read`], but the events produced may cost at most `budget`, where an event costs
+    /// `per_event` plus its text (topic and payload of a message, the filter of a SUBACK/UNSUBACK). Before
+    /// processing a complete PUBLISH it checks that its event's cost (known from the fixed header) fits in
+    /// what is left, and stops otherwise: nothing is acknowledged that did not fit.
+    /// Other packets are always processed (their events are small; the caller keeps a reserve for them) and
+    /// their cost is taken from the budget. `usize::MAX` means unbounded.
+    ///
+    /// Returns how many bytes of `data` were taken; feed the rest (after polling the events and waiting for
+    /// room) before any new bytes.
+    pub fn handle_read_bounded(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        budget: usize,
+        per_event: usize,
+    ) -> Result<ReadProgress, SessionError> {
         self.compact();
         if matches!(self.state, State::Disconnected | State::Failed) {
-            return Ok(());
+            return Ok(ReadProgress {
+                consumed: data.len(),
+                blocked: None,
+            });
         }
+        let mut budget = budget;
         let mut input = data;
         loop {
             let partial = &self.rx[self.rx_done..];
@@ -374,9 +440,23 @@ impl Session {
                 Ok(Some(h)) => {
                     let need = h.packet_len() - partial.len();
                     if need == 0 {
+                        let bounded = budget != usize::MAX;
+                        if bounded && h.packet_type == PacketType::Publish {
+                            let cost = publish_event_cost(&h).saturating_add(per_event);
+                            if cost > budget {
+                                return Ok(ReadProgress {
+                                    consumed: data.len() - input.len(),
+                                    blocked: Some(cost),
+                                });
+                            }
+                        }
+                        let before = self.events.len();
                         let start = self.rx_done;
                         self.rx_done += h.packet_len();
                         self.process(start, h, now)?;
+                        if bounded {
+                            budget = budget.saturating_sub(self.events_cost(before, per_event));
+                        }
                         continue;
                     }
                     if input.is_empty() {
@@ -397,7 +477,24 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        Ok(ReadProgress {
+            consumed: data.len(),
+            blocked: None,
+        })
+    }
+
+    /// The owner stopped (`true`) or resumed (`false`) reading the transport, e.g. because its event queue
+    /// is full. While paused the PINGRESP timeout is not enforced (the PINGRESP may sit unread behind the
+    /// messages) and a PINGREQ goes out every keep-alive even with one unanswered, so the broker keeps the
+    /// connection. On resuming, an unanswered PINGREQ gets a full `response_timeout` from then.
+    pub fn handle_reader_paused(&mut self, paused: bool, now: Instant) {
+        if self.rx_paused && !paused {
+            if let Some(d) = self.ping_deadline {
+                let fresh = now.checked_add(self.cfg.response_timeout).unwrap_or(d);
+                self.ping_deadline = Some(d.max(fresh));
+            }
+        }
+        self.rx_paused = paused;
     }
 
     /// Let timers fire (keep-alive PINGREQ, ping / CONNACK timeout).
@@ -419,15 +516,18 @@ impl Session {
                 }
             }
             State::Connected => {
-                if self.ping_deadline.is_some_and(|d| now >= d) {
+                if !self.rx_paused && self.ping_deadline.is_some_and(|d| now >= d) {
                     self.state = State::Failed;
                     self.ping_deadline = None;
                     return Err(SessionError::Timeout("PINGRESP"));
                 }
-                if self.ping_deadline.is_none() && self.keepalive_due().is_some_and(|d| now >= d) {
+                let ping_free = self.ping_deadline.is_none() || self.rx_paused;
+                if ping_free && self.keepalive_due().is_some_and(|d| now >= d) {
                     self.tx.extend_from_slice(&[0xc0, 0]);
                     self.last_tx = Some(now);
-                    self.ping_deadline = now.checked_add(self.cfg.response_timeout);
+                    if self.ping_deadline.is_none() {
+                        self.ping_deadline = now.checked_add(self.cfg.response_timeout);
+                    }
                 }
             }
             State::Disconnected | State::Closing => {}
@@ -538,8 +638,13 @@ impl Session {
     /// Append every pending outgoing byte to `out`. Returns the number of bytes appended.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> usize {
         let n = self.tx.len();
-        out.extend_from_slice(&self.tx);
-        self.tx.clear();
+        if out.is_empty() {
+            // Hand the buffer over instead of copying it; the caller's (empty, warm) one comes back.
+            std::mem::swap(out, &mut self.tx);
+        } else {
+            out.extend_from_slice(&self.tx);
+            self.tx.clear();
+        }
         n
     }
 
@@ -547,6 +652,8 @@ impl Session {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Connecting => self.connack_deadline,
+            // While the reader is paused only the next PINGREQ is due (the PINGRESP timeout is not enforced).
+            State::Connected if self.rx_paused => self.keepalive_due(),
             State::Connected => self.ping_deadline.or_else(|| self.keepalive_due()),
             // A CONNECT that could not be encoded fails at the first timeout.
             State::Failed => self.connack_deadline,
@@ -571,7 +678,7 @@ impl Session {
                 qos,
                 retain,
             },
-            Ev::Delivered { token } => Event::Delivered { token },
+            Ev::Delivered { token, qos } => Event::Delivered { token, qos },
             Ev::Subscribed { filter, granted } => Event::Subscribed {
                 filter: &self.ev_text[filter],
                 granted,
@@ -603,11 +710,32 @@ impl Session {
         self.last_tx?.checked_add(self.cfg.keep_alive)
     }
 
+    /// What the events from `from` on cost (see `handle_read_bounded`).
+    fn events_cost(&self, from: usize, per_event: usize) -> usize {
+        self.events
+            .range(from..)
+            .map(|e| {
+                per_event
+                    + match e {
+                        Ev::Message { topic, payload, .. } => topic.len() + payload.len(),
+                        Ev::Subscribed { filter, .. } | Ev::Unsubscribed { filter } => filter.len(),
+                        Ev::Connected { .. } | Ev::Delivered { .. } => 0,
+                    }
+            })
+            .sum()
+    }
+
     fn fail_protocol(&mut self, e: codec::Error) -> SessionError {
+        // Garbage instead of a CONNACK is most often another protocol on that port (HTTP, TLS, …).
+        let hint = if self.state == State::Connecting {
+            " (instead of a CONNACK: is this an MQTT port? check the URI's scheme and port)"
+        } else {
+            ""
+        };
         self.state = State::Failed;
         self.connack_deadline = None;
         self.ping_deadline = None;
-        SessionError::Protocol(format!("the broker sent invalid data: {e}"))
+        SessionError::Protocol(format!("the broker sent invalid data: {e}{hint}"))
     }
 
     fn fail(&mut self, m: String) -> SessionError {
@@ -766,7 +894,7 @@ impl Session {
     fn on_packet(&mut self, p: Packet<'_>, base: usize, now: Instant) -> Result<(), SessionError> {
         if self.state == State::Connecting && !matches!(p, Packet::ConnAck(_)) {
             return Err(self.fail(format!(
-                "the broker sent {} before CONNACK (CONNACK must come first)",
+                "the broker sent {} before CONNACK (CONNACK must come first: is this an MQTT port?)",
                 p.packet_type()
             )));
         }
@@ -804,7 +932,10 @@ impl Session {
                 Some(s) if self.slots[s].qos == QoS::AtLeastOnce => {
                     let token = self.slots[s].token;
                     self.free_slot(s);
-                    self.events.push_back(Ev::Delivered { token });
+                    self.events.push_back(Ev::Delivered {
+                        token,
+                        qos: QoS::AtLeastOnce,
+                    });
                 }
                 _ => log::debug!("ignoring PUBACK for packet id {} not awaiting one", a.pkid),
             },
@@ -819,7 +950,10 @@ impl Session {
                 Some(s) if self.slots[s].state == SlotState::Release => {
                     let token = self.slots[s].token;
                     self.free_slot(s);
-                    self.events.push_back(Ev::Delivered { token });
+                    self.events.push_back(Ev::Delivered {
+                        token,
+                        qos: QoS::ExactlyOnce,
+                    });
                 }
                 _ => log::debug!("ignoring PUBCOMP for packet id {} not awaiting one", a.pkid),
             },
@@ -964,6 +1098,13 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Topic plus payload bytes of a PUBLISH, from its fixed header (remaining length less the topic's length
+/// prefix and, for QoS 1/2, the packet identifier).
+fn publish_event_cost(h: &codec::FixedHeader) -> usize {
+    let pkid = if (h.flags >> 1) & 3 != 0 { 2 } else { 0 };
+    h.remaining_len.saturating_sub(2 + pkid)
 }
 
 fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec::Error> {

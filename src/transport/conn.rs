@@ -107,6 +107,9 @@ pub struct Conn {
     /// Plaintext queued by `write`; `out[out_pos..]` is not yet handed to rustls / the socket.
     out: Vec<u8>,
     out_pos: usize,
+    /// The last `read` stopped because the socket had nothing more (EAGAIN): with edge-triggered polling
+    /// the next readiness event is what to wait for, not another read.
+    drained: bool,
     /// Plaintext handed to rustls whose TLS records are not yet fully written (an estimate).
     tls_queued: usize,
     closed: bool,
@@ -204,6 +207,7 @@ impl Conn {
                         trust,
                         out: Vec::new(),
                         out_pos: 0,
+                        drained: false,
                         tls_queued: 0,
                         closed: false,
                         registration: None,
@@ -384,6 +388,7 @@ impl Conn {
             return Ok(0);
         }
         let start = out.len();
+        self.drained = false;
         if self.tls.is_none() {
             self.read_tcp(out, start)?;
         } else {
@@ -420,6 +425,7 @@ impl Conn {
                 Err(e) => {
                     out.truncate(at);
                     if would_block(&e) {
+                        self.drained = true;
                         break;
                     }
                     if e.kind() != io::ErrorKind::Interrupted {
@@ -443,7 +449,10 @@ impl Conn {
             }) {
                 Ok(0) => eof = true,
                 Ok(_) => {}
-                Err(e) if would_block(&e) => break,
+                Err(e) if would_block(&e) => {
+                    self.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.io_error(e, "reading from")),
             }
@@ -491,6 +500,23 @@ impl Conn {
             return Err(TransportError::Closed);
         }
         self.out.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Like [`Conn::write`] but takes the bytes out of `data` (leaving it empty): when nothing is queued the
+    /// two buffers are swapped instead of copied.
+    pub fn write_owned(&mut self, data: &mut Vec<u8>) -> Result<(), TransportError> {
+        if self.closed {
+            return Err(TransportError::Closed);
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            std::mem::swap(&mut self.out, data);
+        } else {
+            self.out.extend_from_slice(data);
+            data.clear();
+        }
         Ok(())
     }
 
@@ -600,6 +626,12 @@ impl Conn {
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
         }
         self.closed = true;
+    }
+
+    /// The last [`Conn::read`] emptied the socket (it ended on EAGAIN): no need to read again before the next
+    /// readiness event.
+    pub fn read_drained(&self) -> bool {
+        self.drained
     }
 
     /// Bytes queued and not yet written to the socket (plaintext + TLS records). For TLS the part already

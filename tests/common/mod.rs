@@ -25,6 +25,21 @@ use rcgen::{
 pub const USER: &str = "gateway";
 pub const PASSWORD: &str = "s3cret-pw";
 
+/// The `qmqtt` command under test. When `$QMQTT_TEST_RUNNER` is set (targets/test sets it to qemu-user for
+/// ARM builds), the binary is started through it, so the same tests run on every target.
+pub fn qmqtt_cmd() -> Command {
+    let bin = env!("CARGO_BIN_EXE_qmqtt");
+    match std::env::var("QMQTT_TEST_RUNNER") {
+        Ok(r) if !r.trim().is_empty() => {
+            let mut words = r.split_whitespace();
+            let mut c = Command::new(words.next().unwrap());
+            c.args(words).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

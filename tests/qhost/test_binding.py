@@ -49,11 +49,7 @@ def test_q_api_binds_to_the_host(host):
     imported = undefined(host.lib_path)
     host_defined = {"k", "krr", "orr", "sd1", "sd0", "sd0x", "dot"}
     assert "krr" in imported
-    # While the engine is a stub, LTO drops the code after its todo!() (k, sd1, r0 unused); once it lands
-    # they must be imported too.
-    from conftest import engine_ready
-    if engine_ready():
-        assert {"k", "sd1", "sd0x", "r0"} <= imported, imported
+    assert {"k", "sd1", "sd0x", "r0"} <= imported, imported
     for name in imported & host_defined:
         assert bound.get(name) == "qhost.so", (name, bound.get(name))
     for name in imported - host_defined:

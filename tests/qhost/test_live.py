@@ -575,3 +575,39 @@ def test_subscriptions_survive_an_automatic_reconnect(engine, broker):
         pub(broker, "resub/t", "after restart", qos=1)
         q.loop(200)
     assert ["resub/t", "after restart"] in q.callbacks(".mqtt.msgrcvd")
+
+
+def test_spool_options_store_and_forward(engine, broker, tmp_path):
+    """spoolDir & co. reach the engine: messages published while the broker is down go to the disk spool
+    (stats show it), a second connection on the same spool directory is refused, and after the broker is
+    back every message is acknowledged."""
+    q = engine
+    d = str(tmp_path / "spool")
+    opts = {S("spoolDir"): S(d), S("spoolBytes"): 4 << 20, S("spoolSync"): S("never"),
+            S("queueBytes"): 64 << 10, S("backoffMin"): 100, S("backoffMax"): 300}
+    conn(q, broker.tcp_uri, "spooler", opts)
+    with pytest.raises(QError, match="spool locked"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler2"), {S(""): NIL, S("spoolDir"): S(d)})
+    with pytest.raises(QError, match="spoolDir missing"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler3"), {S(""): NIL, S("drainRate"): 10})
+    with pytest.raises(QError, match="spoolFull invalid"):
+        q.call("connhx", S(broker.tcp_uri), S("spooler4"),
+               {S(""): NIL, S("spoolDir"): S(d + "x"), S("spoolFull"): S("sideways")})
+    broker.stop()
+    try:
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        # 3000 x ~230 bytes: ten times the 64 KiB queue. Offline, the I/O thread spills what is queued 100 ms
+        # after it was published: publish at a pace the spill keeps up with (a gateway's, not a flood).
+        n, toks = 3000, []
+        for chunk in range(30):
+            toks += [q.call("pubx", S("spool/t"), f"{i:05d}" + "x" * 200, 1, 0)
+                     for i in range(chunk * 100, chunk * 100 + 100)]
+            q.loop(150)
+        assert q.loop_until(lambda: q.call("stats", NIL)["spilled"] > 0, 10)
+        st = q.call("stats", NIL)
+        assert st["spooled"] > 0 and st["spoolBytesWritten"] > 0 and st["refusedFull"] == 0
+    finally:
+        broker.start()
+    assert q.loop_until(lambda: len(q.callbacks(".mqtt.msgsent")) >= n, 30)
+    assert sorted(a[0] for a in q.callbacks(".mqtt.msgsent")) == toks
+    assert q.call("stats", NIL)["spooled"] == 0

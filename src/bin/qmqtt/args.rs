@@ -18,6 +18,22 @@ use qmqtt::{Config, QoS};
 /// Exit code for a bad command line.
 pub const USAGE_EXIT: i32 = 2;
 
+/// A subcommand's parsed options, or the exit code once its help (`Ok(None)`: exit 0, help printed with the
+/// connection flags) or its usage error (exit 2) has been printed.
+pub fn options_or_exit<T>(parsed: Result<Option<T>, UsageError>, help: &str) -> Result<T, i32> {
+    match parsed {
+        Ok(Some(o)) => Ok(o),
+        Ok(None) => {
+            out!("{help}\n{CONN_HELP}");
+            Err(0)
+        }
+        Err(e) => {
+            errln!("{e}");
+            Err(USAGE_EXIT)
+        }
+    }
+}
+
 /// A command-line error, already worded for the user.
 #[derive(Debug)]
 pub struct UsageError(pub String);

@@ -9,7 +9,7 @@ use qmqtt::codec::Protocol;
 use qmqtt::session::{Event as SessionEvent, Session, SessionConfig, SessionError};
 use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo, TransportError};
 
-use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
+use crate::args::{Args, ConnOpts, UsageError};
 use crate::der;
 use crate::util::hint;
 
@@ -62,16 +62,9 @@ struct Failure {
 }
 
 pub fn run(argv: Vec<OsString>) -> i32 {
-    let o = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            out!("{HELP}\n{CONN_HELP}");
-            return 0;
-        }
-        Err(e) => {
-            errln!("{e}");
-            return crate::args::USAGE_EXIT;
-        }
+    let o = match crate::args::options_or_exit(parse(argv), HELP) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
     let uri = o.conn.uri();

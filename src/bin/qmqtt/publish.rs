@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use qmqtt::{Client, Event, PublishError, QoS};
 
-use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
+use crate::args::{Args, ConnOpts, UsageError};
 use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
 
 pub const HELP: &str = "\
@@ -39,6 +39,10 @@ Delivery:
   --queue-bytes N      publish queue bound in bytes (default 4194304)
   --max-inflight N     QoS 1/2 messages in flight at once (default 100)
   --linger SECONDS     let the engine collect a burst for up to this long before sending (default 0)
+  --spool DIR          store-and-forward: what the queue cannot hold while the broker is unreachable goes
+                       to a disk spool in DIR, sent in order once it is back (also by the next run on DIR);
+                       the first connection may fail (the engine keeps trying)
+  --spool-bytes N      disk bound of the spool in bytes (default 67108864; oldest dropped beyond it)
   -c                   no clean session (keep the session on the broker; needs -i)
   --help               this help
 
@@ -72,6 +76,7 @@ struct PubOpts {
     repeat: u64,
     size: Option<usize>,
     linger: Option<Duration>,
+    spool: Option<qmqtt::spool::SpoolConfig>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
@@ -88,6 +93,8 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
     let mut repeat = None;
     let mut size = None;
     let mut linger = None;
+    let mut spool = None;
+    let mut spool_bytes: Option<u64> = None;
     let mut set_source = |a: &Args, flag: &str, s: Source| -> Result<(), UsageError> {
         if source.is_some() {
             return Err(a.err(format!(
@@ -120,6 +127,8 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
             "--size" => size = Some(a.number::<usize>(&f)?),
             "--queue-bytes" => conn.queue_bytes = Some(a.number(&f)?),
             "--linger" => linger = Some(a.seconds(&f)?),
+            "--spool" => spool = Some(qmqtt::spool::SpoolConfig::new(a.value_os(&f)?)),
+            "--spool-bytes" => spool_bytes = Some(a.number(&f)?),
             "--max-inflight" => {
                 let n: u16 = a.number(&f)?;
                 if n == 0 {
@@ -161,6 +170,15 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
     if size.is_some() && repeat.is_none() {
         return Err(a.err("--size goes with --repeat N".into()));
     }
+    match (&mut spool, spool_bytes) {
+        (None, Some(_)) => return Err(a.err("--spool-bytes goes with --spool DIR".into())),
+        (Some(sc), Some(n)) => {
+            // Segments (the unit of deletion) of a quarter of the budget, at most the default 4 MiB.
+            sc.budget_bytes = n;
+            sc.segment_bytes = (n / 4).clamp(qmqtt::spool::MIN_SEGMENT_BYTES, sc.segment_bytes);
+        }
+        _ => {}
+    }
     if repeat == Some(0) {
         return Err(a.err("--repeat must be at least 1".into()));
     }
@@ -174,6 +192,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
         repeat: repeat.unwrap_or(1),
         size,
         linger,
+        spool,
     }))
 }
 
@@ -359,16 +378,9 @@ impl LineReader {
 const MAX_MESSAGE: usize = 268_435_455 - 65_536;
 
 pub fn run(argv: Vec<OsString>) -> i32 {
-    let o = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            out!("{HELP}\n{CONN_HELP}");
-            return 0;
-        }
-        Err(e) => {
-            errln!("{e}");
-            return crate::args::USAGE_EXIT;
-        }
+    let o = match crate::args::options_or_exit(parse(argv), HELP) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
     // Whole-input sources are read before connecting (nothing to do while the broker waits).
@@ -406,6 +418,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     if let Some(l) = o.linger {
         cfg.linger = l;
     }
+    cfg.spool = o.spool.clone();
     let uri = cfg.uri.clone();
     let wait = cfg.connect_timeout + Duration::from_secs(1);
     // Before the I/O thread exists, so that it inherits the blocked signals.
@@ -418,7 +431,13 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         }
     };
     match crate::util::wait_first_connection(&client, wait, &sig) {
-        Ok(()) => {}
+        Ok(()) => log::info!("connected to {uri}"),
+        Err(FirstConnect::Failed(e)) if o.spool.is_some() => {
+            log::warn!(
+                "{} (publishing to the spool meanwhile)",
+                describe_connect_error(&uri, &e)
+            )
+        }
         Err(FirstConnect::Failed(e)) => {
             errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
             client.disconnect(Duration::ZERO);
@@ -432,7 +451,6 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             return 130;
         }
     }
-    log::info!("connected to {uri}");
 
     let mut t = Tally::default();
     let started = Instant::now();
@@ -515,6 +533,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     }
     if t.full_waits > 0 {
         line.push_str(&format!(" full_waits={}", t.full_waits));
+    }
+    if o.spool.is_some() {
+        line.push_str(&format!(" spooled={}", st.spooled));
     }
     if o.repeat > 1 {
         let secs = elapsed.as_secs_f64().max(1e-9);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use qmqtt::{Client, Event, QoS};
 
-use crate::args::{Args, ConnOpts, UsageError, CONN_HELP};
+use crate::args::{Args, ConnOpts, UsageError};
 use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
 
 pub const HELP: &str = "\
@@ -107,16 +107,9 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
 }
 
 pub fn run(argv: Vec<OsString>) -> i32 {
-    let o = match parse(argv) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            out!("{HELP}\n{CONN_HELP}");
-            return 0;
-        }
-        Err(e) => {
-            errln!("{e}");
-            return crate::args::USAGE_EXIT;
-        }
+    let o = match crate::args::options_or_exit(parse(argv), HELP) {
+        Ok(o) => o,
+        Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
     let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
@@ -220,8 +213,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             let d = client.stats().dropped_incoming;
             if d > dropped {
                 log::warn!(
-                    "{} incoming message(s) dropped so far: they arrive faster than they are printed \
-                     (the event queue is full)",
+                    "{} incoming message(s) dropped so far: each was larger than the client's event \
+                     queue (4 MiB) can ever hold (a merely slow reader makes the broker wait instead)",
                     d
                 );
                 dropped = d;

@@ -1,0 +1,373 @@
+//! A hostile or broken "broker": a `TcpListener` in the test that answers CONNECT with garbage (an HTTP
+//! error page, random bytes), announces a PUBLISH of 256 MiB and streams junk, sends a remaining length of
+//! five bytes, sends a well-formed PUBLISH bigger than `max_packet_size`, or never answers at all.
+//!
+//! Asserted for each: the client drops the connection with an error that says what was wrong
+//! (`Stats::last_error` and the `ConnectionLost` cause), memory stays bounded (RSS; the tests run one at a
+//! time for that), and it keeps retrying with its backoff — the fake broker timestamps every connection
+//! attempt and the gaps must follow `backoff_min · 2^k` (upper half, jittered), not a hot loop.
+mod common;
+#[path = "common/fault.rs"]
+mod fault;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qmqtt::client::{Client, Event};
+use qmqtt::transport::MAX_READ_PER_CALL;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_millis(1600);
+
+#[derive(Clone)]
+enum Mode {
+    /// Answer CONNECT with these bytes, then wait for the client to go.
+    Reply(Vec<u8>),
+    /// Answer with these bytes, then stream junk (up to 64 MiB) until the client goes.
+    ReplyThenStream(Vec<u8>),
+    /// Read and never answer.
+    Silent,
+}
+
+struct Fake {
+    port: u16,
+    accepts: Arc<Mutex<Vec<Instant>>>,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn start(mode: Mode) -> Fake {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let f = Fake {
+            port,
+            accepts: Arc::default(),
+            sent: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (acc, sent, stop) = (f.accepts.clone(), f.sent.clone(), f.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        acc.lock().unwrap().push(Instant::now());
+                        let (mode, sent, stop) = (mode.clone(), sent.clone(), stop.clone());
+                        std::thread::spawn(move || serve(s, mode, &sent, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        f
+    }
+
+    fn uri(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn gaps(&self) -> Vec<Duration> {
+        let a = self.accepts.lock().unwrap();
+        a.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut s: TcpStream, mode: Mode, sent: &AtomicU64, stop: &AtomicBool) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 4096];
+    // The CONNECT.
+    if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+        return;
+    }
+    let mut wait_close = |s: &mut TcpStream| {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        while !stop.load(Ordering::Relaxed) {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        }
+    };
+    match mode {
+        Mode::Reply(r) => {
+            if s.write_all(&r).is_ok() {
+                sent.fetch_add(r.len() as u64, Ordering::Relaxed);
+            }
+            wait_close(&mut s);
+        }
+        Mode::ReplyThenStream(r) => {
+            if s.write_all(&r).is_err() {
+                return;
+            }
+            let junk = [0x5au8; 64 << 10];
+            for _ in 0..1024 {
+                if stop.load(Ordering::Relaxed) || s.write_all(&junk).is_err() {
+                    return;
+                }
+                sent.fetch_add(junk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Mode::Silent => wait_close(&mut s),
+    }
+}
+
+/// CONNACK, accepted, no session.
+const CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+fn client(uri: &str, id: &str, max_packet: usize) -> Client {
+    let mut k = qmqtt::client::Config::new(uri, id);
+    k.connect_timeout = Duration::from_secs(1);
+    k.keep_alive = Duration::from_secs(5);
+    k.backoff_min = BACKOFF_MIN;
+    k.backoff_max = BACKOFF_MAX;
+    k.max_packet_size = max_packet;
+    Client::connect(k).unwrap()
+}
+
+struct Outcome {
+    causes: Vec<String>,
+    last_error: String,
+    attempts: usize,
+    min_gap: Duration,
+    rss_growth: i64,
+    sent: u64,
+    connected: usize,
+}
+
+/// Let the client deal with `mode` for `secs`; collect what it said and how often it came back.
+fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outcome {
+    let fk = Fake::start(mode);
+    let c = client(&fk.uri(), name, max_packet);
+    let mut causes = Vec::new();
+    let mut connected = 0;
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    // Memory is measured from the first failure on (the client, its queues and threads exist by then).
+    let mut rss0 = None;
+    while Instant::now() < until {
+        if rss0.is_none() && !causes.is_empty() {
+            rss0 = Some(fault::rss_kib());
+        }
+        fault::readable(c.event_fd(), 20);
+        c.poll_events(100, &mut |e| match e {
+            Event::ConnectionLost { cause } => causes.push(cause.to_string()),
+            Event::Connected { .. } => connected += 1,
+            _ => {}
+        });
+    }
+    let rss1 = fault::rss_kib();
+    let rss0 = rss0.unwrap_or(rss1);
+    let st = c.stats();
+    drop(c);
+    let gaps = fk.gaps();
+    let o = Outcome {
+        causes,
+        last_error: st.last_error.clone().unwrap_or_default(),
+        attempts: gaps.len() + 1,
+        min_gap: gaps.iter().min().copied().unwrap_or(Duration::MAX),
+        rss_growth: rss1 as i64 - rss0 as i64,
+        sent: fk.sent.load(Ordering::Relaxed),
+        connected,
+    };
+    fault::report(
+        name,
+        &format!(
+            "{what}: connection dropped with \"{}\"; {} connection attempts in {secs:.0} s (gaps min {:?}, \
+             {}), anon RSS {:+} KiB, {:.1} MiB sent by the fake broker",
+            o.last_error,
+            o.attempts,
+            o.min_gap,
+            gaps.iter()
+                .take(6)
+                .map(|g| format!("{}", g.as_millis()))
+                .collect::<Vec<_>>()
+                .join("/")
+                + " ms",
+            o.rss_growth,
+            o.sent as f64 / (1 << 20) as f64
+        ),
+    );
+    // Checks common to every hostile broker.
+    assert!(!o.causes.is_empty(), "no ConnectionLost reported");
+    assert!(!o.last_error.is_empty(), "no last_error");
+    assert!(
+        o.attempts >= 2,
+        "the client gave up: {} attempts",
+        o.attempts
+    );
+    // At most one read's worth of buffer (the transport reads up to MAX_READ_PER_CALL before the session
+    // looks at a header) plus slack for the fake broker's own threads — whatever the broker announces.
+    let bound = (MAX_READ_PER_CALL as i64 + (16 << 10) + (512 << 10)) / 1024;
+    assert!(
+        o.rss_growth < bound,
+        "RSS grew {} KiB (bound {bound} KiB)",
+        o.rss_growth
+    );
+    // Exponential backoff, each gap at least the lower end of its step — also when every failure follows an
+    // accepted CONNACK: only a connection that stays up resets the backoff, so a broker that
+    // accepts and drops at once is not retried in a hot loop.
+    for (k, g) in gaps.iter().enumerate() {
+        let base = (BACKOFF_MIN * (1 << k.min(10))).min(BACKOFF_MAX);
+        assert!(
+            *g >= base / 2 - Duration::from_millis(10),
+            "gap {k} is {g:?}, backoff step {base:?}: {gaps:?}"
+        );
+    }
+    o
+}
+
+#[test]
+fn fault_hostile_http_reply() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let page = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 11\r\n\r\nBad Request".to_vec();
+    let o = run(
+        "fault_hostile_http_reply",
+        "fake broker answers CONNECT with an HTTP 400 page",
+        Mode::Reply(page),
+        1 << 20,
+        4.0,
+    );
+    assert_eq!(o.connected, 0);
+    assert!(
+        o.last_error.contains("protocol error") || o.last_error.contains("malformed"),
+        "{}",
+        o.last_error
+    );
+    // … and says what is likely wrong: not an MQTT port.
+    assert!(o.last_error.contains("MQTT port"), "{}", o.last_error);
+}
+
+#[test]
+fn fault_hostile_random_bytes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let o = run(
+        "fault_hostile_random_bytes",
+        "fake broker answers CONNECT with 4 KiB of random bytes",
+        Mode::Reply(garbage),
+        1 << 20,
+        4.0,
+    );
+    assert_eq!(o.connected, 0);
+}
+
+#[test]
+fn fault_hostile_huge_remaining_length() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // CONNACK, then a PUBLISH announcing 268 435 455 bytes, then junk as fast as the client takes it.
+    let mut r = CONNACK.to_vec();
+    r.extend_from_slice(&[0x30, 0xff, 0xff, 0xff, 0x7f]);
+    let o = run(
+        "fault_hostile_huge_remaining_length",
+        "CONNACK, then a PUBLISH announcing 256 MiB, then a stream of junk",
+        Mode::ReplyThenStream(r),
+        1 << 20,
+        3.0,
+    );
+    assert!(o.connected >= 2);
+    assert!(o.last_error.contains("max_packet_size"), "{}", o.last_error);
+}
+
+#[test]
+fn fault_hostile_malformed_remaining_length() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = CONNACK.to_vec();
+    r.extend_from_slice(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0]);
+    let o = run(
+        "fault_hostile_malformed_remaining_length",
+        "CONNACK, then a PUBLISH whose remaining length runs to 5 bytes",
+        Mode::Reply(r),
+        1 << 20,
+        3.0,
+    );
+    assert!(
+        o.last_error.contains("remaining length"),
+        "{}",
+        o.last_error
+    );
+}
+
+#[test]
+fn fault_hostile_publish_over_max_packet_size() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A well-formed QoS 0 PUBLISH of 8 KiB to a client that accepts 4 KiB.
+    let mut r = CONNACK.to_vec();
+    let topic = b"big/x";
+    let body = 2 + topic.len() + 8192;
+    r.push(0x30);
+    let mut len = body;
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        r.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    r.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    r.extend_from_slice(topic);
+    r.extend(std::iter::repeat_n(b'p', 8192));
+    let o = run(
+        "fault_hostile_publish_over_max_packet_size",
+        "CONNACK, then a well-formed 8 KiB PUBLISH with max_packet_size 4 KiB",
+        Mode::Reply(r),
+        4096,
+        3.0,
+    );
+    assert!(
+        o.last_error.contains("max_packet_size") && o.last_error.contains("4096"),
+        "{}",
+        o.last_error
+    );
+}
+
+#[test]
+fn fault_hostile_never_answers_connect() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = run(
+        "fault_hostile_never_answers_connect",
+        "fake broker accepts TCP and never answers CONNECT (connect timeout 1 s)",
+        Mode::Silent,
+        1 << 20,
+        6.0,
+    );
+    assert_eq!(o.connected, 0);
+    // Each attempt waits out the timeout before the backoff starts.
+    assert!(
+        o.min_gap >= Duration::from_millis(950),
+        "min gap {:?}",
+        o.min_gap
+    );
+    assert!(o.attempts <= 5, "{} attempts in 6 s", o.attempts);
+    assert!(
+        o.last_error.contains("CONNACK") || o.last_error.contains("connect timeout"),
+        "{}",
+        o.last_error
+    );
+}
