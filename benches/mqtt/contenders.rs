@@ -22,6 +22,7 @@ pub const ALL: &[&str] = &[
     "mosquitto_pub",
     "raw",
     "q",
+    "q-batch",
 ];
 
 /// Contenders that can stamp a send time into each payload (latency runs).
@@ -232,7 +233,7 @@ pub fn run(job: &Job) -> Result<Outcome, String> {
         "rumqttc" => rumqttc(job, &mut o)?,
         "raw" => raw(job, &mut o)?,
         "mosquitto_pub" => external(job, &mut o)?,
-        "qmqtt-cli" | "q" => external(job, &mut o)?,
+        "qmqtt-cli" | "q" | "q-batch" => external(job, &mut o)?,
         c => {
             return Err(format!(
                 "unknown contender '{c}' (known: {})",
@@ -595,6 +596,15 @@ fn raw_write(
     Ok(())
 }
 
+/// The environment variable holding the command of a q-layer contender (`q`, `q-batch`), if it is one.
+pub fn q_bench_var(contender: &str) -> Option<&'static str> {
+    match contender {
+        "q" => Some("QMQTT_Q_BENCH"),
+        "q-batch" => Some("QMQTT_Q_BATCH_BENCH"),
+        _ => None,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // External publishers: mosquitto_pub -l (stdin lines) and `qmqtt pub --repeat N --size S`, run as a child of
 // this process; their peak RSS and CPU come from wait4's rusage.
@@ -612,14 +622,16 @@ fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
             .args([
                 "-t", &job.topic, "-q", &qos, "-i", &job.id, "-M", "100", "-l",
             ]);
-    } else if job.contender == "q" {
+    } else if let Some(var) = q_bench_var(&job.contender) {
         // The q layer's hook: a command (e.g. the libe host harness running a q publisher) given in
-        // QMQTT_Q_BENCH, called with these options; it publishes `--count` messages and exits when they
-        // are out (QoS 0) or acknowledged (QoS 1). It may print its own `RESULT t_start=NS t_done=NS`
-        // (CLOCK_MONOTONIC) to exclude its start-up; otherwise process start and exit are the clock.
-        let spec = std::env::var("QMQTT_Q_BENCH").map_err(|_| "q needs QMQTT_Q_BENCH")?;
+        // QMQTT_Q_BENCH (q: one `.mqtt.pub` per message) or QMQTT_Q_BATCH_BENCH (q-batch: `.mqtt.pubbatch`),
+        // called with these options; it publishes `--count` messages and exits when they are out (QoS 0) or
+        // acknowledged (QoS 1). It may print its own `RESULT t_start=NS t_done=NS` (CLOCK_MONOTONIC) to
+        // exclude its start-up; otherwise process start and exit are the clock. benches/run sets both to
+        // tests/qhost/qbench when the host harness can be built. The command is split at white space.
+        let spec = std::env::var(var).map_err(|_| format!("{} needs {var}", job.contender))?;
         let mut words = spec.split_whitespace();
-        cmd = Command::new(words.next().ok_or("QMQTT_Q_BENCH is empty")?);
+        cmd = Command::new(words.next().ok_or(format!("{var} is empty"))?);
         cmd.args(words)
             .args(["--uri", &uri, "--cafile"])
             .arg(&job.ca)

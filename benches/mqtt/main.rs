@@ -274,6 +274,114 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
     Ok(())
 }
 
+/// One case of the q layer's caller-thread cost (tests/qhost/qbench_cost.py): ns per message (`pub`,
+/// `pubbatch[B]`) or per call (the frozen-broker cases).
+#[derive(Debug, Clone, Default)]
+struct CostRow {
+    case: String,
+    calls: u64,
+    per: u64,
+    median_ns: f64,
+    p999_ns: f64,
+    max_ns: f64,
+    mean_ns: f64,
+    refused: u64,
+    /// Involuntary / voluntary context switches of the calling thread during the timed calls, CPU time the
+    /// hypervisor stole (ms, all CPUs), wake-ups of the connection's I/O thread.
+    preempted: u64,
+    blocked: u64,
+    steal_ms: u64,
+    io_wakeups: u64,
+    /// What the times are per: "msg" or "call".
+    unit: String,
+    /// The longest call and the involuntary context switches of each round.
+    round_max_ns: Vec<f64>,
+    round_preempted: Vec<u64>,
+}
+
+/// Run the command in QMQTT_Q_COST (split at white space; `--quick` appended for --quick) and parse its
+/// `COST case=... k=v ...` lines.
+fn q_cost(quick: bool) -> Result<Vec<CostRow>, String> {
+    let spec = std::env::var("QMQTT_Q_COST").map_err(|_| "QMQTT_Q_COST is not set")?;
+    let mut words = spec.split_whitespace();
+    let prog = words.next().ok_or("QMQTT_Q_COST is empty")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(words);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run QMQTT_Q_COST ({prog}): {e}"))?;
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let waited = wait_rusage(child.id(), Instant::now() + Duration::from_secs(300));
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    let (status, _) = waited?;
+    if status != 0 {
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return Err(format!(
+            "QMQTT_Q_COST exited with status {status}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ));
+    }
+    let mut rows = Vec::new();
+    for line in stdout.lines().filter(|l| l.starts_with("COST ")) {
+        let mut r = CostRow::default();
+        for kv in line.split_whitespace().skip(1) {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let f = || v.parse::<f64>().unwrap_or(f64::NAN);
+            let u = || v.parse::<u64>().unwrap_or(0);
+            match k {
+                "case" => r.case = v.to_string(),
+                "calls" => r.calls = u(),
+                "per" => r.per = u(),
+                "median_ns" => r.median_ns = f(),
+                "p999_ns" => r.p999_ns = f(),
+                "max_ns" => r.max_ns = f(),
+                "mean_ns" => r.mean_ns = f(),
+                "refused" => r.refused = u(),
+                "preempted" => r.preempted = u(),
+                "blocked" => r.blocked = u(),
+                "steal_ms" => r.steal_ms = u(),
+                "io_wakeups" => r.io_wakeups = u(),
+                "unit" => r.unit = v.to_string(),
+                "round_max_ns" => {
+                    r.round_max_ns = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                }
+                "round_preempted" => {
+                    r.round_preempted = v.split(',').filter_map(|x| x.parse().ok()).collect()
+                }
+                _ => {}
+            }
+        }
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        return Err("QMQTT_Q_COST printed no COST lines".into());
+    }
+    Ok(rows)
+}
+
 fn callgrind_total(path: &Path) -> Result<u64, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("callgrind output {}: {e}", path.display()))?;
@@ -406,9 +514,11 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         eprintln!("bench: qmqtt-cli skipped (set QMQTT_BIN to a qmqtt that has `pub --repeat`)");
         contenders.retain(|c| *c != "qmqtt-cli");
     }
-    if std::env::var_os("QMQTT_Q_BENCH").is_none() {
-        contenders.retain(|c| *c != "q");
-    }
+    // The q layer's contenders take part when their command is given (benches/run sets them).
+    contenders.retain(|c| {
+        contenders::q_bench_var(c)
+            .is_none_or(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    });
     let q = opts.quick;
     // (name, qos, size, count)
     let tests: [(&str, u8, usize, u64); 4] = [
@@ -496,6 +606,28 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
     } else {
         cg_note = "callgrind not run".into();
     }
+    // The q layer's caller-thread cost, in the host harness with its own broker (it freezes it).
+    let cost = if std::env::var_os("QMQTT_Q_COST").is_some_and(|v| !v.is_empty())
+        && test_on("q-cost")
+        && wanted("q")
+    {
+        eprintln!("  q caller-thread cost (tests/qhost/qbench_cost.py)...");
+        let c = q_cost(q);
+        match &c {
+            Ok(rows) => {
+                for r in rows {
+                    eprintln!(
+                        "  q-cost {:<22} median {:>8.1} ns  p99.9 {:>9.1} ns  max {:>10.1} ns  refused {}",
+                        r.case, r.median_ns, r.p999_ns, r.max_ns, r.refused
+                    );
+                }
+            }
+            Err(e) => eprintln!("  q-cost: FAILED: {e}"),
+        }
+        Some(c)
+    } else {
+        None
+    };
     let drops = ctx
         .broker
         .log()
@@ -503,7 +635,7 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         .filter(|l| l.contains("dropped") || l.contains("Outgoing messages"))
         .count();
     let env = environment(&ctx);
-    let (json, md) = report(&samples, &env, opts, &cg_note, drops, t0.elapsed());
+    let (json, md) = report(&samples, &env, opts, &cg_note, drops, &cost, t0.elapsed());
     for (path, text) in [(&opts.json, json), (&opts.md, md.clone())] {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -521,6 +653,7 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         .iter()
         .filter(|s| s.error.is_some() && !s.lost)
         .count();
+    let failed = failed + matches!(cost, Some(Err(_))) as usize;
     if failed > 0 {
         return Err(format!("{failed} runs failed (see above and the results)"));
     }
@@ -686,9 +819,10 @@ fn report(
     opts: &Opts,
     cg_note: &str,
     broker_drops: usize,
+    cost: &Option<Result<Vec<CostRow>, String>>,
     elapsed: Duration,
 ) -> (String, String) {
-    // The q layer's column is always shown: "–" until QMQTT_Q_BENCH wires it.
+    // The q layer's column is always shown: "–" when QMQTT_Q_BENCH is not set (no host harness).
     let mut contenders: Vec<&str> = contenders::ALL
         .iter()
         .copied()
@@ -933,6 +1067,88 @@ fn report(
             lost.join("; ")
         }
     );
+    match cost {
+        Some(Ok(rows)) => {
+            let _ = writeln!(
+                md,
+                "\n## q layer: caller-thread cost (host harness, QoS 1, 64 B payload, TLS, default queue)\n\n\
+                 What q's main thread pays, timed in C around each call to the exported function \
+                 (tests/qhost/qbench_cost.py). `pub`/`pubbatch`: ns per message; broker frozen (SIGSTOP, the \
+                 queue not full): ns per call.\n\n\
+                 | call | calls | median ns | p99.9 ns | max ns | mean ns | refused | preempted / blocked / steal ms |\n\
+                 |---|---|---|---|---|---|---|---|"
+            );
+            for r in rows {
+                let label = format!(
+                    "{}{}, per {}",
+                    if r.per > 1 {
+                        format!("`.mqtt.pubbatch` ({} messages per call)", r.per)
+                    } else {
+                        "`.mqtt.pubx`".to_string()
+                    },
+                    if r.case.starts_with("frozen") {
+                        ", broker frozen"
+                    } else {
+                        ""
+                    },
+                    if r.unit == "call" { "call" } else { "message" }
+                );
+                let _ = writeln!(
+                    md,
+                    "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} / {} / {} |",
+                    r.calls,
+                    r.median_ns,
+                    r.p999_ns,
+                    r.max_ns,
+                    r.mean_ns,
+                    r.refused,
+                    r.preempted,
+                    r.blocked,
+                    r.steal_ms
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\npreempted / blocked: involuntary / voluntary context switches of the calling thread during \
+                 the timed calls (another process took the CPU / the call waited, e.g. on a lock); steal: CPU \
+                 time the hypervisor took from this VM. On a shared machine a preemption is what a \
+                 millisecond outlier is."
+            );
+            for f in rows.iter().filter(|r| r.case.starts_with("frozen")) {
+                let rounds: Vec<String> = f
+                    .round_max_ns
+                    .iter()
+                    .zip(f.round_preempted.iter().chain(std::iter::repeat(&0)))
+                    .map(|(m, p)| format!("{:.1} µs ({p} preempted)", m / 1e3))
+                    .collect();
+                let clean = f
+                    .round_max_ns
+                    .iter()
+                    .zip(&f.round_preempted)
+                    .filter(|(_, p)| **p == 0)
+                    .map(|(m, _)| *m)
+                    .fold(None, |a: Option<f64>, m| Some(a.map_or(m, |a| a.max(m))));
+                let _ = writeln!(
+                    md,
+                    "\nLongest single call, {}, broker frozen, per round: {}; longest in rounds without a \
+                     preemption: {}.",
+                    if f.per > 1 {
+                        format!("`.mqtt.pubbatch` of {}", f.per)
+                    } else {
+                        "`.mqtt.pubx`".to_string()
+                    },
+                    rounds.join(", "),
+                    clean
+                        .map(|m| format!("{:.1} µs", m / 1e3))
+                        .unwrap_or_else(|| "– (every round was preempted)".into())
+                );
+            }
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "\n## q layer: caller-thread cost\n\nFAILED: {e}");
+        }
+        None => {}
+    }
     let failed: Vec<String> = samples
         .iter()
         .filter_map(|s| {
@@ -955,8 +1171,12 @@ fn report(
          in-flight 100, tokens awaited with at most 10 000 outstanding; rumqttc = AsyncClient + EventLoop on \
          a current-thread tokio runtime, in-flight 100; mosquitto_pub = `-l -M 100` fed by a pipe; raw = \
          pre-encoded PUBLISH packets written over one rustls (ring) connection, up to 64 KiB per write (16 KiB records), QoS 1 with \
-         a window of 100. Instructions: {cg_note}. q = the q layer through the libe host harness: a command given in QMQTT_Q_BENCH (see contenders.rs); \
-         \"–\" until it is wired. \
+         a window of 100. Instructions: {cg_note}. q = the q layer (cdylib, feature q) in the libe host harness \
+         (tests/qhost/qbench: `.mqtt.conn` with trustStore, one `.mqtt.pubx` per message from a C loop, q's event loop \
+         running the msgsent callbacks, 'queue full' answered by a return to the event loop; time from the first \
+         publish, CPU and peak RSS of the whole process); q-batch = the same with `.mqtt.pubbatch` of 100 \
+         messages, at most half the publish queue outstanding; the commands come from QMQTT_Q_BENCH / \
+         QMQTT_Q_BATCH_BENCH (set by benches/run; \"–\" when the harness could not be built). \
          Total bench time {:.0} s.\n",
         elapsed.as_secs_f64()
     );
@@ -990,7 +1210,46 @@ fn report(
             num(v[0])
         );
     }
-    let _ = write!(j, "\n  }},\n  \"samples\": [");
+    let _ = write!(j, "\n  }},\n  \"q_caller_cost\": ");
+    match cost {
+        Some(Ok(rows)) => {
+            j.push('[');
+            for (i, r) in rows.iter().enumerate() {
+                let _ = write!(
+                    j,
+                    "{}\n    {{\"case\": {}, \"calls\": {}, \"msgs_per_call\": {}, \"median_ns\": {}, \
+                     \"p999_ns\": {}, \"max_ns\": {}, \"mean_ns\": {}, \"unit\": {}, \"refused\": {}, \"preempted\": {}, \"blocked\": {}, \
+                     \"steal_ms\": {}, \"io_wakeups\": {}, \"round_max_ns\": [{}], \"round_preempted\": {:?}}}",
+                    if i > 0 { "," } else { "" },
+                    json_str(&r.case),
+                    r.calls,
+                    r.per,
+                    num(r.median_ns),
+                    num(r.p999_ns),
+                    num(r.max_ns),
+                    num(r.mean_ns),
+                    json_str(&r.unit),
+                    r.refused,
+                    r.preempted,
+                    r.blocked,
+                    r.steal_ms,
+                    r.io_wakeups,
+                    r.round_max_ns
+                        .iter()
+                        .map(|x| num(*x))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.round_preempted
+                );
+            }
+            j.push_str("\n  ]");
+        }
+        Some(Err(e)) => {
+            let _ = write!(j, "{{\"error\": {}}}", json_str(e));
+        }
+        None => j.push_str("null"),
+    }
+    let _ = write!(j, ",\n  \"samples\": [");
     for (i, s) in samples.iter().enumerate() {
         let _ = write!(
             j,

@@ -15,7 +15,8 @@
  * Counters say how often each was used and whether any was called from a thread other than the one that
  * called qhost_init() (only q's main thread may call into q).
  *
- * Bench hooks time the extension's `pub` and `pubbatch` from C, without Python in the loop.
+ * Bench hooks time the extension's `pub` and `pubbatch` from C, without Python in the loop (summaries, or the
+ * raw per-call timings: qhost_time_calls).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -327,5 +328,27 @@ long qhost_bench_batch(fn4 f, K topic, K msgs, K qos, K ret, long per, long iter
     }
     summarise(t, iters, (double)per, out);
     free(t);
+    return errors;
+}
+
+/* The raw timings behind the summaries: call f(a; b; c; d) n times, store each call's ns in t[0..n). Returns
+ * the number of calls that signalled an error (e.g. 'queue full'), or -1. The event loop runs every
+ * `loop_every` calls (0: never). For callers that pool several rounds or need the tail exactly. */
+long qhost_time_calls(fn4 f, K a, K b, K c, K d, long n, int loop_every, long long *t) {
+    if (n <= 0 || !t)
+        return -1;
+    long errors = 0;
+    for (long i = 0; i < n; i++) {
+        long long t0 = now_ns();
+        K r = f(a, b, c, d);
+        long long t1 = now_ns();
+        t[i] = t1 - t0;
+        if (r == &err_marker)
+            errors++;
+        else if (r)
+            r0(r);
+        if (loop_every && (i + 1) % loop_every == 0)
+            qhost_loop(0);
+    }
     return errors;
 }
