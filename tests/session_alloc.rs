@@ -1,40 +1,17 @@
 //! Hot paths do not allocate once warm: a counting global allocator (per thread) watches QoS 0/1/2
 //! publishes with their acknowledgements, incoming QoS 0/1/2 messages, codec decode/encode and event polling.
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{self, decode, encode_publish, DecodeOptions, Packet, Protocol, QoS};
 use qmqtt::session::{Event, Session, SessionConfig};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: common::alloc::Counting = common::alloc::Counting;
 
 fn allocs() -> usize {
-    ALLOCS.with(|c| c.get())
+    common::alloc::thread_allocs() as usize
 }
 
 /// One round: publish QoS 0/1/2, let the broker acknowledge, receive QoS 0/1/2, poll everything.

@@ -3,32 +3,13 @@
 //! binary holds a single test so that no other test thread allocates meanwhile.
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 use qmqtt::transport::{tls_config, Conn, Endpoint, TlsOptions};
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: common::alloc::Counting = common::alloc::Counting;
 
 const CONNECT: [u8; 14] = [
     0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
@@ -91,14 +72,14 @@ fn writes_do_not_allocate_once_warm() {
         }
         flush_all(&mut c);
         for round in 0..3 {
-            let a0 = ALLOCS.load(Ordering::Relaxed);
+            let a0 = common::alloc::all_allocs() as usize;
             for _ in 0..500 {
                 c.write(&publish).unwrap();
             }
-            let a1 = ALLOCS.load(Ordering::Relaxed);
+            let a1 = common::alloc::all_allocs() as usize;
             assert_eq!(a1 - a0, 0, "tls={tls} round {round}: writes allocated");
             flush_all(&mut c);
-            let a2 = ALLOCS.load(Ordering::Relaxed);
+            let a2 = common::alloc::all_allocs() as usize;
             // 15000 bytes: one TLS record (rustls allocates its buffer: 1), nothing for TCP.
             let limit = if tls { 2 } else { 0 };
             assert!(
