@@ -72,7 +72,7 @@ pubbatch :`mqttkdb 2:(`pubbatch;4);
 pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
-/ droppedIncoming received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
+/ droppedIncoming rxPaused received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
 / spoolOldestAgeMs spilled spoolDropped spoolBytesWritten connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);

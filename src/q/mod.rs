@@ -709,7 +709,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
     let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 23] = [
+    let longs: [(&CStr, u64); 24] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -720,6 +720,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"droppedNewest", s.dropped_newest),
         (c"refusedFull", s.refused_full),
         (c"droppedIncoming", s.dropped_incoming),
+        (c"rxPaused", s.rx_paused),
         (c"received", s.received),
         (c"reconnects", s.reconnects),
         (c"bytesIn", s.bytes_in),
