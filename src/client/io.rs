@@ -40,8 +40,10 @@ use crate::session::{Event as SEvent, Session, SessionConfig, SessionError, Toke
 use crate::spool::{self, AckTracker, DrainScheduler, Msg, Spool, SpoolError};
 use crate::transport::{Conn, Endpoint, TlsOptions};
 
-/// A connection that stayed up this long resets the reconnect backoff to `backoff_min`.
-const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one that died sooner
+/// (a broker that accepts and drops at once) keeps the backoff growing. Short enough that a flaky link
+/// which carries traffic between cuts reconnects at once each time.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 pub(crate) const SOCK: MioToken = MioToken(0);
 pub(crate) const WAKE: MioToken = MioToken(1);
