@@ -200,8 +200,9 @@ fn pub_lines_survive_network_cuts() {
     let b = Broker::start();
     let sub = Sub::start(&b, "restart/#", 1, &[]);
     let proxy = Proxy::start(b.tls_port);
-    // 100 lines per 70 ms: 7 s of input, longer than the cuts and reconnects below take (even loaded).
-    let pause = Duration::from_millis(70);
+    // 100 lines per 120 ms: 12 s of input, longer than the cuts, the 1.5 s refusal and the reconnect
+    // backoff below take (even loaded: the refusal alone can push the backoff to a few seconds).
+    let pause = Duration::from_millis(120);
     let (child, writer, err_reader) =
         start_publisher(&b, proxy.port, M, pause, "qmqtt-cut-pub", &["-d"]);
     // Three cuts spread over the stream; at the second, connections are also refused for 1.5 s.
