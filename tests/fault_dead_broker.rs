@@ -25,7 +25,7 @@ fn ctx_switches() -> (i64, i64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    (ru.ru_nvcsw, ru.ru_nivcsw)
+    (ru.ru_nvcsw as i64, ru.ru_nivcsw as i64)
 }
 
 /// Publish-call timing: the slowest call, the slowest not preempted by the scheduler (the machine is
