@@ -1354,13 +1354,13 @@ impl Io {
                 .ctr
                 .bytes_out
                 .fetch_add(self.tbuf.len() as u64, Relaxed);
-            if let Err(e) = conn.write(&self.tbuf) {
+            // Hands the buffer over (a swap when the transport has nothing queued): no copy per batch.
+            if let Err(e) = conn.write_owned(&mut self.tbuf) {
                 self.tbuf.clear();
                 let m = transport_msg(&e);
                 self.lost(Instant::now(), m);
                 return;
             }
-            self.tbuf.clear();
         }
         if conn.pending() > 0 {
             let r = conn.flush();

@@ -107,9 +107,6 @@ pub struct Conn {
     /// Plaintext queued by `write`; `out[out_pos..]` is not yet handed to rustls / the socket.
     out: Vec<u8>,
     out_pos: usize,
-    /// The last `read` stopped because the socket had nothing more (EAGAIN): with edge-triggered polling
-    /// the next readiness event is what to wait for, not another read.
-    drained: bool,
     /// Plaintext handed to rustls whose TLS records are not yet fully written (an estimate).
     tls_queued: usize,
     closed: bool,
@@ -207,7 +204,6 @@ impl Conn {
                         trust,
                         out: Vec::new(),
                         out_pos: 0,
-                        drained: false,
                         tls_queued: 0,
                         closed: false,
                         registration: None,
@@ -388,7 +384,6 @@ impl Conn {
             return Ok(0);
         }
         let start = out.len();
-        self.drained = false;
         if self.tls.is_none() {
             self.read_tcp(out, start)?;
         } else {
@@ -425,7 +420,6 @@ impl Conn {
                 Err(e) => {
                     out.truncate(at);
                     if would_block(&e) {
-                        self.drained = true;
                         break;
                     }
                     if e.kind() != io::ErrorKind::Interrupted {
@@ -450,7 +444,6 @@ impl Conn {
                 Ok(0) => eof = true,
                 Ok(_) => {}
                 Err(e) if would_block(&e) => {
-                    self.drained = true;
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -626,12 +619,6 @@ impl Conn {
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
         }
         self.closed = true;
-    }
-
-    /// The last [`Conn::read`] emptied the socket (it ended on EAGAIN): no need to read again before the next
-    /// readiness event.
-    pub fn read_drained(&self) -> bool {
-        self.drained
     }
 
     /// Bytes queued and not yet written to the socket (plaintext + TLS records). For TLS the part already
