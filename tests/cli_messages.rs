@@ -45,8 +45,8 @@ fn pub_connect_failures() {
         (
             Some(1),
             format!(
-                "qmqtt pub: cannot connect to tcp://127.0.0.1:{closed}: cannot connect to 127.0.0.1: \
-                 127.0.0.1:{closed} refused the connection ({}): is the broker running and listening on port \
+                "qmqtt pub: cannot connect to tcp://127.0.0.1:{closed}: 127.0.0.1:{closed} refused the \
+                 connection ({}): is the broker running and listening on port \
                  {closed}?\n  hint: nothing accepts connections there: check -h HOST and -p PORT (or -L URL) \
                  and that the broker runs\n{SUMMARY}",
                 os(libc::ECONNREFUSED)
@@ -60,9 +60,7 @@ fn pub_connect_failures() {
             "qmqtt pub: cannot connect to tcp://nonexistent.invalid:1883: cannot resolve the broker host \
              'nonexistent.invalid': "
         ) && err.ends_with(&format!(
-            ": check the host name and this machine's DNS\n  hint: the broker's certificate is not for this \
-             host name: connect with a name the certificate lists (-h), or set --sni NAME, or skip the host \
-             name check with --insecure\n{SUMMARY}"
+            ": check the host name and this machine's DNS\n{SUMMARY}"
         )),
         "{err}"
     );
@@ -71,8 +69,7 @@ fn pub_connect_failures() {
         (
             Some(1),
             "qmqtt pub: bad configuration: uri: invalid broker URI 'tcp://bad host:1883': ' ' is not allowed \
-             in a host name\n  hint: the broker's certificate is not for this host name: connect with a name \
-             the certificate lists (-h), or set --sni NAME, or skip the host name check with --insecure\n"
+             in a host name\n"
                 .to_string()
         )
     );
@@ -83,8 +80,7 @@ fn pub_connect_failures() {
             Some(1),
             format!(
                 "qmqtt pub: cannot connect to tcp://127.0.0.1:{reset}: the connection to 127.0.0.1 \
-                 (127.0.0.1:{reset}) was reset while reading from: {}\n{SUMMARY}",
-                os(libc::ECONNRESET)
+                 (127.0.0.1:{reset}) was reset while reading\n{SUMMARY}"
             )
         )
     );
@@ -111,12 +107,7 @@ fn pub_connect_failures() {
             "\n  hint: the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)"
                 .to_string(),
         ),
-        (
-            9,
-            "\n  hint: nothing accepts connections there: check -h HOST and -p PORT (or -L URL) and that the \
-             broker runs"
-                .to_string(),
-        ),
+        (9, String::new()),
     ] {
         let words = match code {
             1 => "unacceptable protocol version (set MQTTVersion to one the broker supports (3 or 4))",
@@ -233,8 +224,7 @@ fn pub_tls_failures() {
             format!(
                 "qmqtt pub: bad configuration: tls: the private key file (privateKey, --key) '{enc}' is \
                  encrypted, and password-protected keys are not supported: write an unencrypted copy \
-                 readable only by this user (`openssl pkey -in KEY -out KEY.plain`)\n  hint: the broker \
-                 refused the credentials: check -u USER and -P PASS (and the broker's ACL)\n"
+                 readable only by this user (`openssl pkey -in KEY -out KEY.plain`)\n"
             )
         )
     );
@@ -253,7 +243,7 @@ fn check_failures() {
             format!(
                 "checking tcp://127.0.0.1:{closed}\nFAILED at TCP connect: cannot connect to 127.0.0.1: \
                  127.0.0.1:{closed} refused the connection ({e}): is the broker running and listening on \
-                 port {closed}? ({e})\n  what to do: nothing accepts connections there: check -h HOST and -p \
+                 port {closed}?\n  what to do: nothing accepts connections there: check -h HOST and -p \
                  PORT (or -L URL) and that the broker runs\n",
                 e = os(libc::ECONNREFUSED)
             )
@@ -264,9 +254,7 @@ fn check_failures() {
         (
             Some(1),
             "checking tcp://bad host:1883\nFAILED at address: invalid broker URI 'tcp://bad host:1883': ' ' is \
-             not allowed in a host name\n  what to do: the broker's certificate is not for this host name: \
-             connect with a name the certificate lists (-h), or set --sni NAME, or skip the host name check \
-             with --insecure\n"
+             not allowed in a host name\n"
                 .to_string()
         )
     );
@@ -275,8 +263,8 @@ fn check_failures() {
     assert_eq!(code, Some(1));
     assert!(
         out.ends_with(
-            "\nFAILED at MQTT CONNECT: the broker refused the connection: NotAuthorized\n  what to do: the \
-             broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)\n"
+            "\nFAILED at MQTT CONNECT: the broker refused the connection: not authorized (check the \
+             credentials and the broker's access rules)\n  what to do: the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)\n"
         ),
         "{out}"
     );
@@ -289,7 +277,7 @@ fn check_failures() {
                 "checking ssl://localhost:{}\nFAILED at TCP connect / TLS handshake: TLS handshake with \
                  localhost failed: server certificate is not signed by a trusted CA: set trustStore/--cafile \
                  to the CA that signed it (or CApath/--capath to a directory holding it) (trusted now: the CA \
-                 file '{other}') (InvalidCertificate(UnknownIssuer))\n  what to do: unknown issuer: the \
+                 file '{other}')\n  what to do: unknown issuer: the \
                  broker's certificate is not signed by a CA this client trusts; pass the CA certificate that \
                  signed it with --cafile FILE (or --capath DIR)\n",
                 b.tls_port
@@ -303,8 +291,7 @@ fn check_failures() {
     assert!(
         out.ends_with(
             "\nFAILED at MQTT CONNECT: TLS with localhost failed: the broker requires a client certificate \
-             (alert CertificateRequired): set keyStore/privateKey (--cert/--key) \
-             (AlertReceived(CertificateRequired))\n  what to do: the broker rejected the TLS handshake, most \
+             (alert CertificateRequired): set keyStore/privateKey (--cert/--key)\n  what to do: the broker rejected the TLS handshake, most \
              often because it requires a client certificate: pass --cert FILE --key FILE (signed by a CA the \
              broker trusts)\n"
         ),
@@ -315,14 +302,14 @@ fn check_failures() {
     assert_eq!(code, Some(1));
     assert!(
         out.ends_with(
-            "\nFAILED at MQTT CONNECT: the broker refused the connection: IdentifierRejected\n  what to do: \
-             the broker rejected the client id: choose another with -i ID\n"
+            "\nFAILED at MQTT CONNECT: the broker refused the connection: client id rejected (use another \
+             client id (unique, allowed characters and length))\n  what to do: the broker rejected the client id: choose another with -i ID\n"
         ),
         "{out}"
     );
 }
 
-/// A connection lost while publishing lines: the warning as the user sees it (without -d).
+/// A connection lost while publishing lines: the warning as the user sees it (without -d), once.
 #[test]
 fn pub_reports_a_lost_connection() {
     let mut b = Broker::start();
@@ -351,10 +338,7 @@ fn pub_reports_a_lost_connection() {
         lost.iter()
             .map(|l| l.split_once("] ").map_or(*l, |x| x.1))
             .collect::<Vec<_>>(),
-        vec![
-            "qmqtt: connection lost: the broker closed the connection",
-            "connection lost: the broker closed the connection"
-        ],
+        vec!["connection lost: the broker closed the connection"],
         "{err}"
     );
 }

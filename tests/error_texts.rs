@@ -56,7 +56,7 @@ fn connect_error(c: Config) -> String {
     }
     assert_eq!(lost, vec![e.clone()], "ConnectionLost");
     assert_eq!(
-        c.stats().last_error.as_deref(),
+        c.stats().last_error.map(|e| e.to_string()).as_deref(),
         Some(e.as_str()),
         "last_error"
     );
@@ -79,7 +79,10 @@ fn lost_cause(c: Config, cut: impl FnOnce()) -> String {
         });
     }
     let cause = cause.expect("ConnectionLost");
-    assert_eq!(c.stats().last_error.as_deref(), Some(cause.as_str()));
+    assert_eq!(
+        c.stats().last_error.map(|e| e.to_string()).as_deref(),
+        Some(cause.as_str())
+    );
     cause
 }
 
@@ -467,12 +470,9 @@ fn tcp_and_dns_failures() {
         "{got}"
     );
     let reset = fake::start(Fake::Reset);
-    let os_reset = std::io::Error::from_raw_os_error(libc::ECONNRESET).to_string();
     assert_eq!(
         connect_error(cfg(&format!("tcp://127.0.0.1:{reset}"))),
-        format!(
-            "the connection to 127.0.0.1 (127.0.0.1:{reset}) was reset while reading from: {os_reset}"
-        )
+        format!("the connection to 127.0.0.1 (127.0.0.1:{reset}) was reset while reading")
     );
     let closes = fake::start(Fake::Close);
     assert_eq!(
