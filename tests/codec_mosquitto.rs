@@ -202,9 +202,7 @@ fn mosquitto_pub_v5_packets_decode() {
     );
     // Re-encoded by the codec: the same bytes as mosquitto's.
     let mut again = Vec::new();
-    Packet::Connect(c)
-        .encode(Protocol::V5, &mut again)
-        .unwrap();
+    Packet::Connect(c).encode(Protocol::V5, &mut again).unwrap();
     assert_eq!(again, b);
 
     let ack_props = props(&[

@@ -2,7 +2,7 @@
 //! MQTT 3.1/3.1.1, [`encode_publish_v5`] (with a topic alias passed apart from the other properties) for
 //! MQTT 5.
 use super::primitives::{
-    check_out_str, check_topic, remaining_length_len, write_binary, write_header,
+    check_out_str, check_str, check_topic, remaining_length_len, write_binary, write_header,
     write_remaining_length, write_u16, Reader,
 };
 use super::properties::{Properties, PropertyId, PropertyScope};
@@ -31,9 +31,9 @@ impl<'a> Publish<'a> {
     pub(super) fn read(flags: u8, r: &mut Reader<'a>, v5: bool) -> Result<Self, Error> {
         // parse_fixed_header already rejected QoS 3 and DUP on QoS 0.
         let qos = QoS::from_u8((flags >> 1) & 3).ok_or(Error::InvalidQoS)?;
-        let topic = r.string("topic name")?;
-        if !(v5 && topic.is_empty()) {
-            check_topic(topic)?;
+        let topic = read_topic(r)?;
+        if topic.is_empty() && !v5 {
+            return Err(Error::EmptyTopic);
         }
         let pkid = if qos == QoS::AtMostOnce { 0 } else { r.pkid()? };
         let properties = if v5 {
@@ -85,6 +85,20 @@ impl<'a> Publish<'a> {
 pub fn publish_len(topic: &str, payload_len: usize, qos: QoS) -> usize {
     let remaining = 2 + topic.len() + if qos == QoS::AtMostOnce { 0 } else { 2 } + payload_len;
     1 + super::primitives::remaining_length_len(remaining) + remaining
+}
+
+/// A topic name, possibly empty: UTF-8 (one pass), then one pass for U+0000 and wildcards.
+#[inline]
+fn read_topic<'a>(r: &mut Reader<'a>) -> Result<&'a str, Error> {
+    let b = r.binary("topic name")?;
+    let topic = std::str::from_utf8(b).map_err(|_| Error::InvalidUtf8 {
+        field: "topic name",
+    })?;
+    if b.iter().any(|&c| c == 0 || c == b'+' || c == b'#') {
+        check_str(b, "topic name")?;
+        return Err(Error::WildcardInTopic);
+    }
+    Ok(topic)
 }
 
 /// The checks of `check_out_str` + `check_topic` in one pass over the bytes (the hot path's only scan).
