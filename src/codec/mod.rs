@@ -230,6 +230,17 @@ impl PacketType {
     }
 }
 
+/// A set of packet types, one bit per type (the tables of properties and reason codes).
+const fn packet_bits(types: &[PacketType]) -> u16 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < types.len() {
+        m |= 1 << types[i] as u8;
+        i += 1;
+    }
+    m
+}
+
 impl fmt::Display for PacketType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
