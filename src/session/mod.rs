@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{
     self, encode_ack, encode_publish, parse_fixed_header, ConnAck, Connect, ConnectReturnCode,
-    Filters, LastWill, Packet, PacketType, Protocol, QoS, Subscribe, SubscribeReturnCode,
-    TopicList, Unsubscribe, DUP_FLAG,
+    DecodeOptions, Filters, LastWill, Packet, PacketType, Properties, Protocol, QoS, Subscribe,
+    SubscribeReturnCode, TopicList, Unsubscribe, DUP_FLAG,
 };
 
 /// A delivery token: strictly increasing per connection, assigned by the caller (the publish queue).
@@ -435,7 +435,11 @@ impl Session {
         let mut input = data;
         loop {
             let partial = &self.rx[self.rx_done..];
-            match parse_fixed_header(partial, self.cfg.max_packet_size) {
+            let opts = DecodeOptions {
+                protocol: self.cfg.protocol,
+                max_packet_size: self.cfg.max_packet_size,
+            };
+            match parse_fixed_header(partial, &opts) {
                 Err(e) => return Err(self.fail_protocol(e)),
                 Ok(Some(h)) => {
                     let need = h.packet_len() - partial.len();
@@ -853,6 +857,7 @@ impl Session {
                 Packet::Subscribe(Subscribe {
                     pkid: r.pkid,
                     filters: Filters::new(&list),
+                    properties: Properties::EMPTY,
                 })
                 .encode(self.cfg.protocol, &mut self.tx)
             }
@@ -861,6 +866,7 @@ impl Session {
                 Packet::Unsubscribe(Unsubscribe {
                     pkid: r.pkid,
                     filters: TopicList::new(&list),
+                    properties: Properties::EMPTY,
                 })
                 .encode(self.cfg.protocol, &mut self.tx)
             }
@@ -1001,11 +1007,14 @@ impl Session {
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
             | Packet::PingReq
-            | Packet::Disconnect => {
+            | Packet::Disconnect(_) => {
                 return Err(self.fail(format!(
                     "the broker sent {}, which only a client may send",
                     p.packet_type()
                 )));
+            }
+            Packet::Auth(_) => {
+                return Err(self.fail("the broker sent AUTH, an MQTT 5 packet".to_owned()));
             }
         }
         Ok(())
@@ -1113,6 +1122,7 @@ fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec
         message: &w.payload,
         qos: w.qos,
         retain: w.retain,
+        properties: Properties::EMPTY,
     });
     let connect = Connect {
         protocol: cfg.protocol,
@@ -1122,6 +1132,7 @@ fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec
         will,
         username: cfg.username.as_deref(),
         password: cfg.password.as_deref(),
+        properties: Properties::EMPTY,
     };
     Packet::Connect(connect).encode(cfg.protocol, out)
 }
