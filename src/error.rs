@@ -133,6 +133,8 @@ pub enum Violation {
     },
     /// A packet only a client may send.
     ClientOnly(PacketType),
+    /// An MQTT 5 packet on an MQTT 3.1/3.1.1 connection.
+    Mqtt5Only(PacketType),
 }
 
 /// Which system resource could not be had.
@@ -194,6 +196,8 @@ pub enum Key {
     UriScheme,
     /// The rest of the broker URI.
     Uri,
+    /// The MQTT version.
+    Protocol,
     ClientId,
     Username,
     Password,
@@ -359,6 +363,7 @@ impl fmt::Display for Violation {
             Violation::ClientOnly(t) => {
                 write!(f, "the broker sent {t}, which only a client may send")
             }
+            Violation::Mqtt5Only(t) => write!(f, "the broker sent {t}, an MQTT 5 packet"),
         }
     }
 }

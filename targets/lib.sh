@@ -5,35 +5,20 @@
 #   qm_env [zig|gnu]                                                 exports CARGO_TARGET_DIR, rustflags, runner,
 #                                                                    CC/AR/linker (gnu)
 #   qm_cargo <build|test|...> args                                   runs cargo (or cargo-zigbuild) for it
-# Pinned tool versions live here too, so targets/setup and the checks agree.
+# Where the tools come from (zig, cargo-zigbuild, qemu, the bullseye roots): tools/env.sh, sourced here.
 
 # shellcheck shell=bash
-QM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/../tools/env.sh"
 QM_SCRIPT=${QM_SCRIPT:-$(basename "$0")}
 QM_TARGETS="x86_64 aarch64 armv7"
-# shellcheck disable=SC2034 # used by targets/setup
-QM_ZIGLANG_VERSION=0.17.1
-# shellcheck disable=SC2034
-QM_ZIGBUILD_VERSION=0.24.1
 # Where the per-target build trees live (one per target, shared by build, test, check and package).
 QM_TARGET_BASE=${QMQTT_TARGET_BASE:-$QM_ROOT/target/targets}
-# Private tool/runtime cache (gitignored): bullseye runtime roots, zig venv, apt state.
-QM_CACHE=${QMQTT_CACHE:-$QM_ROOT/.cache}
 
 qm_die() {
   echo "$QM_SCRIPT: error: $*" >&2
   exit 1
 }
 qm_log() { echo "$QM_SCRIPT: $*" >&2; }
-
-# A private ziglang venv made by targets/setup takes precedence (cargo-zigbuild runs `python3 -m ziglang`).
-if [ -x "$QM_CACHE/zig-venv/bin/python3" ]; then
-  PATH="$QM_CACHE/zig-venv/bin:$PATH"
-fi
-if [ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]; then
-  PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
-fi
-export PATH
 
 qm_short_name() {
   case "$1" in
@@ -103,9 +88,8 @@ qm_env() {
   case "$QM_FLAVOR" in
     zig)
       QM_TARGET_ARG="$TRIPLE.$GLIBC_MAX"
-      command -v cargo-zigbuild >/dev/null || qm_die "cargo-zigbuild not found: run targets/setup"
-      python3 -m ziglang version >/dev/null 2>&1 || command -v zig >/dev/null ||
-        qm_die "zig not found (python3 -m ziglang): run targets/setup"
+      # zig (venv) and cargo-zigbuild (cargo --root) from tools/env.sh: installed here when missing.
+      qm_need zigbuild || qm_die "could not install zig / cargo-zigbuild (tools/need zigbuild)"
       # cargo-zigbuild provides linker/CC/AR: make sure stray settings from the caller don't override it.
       unset "CC_$QM_TRIPLE_LOWER" "AR_$QM_TRIPLE_LOWER" "CARGO_TARGET_${QM_TRIPLE_UPPER}_LINKER"
       ;;
@@ -113,7 +97,7 @@ qm_env() {
       QM_TARGET_ARG="$TRIPLE"
       dir_suffix="-gnu"
       if [ -n "$GNU_LINKER" ]; then
-        command -v "$GNU_LINKER" >/dev/null || qm_die "$GNU_LINKER not found: run targets/setup"
+        qm_need cross-gcc rust-arm || qm_die "could not install the cross gcc (tools/need cross-gcc)"
         export "CARGO_TARGET_${QM_TRIPLE_UPPER}_LINKER=$GNU_LINKER"
         export "CC_$QM_TRIPLE_LOWER=$GNU_CC" "AR_$QM_TRIPLE_LOWER=$GNU_AR"
       fi
@@ -130,7 +114,7 @@ qm_env() {
   if [ -n "$QEMU" ]; then
     local root=$QM_SYSROOT
     [ "$QM_FLAVOR" = gnu ] && root=$GNU_ROOT
-    command -v "$QEMU" >/dev/null || qm_die "$QEMU not found: run targets/setup (installs qemu-user)"
+    qm_need arm-run || qm_die "could not install qemu-user / the runtime roots (tools/need arm-run)"
     [ -e "$root/lib" ] || qm_die "runtime root $root missing: run targets/setup"
     QM_RUNNER="$QEMU -L $root"
     export "CARGO_TARGET_${QM_TRIPLE_UPPER}_RUNNER=$QM_RUNNER"

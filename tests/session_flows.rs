@@ -94,7 +94,7 @@ fn owned(p: Packet<'_>) -> P {
             P::Unsubscribe(u.pkid, u.filters.iter().map(str::to_owned).collect())
         }
         Packet::PingReq => P::PingReq,
-        Packet::Disconnect => P::Disconnect,
+        Packet::Disconnect(_) => P::Disconnect,
         other => panic!("a client never sends {other:?}"),
     }
 }
@@ -158,22 +158,22 @@ impl H {
 }
 
 fn connack(session_present: bool, code: u8) -> Packet<'static> {
-    Packet::ConnAck(codec::ConnAck {
+    Packet::ConnAck(codec::ConnAck::new(
         session_present,
-        code: codec::ConnectReturnCode::from_u8(code),
-    })
+        codec::ConnectReturnCode::from_u8(code),
+    ))
 }
 fn puback(pkid: u16) -> Packet<'static> {
-    Packet::PubAck(codec::PubAck { pkid })
+    Packet::PubAck(codec::PubAck::new(pkid))
 }
 fn pubrec(pkid: u16) -> Packet<'static> {
-    Packet::PubRec(codec::PubRec { pkid })
+    Packet::PubRec(codec::PubRec::new(pkid))
 }
 fn pubrel(pkid: u16) -> Packet<'static> {
-    Packet::PubRel(codec::PubRel { pkid })
+    Packet::PubRel(codec::PubRel::new(pkid))
 }
 fn pubcomp(pkid: u16) -> Packet<'static> {
-    Packet::PubComp(codec::PubComp { pkid })
+    Packet::PubComp(codec::PubComp::new(pkid))
 }
 fn publish<'a>(topic: &'a str, payload: &'a [u8], qos: QoS, pkid: u16, dup: bool) -> Packet<'a> {
     Packet::Publish(codec::Publish {
@@ -183,6 +183,7 @@ fn publish<'a>(topic: &'a str, payload: &'a [u8], qos: QoS, pkid: u16, dup: bool
         topic,
         pkid,
         payload,
+        properties: codec::Properties::EMPTY,
     })
 }
 
@@ -587,6 +588,7 @@ fn reconnect_without_session_resends_fresh_and_resubscribes() {
         Packet::SubAck(codec::SubAck {
             pkid: pkid_of(&subs[0]),
             return_codes: &[1],
+            properties: codec::Properties::EMPTY,
         }),
         0.1,
     )
@@ -595,6 +597,7 @@ fn reconnect_without_session_resends_fresh_and_resubscribes() {
         Packet::SubAck(codec::SubAck {
             pkid: pkid_of(&subs[1]),
             return_codes: &[2],
+            properties: codec::Properties::EMPTY,
         }),
         0.1,
     )
@@ -651,6 +654,7 @@ fn unsubscribe_is_not_replayed() {
         Packet::SubAck(codec::SubAck {
             pkid: id,
             return_codes: &[0],
+            properties: codec::Properties::EMPTY,
         }),
         0.0,
     )
@@ -659,9 +663,7 @@ fn unsubscribe_is_not_replayed() {
     let sent = h.sent();
     assert_eq!(sent, [P::Unsubscribe(pkid_of(&sent[0]), vec!["a".into()])]);
     h.feed(
-        Packet::UnsubAck(codec::UnsubAck {
-            pkid: pkid_of(&sent[0]),
-        }),
+        Packet::UnsubAck(codec::UnsubAck::new(pkid_of(&sent[0]))),
         0.0,
     )
     .unwrap();
@@ -687,6 +689,7 @@ fn refused_subscription_reports_none_and_is_forgotten() {
         Packet::SubAck(codec::SubAck {
             pkid: id,
             return_codes: &[0x80],
+            properties: codec::Properties::EMPTY,
         }),
         0.0,
     )

@@ -312,7 +312,7 @@ impl World {
                     self.in_q2.remove(&c.pkid);
                 }
             }
-            Packet::Disconnect => {}
+            Packet::Disconnect(_) => {}
             other => panic!("client sent {other:?}"),
         }
     }
@@ -376,10 +376,10 @@ fn connect(w: &mut World, session_present: bool) {
     }
     w.pump();
     w.broker_read();
-    w.feed(Packet::ConnAck(codec::ConnAck {
+    w.feed(Packet::ConnAck(codec::ConnAck::new(
         session_present,
-        code: codec::ConnectReturnCode::Accepted,
-    }));
+        codec::ConnectReturnCode::Accepted,
+    )));
     if session_present {
         // Broker resends its unfinished QoS 2 messages / PUBRELs.
         let pending: Vec<(u16, (u64, InState))> = w.in_q2.iter().map(|(k, v)| (*k, *v)).collect();
@@ -394,9 +394,10 @@ fn connect(w: &mut World, session_present: bool) {
                         topic: "in",
                         pkid,
                         payload: &payload,
+                        properties: codec::Properties::EMPTY,
                     }))
                 }
-                InState::Released => w.feed(Packet::PubRel(codec::PubRel { pkid })),
+                InState::Released => w.feed(Packet::PubRel(codec::PubRel::new(pkid))),
             }
         }
     }
@@ -406,7 +407,7 @@ fn step(w: &mut World, c: Cmd) {
     // Owed PUBRELs go out first.
     while let Some(pkid) = w.rel_queue.pop() {
         if w.connected {
-            w.feed(Packet::PubRel(codec::PubRel { pkid }));
+            w.feed(Packet::PubRel(codec::PubRel::new(pkid)));
         }
     }
     match c {
@@ -436,12 +437,12 @@ fn step(w: &mut World, c: Cmd) {
             match r {
                 Answer::PubAck(id) => {
                     w.acked.insert(w.owner[&id]);
-                    w.feed(Packet::PubAck(codec::PubAck { pkid: id }));
+                    w.feed(Packet::PubAck(codec::PubAck::new(id)));
                 }
-                Answer::PubRec(id) => w.feed(Packet::PubRec(codec::PubRec { pkid: id })),
+                Answer::PubRec(id) => w.feed(Packet::PubRec(codec::PubRec::new(id))),
                 Answer::PubComp(id, accepted) => {
                     let _ = accepted;
-                    w.feed(Packet::PubComp(codec::PubComp { pkid: id }));
+                    w.feed(Packet::PubComp(codec::PubComp::new(id)));
                 }
                 Answer::PingResp => w.feed(Packet::PingResp),
                 Answer::SubAck(id) => {
@@ -449,6 +450,7 @@ fn step(w: &mut World, c: Cmd) {
                     w.feed(Packet::SubAck(codec::SubAck {
                         pkid: id,
                         return_codes: &[1],
+                        properties: codec::Properties::EMPTY,
                     }));
                 }
             }
@@ -481,6 +483,7 @@ fn step(w: &mut World, c: Cmd) {
                 topic: "in",
                 pkid,
                 payload: &payload,
+                properties: codec::Properties::EMPTY,
             }));
         }
         Cmd::IncomingDup(i) => {
@@ -505,6 +508,7 @@ fn step(w: &mut World, c: Cmd) {
                 topic: "in",
                 pkid,
                 payload: &payload,
+                properties: codec::Properties::EMPTY,
             }));
         }
         Cmd::Tick(secs) => {

@@ -473,6 +473,12 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
     if id.contains('\0') {
         return bad(Key::ClientId, "client id: contains a NUL character".into());
     }
+    if cfg.protocol == Protocol::V5 {
+        return bad(
+            Key::Protocol,
+            "protocol: MQTT 5 is not supported yet; use V311 or V31".into(),
+        );
+    }
     if cfg.protocol == Protocol::V31 && (id.is_empty() || id.len() > 23) {
         return bad(Key::ClientId, format!(
             "client id: MQTT 3.1 (MQTTVersion 3) needs 1 to 23 bytes, got {}; shorten it or use MQTTVersion 4",

@@ -1,33 +1,47 @@
-//! MQTT packets ⇄ bytes (MQTT 3.1.1, and the MQTT 3.1 `MQIsdp` CONNECT).
+//! MQTT packets ⇄ bytes: MQTT 3.1.1, the MQTT 3.1 `MQIsdp` CONNECT, and MQTT 5.
 //!
 //! Pure functions, no I/O. The decoder borrows from its input: a decoded [`Packet<'a>`] points into the
-//! caller's buffer, so decoding a PUBLISH allocates nothing. Encoders append to a caller's `Vec<u8>`;
-//! [`encode_publish`] / [`encode_publish_header`] are the fast path for the hot PUBLISH case.
+//! caller's buffer (MQTT 5 properties included), so decoding a PUBLISH allocates nothing. Encoders append to a
+//! caller's `Vec<u8>`; [`encode_publish`] / [`encode_publish_header`] (MQTT 3.1/3.1.1) and
+//! [`encode_publish_v5`] are the fast paths for the hot PUBLISH case.
 //!
 //! Every packet is both decodable and encodable (client and broker side), so tests and fuzzers can play
 //! either role. Invalid input gives a typed [`Error`] (never a panic); a packet that is not complete yet gives
 //! `Ok(None)` from [`decode`], distinct from any error.
 //!
-//! Ready for MQTT 5: [`decode`] / [`Packet::encode`] take the [`Protocol`]; return codes are types
-//! ([`ConnectReturnCode`], [`SubscribeReturnCode`]) that can grow reason codes; packets are structs that can
-//! grow properties.
+//! One set of packet structs serves every protocol: [`decode`] / [`Packet::encode`] take the [`Protocol`].
+//! The MQTT 5 fields (reason codes, [`Properties`], subscription options) read as their defaults (success,
+//! empty) from an MQTT 3.1.1 packet, and encoding a non-default one under MQTT 3.1.1 is
+//! [`Error::NeedsMqtt5`]. MQTT 3.1.1's return codes stay types of their own ([`ConnectReturnCode`],
+//! [`SubscribeReturnCode`]); MQTT 5's are [`ReasonCode`].
 //!
 //! One file per packet family: [`connect`] (CONNECT, CONNACK), [`publish`] (PUBLISH), [`ack`] (PUBACK, PUBREC,
-//! PUBREL, PUBCOMP, UNSUBACK), [`subscribe`] (SUBSCRIBE, SUBACK, UNSUBSCRIBE); wire primitives in
-//! [`primitives`].
+//! PUBREL, PUBCOMP, UNSUBACK), [`subscribe`] (SUBSCRIBE, SUBACK, UNSUBSCRIBE), [`disconnect`] (DISCONNECT,
+//! AUTH); MQTT 5 [`properties`] and [`reason`] codes; wire primitives in [`primitives`].
 use std::fmt;
 
 pub mod ack;
 pub mod connect;
+pub mod disconnect;
 pub mod primitives;
+pub mod properties;
 pub mod publish;
+pub mod reason;
 pub mod subscribe;
 
-pub use ack::{encode_ack, PubAck, PubComp, PubRec, PubRel, UnsubAck};
+pub use ack::{encode_ack, Ack, PubAck, PubComp, PubRec, PubRel, UnsubAck};
 pub use connect::{ConnAck, Connect, LastWill};
+pub use disconnect::{Auth, Disconnect};
 pub use primitives::MAX_REMAINING_LENGTH;
-pub use publish::{encode_publish, encode_publish_header, publish_len, Publish, DUP_FLAG};
-pub use subscribe::{Filters, SubAck, Subscribe, SubscribeReturnCode, TopicList, Unsubscribe};
+pub use properties::{Properties, PropertiesBuf, Property, PropertyId, PropertyScope};
+pub use publish::{
+    encode_publish, encode_publish_header, encode_publish_v5, publish_len, Publish, DUP_FLAG,
+};
+pub use reason::ReasonCode;
+pub use subscribe::{
+    Filters, RetainHandling, SubAck, Subscribe, SubscribeReturnCode, SubscriptionOptions,
+    TopicList, Unsubscribe,
+};
 
 use primitives::{read_remaining_length, Reader};
 
@@ -59,6 +73,8 @@ pub enum Protocol {
     V31,
     /// MQTT 3.1.1 (`MQTT`, level 4) — the default.
     V311,
+    /// MQTT 5 (`MQTT`, level 5).
+    V5,
 }
 
 impl Protocol {
@@ -67,6 +83,7 @@ impl Protocol {
         match self {
             Protocol::V31 => ("MQIsdp", 3),
             Protocol::V311 => ("MQTT", 4),
+            Protocol::V5 => ("MQTT", 5),
         }
     }
 }
@@ -143,6 +160,8 @@ pub enum PacketType {
     PingReq = 12,
     PingResp = 13,
     Disconnect = 14,
+    /// MQTT 5 only (type 15 is reserved in MQTT 3.1.1).
+    Auth = 15,
 }
 
 impl PacketType {
@@ -162,6 +181,7 @@ impl PacketType {
             12 => PacketType::PingReq,
             13 => PacketType::PingResp,
             14 => PacketType::Disconnect,
+            15 => PacketType::Auth,
             _ => return None,
         })
     }
@@ -182,6 +202,7 @@ impl PacketType {
             PacketType::PingReq => "PINGREQ",
             PacketType::PingResp => "PINGRESP",
             PacketType::Disconnect => "DISCONNECT",
+            PacketType::Auth => "AUTH",
         }
     }
     /// The fixed-header flags (low nibble) this type must carry; `None` for PUBLISH, whose flags vary.
@@ -192,6 +213,17 @@ impl PacketType {
             _ => Some(0),
         }
     }
+}
+
+/// A set of packet types, one bit per type (the tables of properties and reason codes).
+const fn packet_bits(types: &[PacketType]) -> u16 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < types.len() {
+        m |= 1 << types[i] as u8;
+        i += 1;
+    }
+    m
 }
 
 impl fmt::Display for PacketType {
@@ -207,7 +239,7 @@ pub enum Error {
     PacketTooLarge { size: usize, max: usize },
     /// The remaining length uses more than four bytes.
     MalformedRemainingLength,
-    /// The packet type nibble is 0 or 15 (reserved).
+    /// The packet type nibble is 0, or 15 (AUTH) outside MQTT 5.
     ReservedPacketType(u8),
     /// The fixed-header flags are not the ones the packet type requires.
     ReservedFlags { packet: PacketType, flags: u8 },
@@ -236,6 +268,30 @@ pub enum Error {
     StringTooLong { field: &'static str, len: usize },
     /// Encoding: the packet's remaining length would exceed 268 435 455 bytes.
     PayloadTooLarge { size: usize },
+    /// A property identifier MQTT 5 does not define (or one longer than a byte: none is).
+    UnknownProperty { scope: PropertyScope, id: u8 },
+    /// A property the packet (or the will) may not carry.
+    PropertyNotAllowed {
+        scope: PropertyScope,
+        property: PropertyId,
+    },
+    /// A property given twice where the specification allows it once.
+    DuplicateProperty {
+        scope: PropertyScope,
+        property: PropertyId,
+    },
+    /// A property value out of its range (e.g. Topic Alias 0).
+    InvalidPropertyValue {
+        property: PropertyId,
+        what: &'static str,
+    },
+    /// A reason code undefined, or not one this packet may carry ([`ReasonCode::from_u8`]).
+    InvalidReasonCode { packet: PacketType, code: u8 },
+    /// Encoding: a packet or field only MQTT 5 has, for an MQTT 3.1/3.1.1 connection.
+    NeedsMqtt5 {
+        packet: PacketType,
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -252,12 +308,12 @@ impl fmt::Display for Error {
             ),
             Error::ReservedPacketType(t) => write!(
                 f,
-                "reserved packet type {t}: the peer is not speaking MQTT 3.1.1 or the stream is corrupt; check \
-                 the port (TLS vs plain) and the protocol version"
+                "reserved packet type {t}: the peer is not speaking this MQTT version or the stream is corrupt; \
+                 check the port (TLS vs plain) and the protocol version"
             ),
             Error::ReservedFlags { packet, flags } => write!(
                 f,
-                "{packet} has invalid fixed-header flags {flags:#06b}: the peer violates MQTT 3.1.1"
+                "{packet} has invalid fixed-header flags {flags:#06b}: the peer violates MQTT"
             ),
             Error::InvalidQoS => f.write_str("QoS 3 is not a valid quality of service: use 0, 1 or 2"),
             Error::InvalidUtf8 { field } => {
@@ -281,8 +337,8 @@ impl fmt::Display for Error {
             Error::Malformed { packet, what } => write!(f, "malformed {packet}: {what}"),
             Error::UnsupportedProtocol { level } => write!(
                 f,
-                "CONNECT asks for protocol level {level}: only MQTT 3.1 (MQIsdp, 3) and 3.1.1 (MQTT, 4) are \
-                 supported"
+                "CONNECT asks for protocol level {level}: only MQTT 3.1 (MQIsdp, 3), 3.1.1 (MQTT, 4) and 5 \
+                 (MQTT, 5) are supported"
             ),
             Error::StringTooLong { field, len } => {
                 write!(f, "{field} is {len} bytes; MQTT limits it to 65535: shorten it")
@@ -290,6 +346,38 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge { size } => write!(
                 f,
                 "packet body of {size} bytes exceeds MQTT's limit of 268435455 bytes: send a smaller payload"
+            ),
+            Error::UnknownProperty { scope, id } => write!(
+                f,
+                "{scope} carries property identifier {id:#04x}, which MQTT 5 does not define: the peer \
+                 violates MQTT 5"
+            ),
+            Error::PropertyNotAllowed { scope, property } => write!(
+                f,
+                "{property} is not allowed in {scope}: leave it out (MQTT 5 lists which properties each \
+                 packet may carry)"
+            ),
+            Error::DuplicateProperty { scope, property } => write!(
+                f,
+                "{property} appears more than once in {scope}, where MQTT 5 allows it once: give it once"
+            ),
+            Error::InvalidPropertyValue { property, what } => {
+                write!(f, "invalid {property}: it {what}")
+            }
+            Error::InvalidReasonCode { packet, code } => {
+                write!(
+                    f,
+                    "{packet} carries reason code {code:#04x}, which MQTT 5 does not define for it: the \
+                     peer violates MQTT 5"
+                )?;
+                if *packet == PacketType::ConnAck && (1..=5).contains(code) {
+                    f.write_str(" (an MQTT 3.1.1 broker refuses an MQTT 5 CONNECT this way: use MQTT 3.1.1)")?;
+                }
+                Ok(())
+            }
+            Error::NeedsMqtt5 { packet, what } => write!(
+                f,
+                "{packet} with {what} needs MQTT 5: connect with MQTT 5 or leave it out"
             ),
         }
     }
@@ -313,25 +401,28 @@ pub fn validate_filter(filter: &str) -> Result<(), Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
     Connect(Connect<'a>),
-    ConnAck(ConnAck),
+    ConnAck(ConnAck<'a>),
     Publish(Publish<'a>),
-    PubAck(PubAck),
-    PubRec(PubRec),
-    PubRel(PubRel),
-    PubComp(PubComp),
+    PubAck(PubAck<'a>),
+    PubRec(PubRec<'a>),
+    PubRel(PubRel<'a>),
+    PubComp(PubComp<'a>),
     Subscribe(Subscribe<'a>),
     SubAck(SubAck<'a>),
     Unsubscribe(Unsubscribe<'a>),
-    UnsubAck(UnsubAck),
+    UnsubAck(UnsubAck<'a>),
     PingReq,
     PingResp,
-    Disconnect,
+    Disconnect(Disconnect<'a>),
+    /// MQTT 5 only.
+    Auth(Auth<'a>),
 }
 
 /// What the decoder needs to know besides the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeOptions {
-    /// The protocol negotiated on this connection (MQTT 5 will change how bodies are read).
+    /// The protocol of this connection: MQTT 5 bodies carry reason codes and properties. (CONNECT says its
+    /// own protocol and is read by it.)
     pub protocol: Protocol,
     /// Largest whole packet (fixed header included) accepted; a bigger one is [`Error::PacketTooLarge`],
     /// detected from the fixed header alone.
@@ -370,14 +461,14 @@ impl FixedHeader {
 ///
 /// `Ok(None)`: more bytes are needed to know the header. Lets a reader reject an oversize packet before
 /// buffering its body.
-pub fn parse_fixed_header(
-    buf: &[u8],
-    max_packet_size: usize,
-) -> Result<Option<FixedHeader>, Error> {
+pub fn parse_fixed_header(buf: &[u8], opts: &DecodeOptions) -> Result<Option<FixedHeader>, Error> {
+    let max_packet_size = opts.max_packet_size;
     let Some(&b1) = buf.first() else {
         return Ok(None);
     };
-    let packet_type = PacketType::from_u8(b1 >> 4).ok_or(Error::ReservedPacketType(b1 >> 4))?;
+    let packet_type = PacketType::from_u8(b1 >> 4)
+        .filter(|&t| t != PacketType::Auth || opts.protocol == Protocol::V5)
+        .ok_or(Error::ReservedPacketType(b1 >> 4))?;
     let flags = b1 & 0x0f;
     match packet_type.required_flags() {
         Some(req) if req != flags => {
@@ -427,7 +518,7 @@ pub fn decode<'a>(
     buf: &'a [u8],
     opts: &DecodeOptions,
 ) -> Result<Option<(Packet<'a>, usize)>, Error> {
-    let Some(h) = parse_fixed_header(buf, opts.max_packet_size)? else {
+    let Some(h) = parse_fixed_header(buf, opts)? else {
         return Ok(None);
     };
     let len = h.packet_len();
@@ -445,23 +536,26 @@ pub fn decode_body<'a>(
     body: &'a [u8],
     protocol: Protocol,
 ) -> Result<Packet<'a>, Error> {
-    let _ = protocol; // MQTT 5 reads properties here.
+    let v5 = protocol == Protocol::V5;
     let mut r = Reader::new(body, h.packet_type);
-    let p = match h.packet_type {
+    let t = h.packet_type;
+    let p = match t {
         PacketType::Connect => Packet::Connect(Connect::read(&mut r)?),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::read(&mut r)?),
-        PacketType::Publish => Packet::Publish(Publish::read(h.flags, &mut r)?),
-        PacketType::PubAck => Packet::PubAck(PubAck { pkid: r.pkid()? }),
-        PacketType::PubRec => Packet::PubRec(PubRec { pkid: r.pkid()? }),
-        PacketType::PubRel => Packet::PubRel(PubRel { pkid: r.pkid()? }),
-        PacketType::PubComp => Packet::PubComp(PubComp { pkid: r.pkid()? }),
-        PacketType::Subscribe => Packet::Subscribe(Subscribe::read(&mut r)?),
-        PacketType::SubAck => Packet::SubAck(SubAck::read(&mut r)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::read(&mut r)?),
-        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck { pkid: r.pkid()? }),
+        PacketType::ConnAck => Packet::ConnAck(ConnAck::read(&mut r, v5)?),
+        PacketType::Publish => Packet::Publish(Publish::read(h.flags, &mut r, v5)?),
+        PacketType::PubAck => Packet::PubAck(Ack::read(&mut r, v5)?),
+        PacketType::PubRec => Packet::PubRec(Ack::read(&mut r, v5)?),
+        PacketType::PubRel => Packet::PubRel(Ack::read(&mut r, v5)?),
+        PacketType::PubComp => Packet::PubComp(Ack::read(&mut r, v5)?),
+        PacketType::Subscribe => Packet::Subscribe(Subscribe::read(&mut r, v5)?),
+        PacketType::SubAck => Packet::SubAck(SubAck::read(&mut r, v5)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(Unsubscribe::read(&mut r, v5)?),
+        PacketType::UnsubAck => Packet::UnsubAck(UnsubAck::read(&mut r, v5)?),
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect,
+        PacketType::Disconnect => Packet::Disconnect(Disconnect::read(&mut r, v5)?),
+        PacketType::Auth if v5 => Packet::Auth(Auth::read(&mut r)?),
+        PacketType::Auth => return Err(Error::ReservedPacketType(15)),
     };
     r.finish()?;
     Ok(p)
@@ -483,27 +577,28 @@ impl Packet<'_> {
             Packet::UnsubAck(_) => PacketType::UnsubAck,
             Packet::PingReq => PacketType::PingReq,
             Packet::PingResp => PacketType::PingResp,
-            Packet::Disconnect => PacketType::Disconnect,
+            Packet::Disconnect(_) => PacketType::Disconnect,
+            Packet::Auth(_) => PacketType::Auth,
         }
     }
 
-    /// Append this packet's bytes to `out`; returns the number of bytes appended. On error nothing is
-    /// appended.
+    /// Append this packet's bytes to `out` in `protocol`'s encoding (CONNECT in its own `protocol`'s);
+    /// returns the number of bytes appended. On error nothing is appended.
     pub fn encode(&self, protocol: Protocol, out: &mut Vec<u8>) -> Result<usize, Error> {
-        let _ = protocol; // MQTT 5 writes properties / reason codes here.
+        let v5 = protocol == Protocol::V5;
         let start = out.len();
         let r = match self {
             Packet::Connect(c) => c.write(out),
-            Packet::ConnAck(c) => c.write(out),
-            Packet::Publish(p) => p.write(out),
-            Packet::PubAck(a) => ack::write_ack(out, 0x40, a.pkid, PacketType::PubAck),
-            Packet::PubRec(a) => ack::write_ack(out, 0x50, a.pkid, PacketType::PubRec),
-            Packet::PubRel(a) => ack::write_ack(out, 0x62, a.pkid, PacketType::PubRel),
-            Packet::PubComp(a) => ack::write_ack(out, 0x70, a.pkid, PacketType::PubComp),
-            Packet::Subscribe(s) => s.write(out),
-            Packet::SubAck(s) => s.write(out),
-            Packet::Unsubscribe(u) => u.write(out),
-            Packet::UnsubAck(a) => ack::write_ack(out, 0xb0, a.pkid, PacketType::UnsubAck),
+            Packet::ConnAck(c) => c.write(out, v5),
+            Packet::Publish(p) => p.write(out, v5),
+            Packet::PubAck(a) => a.write(out, PacketType::PubAck, v5),
+            Packet::PubRec(a) => a.write(out, PacketType::PubRec, v5),
+            Packet::PubRel(a) => a.write(out, PacketType::PubRel, v5),
+            Packet::PubComp(a) => a.write(out, PacketType::PubComp, v5),
+            Packet::Subscribe(s) => s.write(out, v5),
+            Packet::SubAck(s) => s.write(out, v5),
+            Packet::Unsubscribe(u) => u.write(out, v5),
+            Packet::UnsubAck(a) => a.write(out, v5),
             Packet::PingReq => {
                 out.extend_from_slice(&[0xc0, 0]);
                 Ok(())
@@ -512,10 +607,8 @@ impl Packet<'_> {
                 out.extend_from_slice(&[0xd0, 0]);
                 Ok(())
             }
-            Packet::Disconnect => {
-                out.extend_from_slice(&[0xe0, 0]);
-                Ok(())
-            }
+            Packet::Disconnect(d) => d.write(out, v5),
+            Packet::Auth(a) => a.write(out, v5),
         };
         if r.is_err() {
             out.truncate(start);
@@ -536,7 +629,10 @@ mod tests {
     fn simple_packets() {
         assert_eq!(dec(&[0xc0, 0]).unwrap(), Some((Packet::PingReq, 2)));
         assert_eq!(dec(&[0xd0, 0]).unwrap(), Some((Packet::PingResp, 2)));
-        assert_eq!(dec(&[0xe0, 0]).unwrap(), Some((Packet::Disconnect, 2)));
+        assert_eq!(
+            dec(&[0xe0, 0]).unwrap(),
+            Some((Packet::Disconnect(Disconnect::NORMAL), 2))
+        );
         assert_eq!(
             dec(&[0xe0, 1, 0]),
             Err(Error::Malformed {
@@ -561,11 +657,11 @@ mod tests {
     fn acks() {
         assert_eq!(
             dec(&[0x40, 2, 0x12, 0x34]).unwrap(),
-            Some((Packet::PubAck(PubAck { pkid: 0x1234 }), 4))
+            Some((Packet::PubAck(PubAck::new(0x1234)), 4))
         );
         assert_eq!(
             dec(&[0x62, 2, 0, 1]).unwrap(),
-            Some((Packet::PubRel(PubRel { pkid: 1 }), 4))
+            Some((Packet::PubRel(PubRel::new(1)), 4))
         );
         assert_eq!(
             dec(&[0x60, 2, 0, 1]),
@@ -588,12 +684,12 @@ mod tests {
         ));
         let mut out = Vec::new();
         assert_eq!(
-            Packet::PubRel(PubRel { pkid: 7 }).encode(Protocol::V311, &mut out),
+            Packet::PubRel(PubRel::new(7)).encode(Protocol::V311, &mut out),
             Ok(4)
         );
         assert_eq!(out, [0x62, 2, 0, 7]);
         assert_eq!(
-            Packet::PubAck(PubAck { pkid: 0 }).encode(Protocol::V311, &mut out),
+            Packet::PubAck(PubAck::new(0)).encode(Protocol::V311, &mut out),
             Err(Error::ZeroPacketId {
                 packet: PacketType::PubAck
             })
@@ -630,7 +726,7 @@ mod tests {
                 max: 100
             })
         );
-        assert_eq!(parse_fixed_header(&[0x30, 0xc6], 100).unwrap(), None);
+        assert_eq!(parse_fixed_header(&[0x30, 0xc6], &opts).unwrap(), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The wire primitives every packet is built from: the variable-length remaining length, big-endian `u16`,
-//! length-prefixed UTF-8 strings and binary data, and topic / filter validation.
+//! The wire primitives every packet is built from: the variable byte integer (the remaining length, and in
+//! MQTT 5 property lengths and subscription identifiers), big-endian `u16`/`u32`, length-prefixed UTF-8
+//! strings and binary data, and topic / filter validation.
 //!
 //! Readers work on a [`Reader`] over the packet's body (a slice whose end is the end of the packet), so a
 //! field that runs past the end is "malformed" (the remaining length lied), never "need more bytes".
@@ -74,6 +75,10 @@ impl<'a> Reader<'a> {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    /// The packet being read (named in errors).
+    pub fn packet(&self) -> PacketType {
+        self.packet
+    }
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
@@ -96,6 +101,34 @@ impl<'a> Reader<'a> {
         self.buf = &self.buf[2..];
         Ok(v)
     }
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, Error> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// A variable byte integer in its shortest form (MQTT 5 requires it [MQTT-1.5.5-1]).
+    pub fn varint(&mut self, what: &'static str) -> Result<u32, Error> {
+        let (v, n) = match read_remaining_length(self.buf) {
+            Ok(Some(x)) => x,
+            _ => return Err(self.short(what)),
+        };
+        if n != remaining_length_len(v) {
+            return Err(Error::Malformed {
+                packet: self.packet,
+                what: "variable byte integer not in its shortest form",
+            });
+        }
+        self.buf = &self.buf[n..];
+        Ok(v as u32)
+    }
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
+        if self.buf.len() < n {
+            return Err(self.short(what));
+        }
+        let (v, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(v)
+    }
     /// A non-zero packet identifier.
     pub fn pkid(&mut self) -> Result<u16, Error> {
         let id = self.u16("packet identifier")?;
@@ -109,12 +142,7 @@ impl<'a> Reader<'a> {
     /// Two-byte length then that many bytes.
     pub fn binary(&mut self, what: &'static str) -> Result<&'a [u8], Error> {
         let len = self.u16(what)? as usize;
-        if self.buf.len() < len {
-            return Err(self.short(what));
-        }
-        let (v, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        Ok(v)
+        self.take(len, what)
     }
     /// A length-prefixed UTF-8 string without U+0000.
     pub fn string(&mut self, what: &'static str) -> Result<&'a str, Error> {

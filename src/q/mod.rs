@@ -220,7 +220,8 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
         (Key::TopicFilter, _) => c"topic",
         (
-            Key::Username
+            Key::Protocol
+            | Key::Username
             | Key::Password
             | Key::ConnectTimeout
             | Key::MaxPacketSize

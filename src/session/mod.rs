@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{
     self, encode_ack, encode_publish, parse_fixed_header, ConnAck, Connect, ConnectReturnCode,
-    Filters, LastWill, Packet, PacketType, Protocol, QoS, Subscribe, SubscribeReturnCode,
-    TopicList, Unsubscribe, DUP_FLAG,
+    DecodeOptions, Filters, LastWill, Packet, PacketType, Properties, Protocol, QoS, Subscribe,
+    SubscribeReturnCode, TopicList, Unsubscribe, DUP_FLAG,
 };
 use crate::error::{ConfigError, Error, Key, Timeout, Violation};
 
@@ -418,7 +418,11 @@ impl Session {
         let mut input = data;
         loop {
             let partial = &self.rx[self.rx_done..];
-            match parse_fixed_header(partial, self.cfg.max_packet_size) {
+            let opts = DecodeOptions {
+                protocol: self.cfg.protocol,
+                max_packet_size: self.cfg.max_packet_size,
+            };
+            match parse_fixed_header(partial, &opts) {
                 Err(e) => return Err(self.fail_protocol(e)),
                 Ok(Some(h)) => {
                     let need = h.packet_len() - partial.len();
@@ -831,6 +835,7 @@ impl Session {
                 Packet::Subscribe(Subscribe {
                     pkid: r.pkid,
                     filters: Filters::new(&list),
+                    properties: Properties::EMPTY,
                 })
                 .encode(self.cfg.protocol, &mut self.tx)
             }
@@ -839,6 +844,7 @@ impl Session {
                 Packet::Unsubscribe(Unsubscribe {
                     pkid: r.pkid,
                     filters: TopicList::new(&list),
+                    properties: Properties::EMPTY,
                 })
                 .encode(self.cfg.protocol, &mut self.tx)
             }
@@ -973,8 +979,11 @@ impl Session {
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
             | Packet::PingReq
-            | Packet::Disconnect => {
+            | Packet::Disconnect(_) => {
                 return Err(self.fail(Violation::ClientOnly(p.packet_type())));
+            }
+            Packet::Auth(_) => {
+                return Err(self.fail(Violation::Mqtt5Only(PacketType::Auth)));
             }
         }
         Ok(())
@@ -1085,6 +1094,7 @@ fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec
         message: &w.payload,
         qos: w.qos,
         retain: w.retain,
+        properties: Properties::EMPTY,
     });
     let connect = Connect {
         protocol: cfg.protocol,
@@ -1094,6 +1104,7 @@ fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec
         will,
         username: cfg.username.as_deref(),
         password: cfg.password.as_deref(),
+        properties: Properties::EMPTY,
     };
     Packet::Connect(connect).encode(cfg.protocol, out)
 }
