@@ -13,6 +13,11 @@
 //! - Errors ([`TransportError`]) name the cause and the option to change: an unknown CA, an expired
 //!   certificate, a host name the certificate does not cover, a broker that wants a client certificate.
 //!
+//! The hops a connection can also go through, each sans-I/O (request bytes out, the peer's answer in,
+//! typed errors): [`proxy`] (HTTP `CONNECT`, KX's proxy options and environment), [`ws`] (the WebSocket
+//! upgrade and RFC 6455 framing, in place in the caller's buffers); [`keys`] reads PEM private keys,
+//! encrypted ones included.
+//!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
 //!
@@ -30,7 +35,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 mod conn;
+mod http;
+pub mod keys;
+pub mod proxy;
 mod tls;
+pub mod ws;
 
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
