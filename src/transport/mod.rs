@@ -14,6 +14,11 @@
 //!   connection is an [`Error`](crate::Error) (DNS, TCP attempts, I/O, TLS with rustls' cause, closed),
 //!   worded in [`crate::error`]: each names the cause and the option to change.
 //!
+//! The hops a connection can also go through, each sans-I/O (request bytes out, the peer's answer in,
+//! typed errors): [`proxy`] (HTTP `CONNECT`, KX's proxy options and environment), [`ws`] (the WebSocket
+//! upgrade and RFC 6455 framing, in place in the caller's buffers); [`keys`] reads PEM private keys,
+//! encrypted ones included.
+//!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
 //!
@@ -33,7 +38,11 @@ use std::path::PathBuf;
 use crate::error::{ConfigError, Key};
 
 mod conn;
+mod http;
+pub mod keys;
+pub mod proxy;
 mod tls;
+pub mod ws;
 
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
