@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rustls::{AlertDescription, CertificateError};
 
-use crate::codec::{self, ConnectReturnCode, PacketType};
+use crate::codec::{self, ConnectReturnCode, PacketType, QoS, ReasonCode};
 
 /// A failure of the connection (or of the attempt to make one).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,10 +43,23 @@ pub enum Error {
     Closed { peer: Peer, handshake: bool },
     /// TLS failed: rustls' cause and what the message needs to name the fix.
     Tls(Box<TlsError>),
-    /// The broker refused CONNECT. `reason`: the broker's own words (MQTT 5 reason string), if any.
+    /// The broker refused CONNECT. `code` in MQTT 3.1.1's terms (MQTT 5 reason codes it has no name for are
+    /// `Other`); MQTT 5: `reason_code` as the broker sent it, `reason` its own words (Reason String) and
+    /// `server_reference` the server it points to (Use another server, Server moved), if any.
     Refused {
         code: ConnectReturnCode,
+        reason_code: Option<ReasonCode>,
         reason: Option<String>,
+        server_reference: Option<String>,
+    },
+    /// The broker answered an MQTT 5 CONNECT with an MQTT 3.1.1 refusal (`code`): it speaks only MQTT 3.1.1.
+    Mqtt311Only { code: ConnectReturnCode },
+    /// MQTT 5: the broker closed the connection with DISCONNECT: its reason code, Reason String and Server
+    /// Reference.
+    Disconnected {
+        reason_code: ReasonCode,
+        reason: Option<String>,
+        server_reference: Option<String>,
     },
     /// The broker broke the protocol.
     Protocol(Violation),
@@ -135,7 +148,93 @@ pub enum Violation {
     ClientOnly(PacketType),
     /// An MQTT 5 packet on an MQTT 3.1/3.1.1 connection.
     Mqtt5Only(PacketType),
+    /// MQTT 5: a Topic Alias of 0 or above the Topic Alias Maximum this client sent (`max`).
+    TopicAliasInvalid {
+        alias: u16,
+        max: u16,
+    },
+    /// MQTT 5: a PUBLISH with an empty topic and a Topic Alias the broker never set on this connection.
+    UnknownTopicAlias(u16),
+    /// MQTT 5: more QoS 2 messages unreleased than the Receive Maximum this client sent.
+    ReceiveMaximumExceeded(u16),
+    /// MQTT 5: a packet the client never asked for (AUTH without enhanced authentication).
+    Unrequested(PacketType),
 }
+
+impl Violation {
+    /// The MQTT 5 reason code of the DISCONNECT the client sends for it.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            Violation::Malformed {
+                cause: codec::Error::PacketTooLarge { .. },
+                ..
+            } => ReasonCode::PacketTooLarge,
+            Violation::Malformed { .. } => ReasonCode::MalformedPacket,
+            Violation::TopicAliasInvalid { .. } => ReasonCode::TopicAliasInvalid,
+            Violation::ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,
+            _ => ReasonCode::ProtocolError,
+        }
+    }
+}
+
+/// Why one message was not delivered: its token is reported failed (the connection is unaffected, and the
+/// message is not sent again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The broker refused it: the reason code (0x80 or above) of its PUBACK (QoS 1) or PUBREC (QoS 2), and
+    /// its Reason String.
+    Refused {
+        code: ReasonCode,
+        reason: Option<String>,
+    },
+    /// The PUBLISH would be larger than the broker's Maximum Packet Size.
+    TooLarge { size: usize, max: u32 },
+    /// Its QoS is above the broker's Maximum QoS.
+    QoSNotSupported { qos: QoS, max: QoS },
+    /// It is retained and the broker keeps no retained messages (Retain Available 0).
+    RetainNotSupported,
+    /// It cannot be sent as MQTT (the codec's reason).
+    Invalid(codec::Error),
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryError::Refused { code, reason } => {
+                write!(f, "the broker refused the message: {code}")?;
+                if let Some(r) = reason {
+                    write!(f, "; the broker says: {r}")?;
+                }
+                f.write_str(match code {
+                    ReasonCode::NotAuthorized => " (check the broker's access rules for this topic)",
+                    ReasonCode::TopicNameInvalid => " (the broker does not accept this topic)",
+                    ReasonCode::QuotaExceeded => " (the broker's quota is used up: send less, or later)",
+                    ReasonCode::PayloadFormatInvalid => {
+                        " (the payload is not what its Payload Format Indicator says: UTF-8)"
+                    }
+                    ReasonCode::PacketTooLarge => " (send smaller messages)",
+                    _ => "",
+                })
+            }
+            DeliveryError::TooLarge { size, max } => write!(
+                f,
+                "the message is too large for the broker: its PUBLISH is {size} bytes, the broker accepts at \
+                 most {max} (its Maximum Packet Size): send a smaller payload or fewer properties"
+            ),
+            DeliveryError::QoSNotSupported { qos, max } => write!(
+                f,
+                "the broker supports QoS up to {} (its Maximum QoS), not {}: publish with QoS {} or less",
+                *max as u8, *qos as u8, *max as u8
+            ),
+            DeliveryError::RetainNotSupported => f.write_str(
+                "the broker keeps no retained messages (Retain Available 0): publish without retain",
+            ),
+            DeliveryError::Invalid(e) => write!(f, "the message cannot be sent: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeliveryError {}
 
 /// Which system resource could not be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +324,8 @@ pub enum Key {
     /// The TLS server name (SNI).
     ServerName,
     Spool,
+    /// An MQTT 5 setting (session expiry, receive maximum, topic aliases, user properties, will properties).
+    Mqtt5,
 }
 
 /// What is wrong with the setting.
@@ -364,6 +465,25 @@ impl fmt::Display for Violation {
                 write!(f, "the broker sent {t}, which only a client may send")
             }
             Violation::Mqtt5Only(t) => write!(f, "the broker sent {t}, an MQTT 5 packet"),
+            Violation::TopicAliasInvalid { alias, max } => write!(
+                f,
+                "the broker used Topic Alias {alias}, outside 1..={max} (the Topic Alias Maximum this client \
+                 sent)"
+            ),
+            Violation::UnknownTopicAlias(a) => write!(
+                f,
+                "the broker sent a PUBLISH without topic under Topic Alias {a}, which it never set on this \
+                 connection"
+            ),
+            Violation::Unrequested(t) => write!(
+                f,
+                "the broker sent {t}, which this client did not ask for (it uses no enhanced authentication)"
+            ),
+            Violation::ReceiveMaximumExceeded(m) => write!(
+                f,
+                "the broker sent more than {m} unreleased QoS 2 messages (the Receive Maximum this client \
+                 sent)"
+            ),
         }
     }
 }
@@ -392,6 +512,65 @@ fn refusal(code: ConnectReturnCode) -> (&'static str, &'static str) {
         ConnectReturnCode::Accepted | ConnectReturnCode::Other(_) => {
             ("refused", "check the broker's log")
         }
+    }
+}
+
+/// What to change for an MQTT 5 CONNACK refusal.
+fn refusal_v5(rc: ReasonCode, server: Option<&str>) -> String {
+    use ReasonCode as R;
+    let s = match rc {
+        R::BadUserNameOrPassword => "check username and password",
+        R::NotAuthorized => "check the credentials and the broker's access rules",
+        R::ClientIdentifierNotValid => {
+            "use another client id (unique, allowed characters and length)"
+        }
+        R::ServerUnavailable | R::ServerBusy | R::ConnectionRateExceeded => {
+            "retry later or check the broker"
+        }
+        R::Banned => "this client is banned: ask the broker's operator",
+        R::UnsupportedProtocolVersion => {
+            "the broker does not accept MQTT 5 here: use MQTTVersion 4 (-V mqttv311)"
+        }
+        R::BadAuthenticationMethod => "the broker wants another authentication method",
+        R::QuotaExceeded => "the broker's quota for this client is used up: retry later",
+        R::PacketTooLarge => {
+            "the CONNECT is larger than the broker accepts: shorten the will, user properties or credentials"
+        }
+        R::RetainNotSupported => "the broker keeps no retained messages: set lastWillRetain 0",
+        R::QoSNotSupported => "the broker does not support the will's QoS: lower lastWillQos",
+        R::UseAnotherServer | R::ServerMoved => {
+            return match server {
+                Some(s) => format!("connect to {s} instead"),
+                None => "connect to another server (the broker named none)".into(),
+            }
+        }
+        R::PayloadFormatInvalid => "the will's payload is not UTF-8 as its Payload Format Indicator says",
+        R::TopicNameInvalid => "the broker does not accept the will's topic",
+        _ => "check the broker's log",
+    };
+    s.to_string()
+}
+
+/// What to do about a broker's DISCONNECT (empty when nothing specific applies).
+fn disconnect_advice(rc: ReasonCode) -> &'static str {
+    use ReasonCode as R;
+    match rc {
+        R::SessionTakenOver => {
+            "another client connected with the same client id: give each client its own id"
+        }
+        R::ServerShuttingDown | R::ServerBusy => "the client reconnects when the broker is back",
+        R::KeepAliveTimeout => "the link stalled longer than the keep-alive: check the network",
+        R::NotAuthorized => "check the broker's access rules",
+        R::QuotaExceeded | R::MessageRateTooHigh => "send less, or more slowly",
+        R::UseAnotherServer | R::ServerMoved => "connect to the server it points to",
+        R::AdministrativeAction => "the broker's operator closed it",
+        R::MaximumConnectTime => "the broker limits how long a connection lasts",
+        R::MalformedPacket
+        | R::ProtocolError
+        | R::ReceiveMaximumExceeded
+        | R::TopicAliasInvalid
+        | R::PacketTooLarge => "the broker found this client breaking MQTT 5: please report it",
+        _ => "",
     }
 }
 
@@ -450,13 +629,53 @@ impl fmt::Display for Error {
             ),
             Error::Closed { .. } => f.write_str("the broker closed the connection"),
             Error::Tls(t) => t.fmt(f),
-            Error::Refused { code, reason } => {
-                let (what, fix) = refusal(*code);
-                write!(f, "the broker refused the connection: {what} ({fix})")?;
-                match reason {
-                    Some(r) => write!(f, "; the broker says: {r}"),
-                    None => Ok(()),
+            Error::Refused {
+                code,
+                reason_code,
+                reason,
+                server_reference,
+            } => {
+                match reason_code {
+                    Some(rc) => write!(
+                        f,
+                        "the broker refused the connection: {rc} ({})",
+                        refusal_v5(*rc, server_reference.as_deref())
+                    )?,
+                    None => {
+                        let (what, fix) = refusal(*code);
+                        write!(f, "the broker refused the connection: {what} ({fix})")?;
+                    }
                 }
+                if let Some(r) = reason {
+                    write!(f, "; the broker says: {r}")?;
+                }
+                match server_reference {
+                    Some(s) if reason_code.is_none() => write!(f, "; it points to {s}"),
+                    _ => Ok(()),
+                }
+            }
+            Error::Mqtt311Only { code } => write!(
+                f,
+                "the broker speaks only MQTT 3.1.1: it answered the MQTT 5 CONNECT with the MQTT 3.1.1 \
+                 refusal {code}: use MQTTVersion 4 (qmqtt: -V mqttv311)"
+            ),
+            Error::Disconnected {
+                reason_code,
+                reason,
+                server_reference,
+            } => {
+                write!(f, "the broker closed the connection: {reason_code}")?;
+                if let Some(r) = reason {
+                    write!(f, "; the broker says: {r}")?;
+                }
+                if let Some(s) = server_reference {
+                    write!(f, "; it points to {s}")?;
+                }
+                let advice = disconnect_advice(*reason_code);
+                if !advice.is_empty() {
+                    write!(f, " ({advice})")?;
+                }
+                Ok(())
             }
             Error::Protocol(v) => write!(f, "protocol error from the broker: {v}"),
             Error::Timeout(Timeout::Connect { host, port, limit }) => write!(

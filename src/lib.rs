@@ -2,7 +2,7 @@
 //!
 //! The engine is a stack of layers, each a module that depends only on those below it:
 //!
-//! 1. [`codec`] — MQTT 3.1/3.1.1 packets ⇄ bytes. Pure functions, a borrowing decoder, no I/O.
+//! 1. [`codec`] — MQTT 3.1/3.1.1/5 packets ⇄ bytes. Pure functions, a borrowing decoder, no I/O.
 //! 2. [`session`] — the sans-I/O protocol state machine of one connection: fed received bytes, commands and
 //!    the current time; emits bytes to send, the next deadline and events. No sockets, threads or clocks.
 //! 3. [`transport`] — URIs, TCP and TLS (rustls with the ring provider): turns options into a connected,

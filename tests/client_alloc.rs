@@ -61,3 +61,60 @@ fn publishing_and_draining_allocate_nothing_on_the_callers_thread() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(delivered > 0 && received > 0);
 }
+
+/// The same under MQTT 5, with properties on every message and topic aliases on the connection.
+#[test]
+fn mqtt5_publishing_with_properties_and_draining_allocate_nothing() {
+    use qmqtt::codec::{PropertiesBuf, Property, Protocol};
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "noalloc5");
+    k.protocol = Protocol::V5;
+    let c = connect(k);
+    c.subscribe("na5/#", QoS::AtLeastOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, Duration::from_secs(10), |s| !s.subscribed.is_empty()));
+    let mut props = PropertiesBuf::new();
+    props
+        .push(Property::MessageExpiryInterval(60))
+        .unwrap()
+        .push(Property::UserProperty("unit", "C"))
+        .unwrap();
+    let p = props.properties();
+    let payload = [b'p'; 64];
+    let msgs = [("na5/batch", &payload[..]); 100];
+    let mut toks = Vec::with_capacity(1000);
+    let (mut delivered, mut with_props) = (0u64, 0u64);
+    let mut drain = |c: &qmqtt::Client| {
+        c.poll_events(10_000, &mut |e| match e {
+            qmqtt::Event::Delivered { .. } => delivered += 1,
+            qmqtt::Event::Message { properties, .. } => {
+                with_props += properties.message_expiry_interval().is_some() as u64
+            }
+            _ => {}
+        })
+    };
+    for _ in 0..3000 {
+        c.publish_with("na5/x", &payload, QoS::AtLeastOnce, false, p)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drain(&c);
+    let a0 = allocs();
+    for i in 0..10_000 {
+        c.publish_with("na5/x", &payload, QoS::AtLeastOnce, false, p)
+            .unwrap();
+        if i % 1000 == 0 {
+            toks.clear();
+            c.publish_batch_with(msgs.iter().copied(), QoS::AtMostOnce, false, p, &mut toks)
+                .unwrap();
+        }
+        if i % 100 == 0 {
+            drain(&c);
+        }
+    }
+    assert_eq!(allocs() - a0, 0, "allocations on the publishing thread");
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&c);
+    assert!(delivered > 0 && with_props > 0);
+    assert!(c.stats().topic_aliased > 0 || c.stats().server.unwrap().topic_alias_maximum == 0);
+}

@@ -307,6 +307,7 @@ fn config_errors_name_the_option() {
                 payload: vec![],
                 qos: QoS::AtMostOnce,
                 retain: false,
+                properties: Default::default(),
             })
         },
         "will topic",

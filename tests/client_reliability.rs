@@ -26,6 +26,7 @@ fn last_will_is_published_when_the_link_is_cut_and_the_client_reconnects() {
         payload: b"offline".to_vec(),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     });
     let c = connect(k);
     p.cut();
@@ -53,6 +54,7 @@ fn clean_disconnect_sends_no_will() {
         payload: b"offline".to_vec(),
         qos: QoS::AtLeastOnce,
         retain: false,
+        properties: Default::default(),
     });
     let mut c = connect(k);
     c.disconnect(Duration::from_secs(2));

@@ -180,6 +180,7 @@ fn configuration_errors() {
                     payload: Vec::new(),
                     qos: QoS::AtMostOnce,
                     retain: false,
+                    properties: Default::default(),
                 })
             }),
             "invalid configuration: will topic \"w/#\": must be 1 to 65535 bytes without '+', '#' or NUL",
@@ -191,6 +192,7 @@ fn configuration_errors() {
                     payload: vec![0; 70_000],
                     qos: QoS::AtMostOnce,
                     retain: false,
+                    properties: Default::default(),
                 })
             }),
             "invalid configuration: will payload: longer than 65535 bytes",

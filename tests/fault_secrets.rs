@@ -265,6 +265,7 @@ fn fault_secrets_config_debug_redacts_the_password() {
         will: None,
         max_inflight: 10,
         max_packet_size: 1 << 20,
+        mqtt5: Default::default(),
     };
     for text in [format!("{k:?}"), format!("{s:?}")] {
         assert!(

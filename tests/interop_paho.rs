@@ -192,6 +192,7 @@ fn our_engine_receives_what_paho_publishes() {
             payload,
             qos,
             retain,
+            ..
         } = e
         {
             assert!(!retain);

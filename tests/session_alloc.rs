@@ -104,6 +104,7 @@ fn warm_paths_do_not_allocate() {
         will: None,
         max_inflight: 10,
         max_packet_size: 4096,
+        mqtt5: Default::default(),
     };
     let now = Instant::now();
     let mut s = Session::new(cfg);
@@ -131,4 +132,146 @@ fn warm_paths_do_not_allocate() {
         0,
         "allocations on the warm publish/receive path"
     );
+}
+
+/// The MQTT 5 round: publishes with properties under topic aliases, the broker's PUBACK/PUBREC/PUBCOMP,
+/// incoming messages with properties under the broker's aliases.
+#[test]
+fn warm_mqtt5_paths_with_aliases_and_properties_do_not_allocate() {
+    use qmqtt::codec::{PropertiesBuf, Property, Publish};
+    let mut cfg = SessionConfig {
+        client_id: "alloc5".into(),
+        protocol: Protocol::V5,
+        keep_alive: Duration::from_secs(60),
+        response_timeout: Duration::from_secs(5),
+        clean_session: true,
+        username: None,
+        password: None,
+        will: None,
+        max_inflight: 10,
+        max_packet_size: 4096,
+        mqtt5: Default::default(),
+    };
+    cfg.mqtt5.topic_alias_maximum = 4;
+    let v5 = DecodeOptions {
+        protocol: Protocol::V5,
+        max_packet_size: 1 << 20,
+    };
+    let now = Instant::now();
+    let mut s = Session::new(cfg);
+    s.handle_connected(now);
+    // CONNACK: Topic Alias Maximum 4.
+    s.handle_read(&[0x20, 6, 0, 0, 3, 0x22, 0, 4], now).unwrap();
+    while s.poll_event().is_some() {}
+    let mut out_props = PropertiesBuf::new();
+    out_props
+        .push(Property::MessageExpiryInterval(60))
+        .unwrap()
+        .push(Property::UserProperty("unit", "C"))
+        .unwrap();
+    let mut alias1 = PropertiesBuf::new();
+    alias1
+        .push(Property::TopicAlias(1))
+        .unwrap()
+        .push(Property::ContentType("text/plain"))
+        .unwrap();
+    let payload = [7u8; 200];
+    let (mut wire, mut broker) = (Vec::with_capacity(8192), Vec::with_capacity(8192));
+    let mut token = 0u64;
+    let mut round = |s: &mut Session, first: bool| {
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+        {
+            token += 1;
+            let topic = ["sensors/gw1/temp", "sensors/gw1/hum", "sensors/gw1/co2"][i];
+            s.publish_with(
+                token,
+                topic,
+                &payload,
+                qos,
+                false,
+                out_props.properties(),
+                now,
+            )
+            .unwrap();
+        }
+        wire.clear();
+        s.poll_transmit(&mut wire);
+        broker.clear();
+        let mut b = &wire[..];
+        while let Some((p, n)) = decode(b, &v5).unwrap() {
+            if let Packet::Publish(p) = p {
+                let t = match p.qos {
+                    QoS::AtLeastOnce => Some(codec::PacketType::PubAck),
+                    QoS::ExactlyOnce => Some(codec::PacketType::PubRec),
+                    QoS::AtMostOnce => None,
+                };
+                if let Some(t) = t {
+                    codec::encode_ack(&mut broker, t, p.pkid).unwrap();
+                }
+            }
+            b = &b[n..];
+        }
+        // Incoming: the first sets alias 1 (with its topic), the others use it alone.
+        for (qos, id) in [
+            (QoS::AtMostOnce, 0),
+            (QoS::AtLeastOnce, 11),
+            (QoS::ExactlyOnce, 12),
+        ] {
+            let p = Publish {
+                dup: false,
+                qos,
+                retain: false,
+                topic: if first && id == 0 { "cmd/gw1" } else { "" },
+                pkid: id,
+                payload: &payload,
+                properties: alias1.properties(),
+            };
+            codec::encode_publish_v5(&mut broker, &p, None).unwrap();
+        }
+        codec::encode_ack(&mut broker, codec::PacketType::PubRel, 12).unwrap();
+        s.handle_read(&broker, now).unwrap();
+        wire.clear();
+        s.poll_transmit(&mut wire);
+        let mut rel = None;
+        let mut b = &wire[..];
+        while let Some((p, n)) = decode(b, &v5).unwrap() {
+            if let Packet::PubRel(r) = p {
+                rel = Some(r.pkid);
+            }
+            b = &b[n..];
+        }
+        let mut messages = 0;
+        while let Some(e) = s.poll_event() {
+            if let Event::Message {
+                topic, properties, ..
+            } = e
+            {
+                assert_eq!(topic, "cmd/gw1");
+                assert_eq!(properties.content_type(), Some("text/plain"));
+                messages += 1;
+            }
+        }
+        assert_eq!(messages, 3);
+        broker.clear();
+        codec::encode_ack(&mut broker, codec::PacketType::PubComp, rel.unwrap()).unwrap();
+        s.handle_read(&broker, now).unwrap();
+        while s.poll_event().is_some() {}
+        assert_eq!(s.inflight(), 0);
+    };
+    round(&mut s, true);
+    for _ in 0..50 {
+        round(&mut s, false);
+    }
+    let before = allocs();
+    for _ in 0..1000 {
+        round(&mut s, false);
+    }
+    assert_eq!(
+        allocs() - before,
+        0,
+        "allocations on the warm MQTT 5 publish/receive path"
+    );
+    assert!(s.alias_stats().0 >= 3000, "{:?}", s.alias_stats());
 }

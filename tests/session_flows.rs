@@ -57,6 +57,7 @@ fn cfg() -> SessionConfig {
         will: None,
         max_inflight: 3,
         max_packet_size: 1024,
+        mqtt5: Default::default(),
     }
 }
 
@@ -134,8 +135,10 @@ impl H {
                     payload,
                     qos,
                     retain,
+                    ..
                 } => E::Msg(topic.into(), payload.into(), qos, retain),
                 Event::Delivered { token, .. } => E::Delivered(token),
+                Event::Failed { token, cause, .. } => panic!("Failed {token}: {cause}"),
                 Event::Subscribed { filter, granted } => E::Subscribed(filter.into(), granted),
                 Event::Unsubscribed { filter } => E::Unsubscribed(filter.into()),
             });
@@ -204,6 +207,7 @@ fn connect_and_connack() {
         payload: b"x".to_vec(),
         qos: QoS::AtLeastOnce,
         retain: true,
+        properties: Default::default(),
     });
     let mut h = H::new(c);
     assert_eq!(h.s.state(), State::Disconnected);
@@ -270,7 +274,9 @@ fn refusal_names_the_fix() {
             e,
             Error::Refused {
                 code: codec::ConnectReturnCode::from_u8(code),
-                reason: None
+                reason_code: None,
+                reason: None,
+                server_reference: None,
             }
         );
         let msg = e.to_string();
@@ -785,6 +791,7 @@ fn bad_config_is_reported() {
         payload: vec![],
         qos: QoS::AtMostOnce,
         retain: false,
+        properties: Default::default(),
     });
     let e = Session::check_config(&c).unwrap_err();
     assert!(e.to_string().contains("wildcard"), "{e}");

@@ -116,6 +116,7 @@ impl World {
             will: None,
             max_inflight: window,
             max_packet_size: 4096,
+            mqtt5: Default::default(),
         };
         World {
             s: Session::new(cfg),

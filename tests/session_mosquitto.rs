@@ -35,6 +35,7 @@ fn cfg(id: &str) -> SessionConfig {
         will: None,
         max_inflight: 20,
         max_packet_size: 1 << 16,
+        mqtt5: Default::default(),
     }
 }
 
@@ -107,6 +108,7 @@ impl Driver {
                 Event::Delivered { token, .. } => E::Delivered(token),
                 Event::Subscribed { filter, granted } => E::Subscribed(filter.into(), granted),
                 Event::Unsubscribed { filter } => panic!("unexpected Unsubscribed {filter}"),
+                Event::Failed { token, cause, .. } => panic!("unexpected Failed {token}: {cause}"),
             });
         }
         Ok(v)

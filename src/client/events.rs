@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::ring::ByteRing;
 use super::Event;
-use crate::codec::QoS;
-use crate::error::Error;
+use crate::codec::{Properties, QoS};
+use crate::error::{DeliveryError, Error};
 use crate::session::Token;
 
 /// Bytes of a record header.
@@ -34,10 +34,13 @@ const K_LOST: u8 = 3;
 const K_RECONNECTING: u8 = 4;
 const K_SUBSCRIBED: u8 = 5;
 const K_UNSUBSCRIBED: u8 = 6;
+const K_FAILED: u8 = 7;
 
 /// Longest text kept in a control record (a filter); longer ones are cut at a char boundary.
 const MAX_TEXT: usize = 1024;
 
+/// A record: its header fields and up to three byte strings (a message's topic, payload and properties; the
+/// length of the third is kept in `extra`, which messages do not use otherwise).
 struct Rec<'a> {
     kind: u8,
     b1: u8,
@@ -46,6 +49,7 @@ struct Rec<'a> {
     n: u64,
     s1: &'a [u8],
     s2: &'a [u8],
+    s3: &'a [u8],
 }
 
 impl Rec<'_> {
@@ -61,8 +65,18 @@ impl Rec<'_> {
         h
     }
     fn len(&self) -> usize {
-        EV_HDR + self.s1.len() + self.s2.len()
+        EV_HDR + self.s1.len() + self.s2.len() + self.s3.len()
     }
+}
+
+/// Bytes after a record's header.
+fn body_len(h: &[u8]) -> usize {
+    let third = if h[0] == K_MESSAGE {
+        u32_at(h, 12) as usize
+    } else {
+        0
+    };
+    u32_at(h, 4) as usize + u32_at(h, 8) as usize + third
 }
 
 fn u32_at(h: &[u8], at: usize) -> u32 {
@@ -95,6 +109,11 @@ pub(crate) enum Control<'a> {
     Delivered {
         token: Token,
         qos: QoS,
+    },
+    Failed {
+        token: Token,
+        qos: QoS,
+        cause: &'a DeliveryError,
     },
     ConnectionLost {
         cause: &'a Error,
@@ -180,6 +199,8 @@ struct Inner {
     ring: ByteRing,
     /// The causes of the `K_LOST` records in the ring, in order (one per record, so as bounded as they).
     lost: VecDeque<Error>,
+    /// The causes of the `K_FAILED` records, likewise.
+    failed: VecDeque<DeliveryError>,
 }
 
 /// Where `poll` copies a batch before calling back (only the owner's thread uses it).
@@ -187,6 +208,7 @@ struct Inner {
 struct Scratch {
     bytes: Vec<u8>,
     lost: Vec<Error>,
+    failed: Vec<DeliveryError>,
 }
 
 pub(crate) struct EventQueue {
@@ -204,6 +226,7 @@ impl EventQueue {
             inner: Mutex::new(Inner {
                 ring: ByteRing::new(msg_budget + reserve),
                 lost: VecDeque::new(),
+                failed: VecDeque::new(),
             }),
             scratch: Mutex::new(Scratch::default()),
             signal: Signal::new()?,
@@ -231,7 +254,11 @@ impl EventQueue {
             return false;
         }
         let was_empty = g.ring.is_empty();
-        g.ring.push(&[&r.header(), r.s1, r.s2]);
+        if r.s3.is_empty() {
+            g.ring.push(&[&r.header(), r.s1, r.s2]);
+        } else {
+            g.ring.push(&[&r.header(), r.s1, r.s2, r.s3]);
+        }
         then(&mut g);
         if was_empty {
             self.signal.raise();
@@ -240,16 +267,25 @@ impl EventQueue {
     }
 
     /// Queue a received message; false when it does not fit (the caller counts it as dropped).
-    pub(crate) fn push_message(&self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> bool {
+    pub(crate) fn push_message(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: Properties<'_>,
+    ) -> bool {
+        let props = properties.as_bytes();
         self.push(
             &Rec {
                 kind: K_MESSAGE,
                 b1: qos as u8,
                 b2: retain as u8,
-                extra: 0,
+                extra: props.len() as u32,
                 n: 0,
                 s1: topic.as_bytes(),
                 s2: payload,
+                s3: props,
             },
             self.msg_budget,
         )
@@ -266,6 +302,7 @@ impl EventQueue {
                 n: 0,
                 s1: &[],
                 s2: &[],
+                s3: &[],
             },
             Control::Delivered { token, qos } => Rec {
                 kind: K_DELIVERED,
@@ -275,6 +312,7 @@ impl EventQueue {
                 n: token,
                 s1: &[],
                 s2: &[],
+                s3: &[],
             },
             Control::ConnectionLost { cause } => {
                 let r = Rec {
@@ -285,8 +323,22 @@ impl EventQueue {
                     n: 0,
                     s1: &[],
                     s2: &[],
+                    s3: &[],
                 };
                 return self.push_with(&r, usize::MAX, |g| g.lost.push_back(cause.clone()));
+            }
+            Control::Failed { token, qos, cause } => {
+                let r = Rec {
+                    kind: K_FAILED,
+                    b1: qos as u8,
+                    b2: 0,
+                    extra: 0,
+                    n: token,
+                    s1: &[],
+                    s2: &[],
+                    s3: &[],
+                };
+                return self.push_with(&r, usize::MAX, |g| g.failed.push_back(cause.clone()));
             }
             Control::Reconnecting { delay, attempt } => Rec {
                 kind: K_RECONNECTING,
@@ -296,6 +348,7 @@ impl EventQueue {
                 n: delay.as_nanos().min(u64::MAX as u128) as u64,
                 s1: &[],
                 s2: &[],
+                s3: &[],
             },
             Control::Subscribed { filter, granted } => Rec {
                 kind: K_SUBSCRIBED,
@@ -305,6 +358,7 @@ impl EventQueue {
                 n: 0,
                 s1: cut_text(filter),
                 s2: &[],
+                s3: &[],
             },
             Control::Unsubscribed { filter } => Rec {
                 kind: K_UNSUBSCRIBED,
@@ -314,6 +368,7 @@ impl EventQueue {
                 n: 0,
                 s1: cut_text(filter),
                 s2: &[],
+                s3: &[],
             },
         };
         self.push(&r, usize::MAX)
@@ -353,16 +408,20 @@ impl EventQueue {
         if !scratch.lost.is_empty() {
             scratch.lost.clear();
         }
+        if !scratch.failed.is_empty() {
+            scratch.failed.clear();
+        }
         let mut n = 0;
         {
             let mut g = self.lock();
             let mut bytes = 0usize;
-            let mut lost = 0;
+            let (mut lost, mut failed) = (0, 0);
             let mut h = [0u8; EV_HDR];
             while n < max && bytes < g.ring.len() {
                 g.ring.peek(bytes, &mut h);
-                bytes += EV_HDR + u32_at(&h, 4) as usize + u32_at(&h, 8) as usize;
+                bytes += EV_HDR + body_len(&h);
                 lost += usize::from(h[0] == K_LOST);
+                failed += usize::from(h[0] == K_FAILED);
                 n += 1;
             }
             if n > 0 {
@@ -371,12 +430,16 @@ impl EventQueue {
                 if lost > 0 {
                     scratch.lost.extend(g.lost.drain(..lost));
                 }
+                if failed > 0 {
+                    scratch.failed.extend(g.failed.drain(..failed));
+                }
             }
             if g.ring.is_empty() {
                 self.signal.clear();
             }
         }
-        let (buf, mut lost) = (&scratch.bytes, scratch.lost.iter());
+        let (buf, mut lost, mut failed) =
+            (&scratch.bytes, scratch.lost.iter(), scratch.failed.iter());
         let mut off = 0;
         for _ in 0..n {
             let h = &buf[off..off + EV_HDR];
@@ -384,7 +447,8 @@ impl EventQueue {
             let l2 = u32_at(h, 8) as usize;
             let s1 = &buf[off + EV_HDR..off + EV_HDR + l1];
             let s2 = &buf[off + EV_HDR + l1..off + EV_HDR + l1 + l2];
-            off += EV_HDR + l1 + l2;
+            let s3 = &buf[off + EV_HDR + l1 + l2..off + EV_HDR + body_len(h)];
+            off += EV_HDR + body_len(h);
             let text = std::str::from_utf8(s1).unwrap_or("");
             let qos = QoS::from_u8(h[1]).unwrap_or(QoS::AtMostOnce);
             let ev = match h[0] {
@@ -396,6 +460,8 @@ impl EventQueue {
                     payload: s2,
                     qos,
                     retain: h[2] != 0,
+                    // Copied from a decoded PUBLISH.
+                    properties: Properties::from_validated(s3),
                 },
                 K_DELIVERED => Event::Delivered {
                     token: u64_at(h, 16),
@@ -404,6 +470,14 @@ impl EventQueue {
                 K_LOST => match lost.next() {
                     Some(cause) => Event::ConnectionLost { cause },
                     None => continue, // cannot be: one cause per record
+                },
+                K_FAILED => match failed.next() {
+                    Some(cause) => Event::Failed {
+                        token: u64_at(h, 16),
+                        qos,
+                        cause,
+                    },
+                    None => continue,
                 },
                 K_RECONNECTING => Event::Reconnecting {
                     delay: Duration::from_nanos(u64_at(h, 16)),
@@ -440,7 +514,7 @@ mod tests {
     fn fd_is_readable_exactly_while_events_wait() {
         let q = EventQueue::new(1024, 256).unwrap();
         assert!(!readable(q.fd()));
-        assert!(q.push_message("a/b", b"one", QoS::AtLeastOnce, true));
+        assert!(q.push_message("a/b", b"one", QoS::AtLeastOnce, true, Properties::EMPTY));
         assert!(q.push_control(Control::Delivered {
             token: 7,
             qos: QoS::ExactlyOnce
@@ -455,7 +529,7 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                r#"Message { topic: "a/b", payload: [111, 110, 101], qos: AtLeastOnce, retain: true }"#
+                r#"Message { topic: "a/b", payload: [111, 110, 101], qos: AtLeastOnce, retain: true, properties: [] }"#
                     .to_string(),
                 "Delivered { token: 7, qos: ExactlyOnce }".to_string()
             ]
@@ -478,8 +552,9 @@ mod tests {
     #[test]
     fn messages_are_bounded_control_events_use_the_reserve() {
         let q = EventQueue::new(100, 200).unwrap();
-        assert!(q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false)); // 85 bytes
-        assert!(!q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false));
+        let e = Properties::EMPTY;
+        assert!(q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e)); // 85 bytes
+        assert!(!q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e));
         for i in 0..8 {
             assert!(q.push_control(Control::Delivered {
                 token: i,

@@ -13,6 +13,11 @@
 //! (`Config::batch_scheduling`); `Config::linger` lets it collect an active stream instead of being woken
 //! per burst.
 //!
+//! MQTT 5 (`Config::protocol` V5, `Config::mqtt5`): [`Client::publish_with`] carries per-message properties
+//! through the queue (and the spool), [`Client::subscribe_with`] subscription options and identifiers;
+//! received messages come with their properties, a message the broker refuses (or that breaks its limits)
+//! ends as [`Event::Failed`], and `Stats::server` holds what its CONNACK negotiated.
+//!
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
 //! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
 //! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
@@ -78,9 +83,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::clock::later;
-use crate::codec::{Protocol, QoS};
-use crate::error::{ConfigError, Doing, Error, Fault, Key};
-use crate::session::{SessionConfig, Token, Will};
+use crate::codec::{Properties, Property, Protocol, QoS, SubscriptionOptions};
+use crate::error::{ConfigError, DeliveryError, Doing, Error, Fault, Key};
+use crate::session::{Mqtt5Config, ServerInfo, SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::transport::{Endpoint, Scheme, TlsOptions};
 
@@ -119,7 +124,7 @@ pub struct Config {
     pub clean_session: bool,
     /// KX `connectTimeout`, 30 s: TCP + TLS + CONNACK.
     pub connect_timeout: Duration,
-    /// KX `MQTTVersion` (3 → 3.1, 4 or 0 → 3.1.1).
+    /// KX `MQTTVersion` (3 → 3.1, 4 or 0 → 3.1.1, 5 → 5). Under MQTT 5 `clean_session` is Clean Start.
     pub protocol: Protocol,
     /// In-flight window for QoS 1/2 (KX `maxInflightMessages` / `reliable`); default 100.
     pub max_inflight: u16,
@@ -138,8 +143,12 @@ pub struct Config {
     /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
     /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
-    /// the connection. Default 1 MiB.
+    /// the connection. Default 1 MiB. MQTT 5 sends it to the broker (Maximum Packet Size), which then does
+    /// not send bigger ones.
     pub max_packet_size: usize,
+    /// MQTT 5 settings: session expiry, receive maximum, topic aliases, CONNECT's user properties (errors
+    /// under MQTT 3.1.1 unless left at their defaults).
+    pub mqtt5: Mqtt5Config,
     /// Reconnect automatically after a lost connection. Default true.
     pub reconnect: bool,
     /// Exponential backoff bounds between reconnect attempts (with jitter). Defaults 1 s and 30 s.
@@ -185,6 +194,7 @@ impl std::fmt::Debug for Config {
             .field("full_policy", &self.full_policy)
             .field("event_queue_bytes", &self.event_queue_bytes)
             .field("max_packet_size", &self.max_packet_size)
+            .field("mqtt5", &self.mqtt5)
             .field("reconnect", &self.reconnect)
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
@@ -216,6 +226,7 @@ impl Config {
             full_policy: FullPolicy::Error,
             event_queue_bytes: 4 << 20,
             max_packet_size: 1 << 20,
+            mqtt5: Mqtt5Config::default(),
             reconnect: true,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
@@ -236,6 +247,11 @@ pub enum PublishError {
     TopicInvalid,
     /// Larger than the queue could ever hold or the protocol allows.
     TooLarge,
+    /// Properties on a connection that is not MQTT 5.
+    NeedsMqtt5,
+    /// A property a client may not put in PUBLISH: Topic Alias (the client assigns aliases itself) or
+    /// Subscription Identifier (only brokers send it).
+    PropertyNotAllowed,
 }
 
 impl PublishError {
@@ -246,6 +262,8 @@ impl PublishError {
             PublishError::NotConnected => "not connected",
             PublishError::TopicInvalid => "topic",
             PublishError::TooLarge => "payload size",
+            PublishError::NeedsMqtt5 => "properties need MQTTVersion 5",
+            PublishError::PropertyNotAllowed => "property not allowed",
         }
     }
 }
@@ -263,6 +281,13 @@ impl fmt::Display for PublishError {
             PublishError::TooLarge => {
                 "message too large for the publish queue (queue_bytes) or for MQTT (256 MiB)"
             }
+            PublishError::NeedsMqtt5 => {
+                "message properties need MQTT 5: connect with protocol V5 (MQTTVersion 5)"
+            }
+            PublishError::PropertyNotAllowed => {
+                "a client may not send Topic Alias (aliases are assigned automatically) or Subscription \
+                 Identifier (only brokers send it) in PUBLISH: leave them out"
+            }
         })
     }
 }
@@ -274,16 +299,27 @@ pub enum Event<'a> {
     Connected {
         session_present: bool,
     },
+    /// A received message. MQTT 5: the topic resolved from its alias, and the PUBLISH's properties
+    /// (Message Expiry Interval, Content Type, Response Topic, Correlation Data, User Properties,
+    /// Subscription Identifiers…; empty under MQTT 3.1.1).
     Message {
         topic: &'a str,
         payload: &'a [u8],
         qos: QoS,
         retain: bool,
+        properties: Properties<'a>,
     },
     /// QoS 1/2: acknowledged. QoS 0: written to the socket.
     Delivered {
         token: Token,
         qos: QoS,
+    },
+    /// MQTT 5: the message will not be delivered — the broker refused it (PUBACK/PUBREC reason code), or
+    /// it breaks the broker's limits (Maximum Packet Size, Maximum QoS, Retain Available). Not sent again.
+    Failed {
+        token: Token,
+        qos: QoS,
+        cause: &'a DeliveryError,
     },
     /// The connection was lost (or the connect failed); `cause` says why (its `Display`: and what to do).
     ConnectionLost {
@@ -365,6 +401,15 @@ pub struct Stats {
     pub spool_delivered_previous: u64,
     /// The last spool failure (disk full, I/O error), in words.
     pub last_spool_error: Option<String>,
+    /// Messages reported [`Event::Failed`] (refused by the broker, or beyond its limits).
+    pub failed: u64,
+    /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
+    pub topic_aliased: u64,
+    pub topic_alias_bytes_saved: u64,
+    /// What the broker's CONNACK of the current (or last) connection said: the negotiated limits (receive
+    /// maximum, maximum packet size, topic alias maximum, maximum QoS…), assigned client id, server
+    /// keep-alive. `None` before the first connection.
+    pub server: Option<ServerInfo>,
 }
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
@@ -401,11 +446,16 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
     if id.contains('\0') {
         return bad(Key::ClientId, "client id: contains a NUL character".into());
     }
-    if cfg.protocol == Protocol::V5 {
-        return bad(
-            Key::Protocol,
-            "protocol: MQTT 5 is not supported yet; use V311 or V31".into(),
-        );
+    if cfg.protocol != Protocol::V5 {
+        let will_props = cfg.will.as_ref().is_some_and(|w| !w.properties.is_empty());
+        if cfg.mqtt5 != Mqtt5Config::default() || will_props {
+            return Err(ConfigError::new(
+                Key::Mqtt5,
+                Fault::Unsupported,
+                "MQTT 5 settings (session expiry, receive maximum, topic aliases, user or will properties) \
+                 need MQTTVersion 5",
+            ));
+        }
     }
     if cfg.protocol == Protocol::V31 && (id.is_empty() || id.len() > 23) {
         return bad(Key::ClientId, format!(
@@ -413,7 +463,7 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
             id.len()
         ));
     }
-    if id.is_empty() && !cfg.clean_session {
+    if id.is_empty() && !cfg.clean_session && cfg.protocol != Protocol::V5 {
         return bad(
             Key::ClientId,
             "client id: an empty id needs cleansession true (the broker cannot keep a session for it)"
@@ -510,6 +560,7 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
 pub struct Client {
     sh: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    protocol: Protocol,
     /// With a spool, stopping spills what is in memory to disk: `disconnect` waits for that.
     has_spool: bool,
 }
@@ -562,6 +613,7 @@ impl Client {
             ctr: Counters::default(),
             last_error: Mutex::new(None),
             last_spool_error: Mutex::new(None),
+            server: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
@@ -590,6 +642,7 @@ impl Client {
                 will: cfg.will.clone(),
                 max_inflight: cfg.max_inflight,
                 max_packet_size: cfg.max_packet_size,
+                mqtt5: cfg.mqtt5.clone(),
             },
             connect_timeout: cfg.connect_timeout,
             reconnect: cfg.reconnect,
@@ -604,6 +657,7 @@ impl Client {
         Ok(Client {
             sh,
             thread: Some(thread),
+            protocol: cfg.protocol,
             has_spool: cfg.spool.is_some(),
         })
     }
@@ -647,6 +701,60 @@ impl Client {
         r
     }
 
+    /// [`Client::publish`] with MQTT 5 properties (build them with a
+    /// [`PropertiesBuf`](crate::codec::PropertiesBuf)): Message Expiry Interval, Content Type, Payload
+    /// Format Indicator, Response Topic, Correlation Data, User Properties. Topic aliases are the client's
+    /// business (see `Mqtt5Config::topic_aliases`). No allocation.
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: Properties<'_>,
+    ) -> Result<Token, PublishError> {
+        if !valid_topic(topic) {
+            return Err(PublishError::TopicInvalid);
+        }
+        self.check_properties(properties)?;
+        let (r, wake) = {
+            let mut q = lock(&self.sh.pubq);
+            let r = q.push_with(
+                topic,
+                properties.as_bytes(),
+                payload,
+                qos,
+                retain,
+                &self.sh.ctr,
+            );
+            let wake = std::mem::take(&mut q.io_waiting);
+            (r, wake)
+        };
+        if wake {
+            let _ = self.sh.waker.wake();
+        }
+        r
+    }
+
+    /// Properties a publish may carry on this connection.
+    fn check_properties(&self, p: Properties<'_>) -> Result<(), PublishError> {
+        if p.is_empty() {
+            return Ok(());
+        }
+        if self.protocol != Protocol::V5 {
+            return Err(PublishError::NeedsMqtt5);
+        }
+        if p.iter().any(|p| {
+            matches!(
+                p,
+                Property::TopicAlias(_) | Property::SubscriptionIdentifier(_)
+            )
+        }) {
+            return Err(PublishError::PropertyNotAllowed);
+        }
+        Ok(())
+    }
+
     /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`; on an error the
     /// messages before it stay queued.
     pub fn publish_batch<'a>(
@@ -656,6 +764,20 @@ impl Client {
         retain: bool,
         tokens: &mut Vec<Token>,
     ) -> Result<(), PublishError> {
+        self.publish_batch_with(msgs, qos, retain, Properties::EMPTY, tokens)
+    }
+
+    /// [`Client::publish_batch`], every message with the same MQTT 5 properties.
+    pub fn publish_batch_with<'a>(
+        &self,
+        msgs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        qos: QoS,
+        retain: bool,
+        properties: Properties<'_>,
+        tokens: &mut Vec<Token>,
+    ) -> Result<(), PublishError> {
+        self.check_properties(properties)?;
+        let props = properties.as_bytes();
         let (r, wake) = {
             let mut q = lock(&self.sh.pubq);
             let mut r = Ok(());
@@ -664,7 +786,7 @@ impl Client {
                     r = Err(PublishError::TopicInvalid);
                     break;
                 }
-                match q.push(topic, payload, qos, retain, &self.sh.ctr) {
+                match q.push_with(topic, props, payload, qos, retain, &self.sh.ctr) {
                     Ok(t) => tokens.push(t),
                     Err(e) => {
                         r = Err(e);
@@ -694,7 +816,38 @@ impl Client {
     /// that lost the session). The outcome arrives as [`Event::Subscribed`].
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), ClientError> {
         check_filter(filter)?;
-        self.command(Cmd::Subscribe(filter.to_string(), qos))
+        self.command(Cmd::Subscribe(
+            filter.to_string(),
+            SubscriptionOptions::new(qos),
+            None,
+        ))
+    }
+
+    /// MQTT 5: subscribe with subscription options (no local, retain as published, retain handling) and a
+    /// Subscription Identifier (1..=268435455), which the matching messages carry in their properties. A
+    /// shared subscription is `$share/GROUP/FILTER`. Refused by the I/O thread (logged, `Subscribed` with
+    /// `granted: None`) if the broker does not support what it asks.
+    pub fn subscribe_with(
+        &self,
+        filter: &str,
+        opts: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<(), ClientError> {
+        check_filter(filter)?;
+        if self.protocol != Protocol::V5 && (!opts.is_v311() || id.is_some()) {
+            return Err(ClientError::Config(ConfigError::new(
+                Key::TopicFilter,
+                Fault::Unsupported,
+                "subscription options and identifiers need MQTT 5 (MQTTVersion 5)",
+            )));
+        }
+        if id.is_some_and(|i| i == 0 || i > crate::codec::properties::MAX_SUBSCRIPTION_ID) {
+            return Err(ClientError::Config(ConfigError::invalid(
+                Key::TopicFilter,
+                "subscription identifier: must be 1 to 268435455",
+            )));
+        }
+        self.command(Cmd::Subscribe(filter.to_string(), opts, id))
     }
 
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
@@ -782,6 +935,10 @@ impl Client {
             spool_bytes_written: c.spool_bytes_written.load(Relaxed),
             spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
+            failed: c.failed.load(Relaxed),
+            topic_aliased: c.aliased.load(Relaxed),
+            topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
+            server: lock(&self.sh.server).clone(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! The publish queue: messages copied by the owner's thread, waiting for the I/O thread.
 //!
-//! One [`ByteRing`] behind the client's mutex. A record is a 16-byte header (topic length, flags, payload
-//! length, token) followed by the topic and the payload. Producers push under the lock (two `memcpy`s, no
+//! One [`ByteRing`] behind the client's mutex. A record is a 16-byte header (topic length, flags, body
+//! length, token) followed by the topic and the body: the payload, or — for an MQTT 5 message with
+//! properties (flag [`Hdr::props`]) — the properties' length (`u32`, little-endian), the properties, then the
+//! payload. Producers push under the lock (two `memcpy`s, no
 //! allocation); the I/O thread takes a batch under the lock by copying whole records into its own staging
 //! buffer, and encodes them after releasing it, so the lock is only ever held for copies.
 //!
@@ -25,17 +27,29 @@ const MAX_REMAINING: usize = 268_435_455;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hdr {
     pub topic_len: usize,
+    /// The body: the payload, with the properties before it when `props`.
     pub payload_len: usize,
     pub qos: QoS,
     pub retain: bool,
+    /// The body starts with MQTT 5 properties (`u32` length, then the bytes).
+    pub props: bool,
     pub token: Token,
+}
+
+/// Split a record's body into its properties (empty without [`Hdr::props`]) and its payload.
+pub(crate) fn split_body(props: bool, body: &[u8]) -> (&[u8], &[u8]) {
+    if !props || body.len() < 4 {
+        return (&[], body);
+    }
+    let n = (u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize).min(body.len() - 4);
+    (&body[4..4 + n], &body[4 + n..])
 }
 
 impl Hdr {
     pub(crate) fn encode(&self) -> [u8; HDR] {
         let mut h = [0u8; HDR];
         h[0..2].copy_from_slice(&(self.topic_len as u16).to_le_bytes());
-        h[2] = self.qos as u8 | if self.retain { 4 } else { 0 };
+        h[2] = self.qos as u8 | if self.retain { 4 } else { 0 } | if self.props { 8 } else { 0 };
         h[4..8].copy_from_slice(&(self.payload_len as u32).to_le_bytes());
         h[8..16].copy_from_slice(&self.token.to_le_bytes());
         h
@@ -52,6 +66,7 @@ impl Hdr {
             payload_len: u32::from_le_bytes(pl) as usize,
             qos: QoS::from_u8(h[2] & 3).unwrap_or(QoS::AtMostOnce),
             retain: h[2] & 4 != 0,
+            props: h[2] & 8 != 0,
             token: u64::from_le_bytes(tok),
         }
     }
@@ -152,12 +167,30 @@ impl PubQueue {
         retain: bool,
         ctr: &Counters,
     ) -> Result<Token, PublishError> {
+        self.push_with(topic, &[], payload, qos, retain, ctr)
+    }
+
+    /// [`PubQueue::push`] with MQTT 5 properties (validated bytes; empty: none).
+    pub(crate) fn push_with(
+        &mut self,
+        topic: &str,
+        props: &[u8],
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        ctr: &Counters,
+    ) -> Result<Token, PublishError> {
         if self.closed {
             return Err(PublishError::NotConnected);
         }
-        let need = HDR + topic.len() + payload.len();
+        let body = if props.is_empty() {
+            payload.len()
+        } else {
+            4 + props.len() + payload.len()
+        };
+        let need = HDR + topic.len() + body;
         // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
-        if need > self.ring.capacity() || topic.len() + payload.len() + 4 > MAX_REMAINING {
+        if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING {
             return Err(PublishError::TooLarge);
         }
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
@@ -193,20 +226,26 @@ impl PubQueue {
         self.next_token += 1;
         let h = Hdr {
             topic_len: topic.len(),
-            payload_len: payload.len(),
+            payload_len: body,
             qos,
             retain,
+            props: !props.is_empty(),
             token,
         }
         .encode();
-        self.ring.push(&[&h, topic.as_bytes(), payload]);
+        if props.is_empty() {
+            self.ring.push(&[&h, topic.as_bytes(), payload]);
+        } else {
+            let n = (props.len() as u32).to_le_bytes();
+            self.ring.push(&[&h, topic.as_bytes(), &n, props, payload]);
+        }
         if self.spill_watch && self.over_high_water() {
             self.spill_watch = false;
             self.io_waiting = true;
         }
         ctr.queued.fetch_add(1, Relaxed);
         ctr.queued_bytes
-            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
+            .fetch_add((topic.len() + body) as u64, Relaxed);
         Ok(token)
     }
 
@@ -272,6 +311,7 @@ mod tests {
                 payload_len: 3,
                 qos: QoS::AtLeastOnce,
                 retain: true,
+                props: false,
                 token: 1
             }
         );
@@ -279,6 +319,32 @@ mod tests {
         let h2 = Hdr::decode(&out[HDR + 6..HDR + 6 + HDR]);
         assert_eq!((h2.token, h2.qos, h2.retain), (2, QoS::AtMostOnce, false));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn properties_travel_before_the_payload() {
+        let (mut q, c) = q(1024, 10, FullPolicy::Error);
+        assert_eq!(
+            q.push_with("t", &[0x02, 0, 0, 0, 60], b"xy", QoS::AtMostOnce, false, &c),
+            Ok(1)
+        );
+        let mut out = Vec::new();
+        let b = TakeBudget {
+            reliable: 10,
+            fire: 10,
+            bytes: 1 << 20,
+            messages: usize::MAX,
+        };
+        assert_eq!(q.take(b, &mut out), 1);
+        let h = Hdr::decode(&out[..HDR]);
+        assert!(h.props && h.payload_len == 4 + 5 + 2);
+        assert_eq!(h.record_len(), out.len());
+        let body = &out[HDR + 1..];
+        assert_eq!(
+            split_body(true, body),
+            (&[0x02, 0, 0, 0, 60][..], &b"xy"[..])
+        );
+        assert_eq!(split_body(false, b"xy"), (&[][..], &b"xy"[..]));
     }
 
     #[test]

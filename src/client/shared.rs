@@ -5,8 +5,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{events, queue};
-use crate::codec::QoS;
+use crate::codec::SubscriptionOptions;
 use crate::error::Error;
+use crate::session::ServerInfo;
 
 /// The counters behind [`Stats`](super::Stats): atomics, readable without any lock.
 #[derive(Default)]
@@ -40,11 +41,15 @@ pub(crate) struct Counters {
     pub spool_disk_full: AtomicU64,
     pub spool_bytes_written: AtomicU64,
     pub spool_delivered_previous: AtomicU64,
+    pub failed: AtomicU64,
+    pub aliased: AtomicU64,
+    pub alias_saved: AtomicU64,
 }
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
 pub(crate) enum Cmd {
-    Subscribe(String, QoS),
+    /// The filter, its options and an MQTT 5 Subscription Identifier.
+    Subscribe(String, SubscriptionOptions, Option<u32>),
     Unsubscribe(String),
     /// Drain until this instant at the latest, then send DISCONNECT and exit.
     Stop(Instant),
@@ -59,6 +64,8 @@ pub(crate) struct Shared {
     pub ctr: Counters,
     pub last_error: Mutex<Option<Error>>,
     pub last_spool_error: Mutex<Option<String>>,
+    /// The broker's CONNACK of the current (or last) connection.
+    pub server: Mutex<Option<ServerInfo>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), Error>>>,
     pub first_cv: Condvar,

@@ -452,6 +452,12 @@ impl<'a> Properties<'a> {
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
     }
+    /// A list from bytes that were valid properties before (those of a decoded `Properties` or a
+    /// [`PropertiesBuf`], copied through a queue). Not checked again; reading bytes that are not valid cannot
+    /// fail either (iteration stops at the first bad property), but encoding them would send what they are.
+    pub(crate) const fn from_validated(raw: &'a [u8]) -> Self {
+        Properties { raw }
+    }
     /// The property bytes as on the wire, without the length prefix.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.raw
@@ -513,10 +519,20 @@ impl<'a> Properties<'a> {
         shared_subscription_available: SharedSubscriptionAvailable -> bool;
     }
 
+    /// Check `raw` — property bytes without their length prefix, e.g. [`Properties::as_bytes`] of a list
+    /// copied elsewhere — as a list for `scope`.
+    pub fn parse(raw: &'a [u8], scope: PropertyScope) -> Result<Self, Error> {
+        Self::check_list(raw, scope)
+    }
+
     /// Read a property length and the list it covers from `r`, checked for `scope`.
     pub(super) fn read(r: &mut Reader<'a>, scope: PropertyScope) -> Result<Self, Error> {
         let len = r.varint("property length")? as usize;
         let raw = r.take(len, "properties")?;
+        Self::check_list(raw, scope)
+    }
+
+    fn check_list(raw: &'a [u8], scope: PropertyScope) -> Result<Self, Error> {
         let mut v = Reader::new(raw, scope.packet());
         let mut seen = 0u64;
         while !v.is_empty() {

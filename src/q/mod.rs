@@ -127,6 +127,7 @@ fn arg<'a>(x: K) -> Option<KRef<'a>> {
 fn connect_error(e: &Error) -> QErr {
     use std::io::ErrorKind::TimedOut;
     match e {
+        Error::Mqtt311Only { .. } => c"conn refused: unacceptable protocol version",
         Error::Refused { code, .. } => match code {
             ConnectReturnCode::BadUsernameOrPassword => c"conn refused: bad user name or password",
             ConnectReturnCode::NotAuthorized => c"conn refused: not authorized",
@@ -157,6 +158,7 @@ fn connect_error(e: &Error) -> QErr {
         | Error::Io { .. }
         | Error::Closed { .. }
         | Error::Protocol(_)
+        | Error::Disconnected { .. }
         | Error::System { .. }
         | Error::Stopped
         | Error::LocallyClosed => c"Failure",
@@ -226,6 +228,7 @@ fn config_error(c: &ConfigError) -> QErr {
             | Key::ConnectTimeout
             | Key::MaxPacketSize
             | Key::Backoff
+            | Key::Mqtt5
             | Key::Connect,
             _,
         ) => c"options",
@@ -247,6 +250,8 @@ fn publish_error(e: &PublishError) -> QErr {
         PublishError::NotConnected => c"not connected",
         PublishError::TopicInvalid => c"topic",
         PublishError::TooLarge => c"payload size",
+        PublishError::NeedsMqtt5 => c"properties need MQTTVersion 5",
+        PublishError::PropertyNotAllowed => c"property not allowed",
     }
 }
 
@@ -500,6 +505,12 @@ fn drain(fd: RawFd) {
                 if qos != QoS::AtMostOnce {
                     pending.push(Pending::Sent(token))
                 }
+            }
+            Event::Failed { token, cause, .. } => {
+                warn!(
+                    "connection {}: message {token} failed: {cause}",
+                    conn.handle
+                )
             }
             Event::ConnectionLost { cause } => {
                 let cause = cause.to_string();

@@ -469,6 +469,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 payload: will_msg,
                 qos: will_qos,
                 retain: will_retain,
+                properties: Default::default(),
             })
         }
         None if will_extra => return Err(c"lastWillTopic missing"),

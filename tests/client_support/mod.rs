@@ -48,6 +48,10 @@ pub struct Seen {
     pub reconnecting: Vec<(Duration, u32)>,
     pub subscribed: Vec<(String, Option<QoS>)>,
     pub unsubscribed: Vec<String>,
+    /// The raw MQTT 5 properties of each message in `msgs` (empty under MQTT 3.1.1).
+    pub msg_props: Vec<Vec<u8>>,
+    /// Failed deliveries: token and cause.
+    pub failed: Vec<(u64, String)>,
 }
 
 impl Seen {
@@ -59,9 +63,13 @@ impl Seen {
                 payload,
                 qos,
                 retain,
-            } => self
-                .msgs
-                .push((topic.to_string(), payload.to_vec(), qos, retain)),
+                properties,
+            } => {
+                self.msgs
+                    .push((topic.to_string(), payload.to_vec(), qos, retain));
+                self.msg_props.push(properties.as_bytes().to_vec());
+            }
+            Event::Failed { token, cause, .. } => self.failed.push((token, cause.to_string())),
             Event::Delivered { token, qos } => self.delivered.push((token, qos)),
             Event::ConnectionLost { cause } => self.lost.push(cause.to_string()),
             Event::Reconnecting { delay, attempt } => self.reconnecting.push((delay, attempt)),

@@ -226,6 +226,12 @@ pub struct BrokerOptions {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     /// Extra lines appended to mosquitto.conf.
     pub extra: String,
+    /// MQTT 5 limits a client must keep to (mosquitto disconnects one that does not): Receive Maximum 2
+    /// (`max_inflight_messages`), Maximum Packet Size 256, Server Keep Alive 10 s, and Topic Alias Maximum
+    /// 2 on the plain and TLS listeners.
+    pub mqtt5_limits: bool,
+    /// Lines for the plain TCP listener (e.g. an `acl_file`).
+    pub tcp_extra: String,
 }
 
 /// A running mosquitto with its own directory, ports and certificates.
@@ -313,9 +319,9 @@ impl Broker {
             "{user}per_listener_settings true\n\
              persistence {persist}\npersistence_location {dir}/\nautosave_interval 1\n\
              log_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n\
-             max_queued_messages 1000000\nmax_inflight_messages 0\n\
-             listener {tcp} 127.0.0.1\nallow_anonymous true\n\
-             listener {tls} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {tc}\nkeyfile {tk}\n\
+             max_queued_messages 1000000\n{limits}\
+             listener {tcp} 127.0.0.1\nallow_anonymous true\n{alias}{tcp_extra}\
+             listener {tls} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {tc}\nkeyfile {tk}\n{alias}\
              listener {mtls} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {sc}\nkeyfile {sk}\n\
              require_certificate true\n\
              listener {auth} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n{extra}\n",
@@ -333,6 +339,17 @@ impl Broker {
             sk = c.server_key.display(),
             pw = passwd.display(),
             extra = self.opts.extra,
+            limits = if self.opts.mqtt5_limits {
+                "max_inflight_messages 2\nmax_packet_size 256\nmax_keepalive 10\n"
+            } else {
+                "max_inflight_messages 0\n"
+            },
+            alias = if self.opts.mqtt5_limits {
+                "max_topic_alias 2\n"
+            } else {
+                ""
+            },
+            tcp_extra = self.opts.tcp_extra,
         );
         std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
     }

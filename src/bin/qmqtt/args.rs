@@ -418,6 +418,7 @@ impl ConnOpts {
                 payload: self.will_payload.clone().unwrap_or_default(),
                 qos: self.will_qos.unwrap_or(QoS::AtMostOnce),
                 retain: self.will_retain,
+                properties: Default::default(),
             });
         }
         if let Some(m) = self.max_inflight {

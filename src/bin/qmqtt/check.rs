@@ -169,6 +169,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         will: None,
         max_inflight: 1,
         max_packet_size: 1 << 20,
+        mqtt5: Default::default(),
     });
     let mut inbuf = Vec::with_capacity(16 << 10);
     let mut outbuf = Vec::with_capacity(1 << 10);

@@ -287,6 +287,9 @@ fn publish_wait(
                     "topic '{topic}' is not valid for publishing (-t)"
                 )))
             }
+            Err(e @ (PublishError::NeedsMqtt5 | PublishError::PropertyNotAllowed)) => {
+                return Err(Stop::Fatal(e.to_string()))
+            }
             Err(PublishError::NotConnected) => {
                 return Err(Stop::Fatal(
                     "the client is not connected and will not reconnect".into(),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use qmqtt::client::ClientError;
-use qmqtt::codec::ConnectReturnCode;
+use qmqtt::codec::{ConnectReturnCode, ReasonCode};
 use qmqtt::error::{Attempts, ConfigError, Error, Key, TlsError};
 
 /// Wait until one of `fds` is readable or `timeout` passes (`None`: no limit). Returns which are readable
@@ -144,6 +144,8 @@ const HINT_NOT_TLS: &str =
 const HINT_CREDENTIALS: &str =
     "the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)";
 const HINT_CLIENT_ID: &str = "the broker rejected the client id: choose another with -i ID";
+const HINT_CLIENT_ID_TAKEN: &str =
+    "another client connected with the same client id: give each its own with -i ID";
 const HINT_NOTHING_THERE: &str =
     "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) \
     and that the broker runs";
@@ -172,6 +174,17 @@ pub fn hint(e: &Error) -> &'static str {
             R::InvalidMessage(_) | R::InappropriateMessage { .. } => HINT_NOT_TLS,
             _ => "",
         },
+        Error::Mqtt311Only { .. } => {
+            "the broker speaks MQTT 3.1.1 only: drop -V 5 (or use -V mqttv311)"
+        }
+        Error::Disconnected {
+            reason_code: ReasonCode::SessionTakenOver,
+            ..
+        } => HINT_CLIENT_ID_TAKEN,
+        Error::Refused {
+            reason_code: Some(ReasonCode::UnsupportedProtocolVersion),
+            ..
+        } => "the broker refuses MQTT 5 here: drop -V 5 (or use -V mqttv311)",
         Error::Refused { code, .. } => match code {
             ConnectReturnCode::BadUsernameOrPassword | ConnectReturnCode::NotAuthorized => {
                 HINT_CREDENTIALS
@@ -289,7 +302,12 @@ mod tests {
 
     #[test]
     fn hints_name_flags() {
-        let refused = |code| Error::Refused { code, reason: None };
+        let refused = |code| Error::Refused {
+            code,
+            reason_code: None,
+            reason: None,
+            server_reference: None,
+        };
         assert!(hint(&refused(ConnectReturnCode::NotAuthorized)).contains("-u USER"));
         assert!(hint(&refused(ConnectReturnCode::IdentifierRejected)).contains("-i ID"));
         assert_eq!(hint(&refused(ConnectReturnCode::Other(9))), "");

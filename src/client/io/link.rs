@@ -103,7 +103,7 @@ impl Io {
     fn run_pending(&mut self, now: Instant) {
         while let Some(c) = self.pending.pop_front() {
             let r = match &c {
-                Cmd::Subscribe(f, q) => self.session.subscribe(f, *q, now),
+                Cmd::Subscribe(f, o, id) => self.session.subscribe_with(f, *o, *id, now),
                 Cmd::Unsubscribe(f) => self.session.unsubscribe(f, now),
                 Cmd::Stop(_) => Ok(()),
             };
@@ -175,6 +175,7 @@ impl Io {
         // accepts and then drops us at once must not be retried in a hot loop.
         self.link.up_since = Some(now);
         self.sh.ctr.connected.store(true, Relaxed);
+        *lock(&self.sh.server) = Some(self.session.server().clone());
         self.sh.set_first(Ok(()));
         self.sh
             .events
@@ -190,6 +191,13 @@ impl Io {
     /// The connection is gone (or never came): report, reset, schedule the next attempt.
     pub(super) fn lost(&mut self, now: Instant, cause: Error) {
         let l = &mut self.link;
+        if let (Some(c), Error::Protocol(_)) = (l.conn.as_mut(), &cause) {
+            // MQTT 5: the session queued a DISCONNECT saying why; give it to the socket if it takes it now.
+            let mut out = Vec::new();
+            if self.session.poll_transmit(&mut out) > 0 && c.write_owned(&mut out).is_ok() {
+                let _ = c.flush();
+            }
+        }
         if let Some(mut c) = l.conn.take() {
             l.writes_base += c.io_stats().socket_writes;
             let _ = c.deregister();

@@ -159,6 +159,9 @@ impl Io {
                 .ctr
                 .inflight
                 .store(self.session.inflight() as u64, Relaxed);
+            let (aliased, saved) = self.session.alias_stats();
+            self.sh.ctr.aliased.store(aliased, Relaxed);
+            self.sh.ctr.alias_saved.store(saved, Relaxed);
             if self.link.dead || (self.timers.is_set(Timer::Stop) && self.should_stop(now)) {
                 break;
             }

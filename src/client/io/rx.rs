@@ -199,11 +199,33 @@ impl Io {
                     payload,
                     qos,
                     retain,
+                    properties,
                 } => {
                     self.sh.ctr.received.fetch_add(1, Relaxed);
-                    if !self.sh.events.push_message(topic, payload, qos, retain) {
+                    if !self
+                        .sh
+                        .events
+                        .push_message(topic, payload, qos, retain, properties)
+                    {
                         self.sh.ctr.dropped_incoming.fetch_add(1, Relaxed);
                     }
+                }
+                SEvent::Failed { token, qos, cause } => {
+                    self.sh.ctr.failed.fetch_add(1, Relaxed);
+                    if token & SPOOL_TOKEN != 0 {
+                        if let Some(sp) = self.sp.as_deref_mut() {
+                            sp.refused(token & !SPOOL_TOKEN, &cause, &self.sh);
+                        }
+                        continue;
+                    }
+                    if let Some(sp) = self.sp.as_deref_mut() {
+                        sp.copies.done(token);
+                    }
+                    self.sh.events.push_control(Control::Failed {
+                        token,
+                        qos,
+                        cause: &cause,
+                    });
                 }
                 SEvent::Delivered { token, .. } if token & SPOOL_TOKEN != 0 => {
                     self.sh.ctr.acked.fetch_add(1, Relaxed);

@@ -10,16 +10,21 @@ use super::timer::{Timer, TimerTable};
 use super::tx::{Staged, CHUNK};
 use super::Io;
 use crate::client::events::Control;
-use crate::client::queue::{Hdr, TakeBudget, HDR};
+use crate::client::queue::{split_body, Hdr, TakeBudget, HDR};
 use crate::client::shared::{lock, Shared};
 use crate::clock::{later, now_ms};
+use crate::codec::Properties;
 use crate::codec::QoS;
+use crate::error::DeliveryError;
 use crate::session::{Session, SessionError, Token};
 use crate::spool::{self, AckTracker, DrainScheduler, Msg, Spool, SpoolError};
 
 /// Session tokens of spooled messages: this bit plus the spool's sequence number (queue tokens never
 /// reach it).
 pub(super) const SPOOL_TOKEN: u64 = 1 << 63;
+/// In a spool record's tag (the driver's to use): the body starts with MQTT 5 properties (the queue's
+/// [`Hdr::props`]). Tokens count from 1 and never reach it.
+const PROPS_TAG: u64 = 1 << 62;
 /// Bytes of queued messages moved to the spool per append (one `write(2)`), at most `segment_bytes`: as
 /// much as a send batch, so that the queue's lock is held no longer for a spill than for a send.
 const SPILL_BATCH: usize = CHUNK;
@@ -176,6 +181,21 @@ impl SpoolSide {
         }
     }
 
+    /// The broker refused spooled message `seq` (an error PUBACK/PUBREC): complete it (it is not sent again)
+    /// and report it failed when this run spooled it.
+    pub fn refused(&mut self, seq: u64, cause: &DeliveryError, sh: &Shared) {
+        let (tag, qos) = self.inflight.remove(&seq).unwrap_or((0, QoS::AtLeastOnce));
+        self.complete(seq, sh);
+        log::warn!("qmqtt: spooled message {seq} failed: {cause}");
+        if seq >= self.run_first {
+            sh.events.push_control(Control::Failed {
+                token: tag,
+                qos,
+                cause,
+            });
+        }
+    }
+
     /// Read up to what the scheduler gives the backlog out of `reliable`/`fire` room into the staging
     /// buffer. `None`: no backlog to send now; `Some(n)`: the live messages may take `n`.
     pub fn stage_backlog(
@@ -205,7 +225,8 @@ impl SpoolSide {
                     payload_len: r.payload.len(),
                     qos: r.qos,
                     retain: r.retain,
-                    token: r.tag,
+                    props: r.tag & PROPS_TAG != 0,
+                    token: r.tag & !PROPS_TAG,
                 };
                 buf.extend_from_slice(&h.encode());
                 buf.extend_from_slice(&r.seq.to_le_bytes());
@@ -256,12 +277,14 @@ impl SpoolSide {
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
             let topic = std::str::from_utf8(&self.buf[t0..t1]).unwrap_or("");
-            let r = session.publish(
+            let (props, payload) = split_body(h.props, &self.buf[t1..p1]);
+            let r = session.publish_with(
                 SPOOL_TOKEN | seq,
                 topic,
-                &self.buf[t1..p1],
+                payload,
                 h.qos,
                 h.retain,
+                Properties::from_validated(props),
                 now,
             );
             let done = match r {
@@ -270,6 +293,16 @@ impl SpoolSide {
                     log::debug!("qmqtt: publish deferred: {why}");
                     stalled = true;
                     break;
+                }
+                Err(SessionError::Failed(cause)) if seq >= self.run_first => {
+                    log::warn!("qmqtt: spooled message {seq} to {topic:?} failed: {cause}");
+                    sh.ctr.failed.fetch_add(1, Relaxed);
+                    sh.events.push_control(Control::Failed {
+                        token: h.token,
+                        qos: h.qos,
+                        cause: &cause,
+                    });
+                    true
                 }
                 Err(e) => {
                     log::error!("qmqtt: spooled message {seq} to {topic:?} dropped: {e}");
@@ -418,7 +451,7 @@ impl SpoolSide {
                     payload: &batch[t1..pos],
                     qos: h.qos,
                     retain: h.retain,
-                    tag: h.token,
+                    tag: h.token | if h.props { PROPS_TAG } else { 0 },
                 })
             });
             let r = self.spool.append_batch(msgs);

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use super::timer::Timer;
 use super::Io;
 use crate::client::events::{Control, EV_HDR};
-use crate::client::queue::{Hdr, TakeBudget, HDR};
+use crate::client::queue::{split_body, Hdr, TakeBudget, HDR};
 use crate::client::shared::lock;
 use crate::clock::later;
+use crate::codec::Properties;
 use crate::codec::QoS;
 use crate::session::SessionError;
 
@@ -223,9 +224,15 @@ impl Io {
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
             let topic = std::str::from_utf8(&st.buf[t0..t1]).unwrap_or("");
-            let r = self
-                .session
-                .publish(h.token, topic, &st.buf[t1..p1], h.qos, h.retain, now);
+            let r = if h.props {
+                let (props, payload) = split_body(true, &st.buf[t1..p1]);
+                let props = Properties::from_validated(props);
+                self.session
+                    .publish_with(h.token, topic, payload, h.qos, h.retain, props, now)
+            } else {
+                self.session
+                    .publish(h.token, topic, &st.buf[t1..p1], h.qos, h.retain, now)
+            };
             let accepted = r.is_ok();
             match r {
                 Ok(()) => {}
@@ -233,6 +240,15 @@ impl Io {
                     log::debug!("qmqtt: publish deferred: {why}");
                     self.tx.stalled = true;
                     break;
+                }
+                Err(SessionError::Failed(cause)) => {
+                    log::warn!("qmqtt: message {} to {topic:?} failed: {cause}", h.token);
+                    self.sh.ctr.failed.fetch_add(1, Relaxed);
+                    self.sh.events.push_control(Control::Failed {
+                        token: h.token,
+                        qos: h.qos,
+                        cause: &cause,
+                    });
                 }
                 Err(e) => log::error!("qmqtt: message {} to {topic:?} dropped: {e}", h.token),
             }
