@@ -58,15 +58,31 @@ struct Counted<'a> {
     stats: &'a mut IoStats,
 }
 
+/// `sendmsg(2)` with `MSG_NOSIGNAL`: a write to a connection the peer has closed returns `EPIPE` instead of
+/// raising SIGPIPE. A library cannot rely on the host ignoring SIGPIPE (Rust programs do; q and other C hosts
+/// may not), and `writev(2)` — what `write_vectored` on a socket is — has no way to say it.
+fn send_nosignal(sock: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovecs point into `bufs`
+    // (`IoSlice` is ABI-compatible with `iovec` on Unix) and outlive the call.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    m.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: a valid socket descriptor and message header.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Write for Counted<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.sock.write(buf)?;
-        self.stats.socket_writes += 1;
-        self.stats.bytes_written += n as u64;
-        Ok(n)
+        self.write_vectored(&[io::IoSlice::new(buf)])
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let n = self.sock.write_vectored(bufs)?;
+        let n = send_nosignal(self.sock, bufs)?;
         self.stats.socket_writes += 1;
         self.stats.bytes_written += n as u64;
         Ok(n)
