@@ -10,7 +10,7 @@
 //! 4. [`client`] — the driver: one I/O thread per connection that owns the socket and the session, drains a
 //!    bounded publish queue into few large TLS writes, reconnects with backoff and hands events to the owner
 //!    through a bounded queue signalled on a file descriptor. [`Client`] is the Rust API.
-//! 5. `q` (feature `q`) — the q extension: the thin K ⇄ Rust translation behind `.mqtt.*`.
+//! 5. `q` (feature `q`, on by default) — the q extension: the thin K ⇄ Rust translation behind `.mqtt.*`.
 //!
 //! The `qmqtt` command (`src/bin/qmqtt.rs`) is an operator's tool over the Rust API.
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -41,6 +41,23 @@ pub fn qmqtt_cmd() -> Command {
     }
 }
 
+/// How many times slower than native this run's code is: `$QMQTT_TEST_SLOWDOWN` (targets/test sets 10 for
+/// ARM builds under qemu-user; 1 when unset). Bounds that are wall-clock times — how long a call, a detection or
+/// a recovery may take, how long to wait for something — are multiplied by it; counts, orders and lower bounds
+/// never are.
+pub fn slowdown() -> u32 {
+    std::env::var("QMQTT_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &u32| n >= 1)
+        .unwrap_or(1)
+}
+
+/// A time bound made for native speed, scaled by [`slowdown`].
+pub fn slow(d: Duration) -> Duration {
+    d * slowdown()
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
