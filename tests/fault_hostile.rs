@@ -177,7 +177,11 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     let gaps = fk.gaps();
     let o = Outcome {
         causes,
-        last_error: st.last_error.clone().unwrap_or_default(),
+        last_error: st
+            .last_error
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
         attempts: gaps.len() + 1,
         min_gap: gaps.iter().min().copied().unwrap_or(Duration::MAX),
         rss_growth: rss1 as i64 - rss0 as i64,

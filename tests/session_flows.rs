@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{self, decode, DecodeOptions, Packet, Protocol, QoS};
+use qmqtt::error::{Timeout, Violation};
 use qmqtt::session::{Event, Session, SessionConfig, SessionError, State, Will};
+use qmqtt::Error;
 
 /// A packet the session sent, owned for assertions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +142,7 @@ impl H {
         }
         v
     }
-    fn feed(&mut self, p: Packet<'_>, t: f64) -> Result<(), SessionError> {
+    fn feed(&mut self, p: Packet<'_>, t: f64) -> Result<(), Error> {
         let mut b = Vec::new();
         p.encode(Protocol::V311, &mut b).unwrap();
         self.s.handle_read(&b, self.at(t))
@@ -258,7 +260,7 @@ fn refusal_names_the_fix() {
         (1, "MQTTVersion"),
         (2, "client id"),
         (4, "username and password"),
-        (5, "not authorised"),
+        (5, "not authorized"),
     ] {
         let mut h = H::new(cfg());
         h.s.handle_connected(h.at(0.0));
@@ -266,7 +268,10 @@ fn refusal_names_the_fix() {
         let e = h.feed(connack(false, code), 0.1).unwrap_err();
         assert_eq!(
             e,
-            SessionError::Refused(codec::ConnectReturnCode::from_u8(code))
+            Error::Refused {
+                code: codec::ConnectReturnCode::from_u8(code),
+                reason: None
+            }
         );
         let msg = e.to_string();
         assert!(msg.contains(needle), "{msg}");
@@ -283,12 +288,7 @@ fn connack_timeout() {
     h.s.handle_connected(h.at(0.0));
     h.s.handle_timeout(h.at(4.9)).unwrap();
     let e = h.s.handle_timeout(h.at(5.0)).unwrap_err();
-    assert_eq!(e, SessionError::Timeout("CONNACK"));
-    assert!(
-        e.to_string()
-            .contains("no CONNACK from the broker within response_timeout"),
-        "{e}"
-    );
+    assert_eq!(e, Error::Timeout(Timeout::ConnAck));
 }
 
 #[test]
@@ -298,9 +298,9 @@ fn packet_before_connack_is_an_error() {
     let e = h
         .feed(publish("a", b"x", QoS::AtMostOnce, 0, false), 0.0)
         .unwrap_err();
-    assert!(
-        matches!(&e, SessionError::Protocol(m) if m.contains("PUBLISH before CONNACK")),
-        "{e}"
+    assert_eq!(
+        e,
+        Error::Protocol(Violation::BeforeConnAck(codec::PacketType::Publish))
     );
     // The failed connection reports nothing more (no CONNACK timeout on top).
     assert_eq!(h.s.poll_timeout(), None);
@@ -335,7 +335,7 @@ fn keepalive_ping_and_timeout() {
         "no second PINGREQ while one is outstanding"
     );
     let e = h.s.handle_timeout(h.at(28.0)).unwrap_err();
-    assert_eq!(e, SessionError::Timeout("PINGRESP"));
+    assert_eq!(e, Error::Timeout(Timeout::PingResp));
     assert!(!h.s.is_connected());
 }
 
@@ -706,9 +706,16 @@ fn oversize_packet_is_refused_from_its_header() {
     // Header of a 2000-byte PUBLISH, no body.
     let e = h.s.handle_read(&[0x30, 0xcd, 0x0f], h.at(1.0)).unwrap_err();
     assert!(
-        matches!(&e, SessionError::Protocol(m) if m.contains("max_packet_size")),
+        matches!(
+            &e,
+            Error::Protocol(Violation::Malformed {
+                cause: codec::Error::PacketTooLarge { .. },
+                ..
+            })
+        ),
         "{e}"
     );
+    assert!(e.to_string().contains("max_packet_size"), "{e}");
     assert_eq!(h.s.state(), State::Failed);
 }
 
@@ -720,7 +727,7 @@ fn garbage_is_a_protocol_error_with_a_human_message() {
         h.s.handle_read(b"HTTP/1.1 400 Bad Request\r\n", h.at(1.0))
             .unwrap_err();
     let m = e.to_string();
-    assert!(m.starts_with("MQTT protocol error:"), "{m}");
+    assert!(m.starts_with("protocol error from the broker: "), "{m}");
     assert!(!m.contains("Protocol("), "{m}");
 }
 
@@ -786,7 +793,7 @@ fn bad_config_is_reported() {
     assert!(h.sent().is_empty());
     assert!(matches!(
         h.s.handle_timeout(h.at(0.0)),
-        Err(SessionError::Invalid(_))
+        Err(Error::Config(_))
     ));
     Session::check_config(&cfg()).unwrap();
 }
@@ -835,7 +842,7 @@ fn paused_reader_keeps_pinging_and_suspends_the_pingresp_timeout() {
     h.s.handle_reader_paused(false, h.at(42.0));
     assert_eq!(h.s.poll_timeout(), Some(h.at(45.0)));
     let e = h.s.handle_timeout(h.at(45.0)).unwrap_err();
-    assert_eq!(e, SessionError::Timeout("PINGRESP"));
+    assert_eq!(e, Error::Timeout(Timeout::PingResp));
 }
 
 #[test]

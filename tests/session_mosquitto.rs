@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{ConnectReturnCode, Protocol, QoS};
-use qmqtt::session::{Event, Session, SessionConfig, SessionError};
+use qmqtt::error::Timeout;
+use qmqtt::session::{Event, Session, SessionConfig};
+use qmqtt::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum E {
@@ -80,7 +82,7 @@ impl Driver {
         }
     }
     /// One turn of the loop: send, read what is there, fire timers. Returns the events.
-    fn turn(&mut self) -> Result<Vec<E>, SessionError> {
+    fn turn(&mut self) -> Result<Vec<E>, Error> {
         self.flush();
         let now = Instant::now();
         match self.sock.read(&mut self.buf) {
@@ -233,7 +235,7 @@ fn bad_password_is_refused_with_a_message_that_names_the_fix() {
             Err(e) => break e,
         }
     };
-    let SessionError::Refused(code) = e else {
+    let Error::Refused { code, .. } = e else {
         panic!("{e}")
     };
     assert!(
@@ -244,7 +246,7 @@ fn bad_password_is_refused_with_a_message_that_names_the_fix() {
         "{code:?}"
     );
     let m = e.to_string();
-    assert!(m.starts_with("connection refused: "), "{m}");
+    assert!(m.starts_with("the broker refused the connection: "), "{m}");
     assert!(m.contains("check"), "{m}");
     // The right password is accepted.
     let mut c = cfg("qmqtt-goodpw");
@@ -354,7 +356,7 @@ fn keepalive_pings_and_frozen_broker_times_out() {
         );
     };
     b.thaw();
-    assert_eq!(e, SessionError::Timeout("PINGRESP"));
+    assert_eq!(e, Error::Timeout(Timeout::PingResp));
     // Keep-alive (≤ 1 s to the next ping) + response timeout (1 s).
     assert!(
         start.elapsed() <= common::slow(Duration::from_millis(2500)),
@@ -553,6 +555,6 @@ fn oversize_incoming_message_is_a_protocol_error_naming_max_packet_size() {
             break e;
         }
     };
-    assert!(matches!(&e, SessionError::Protocol(_)), "{e:?}");
+    assert!(matches!(&e, Error::Protocol(_)), "{e:?}");
     assert!(e.to_string().contains("raise max_packet_size"), "{e}");
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use common::Broker;
 use mio::{Events, Poll, Token};
-use qmqtt::transport::{tls_config, Conn, Endpoint, TlsOptions, TransportError};
+use qmqtt::transport::{tls_config, Conn, Endpoint, TlsOptions};
+use qmqtt::Error;
 
 const CONNECT: [u8; 14] = [
     0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
@@ -23,7 +24,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(uri: &str, opts: &TlsOptions) -> Result<Driver, TransportError> {
+    fn new(uri: &str, opts: &TlsOptions) -> Result<Driver, Error> {
         let ep = Endpoint::parse(uri)?;
         let mut conn = Conn::connect(&ep, Some((tls_config(opts)?, opts)))?;
         let poll = Poll::new().unwrap();
@@ -38,7 +39,7 @@ impl Driver {
     }
 
     /// One turn of the loop: wait up to 50 ms, flush, read, send CONNECT once established.
-    fn turn(&mut self) -> Result<(), TransportError> {
+    fn turn(&mut self) -> Result<(), Error> {
         self.poll
             .poll(&mut self.events, Some(Duration::from_millis(50)))
             .unwrap();
@@ -53,7 +54,7 @@ impl Driver {
     }
 
     /// Turn until `buf` holds `n` bytes or `secs` pass.
-    fn until(&mut self, n: usize, secs: u64) -> Result<bool, TransportError> {
+    fn until(&mut self, n: usize, secs: u64) -> Result<bool, Error> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while self.buf.len() < n {
             if Instant::now() > deadline {
@@ -65,7 +66,7 @@ impl Driver {
     }
 
     /// Turn until an error comes out.
-    fn until_error(&mut self, secs: u64) -> TransportError {
+    fn until_error(&mut self, secs: u64) -> Error {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             assert!(Instant::now() < deadline, "no error within {secs} s");
@@ -124,8 +125,8 @@ fn cut_link_is_an_error() {
     assert!(d.until(4, 10).unwrap());
     p.cut();
     match d.until_error(5) {
-        TransportError::Closed => {}
-        TransportError::Io(_, m) => assert!(m.contains("localhost"), "{m}"),
+        Error::Closed { .. } => {}
+        e @ Error::Io { .. } => assert!(e.to_string().contains("localhost"), "{e}"),
         e => panic!("unexpected {e:?}"),
     }
 }
@@ -137,7 +138,7 @@ fn half_closed_link_is_closed() {
     let mut d = Driver::new(&p.uri("ssl", "localhost"), &ca(&b)).unwrap();
     assert!(d.until(4, 10).unwrap());
     p.half_close();
-    assert!(matches!(d.until_error(5), TransportError::Closed));
+    assert!(matches!(d.until_error(5), Error::Closed { .. }));
 }
 
 #[test]
@@ -150,7 +151,7 @@ fn refused_port_is_an_io_error_naming_it() {
         Err(e) => e,
     };
     let m = e.to_string();
-    assert!(matches!(e, TransportError::Io(..)), "{e:?}");
+    assert!(matches!(e, Error::Tcp { .. }), "{e:?}");
     assert!(
         m.contains(&format!("127.0.0.1:{} refused the connection", p.port)),
         "{m}"

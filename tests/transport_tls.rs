@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{Broker, BrokerOptions};
 use mio::{Events, Poll, Token};
-use qmqtt::transport::{tls_config, Conn, Endpoint, TlsOptions, TlsVersion, TransportError};
+use qmqtt::transport::{tls_config, Conn, Endpoint, TlsOptions, TlsVersion};
+use qmqtt::Error;
 
 /// CONNECT, MQTT 3.1.1, clean session, keepalive 60, empty client id.
 const CONNECT: [u8; 14] = [
@@ -18,7 +19,7 @@ const CONNECT: [u8; 14] = [
 const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 
 /// Drive `conn` with a mio Poll until the MQTT CONNACK (4 bytes) arrives; returns it with the connection.
-fn mqtt_connect(mut conn: Conn) -> Result<(Conn, Vec<u8>), TransportError> {
+fn mqtt_connect(mut conn: Conn) -> Result<(Conn, Vec<u8>), Error> {
     let mut poll = Poll::new().unwrap();
     conn.register(poll.registry(), Token(0)).unwrap();
     let mut events = Events::with_capacity(8);
@@ -42,7 +43,7 @@ fn mqtt_connect(mut conn: Conn) -> Result<(Conn, Vec<u8>), TransportError> {
     }
 }
 
-fn connect(uri: &str, tls: Option<&TlsOptions>) -> Result<(Conn, Vec<u8>), TransportError> {
+fn connect(uri: &str, tls: Option<&TlsOptions>) -> Result<(Conn, Vec<u8>), Error> {
     let ep = Endpoint::parse(uri)?;
     let tls = match tls {
         Some(o) => Some((tls_config(o)?, o)),
@@ -62,7 +63,7 @@ fn ca(path: &Path) -> TlsOptions {
 fn refused(uri: &str, opts: &TlsOptions, wants: &[&str]) -> String {
     match connect(uri, Some(opts)) {
         Ok((_, b)) => panic!("{uri}: connected (got {b:02x?}) but should have been refused"),
-        Err(e @ TransportError::Tls(..)) => {
+        Err(e @ Error::Tls(..)) => {
             let m = e.to_string();
             eprintln!("refused as expected: {m}");
             for w in wants {
@@ -382,7 +383,7 @@ fn refused_connection_names_address() {
         Ok(_) => panic!("connected to a closed port"),
     };
     let m = e.to_string();
-    assert!(matches!(e, TransportError::Io(..)), "{e:?}");
+    assert!(matches!(e, Error::Tcp { .. }), "{e:?}");
     assert!(
         m.contains(&format!("127.0.0.1:{port} refused the connection"))
             && m.contains("broker running"),
@@ -432,7 +433,7 @@ fn ipv6_loopback_tcp_and_tls() {
         loop {
             match connect(uri, o) {
                 Ok((c, buf)) => return (c, buf),
-                Err(TransportError::Io(..)) if Instant::now() < deadline => {
+                Err(Error::Tcp { .. } | Error::Io { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
                 Err(e) => panic!("{uri}: {e}: {}", b.log()),
@@ -560,7 +561,7 @@ fn broker_close_is_closed() {
     loop {
         assert!(Instant::now() < deadline, "no Closed after broker stop");
         match c.read(&mut buf) {
-            Err(TransportError::Closed) => break,
+            Err(Error::Closed { .. }) => break,
             Err(e) => panic!("expected Closed, got {e:?}"),
             Ok(_) => std::thread::sleep(Duration::from_millis(10)),
         }
@@ -711,7 +712,7 @@ fn mtls_with_pkcs1_rsa_client_key() {
     let buf = loop {
         match connect(&uri, Some(&opts)) {
             Ok((_, buf)) => break buf,
-            Err(TransportError::Io(..)) if Instant::now() < deadline => {
+            Err(Error::Tcp { .. } | Error::Io { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             Err(e) => panic!("{e}: {}", b.log()),
@@ -733,12 +734,9 @@ fn close_sends_close_notify_then_refuses_io() {
         24,
         "{before:?} → {after:?}"
     );
-    assert!(matches!(c.write(b"x"), Err(TransportError::Closed)));
-    assert!(matches!(c.flush(), Err(TransportError::Closed)));
-    assert!(matches!(
-        c.read(&mut Vec::new()),
-        Err(TransportError::Closed)
-    ));
+    assert!(matches!(c.write(b"x"), Err(Error::Closed { .. })));
+    assert!(matches!(c.flush(), Err(Error::Closed { .. })));
+    assert!(matches!(c.read(&mut Vec::new()), Err(Error::Closed { .. })));
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //!
 //! [`EventQueue::poll`] copies a batch of records into a scratch buffer under the lock and calls the owner's
 //! callback after releasing it: a slow callback never holds up the I/O thread.
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use super::ring::ByteRing;
 use super::Event;
 use crate::codec::QoS;
+use crate::error::Error;
 use crate::session::Token;
 
 /// Bytes of a record header.
@@ -33,7 +35,7 @@ const K_RECONNECTING: u8 = 4;
 const K_SUBSCRIBED: u8 = 5;
 const K_UNSUBSCRIBED: u8 = 6;
 
-/// Longest text kept in a control record (a cause or a filter); longer ones are cut at a char boundary.
+/// Longest text kept in a control record (a filter); longer ones are cut at a char boundary.
 const MAX_TEXT: usize = 1024;
 
 struct Rec<'a> {
@@ -95,7 +97,7 @@ pub(crate) enum Control<'a> {
         qos: QoS,
     },
     ConnectionLost {
-        cause: &'a str,
+        cause: &'a Error,
     },
     Reconnecting {
         delay: Duration,
@@ -176,12 +178,20 @@ impl Signal {
 
 struct Inner {
     ring: ByteRing,
+    /// The causes of the `K_LOST` records in the ring, in order (one per record, so as bounded as they).
+    lost: VecDeque<Error>,
+}
+
+/// Where `poll` copies a batch before calling back (only the owner's thread uses it).
+#[derive(Default)]
+struct Scratch {
+    bytes: Vec<u8>,
+    lost: Vec<Error>,
 }
 
 pub(crate) struct EventQueue {
     inner: Mutex<Inner>,
-    /// Where `poll` copies a batch before calling back (only the owner's thread uses it).
-    scratch: Mutex<Vec<u8>>,
+    scratch: Mutex<Scratch>,
     signal: Signal,
     /// Received messages may fill the ring up to here; the rest is the control reserve.
     msg_budget: usize,
@@ -193,8 +203,9 @@ impl EventQueue {
         Ok(EventQueue {
             inner: Mutex::new(Inner {
                 ring: ByteRing::new(msg_budget + reserve),
+                lost: VecDeque::new(),
             }),
-            scratch: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Scratch::default()),
             signal: Signal::new()?,
             msg_budget,
         })
@@ -210,12 +221,18 @@ impl EventQueue {
     }
 
     fn push(&self, r: &Rec<'_>, limit: usize) -> bool {
+        self.push_with(r, limit, |_| {})
+    }
+
+    /// Push `r`; once it is in, `then` runs under the same lock.
+    fn push_with(&self, r: &Rec<'_>, limit: usize, then: impl FnOnce(&mut Inner)) -> bool {
         let mut g = self.lock();
         if g.ring.len() + r.len() > limit.min(g.ring.capacity()) {
             return false;
         }
         let was_empty = g.ring.is_empty();
         g.ring.push(&[&r.header(), r.s1, r.s2]);
+        then(&mut g);
         if was_empty {
             self.signal.raise();
         }
@@ -259,15 +276,18 @@ impl EventQueue {
                 s1: &[],
                 s2: &[],
             },
-            Control::ConnectionLost { cause } => Rec {
-                kind: K_LOST,
-                b1: 0,
-                b2: 0,
-                extra: 0,
-                n: 0,
-                s1: cut_text(cause),
-                s2: &[],
-            },
+            Control::ConnectionLost { cause } => {
+                let r = Rec {
+                    kind: K_LOST,
+                    b1: 0,
+                    b2: 0,
+                    extra: 0,
+                    n: 0,
+                    s1: &[],
+                    s2: &[],
+                };
+                return self.push_with(&r, usize::MAX, |g| g.lost.push_back(cause.clone()));
+            }
             Control::Reconnecting { delay, attempt } => Rec {
                 kind: K_RECONNECTING,
                 b1: 0,
@@ -325,35 +345,42 @@ impl EventQueue {
 
     /// Hand up to `max` events to `f`. Returns how many. A call from inside `f` returns 0.
     pub(crate) fn poll(&self, max: usize, f: &mut dyn FnMut(Event<'_>)) -> usize {
-        let Ok(mut scratch) = self.scratch.try_lock() else {
+        let Ok(mut guard) = self.scratch.try_lock() else {
             return 0; // re-entered from a callback (or polled from two threads at once)
         };
-        scratch.clear();
+        let scratch = &mut *guard;
+        scratch.bytes.clear();
+        scratch.lost.clear();
         let mut n = 0;
         {
             let mut g = self.lock();
             let mut bytes = 0usize;
+            let mut lost = 0;
             let mut h = [0u8; EV_HDR];
             while n < max && bytes < g.ring.len() {
                 g.ring.peek(bytes, &mut h);
                 bytes += EV_HDR + u32_at(&h, 4) as usize + u32_at(&h, 8) as usize;
+                lost += usize::from(h[0] == K_LOST);
                 n += 1;
             }
             if n > 0 {
-                g.ring.copy_front(bytes, &mut scratch);
+                g.ring.copy_front(bytes, &mut scratch.bytes);
                 g.ring.consume(bytes, n);
+                scratch.lost.extend(g.lost.drain(..lost));
             }
             if g.ring.is_empty() {
                 self.signal.clear();
             }
         }
+        let (buf, mut lost) = (&scratch.bytes, scratch.lost.iter());
         let mut off = 0;
         for _ in 0..n {
-            let h = &scratch[off..off + EV_HDR];
+            let h = &buf[off..off + EV_HDR];
             let l1 = u32_at(h, 4) as usize;
             let l2 = u32_at(h, 8) as usize;
-            let s1 = &scratch[off + EV_HDR..off + EV_HDR + l1];
-            let s2 = &scratch[off + EV_HDR + l1..off + EV_HDR + l1 + l2];
+            let s1 = &buf[off + EV_HDR..off + EV_HDR + l1];
+            let s2 = &buf[off + EV_HDR + l1..off + EV_HDR + l1 + l2];
+            off += EV_HDR + l1 + l2;
             let text = std::str::from_utf8(s1).unwrap_or("");
             let qos = QoS::from_u8(h[1]).unwrap_or(QoS::AtMostOnce);
             let ev = match h[0] {
@@ -370,7 +397,10 @@ impl EventQueue {
                     token: u64_at(h, 16),
                     qos,
                 },
-                K_LOST => Event::ConnectionLost { cause: text },
+                K_LOST => match lost.next() {
+                    Some(cause) => Event::ConnectionLost { cause },
+                    None => continue, // cannot be: one cause per record
+                },
                 K_RECONNECTING => Event::Reconnecting {
                     delay: Duration::from_nanos(u64_at(h, 16)),
                     attempt: u32_at(h, 12),
@@ -382,7 +412,6 @@ impl EventQueue {
                 _ => Event::Unsubscribed { filter: text },
             };
             f(ev);
-            off += EV_HDR + l1 + l2;
         }
         n
     }

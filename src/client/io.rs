@@ -34,8 +34,10 @@ use mio::{Events, Poll, Token as MioToken};
 
 use super::events::{Control, EV_HDR};
 use super::queue::{Hdr, TakeBudget, HDR};
-use super::{lock, transport_msg, Cmd, Shared};
-use crate::codec::{ConnectReturnCode, QoS};
+use super::{lock, Cmd, Shared};
+use crate::clock::{later, now_ms};
+use crate::codec::QoS;
+use crate::error::{Doing, Error, Timeout};
 use crate::session::{Event as SEvent, Session, SessionConfig, SessionError, Token};
 use crate::spool::{self, AckTracker, DrainScheduler, Msg, Spool, SpoolError};
 use crate::transport::{Conn, Endpoint, TlsOptions};
@@ -76,14 +78,6 @@ const FIRE_ROOM: usize = 256;
 /// Bytes of a spooled record staged for the session: the queue's header (its token field holds the spool
 /// tag) and the sequence number.
 const SHDR: usize = HDR + 8;
-
-/// Milliseconds since the Unix epoch (the spool's clock for record ages).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Copy a spool's counters into the client's stats.
 pub(crate) fn store_spool_stats(c: &super::Counters, sp: &mut Spool) {
@@ -283,8 +277,7 @@ struct ExitGuard(Arc<Shared>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ctr.connected.store(false, Relaxed);
-        self.0
-            .set_first(Err("the connection's I/O thread stopped".into()));
+        self.0.set_first(Err(Error::Stopped));
         lock(&self.0.pubq).closed = true;
         *lock(&self.0.exited) = true;
         self.0.exited_cv.notify_all();
@@ -404,17 +397,17 @@ impl Io {
                 self.start_connect(now);
             }
             if self.connect_deadline.is_some_and(|d| now >= d) {
-                let msg = format!(
-                    "no MQTT connection to {}:{} within the connect timeout ({:?}); is the broker up and \
-                     reachable? (raise connectTimeout for slow links)",
-                    self.p.ep.host, self.p.ep.port, self.p.connect_timeout
-                );
-                self.lost(now, msg);
+                let e = Error::Timeout(Timeout::Connect {
+                    host: self.p.ep.host.clone(),
+                    port: self.p.ep.port,
+                    limit: self.p.connect_timeout,
+                });
+                self.lost(now, e);
             }
             if self.attached && self.session.poll_timeout().is_some_and(|t| now >= t) {
                 self.stalled = false;
                 if let Err(e) = self.session.handle_timeout(now) {
-                    self.lost(now, session_msg(&e));
+                    self.lost(now, e);
                 }
             }
             if self.read_more || self.rx_room() {
@@ -480,7 +473,7 @@ impl Io {
         consider(self.retry_at);
         consider(self.stop_at);
         if self.lingering {
-            consider(Some(super::later(now, self.p.linger)));
+            consider(Some(later(now, self.p.linger)));
         }
         if let Some(sp) = self.sp.as_deref() {
             consider(sp.flush_at);
@@ -592,7 +585,7 @@ impl Io {
                     self.pending.push_front(c);
                     break;
                 }
-                Err(e) => log::error!("qmqtt: subscription command refused: {}", session_msg(&e)),
+                Err(e) => log::error!("qmqtt: subscription command refused: {e}"),
             }
         }
     }
@@ -608,18 +601,19 @@ impl Io {
         match Conn::connect(&self.p.ep, tls) {
             Ok(mut c) => {
                 if let Err(e) = c.register(self.poll.registry(), SOCK) {
-                    self.lost(now, format!("cannot watch the socket: {e}"));
+                    let e = Error::System {
+                        doing: Doing::WatchSocket,
+                        cause: e.into(),
+                    };
+                    self.lost(now, e);
                     return;
                 }
                 self.conn = Some(c);
-                self.connect_deadline = Some(super::later(now, self.p.connect_timeout));
+                self.connect_deadline = Some(later(now, self.p.connect_timeout));
                 // A loopback connect may already be complete.
                 self.on_socket(now);
             }
-            Err(e) => {
-                let m = transport_msg(&e);
-                self.lost(now, m);
-            }
+            Err(e) => self.lost(now, e),
         }
     }
 
@@ -630,8 +624,7 @@ impl Io {
             return;
         };
         if let Err(e) = conn.flush() {
-            let m = transport_msg(&e);
-            self.lost(now, m);
+            self.lost(now, e);
             return;
         }
         for i in 0.. {
@@ -652,8 +645,7 @@ impl Io {
                 Ok(0) if self.rbuf.is_empty() => break,
                 Ok(_) => {}
                 Err(e) => {
-                    let m = transport_msg(&e);
-                    self.lost(now, m);
+                    self.lost(now, e);
                     return;
                 }
             }
@@ -692,7 +684,7 @@ impl Io {
             let p = match r {
                 Ok(p) => p,
                 Err(e) => {
-                    self.lost(now, session_msg(&e));
+                    self.lost(now, e);
                     return false;
                 }
             };
@@ -707,7 +699,7 @@ impl Io {
                 let r = self.session.handle_read_bounded(&[], now, usize::MAX, 0);
                 self.drain_session_events(now);
                 if let Err(e) = r {
-                    self.lost(now, session_msg(&e));
+                    self.lost(now, e);
                     return false;
                 }
                 continue;
@@ -834,7 +826,7 @@ impl Io {
     }
 
     /// The connection is gone (or never came): report, reset, schedule the next attempt.
-    fn lost(&mut self, now: Instant, cause: String) {
+    fn lost(&mut self, now: Instant, cause: Error) {
         if let Some(mut c) = self.conn.take() {
             self.writes_base += c.io_stats().socket_writes;
             let _ = c.deregister();
@@ -857,7 +849,8 @@ impl Io {
         self.sh.ctr.connected.store(false, Relaxed);
         self.stalled = false;
         if was_up {
-            log::warn!("qmqtt: connection lost: {cause}");
+            // The owner reports it (its ConnectionLost event): the log says it only in detail.
+            log::info!("qmqtt: connection lost: {cause}");
         } else {
             log::error!("qmqtt: connect failed: {cause}");
         }
@@ -883,7 +876,7 @@ impl Io {
         if self.p.reconnect {
             self.attempt = self.attempt.saturating_add(1);
             let delay = self.backoff();
-            self.retry_at = Some(super::later(now, delay));
+            self.retry_at = Some(later(now, delay));
             log::info!(
                 "qmqtt: reconnecting in {delay:?} (attempt {})",
                 self.attempt
@@ -993,14 +986,14 @@ impl Io {
                         Ok(0) => {
                             // Nothing readable although the spool counts a backlog: do not spin.
                             sp.sched.refund(plan.from_spool);
-                            sp.retry_at = Some(super::later(now, SPOOL_RETRY));
+                            sp.retry_at = Some(later(now, SPOOL_RETRY));
                         }
                         Ok(n) if n < plan.from_spool => sp.sched.refund(plan.from_spool - n),
                         Ok(_) => {}
                         Err(e) => {
                             sp.sched.refund(plan.from_spool);
                             spool_failed(&self.sh, &e);
-                            sp.retry_at = Some(super::later(now, SPOOL_RETRY));
+                            sp.retry_at = Some(later(now, SPOOL_RETRY));
                         }
                     }
                     sp.dirty = true;
@@ -1055,11 +1048,7 @@ impl Io {
                     break;
                 }
                 Err(e) => {
-                    log::error!(
-                        "qmqtt: message {} to {topic:?} dropped: {}",
-                        h.token,
-                        session_msg(&e)
-                    );
+                    log::error!("qmqtt: message {} to {topic:?} dropped: {e}", h.token);
                 }
             }
             if h.qos != QoS::AtMostOnce && accepted {
@@ -1128,10 +1117,7 @@ impl Io {
                     break;
                 }
                 Err(e) => {
-                    log::error!(
-                        "qmqtt: spooled message {seq} to {topic:?} dropped: {}",
-                        session_msg(&e)
-                    );
+                    log::error!("qmqtt: spooled message {seq} to {topic:?} dropped: {e}");
                     true
                 }
             };
@@ -1208,7 +1194,7 @@ impl Io {
         if !up && !retrying && (live_left || !empty) {
             let at = *sp
                 .spill_at
-                .get_or_insert_with(|| super::later(now, OFFLINE_SPILL_DELAY));
+                .get_or_insert_with(|| later(now, OFFLINE_SPILL_DELAY));
             if now >= at {
                 sp.spill_at = None;
                 all = true;
@@ -1228,7 +1214,7 @@ impl Io {
             Ok(t) => sp.flush_at = t,
             Err(e) => {
                 spool_failed(&self.sh, &e);
-                sp.flush_at = Some(super::later(now, SPOOL_RETRY));
+                sp.flush_at = Some(later(now, SPOOL_RETRY));
             }
         }
         if sp.dirty {
@@ -1331,7 +1317,7 @@ impl Io {
                     } else {
                         spool_failed(&self.sh, &e);
                     }
-                    sp.retry_at = Some(super::later(now, SPOOL_RETRY));
+                    sp.retry_at = Some(later(now, SPOOL_RETRY));
                     return false;
                 }
             }
@@ -1357,8 +1343,7 @@ impl Io {
             // Hands the buffer over (a swap when the transport has nothing queued): no copy per batch.
             if let Err(e) = conn.write_owned(&mut self.tbuf) {
                 self.tbuf.clear();
-                let m = transport_msg(&e);
-                self.lost(Instant::now(), m);
+                self.lost(Instant::now(), e);
                 return;
             }
         }
@@ -1369,8 +1354,7 @@ impl Io {
                 .socket_writes
                 .store(self.writes_base + conn.io_stats().socket_writes, Relaxed);
             if let Err(e) = r {
-                let m = transport_msg(&e);
-                self.lost(Instant::now(), m);
+                self.lost(Instant::now(), e);
             }
         }
     }
@@ -1421,9 +1405,7 @@ impl Io {
         }
         self.up = false;
         self.sh.ctr.connected.store(false, Relaxed);
-        self.sh.set_first(Err(
-            "the client was disconnected before the connection was made".into(),
-        ));
+        self.sh.set_first(Err(Error::LocallyClosed));
         if self.sp.is_some() {
             // What is still in memory goes to the spool, to be sent after a restart. (Spooled messages in
             // flight stay unacknowledged in the spool and are sent again.)
@@ -1475,45 +1457,6 @@ fn batch_scheduling() {
                 std::io::Error::last_os_error()
             );
         }
-    }
-}
-
-/// A session error as a sentence that says what to do.
-pub(crate) fn session_msg(e: &SessionError) -> String {
-    match e {
-        SessionError::Refused(code) => {
-            let (what, fix) = match code {
-                ConnectReturnCode::BadUsernameOrPassword => {
-                    ("bad user name or password", "check username and password")
-                }
-                ConnectReturnCode::NotAuthorized => (
-                    "not authorized",
-                    "check the credentials and the broker's access rules",
-                ),
-                ConnectReturnCode::IdentifierRejected => (
-                    "client id rejected",
-                    "use another client id (unique, allowed characters and length)",
-                ),
-                ConnectReturnCode::ServerUnavailable => {
-                    ("server unavailable", "retry later or check the broker")
-                }
-                ConnectReturnCode::UnacceptableProtocolVersion => (
-                    "unacceptable protocol version",
-                    "set MQTTVersion to one the broker supports (3 or 4)",
-                ),
-                ConnectReturnCode::Accepted | ConnectReturnCode::Other(_) => {
-                    ("refused", "check the broker's log")
-                }
-            };
-            format!("the broker refused the connection: {what} ({fix})")
-        }
-        SessionError::Protocol(m) => format!("protocol error from the broker: {m}"),
-        SessionError::Timeout(m) => format!(
-            "timeout: the broker did not send {m} in time (the link or the broker is stalled; the \
-             connection is dropped and made again)"
-        ),
-        SessionError::NotReady(m) => format!("not ready: {m}"),
-        SessionError::Invalid(m) => m.clone(),
     }
 }
 

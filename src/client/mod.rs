@@ -75,7 +75,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::clock::later;
 use crate::codec::{Protocol, QoS};
+use crate::error::{ConfigError, Doing, Error, Fault, Key};
 use crate::session::{SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::transport::{Endpoint, Scheme, TlsOptions};
@@ -262,7 +264,7 @@ impl fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 /// An event for the owner, borrowed from the event queue during [`Client::poll_events`].
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Event<'a> {
     Connected {
         session_present: bool,
@@ -278,9 +280,9 @@ pub enum Event<'a> {
         token: Token,
         qos: QoS,
     },
-    /// The connection was lost (or the connect failed); `cause` says why and what to do.
+    /// The connection was lost (or the connect failed); `cause` says why (its `Display`: and what to do).
     ConnectionLost {
-        cause: &'a str,
+        cause: &'a Error,
     },
     /// A reconnect attempt will be made after `delay`.
     Reconnecting {
@@ -297,7 +299,7 @@ pub enum Event<'a> {
 }
 
 /// Counters of one connection (monotonic unless said otherwise).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     /// Messages / bytes (topic + payload) waiting in the publish queue now, including those taken by the
     /// I/O thread and not yet accepted by the session (e.g. waiting for a reconnect).
@@ -330,8 +332,8 @@ pub struct Stats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connected: bool,
-    /// The last connection failure, in words.
-    pub last_error: Option<String>,
+    /// The last connection failure.
+    pub last_error: Option<Error>,
     /// Times the I/O thread woke up (for spotting busy loops: an idle connection wakes only for
     /// keep-alive).
     pub wakeups: u64,
@@ -409,10 +411,10 @@ pub(crate) struct Shared {
     pub cmds: Mutex<Vec<Cmd>>,
     pub events: events::EventQueue,
     pub ctr: Counters,
-    pub last_error: Mutex<Option<String>>,
+    pub last_error: Mutex<Option<Error>>,
     pub last_spool_error: Mutex<Option<String>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
-    pub first: Mutex<Option<Result<(), String>>>,
+    pub first: Mutex<Option<Result<(), Error>>>,
     pub first_cv: Condvar,
     /// The I/O thread stopped feeding the session because the event queue had no room for the
     /// acknowledgements; the next `poll_events` that frees room wakes it.
@@ -428,7 +430,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn set_first(&self, r: Result<(), String>) {
+    pub(crate) fn set_first(&self, r: Result<(), Error>) {
         let mut f = lock(&self.first);
         if f.is_none() {
             *f = Some(r);
@@ -443,117 +445,137 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 /// `queue_bytes`; local I/O): worth waiting for, or a restart would find the spool still locked.
 const SPOOL_STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// `now + d`, saturating at a year from now for absurd durations (user-given timeouts must not panic).
-pub(crate) fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d.min(Duration::from_secs(365 * 86400)))
-        .unwrap_or(now)
-}
-
 /// A topic name one may publish to: 1..=65535 bytes, no wildcards, no NUL (the codec's rule).
 pub(crate) fn valid_topic(t: &str) -> bool {
     crate::codec::validate_topic(t).is_ok()
 }
 
-/// What is wrong with a topic filter, if anything (the codec's rule, in words).
-pub(crate) fn filter_problem(f: &str) -> Option<String> {
-    crate::codec::validate_filter(f)
-        .err()
-        .map(|e| e.to_string())
+/// A topic filter one may subscribe to (the codec's rule).
+fn check_filter(f: &str) -> Result<(), ClientError> {
+    crate::codec::validate_filter(f).map_err(|e| {
+        ClientError::Config(ConfigError::invalid(
+            Key::TopicFilter,
+            format!("topic filter {f:?}: {e}"),
+        ))
+    })
 }
 
 /// Check a configuration; returns the broker address and, for TLS, the rustls configuration.
-fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>), ClientError> {
-    let bad = |m: String| Err(ClientError::Config(m));
+fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>), ConfigError> {
+    let bad = |key: Key, m: String| Err(ConfigError::invalid(key, m));
     let id = &cfg.client_id;
     if id.len() > 65535 {
-        return bad("client id: longer than 65535 bytes; use a shorter id".into());
+        return bad(
+            Key::ClientId,
+            "client id: longer than 65535 bytes; use a shorter id".into(),
+        );
     }
     if id.contains('\0') {
-        return bad("client id: contains a NUL character".into());
+        return bad(Key::ClientId, "client id: contains a NUL character".into());
     }
     if cfg.protocol == Protocol::V5 {
-        return bad("protocol: MQTT 5 is not supported yet; use V311 or V31".into());
+        return bad(
+            Key::Protocol,
+            "protocol: MQTT 5 is not supported yet; use V311 or V31".into(),
+        );
     }
     if cfg.protocol == Protocol::V31 && (id.is_empty() || id.len() > 23) {
-        return bad(format!(
+        return bad(Key::ClientId, format!(
             "client id: MQTT 3.1 (MQTTVersion 3) needs 1 to 23 bytes, got {}; shorten it or use MQTTVersion 4",
             id.len()
         ));
     }
     if id.is_empty() && !cfg.clean_session {
-        return bad("client id: an empty id needs cleansession true (the broker cannot keep a session for it)".into());
+        return bad(
+            Key::ClientId,
+            "client id: an empty id needs cleansession true (the broker cannot keep a session for it)"
+                .into(),
+        );
     }
     if let Some(u) = &cfg.username {
         if u.len() > 65535 {
-            return bad("username: longer than 65535 bytes".into());
+            return bad(Key::Username, "username: longer than 65535 bytes".into());
         }
     }
     if let Some(p) = &cfg.password {
         if p.len() > 65535 {
-            return bad("password: longer than 65535 bytes".into());
+            return bad(Key::Password, "password: longer than 65535 bytes".into());
         }
         if cfg.username.is_none() {
             return bad(
+                Key::Password,
                 "password: MQTT sends a password only with a username; set username too".into(),
             );
         }
     }
     if cfg.keep_alive.as_secs() > 65535 {
-        return bad("keepAliveInterval: at most 65535 seconds".into());
+        return bad(
+            Key::KeepAlive,
+            "keepAliveInterval: at most 65535 seconds".into(),
+        );
     }
     if cfg.connect_timeout.is_zero() {
-        return bad("connectTimeout: must be more than 0".into());
+        return bad(
+            Key::ConnectTimeout,
+            "connectTimeout: must be more than 0".into(),
+        );
     }
     if cfg.max_inflight == 0 {
-        return bad("maxInflightMessages: must be at least 1".into());
+        return bad(
+            Key::MaxInflight,
+            "maxInflightMessages: must be at least 1".into(),
+        );
     }
     if cfg.queue_messages == 0 {
-        return bad("queue_messages: the publish queue must hold at least one message".into());
+        return bad(
+            Key::QueueMessages,
+            "queue_messages: the publish queue must hold at least one message".into(),
+        );
     }
     if cfg.queue_bytes < 64 {
-        return bad("queue_bytes: the publish queue needs at least 64 bytes".into());
+        return bad(
+            Key::QueueBytes,
+            "queue_bytes: the publish queue needs at least 64 bytes".into(),
+        );
     }
     if cfg.event_queue_bytes < 1024 {
-        return bad("event_queue_bytes: the event queue needs at least 1024 bytes".into());
+        return bad(
+            Key::EventQueueBytes,
+            "event_queue_bytes: the event queue needs at least 1024 bytes".into(),
+        );
     }
     if cfg.max_packet_size < 64 {
-        return bad("max_packet_size: must be at least 64 bytes".into());
+        return bad(
+            Key::MaxPacketSize,
+            "max_packet_size: must be at least 64 bytes".into(),
+        );
     }
     if cfg.backoff_min.is_zero() || cfg.backoff_min > cfg.backoff_max {
-        return bad("backoff: backoff_min must be more than 0 and at most backoff_max".into());
+        return bad(
+            Key::Backoff,
+            "backoff: backoff_min must be more than 0 and at most backoff_max".into(),
+        );
     }
     if let Some(w) = &cfg.will {
         if !valid_topic(&w.topic) {
-            return bad(format!(
-                "will topic {:?}: must be 1 to 65535 bytes without '+', '#' or NUL",
-                w.topic
-            ));
+            return bad(
+                Key::Will,
+                format!(
+                    "will topic {:?}: must be 1 to 65535 bytes without '+', '#' or NUL",
+                    w.topic
+                ),
+            );
         }
         if w.payload.len() > 65535 {
-            return bad("will payload: longer than 65535 bytes".into());
+            return bad(Key::Will, "will payload: longer than 65535 bytes".into());
         }
     }
-    let ep = Endpoint::parse(&cfg.uri)
-        .map_err(|e| ClientError::Config(format!("uri: {}", transport_msg(&e))))?;
+    let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
     let tls = match ep.scheme {
-        Scheme::Tls => Some(
-            crate::transport::tls_config(&cfg.tls)
-                .map_err(|e| ClientError::Config(format!("tls: {}", transport_msg(&e))))?,
-        ),
+        Scheme::Tls => Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?),
         Scheme::Tcp => None,
     };
     Ok((ep, tls))
-}
-
-/// A transport error as one sentence (the transport's messages already name the address, the cause and
-/// the fix).
-pub(crate) fn transport_msg(e: &crate::transport::TransportError) -> String {
-    let m = e.to_string();
-    if m.is_empty() {
-        format!("{e:?}")
-    } else {
-        m
-    }
 }
 
 /// A connection: the handle to its I/O thread.
@@ -567,32 +589,39 @@ pub struct Client {
 impl Client {
     /// Validate the config, build TLS, spawn the I/O thread and start connecting. Returns at once.
     pub fn connect(cfg: Config) -> Result<Client, ClientError> {
-        let (ep, tls) = validate(&cfg)?;
+        let (ep, tls) = validate(&cfg).map_err(ClientError::Config)?;
         // Opened here, on the caller's thread, so that a locked or unusable directory is reported now; then
         // moved into the I/O thread, the only one that touches it.
         let spool = match &cfg.spool {
             None => None,
-            Some(sc) => Some(Spool::open(sc.clone()).map_err(|e| match e {
-                SpoolError::Config(_) | SpoolError::Locked { .. } => {
-                    ClientError::Config(e.to_string())
-                }
-                e => ClientError::Config(format!(
-                    "cannot open the spool in {}: {e}",
-                    sc.dir.display()
-                )),
+            Some(sc) => Some(Spool::open(sc.clone()).map_err(|e| {
+                ClientError::Config(match e {
+                    SpoolError::Config(_) => ConfigError::invalid(Key::Spool, e.to_string()),
+                    SpoolError::Locked { .. } => {
+                        ConfigError::new(Key::Spool, Fault::Locked, e.to_string())
+                    }
+                    e => ConfigError::invalid(
+                        Key::Spool,
+                        format!("cannot open the spool in {}: {e}", sc.dir.display()),
+                    ),
+                })
             })?),
         };
-        let sys = |what: &str, e: std::io::Error| {
-            ClientError::Connect(format!("{what}: {e} (out of file descriptors or memory?)"))
+        let sys = |doing: Doing| {
+            move |e: std::io::Error| {
+                ClientError::Connect(Error::System {
+                    doing,
+                    cause: e.into(),
+                })
+            }
         };
-        let poll = mio::Poll::new().map_err(|e| sys("cannot create the I/O poller", e))?;
-        let waker = mio::Waker::new(poll.registry(), io::WAKE)
-            .map_err(|e| sys("cannot create the I/O waker", e))?;
+        let poll = mio::Poll::new().map_err(sys(Doing::CreatePoller))?;
+        let waker = mio::Waker::new(poll.registry(), io::WAKE).map_err(sys(Doing::CreateWaker))?;
         // Control reserve: a Delivered record per possible in-flight message (twice, for resends), plus room
         // for connection events.
         let reserve = 2 * cfg.max_inflight as usize * events::EV_HDR + (64 << 10);
         let evq = events::EventQueue::new(cfg.event_queue_bytes, reserve)
-            .map_err(|e| sys("cannot create the event descriptor", e))?;
+            .map_err(sys(Doing::CreateEventQueue))?;
         let sh = Arc::new(Shared {
             pubq: Mutex::new(queue::PubQueue::new(
                 cfg.queue_bytes,
@@ -647,13 +676,12 @@ impl Client {
             batch_scheduling: cfg.batch_scheduling,
             spool,
         };
-        crate::session::Session::check_config(&params.session)
-            .map_err(|e| ClientError::Config(io::session_msg(&e)))?;
+        crate::session::Session::check_config(&params.session).map_err(ClientError::Config)?;
         let sh2 = sh.clone();
         let thread = std::thread::Builder::new()
             .name("qmqtt-io".into())
             .spawn(move || io::run(sh2, poll, params))
-            .map_err(|e| sys("cannot start the I/O thread", e))?;
+            .map_err(sys(Doing::StartThread))?;
         Ok(Client {
             sh,
             thread: Some(thread),
@@ -672,7 +700,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner());
         match &*g {
             Some(Ok(())) => Ok(()),
-            Some(Err(m)) => Err(ClientError::Connect(m.clone())),
+            Some(Err(e)) => Err(ClientError::Connect(e.clone())),
             None => Err(ClientError::Timeout),
         }
     }
@@ -746,17 +774,13 @@ impl Client {
     /// Subscribe to `filter` (sent now if connected, else at the next connection; replayed after reconnects
     /// that lost the session). The outcome arrives as [`Event::Subscribed`].
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), ClientError> {
-        if let Some(p) = filter_problem(filter) {
-            return Err(ClientError::Config(format!("topic filter {filter:?}: {p}")));
-        }
+        check_filter(filter)?;
         self.command(Cmd::Subscribe(filter.to_string(), qos))
     }
 
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
     pub fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
-        if let Some(p) = filter_problem(filter) {
-            return Err(ClientError::Config(format!("topic filter {filter:?}: {p}")));
-        }
+        check_filter(filter)?;
         self.command(Cmd::Unsubscribe(filter.to_string()))
     }
 
@@ -830,7 +854,7 @@ impl Client {
             spooled_bytes: c.spooled_bytes.load(Relaxed),
             spool_oldest_age_ms: match c.spool_oldest_ms.load(Relaxed) {
                 0 => 0,
-                t => io::now_ms().saturating_sub(t),
+                t => crate::clock::now_ms().saturating_sub(t),
             },
             spilled: c.spilled.load(Relaxed),
             spool_dropped_oldest: c.spool_dropped_oldest.load(Relaxed),
@@ -873,20 +897,20 @@ impl Drop for Client {
 }
 
 /// Why a connection could not be made or a command not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClientError {
-    /// The configuration is wrong (message names the option).
-    Config(String),
-    /// Connecting failed (message says why and what to change).
-    Connect(String),
+    /// The configuration is wrong (found before connecting; names the setting).
+    Config(ConfigError),
+    /// Connecting failed: why (its `Display` also says what to change).
+    Connect(Error),
     NotConnected,
     Timeout,
 }
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::Config(m) => write!(f, "invalid configuration: {m}"),
-            ClientError::Connect(m) => f.write_str(m),
+            ClientError::Config(c) => write!(f, "invalid configuration: {c}"),
+            ClientError::Connect(e) => e.fmt(f),
             ClientError::NotConnected => f.write_str("not connected: the client was disconnected"),
             ClientError::Timeout => f.write_str(
                 "timed out waiting for the broker's CONNACK (the connection is still being attempted)",

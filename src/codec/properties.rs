@@ -12,7 +12,7 @@ use super::primitives::{
     check_out_binary, check_out_str, check_topic, remaining_length_len, write_binary,
     write_remaining_length, write_u16, Reader, MAX_REMAINING_LENGTH,
 };
-use super::{Error, PacketType, QoS};
+use super::{packet_bits, Error, PacketType, QoS};
 
 /// Where a property list sits: in a packet, or in the will of a CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +59,8 @@ enum Kind {
     Pair,
 }
 
+/// The will's bit in the allowed sets (packet type 0 is reserved, so bit 0 is free).
 const WILL: u16 = 1;
-const fn bits(types: &[PacketType]) -> u16 {
-    let mut m = 0;
-    let mut i = 0;
-    while i < types.len() {
-        m |= 1 << types[i] as u8;
-        i += 1;
-    }
-    m
-}
 
 macro_rules! property_ids {
     ($($var:ident = $id:literal, $name:literal, $kind:ident, $will:literal, [$($t:ident),*];)*) => {
@@ -105,7 +97,7 @@ macro_rules! property_ids {
 
             const fn allowed(self) -> u16 {
                 match self {
-                    $(PropertyId::$var => bits(&[$(PacketType::$t),*]) | if $will { WILL } else { 0 },)*
+                    $(PropertyId::$var => packet_bits(&[$(PacketType::$t),*]) | if $will { WILL } else { 0 },)*
                 }
             }
         }

@@ -9,22 +9,11 @@
 //! or an undefined value, is an [`Error::InvalidReasonCode`](super::Error::InvalidReasonCode).
 use std::fmt;
 
-use super::PacketType;
-
-/// The packets a code is listed for, one bit per packet type.
-const fn bits(types: &[PacketType]) -> u16 {
-    let mut m = 0;
-    let mut i = 0;
-    while i < types.len() {
-        m |= 1 << types[i] as u8;
-        i += 1;
-    }
-    m
-}
+use super::{packet_bits, PacketType};
 
 /// The packets whose codes include errors (AUTH's do not: a failed authentication ends in CONNACK or
 /// DISCONNECT).
-const WITH_ERRORS: u16 = bits(&[
+const WITH_ERRORS: u16 = packet_bits(&[
     PacketType::ConnAck,
     PacketType::PubAck,
     PacketType::PubRec,
@@ -63,7 +52,7 @@ macro_rules! reason_codes {
 
             const fn listed(self) -> u16 {
                 match self {
-                    $(ReasonCode::$var => bits(&[$(PacketType::$t),*]),)*
+                    $(ReasonCode::$var => packet_bits(&[$(PacketType::$t),*]),)*
                 }
             }
         }

@@ -13,7 +13,7 @@
 //!
 //! Failure: no panic crosses into q (each export catches unwinds → `'internal error`); every string handed
 //! to `krr` is static. Long explanations (why a TLS handshake failed, …) go to the log on stderr and to the
-//! `lastError` of `.mqtt.stats[]`; the q error is a short category from a fixed table.
+//! `lastError` of `.mqtt.stats[]`; the q error is a short category, a `match` on the failure's kind.
 use std::cell::RefCell;
 use std::ffi::CStr;
 use std::os::fd::RawFd;
@@ -32,7 +32,8 @@ mod qlog;
 use self::k::{KRef, Val};
 use self::opts::QErr;
 use crate::client::{Client, ClientError, Event, PublishError};
-use crate::codec::QoS;
+use crate::codec::{ConnectReturnCode, QoS};
+use crate::error::{ConfigError, Error, Fault, Key, Timeout, TlsError};
 use crate::session::Token;
 
 /// Most events handed to q per wake-up of the event fd (q's loop calls again while more are waiting).
@@ -122,94 +123,119 @@ fn arg<'a>(x: K) -> Option<KRef<'a>> {
     unsafe { KRef::new(x) }
 }
 
-/// Connect failures: needles (lower case, without spaces, `_` and `-`) in the engine's message → q error.
-/// First match wins; the full message goes to the log and to `lastError`.
-const CONNECT_ERRORS: &[(&str, QErr)] = &[
-    (
-        "badusernameorpassword",
-        c"conn refused: bad user name or password",
-    ),
-    ("notauthori", c"conn refused: not authorized"),
-    ("clientidrejected", c"conn refused: identifier rejected"),
-    ("identifierrejected", c"conn refused: identifier rejected"),
-    (
-        "unacceptableprotocolversion",
-        c"conn refused: unacceptable protocol version",
-    ),
-    ("serverunavailable", c"conn refused: server unavailable"),
-    ("brokerrefusedtheconnection", c"conn refused"),
-    ("notsignedbyatrustedca", c"tls: unknown issuer"),
-    ("unknownissuer", c"tls: unknown issuer"),
-    ("hasexpired", c"tls: certificate expired"),
-    ("notvalidyet", c"tls: certificate not yet valid"),
-    ("notvalidforhostname", c"tls: hostname mismatch"),
-    ("notvalidforname", c"tls: hostname mismatch"),
-    (
-        "requiresaclientcertificate",
-        c"tls: client certificate required",
-    ),
-    ("certificaterequired", c"tls: client certificate required"),
-    ("hasbeenrevoked", c"tls: certificate revoked"),
-    ("signaturedoesnotverify", c"tls: bad signature"),
-    (
-        "notlsversionorciphersuiteincommon",
-        c"tls: no common version or cipher suite",
-    ),
-    ("isnottls", c"tls: the broker does not speak TLS"),
-    ("sentnocertificate", c"tls: no server certificate"),
-    ("tlshandshake", c"tls: handshake failed"),
-    ("tlswith", c"tls: failed"),
-    ("timeout:", c"timeout"),
-    ("timedout", c"timeout"),
-];
-
-/// Configuration errors reported by the engine (the q layer checked types and file presence already).
-const CONFIG_ERRORS: &[(&str, QErr)] = &[
-    ("islocked", c"spool locked"),
-    ("spool", c"spoolDir invalid"),
-    ("invalidprotocolscheme", c"Invalid protocol scheme"),
-    ("brokeruri", c"addr invalid"),
-    ("cipher", c"enabledCipherSuites invalid"),
-    (
-        "encrypted",
-        c"privateKeyPassword unsupported (decrypt the key)",
-    ),
-    ("needsitsprivatekey", c"privateKey missing"),
-    ("needsitsclientcertificate", c"keyStore missing"),
-    ("clientcertificate", c"keyStore invalid"),
-    ("privatekey", c"privateKey invalid"),
-    ("capath", c"CApath invalid"),
-    ("truststore", c"trustStore invalid"),
-    ("alpn", c"alpn invalid"),
-    ("servername", c"sni invalid"),
-    ("sni", c"sni invalid"),
-    ("clientid", c"client invalid"),
-    ("keepalive", c"keepAliveInterval invalid"),
-    ("will", c"lastWillTopic invalid"),
-    ("inflight", c"maxInflightMessages invalid"),
-    ("queue", c"queueBytes invalid"),
-];
-
-fn squash(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
+/// The q error for a connect failure (the full sentence goes to the log and to `lastError`).
+fn connect_error(e: &Error) -> QErr {
+    use std::io::ErrorKind::TimedOut;
+    match e {
+        Error::Refused { code, .. } => match code {
+            ConnectReturnCode::BadUsernameOrPassword => c"conn refused: bad user name or password",
+            ConnectReturnCode::NotAuthorized => c"conn refused: not authorized",
+            ConnectReturnCode::IdentifierRejected => c"conn refused: identifier rejected",
+            ConnectReturnCode::UnacceptableProtocolVersion => {
+                c"conn refused: unacceptable protocol version"
+            }
+            ConnectReturnCode::ServerUnavailable => c"conn refused: server unavailable",
+            ConnectReturnCode::Accepted | ConnectReturnCode::Other(_) => c"conn refused",
+        },
+        Error::Tls(t) => tls_error(t),
+        Error::Io {
+            handshake: true, ..
+        }
+        | Error::Closed {
+            handshake: true, ..
+        } => c"tls: handshake failed",
+        Error::Io { cause, .. } if cause.kind() == TimedOut => c"timeout",
+        Error::Tcp { attempts, .. } if attempts.iter().any(|a| a.cause.kind() == TimedOut) => {
+            c"timeout"
+        }
+        Error::Timeout(Timeout::ConnAck | Timeout::PingResp) => c"timeout",
+        // KX (paho) says 'Failure when the connect timeout passes, as for the rest.
+        Error::Timeout(Timeout::Connect { .. })
+        | Error::Config(_)
+        | Error::Dns { .. }
+        | Error::Tcp { .. }
+        | Error::Io { .. }
+        | Error::Closed { .. }
+        | Error::Protocol(_)
+        | Error::System { .. }
+        | Error::Stopped
+        | Error::LocallyClosed => c"Failure",
+    }
 }
 
-fn classify(table: &[(&str, QErr)], msg: &str, fallback: QErr) -> QErr {
-    let s = squash(msg);
-    table
-        .iter()
-        .find(|(n, _)| s.contains(n))
-        .map(|(_, e)| *e)
-        .unwrap_or(fallback)
+fn tls_error(t: &TlsError) -> QErr {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    if t.setup {
+        return c"tls: failed";
+    }
+    match &t.cause {
+        R::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => c"tls: unknown issuer",
+            C::Expired | C::ExpiredContext { .. } => c"tls: certificate expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => c"tls: certificate not yet valid",
+            C::NotValidForName | C::NotValidForNameContext { .. } => c"tls: hostname mismatch",
+            C::Revoked => c"tls: certificate revoked",
+            C::BadSignature => c"tls: bad signature",
+            _ => c"tls: handshake failed",
+        },
+        R::AlertReceived(A::CertificateRequired) => c"tls: client certificate required",
+        R::AlertReceived(a) if TlsError::is_client_cert_alert(*a) && !t.client_cert => {
+            c"tls: client certificate required"
+        }
+        R::AlertReceived(A::ProtocolVersion | A::InsufficientSecurity) => {
+            c"tls: no common version or cipher suite"
+        }
+        R::AlertReceived(A::HandshakeFailure | A::NoApplicationProtocol | A::UnrecognisedName) => {
+            c"tls: handshake failed"
+        }
+        R::PeerIncompatible(_) => c"tls: no common version or cipher suite",
+        R::InvalidMessage(_) | R::InappropriateMessage { .. } => {
+            c"tls: the broker does not speak TLS"
+        }
+        R::NoCertificatesPresented => c"tls: no server certificate",
+        _ => c"tls: failed",
+    }
+}
+
+/// The q error for a configuration the engine refused (the q layer checked types and file presence already).
+fn config_error(c: &ConfigError) -> QErr {
+    match (c.key, c.fault) {
+        (Key::Spool, Fault::Locked) => c"spool locked",
+        (Key::Spool, _) => c"spoolDir invalid",
+        (Key::UriScheme, _) => c"Invalid protocol scheme",
+        (Key::Uri, _) => c"addr invalid",
+        (Key::CipherSuites, _) => c"enabledCipherSuites invalid",
+        (Key::PrivateKeyPassword, _) => c"privateKeyPassword unsupported (decrypt the key)",
+        (Key::PrivateKey, Fault::Missing) => c"privateKey missing",
+        (Key::PrivateKey, _) => c"privateKey invalid",
+        (Key::ClientCert, Fault::Missing) => c"keyStore missing",
+        (Key::ClientCert, _) => c"keyStore invalid",
+        (Key::CaDir, _) => c"CApath invalid",
+        (Key::CaFile, _) => c"trustStore invalid",
+        (Key::ServerName, _) => c"sni invalid",
+        (Key::ClientId, _) => c"client invalid",
+        (Key::KeepAlive, _) => c"keepAliveInterval invalid",
+        (Key::Will, _) => c"lastWillTopic invalid",
+        (Key::MaxInflight, _) => c"maxInflightMessages invalid",
+        (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
+        (Key::TopicFilter, _) => c"topic",
+        (
+            Key::Protocol
+            | Key::Username
+            | Key::Password
+            | Key::ConnectTimeout
+            | Key::MaxPacketSize
+            | Key::Backoff
+            | Key::Connect,
+            _,
+        ) => c"options",
+    }
 }
 
 fn client_error(e: &ClientError) -> QErr {
     match e {
-        ClientError::Config(m) => classify(CONFIG_ERRORS, m, c"options"),
-        ClientError::Connect(m) => classify(CONNECT_ERRORS, m, c"Failure"),
+        ClientError::Config(c) => config_error(c),
+        ClientError::Connect(e) => connect_error(e),
         ClientError::NotConnected => c"not connected",
         ClientError::Timeout => c"timeout",
     }
@@ -226,7 +252,8 @@ fn publish_error(e: &PublishError) -> QErr {
 
 fn client_error_text(e: &ClientError) -> String {
     match e {
-        ClientError::Config(m) | ClientError::Connect(m) => m.clone(),
+        ClientError::Config(c) => c.to_string(),
+        ClientError::Connect(e) => e.to_string(),
         ClientError::NotConnected => "not connected".into(),
         ClientError::Timeout => "timed out waiting for the broker's CONNACK".into(),
     }
@@ -475,6 +502,7 @@ fn drain(fd: RawFd) {
                 }
             }
             Event::ConnectionLost { cause } => {
+                let cause = cause.to_string();
                 warn!("connection {} lost: {cause}", conn.handle);
                 pending.push(Pending::Disconn(k::kvec(cause.as_bytes(), false)))
             }
@@ -569,12 +597,11 @@ fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
     }
     let qos = qos_arg(qos)?;
     with_client(handle, |c| {
-        c.subscribe(topic, qos).map_err(|e| match e {
-            ClientError::Config(m) => {
+        c.subscribe(topic, qos).map_err(|e| {
+            if let ClientError::Config(m) = &e {
                 warn!("sub {topic}: {m}");
-                c"topic"
             }
-            e => client_error(&e),
+            client_error(&e)
         })
     })?;
     Ok(std::ptr::null_mut())
@@ -583,12 +610,11 @@ fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
 fn do_unsub(handle: i64, topic: K) -> Result<K, QErr> {
     let topic = topic_arg(topic)?;
     with_client(handle, |c| {
-        c.unsubscribe(topic).map_err(|e| match e {
-            ClientError::Config(m) => {
+        c.unsubscribe(topic).map_err(|e| {
+            if let ClientError::Config(m) = &e {
                 warn!("unsub {topic}: {m}");
-                c"topic"
             }
-            e => client_error(&e),
+            client_error(&e)
         })
     })?;
     Ok(std::ptr::null_mut())
@@ -694,18 +720,15 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
                 if handle != 0 {
                     return Err(c"invalid handle");
                 }
-                let s = crate::client::Stats {
-                    last_error: r.last_error.clone(),
-                    ..Default::default()
-                };
-                (s, 0)
+                (crate::client::Stats::default(), 0)
             }
         }
     };
     let s = &stats;
     let last = s
         .last_error
-        .clone()
+        .as_ref()
+        .map(|e| e.to_string())
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
     let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;

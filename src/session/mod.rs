@@ -39,6 +39,7 @@ use crate::codec::{
     DecodeOptions, Filters, LastWill, Packet, PacketType, Properties, Protocol, QoS, Subscribe,
     SubscribeReturnCode, TopicList, Unsubscribe, DUP_FLAG,
 };
+use crate::error::{ConfigError, Error, Key, Timeout, Violation};
 
 /// A delivery token: strictly increasing per connection, assigned by the caller (the publish queue).
 pub type Token = u64;
@@ -130,36 +131,20 @@ pub struct ReadProgress {
     pub blocked: Option<usize>,
 }
 
-/// Why the session gave up on the current connection, or refused a command. The message says what to do.
+/// Why the session refused a command (the connection is unaffected). A failure of the connection itself is
+/// an [`Error`] from the `handle_*` methods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionError {
-    /// The broker refused CONNECT.
-    Refused(ConnectReturnCode),
-    /// The broker sent something that is not valid MQTT (message names it).
-    Protocol(String),
-    /// No CONNACK / PINGRESP in time (names the packet that did not come).
-    Timeout(&'static str),
     /// The command is not possible in this state (e.g. publish while the window is full).
     NotReady(&'static str),
     /// The command's arguments cannot be sent as MQTT (e.g. a wildcard in a PUBLISH topic); the message says
-    /// which and how to fix it. The connection is unaffected.
+    /// which and how to fix it.
     Invalid(String),
 }
 
 impl fmt::Display for SessionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionError::Refused(code) => write!(f, "connection refused: {code}"),
-            SessionError::Protocol(m) => write!(
-                f,
-                "MQTT protocol error: {m}. The connection was dropped; if this repeats, check that the port \
-                 speaks MQTT 3.1.1/3.1 (TLS vs plain) and that max_packet_size fits the broker's messages"
-            ),
-            SessionError::Timeout(what) => write!(
-                f,
-                "no {what} from the broker within response_timeout: the connection is considered dead and was \
-                 dropped; check the network and the broker, or raise response_timeout"
-            ),
             SessionError::NotReady(m) => f.write_str(m),
             SessionError::Invalid(m) => f.write_str(m),
         }
@@ -310,7 +295,7 @@ pub struct Session {
     subs: Vec<(String, QoS)>,
     requests: Vec<Request>,
     /// Set when CONNECT cannot be encoded from the configuration; reported by the next `handle_timeout`.
-    config_error: Option<String>,
+    config_error: Option<ConfigError>,
 }
 
 impl Session {
@@ -347,12 +332,10 @@ impl Session {
     /// Check that CONNECT can be built from `cfg` (strings' lengths, no NUL, a will topic without
     /// wildcards, a password only with a user name). `handle_connected` with a bad configuration fails at the
     /// next `handle_timeout` with the same error.
-    pub fn check_config(cfg: &SessionConfig) -> Result<(), SessionError> {
+    pub fn check_config(cfg: &SessionConfig) -> Result<(), ConfigError> {
         encode_connect(cfg, &mut Vec::new())
             .map(|_| ())
-            .map_err(|e| {
-                SessionError::Invalid(format!("cannot connect with this configuration: {e}"))
-            })
+            .map_err(connect_config_error)
     }
 
     /// The configuration this session was made with.
@@ -379,7 +362,7 @@ impl Session {
         if let Err(e) = encode_connect(&self.cfg, &mut self.tx) {
             // The configuration cannot be encoded (e.g. a will topic with a wildcard). Surface it as a
             // refusal-like failure at once rather than sending garbage.
-            self.config_error = Some(format!("cannot connect with this configuration: {e}"));
+            self.config_error = Some(connect_config_error(e));
             self.state = State::Failed;
             self.connack_deadline = Some(now);
             return;
@@ -403,7 +386,7 @@ impl Session {
     }
 
     /// Feed bytes read from the transport (any split). Complete packets are processed at once.
-    pub fn handle_read(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+    pub fn handle_read(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
         self.handle_read_bounded(data, now, usize::MAX, 0)
             .map(|_| ())
     }
@@ -423,7 +406,7 @@ impl Session {
         now: Instant,
         budget: usize,
         per_event: usize,
-    ) -> Result<ReadProgress, SessionError> {
+    ) -> Result<ReadProgress, Error> {
         self.compact();
         if matches!(self.state, State::Disconnected | State::Failed) {
             return Ok(ReadProgress {
@@ -502,13 +485,13 @@ impl Session {
     }
 
     /// Let timers fire (keep-alive PINGREQ, ping / CONNACK timeout).
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         match self.state {
             State::Failed => {
                 if self.connack_deadline.is_some_and(|d| now >= d) {
                     self.connack_deadline = None;
-                    if let Some(m) = self.config_error.take() {
-                        return Err(SessionError::Invalid(m));
+                    if let Some(e) = self.config_error.take() {
+                        return Err(Error::Config(e));
                     }
                 }
             }
@@ -516,14 +499,14 @@ impl Session {
                 if self.connack_deadline.is_some_and(|d| now >= d) {
                     self.state = State::Failed;
                     self.connack_deadline = None;
-                    return Err(SessionError::Timeout("CONNACK"));
+                    return Err(Error::Timeout(Timeout::ConnAck));
                 }
             }
             State::Connected => {
                 if !self.rx_paused && self.ping_deadline.is_some_and(|d| now >= d) {
                     self.state = State::Failed;
                     self.ping_deadline = None;
-                    return Err(SessionError::Timeout("PINGRESP"));
+                    return Err(Error::Timeout(Timeout::PingResp));
                 }
                 let ping_free = self.ping_deadline.is_none() || self.rx_paused;
                 if ping_free && self.keepalive_due().is_some_and(|d| now >= d) {
@@ -729,24 +712,19 @@ impl Session {
             .sum()
     }
 
-    fn fail_protocol(&mut self, e: codec::Error) -> SessionError {
-        // Garbage instead of a CONNACK is most often another protocol on that port (HTTP, TLS, …).
-        let hint = if self.state == State::Connecting {
-            " (instead of a CONNACK: is this an MQTT port? check the URI's scheme and port)"
-        } else {
-            ""
-        };
-        self.state = State::Failed;
-        self.connack_deadline = None;
-        self.ping_deadline = None;
-        SessionError::Protocol(format!("the broker sent invalid data: {e}{hint}"))
+    fn fail_protocol(&mut self, e: codec::Error) -> Error {
+        let connecting = self.state == State::Connecting;
+        self.fail(Violation::Malformed {
+            cause: e,
+            connecting,
+        })
     }
 
-    fn fail(&mut self, m: String) -> SessionError {
+    fn fail(&mut self, v: Violation) -> Error {
         self.state = State::Failed;
         self.connack_deadline = None;
         self.ping_deadline = None;
-        SessionError::Protocol(m)
+        Error::Protocol(v)
     }
 
     /// Drop the bytes of packets whose events have been polled.
@@ -877,12 +855,7 @@ impl Session {
         }
     }
 
-    fn process(
-        &mut self,
-        start: usize,
-        h: codec::FixedHeader,
-        now: Instant,
-    ) -> Result<(), SessionError> {
+    fn process(&mut self, start: usize, h: codec::FixedHeader, now: Instant) -> Result<(), Error> {
         let rx = std::mem::take(&mut self.rx);
         let body_start = start + h.header_len;
         let r = match codec::decode_body(
@@ -897,12 +870,9 @@ impl Session {
         r
     }
 
-    fn on_packet(&mut self, p: Packet<'_>, base: usize, now: Instant) -> Result<(), SessionError> {
+    fn on_packet(&mut self, p: Packet<'_>, base: usize, now: Instant) -> Result<(), Error> {
         if self.state == State::Connecting && !matches!(p, Packet::ConnAck(_)) {
-            return Err(self.fail(format!(
-                "the broker sent {} before CONNACK (CONNACK must come first: is this an MQTT port?)",
-                p.packet_type()
-            )));
+            return Err(self.fail(Violation::BeforeConnAck(p.packet_type())));
         }
         match p {
             Packet::ConnAck(c) => self.on_connack(c, now)?,
@@ -969,10 +939,11 @@ impl Session {
                     return Ok(());
                 };
                 let ReqKind::Subscribe(_) = self.requests[i].kind else {
-                    return Err(self.fail(format!(
-                        "the broker answered UNSUBSCRIBE {} with SUBACK",
-                        a.pkid
-                    )));
+                    return Err(self.fail(Violation::WrongAck {
+                        request: PacketType::Unsubscribe,
+                        answer: PacketType::SubAck,
+                        pkid: a.pkid,
+                    }));
                 };
                 let r = self.requests.swap_remove(i);
                 self.ids_in_use.remove(r.pkid);
@@ -992,10 +963,11 @@ impl Session {
                     return Ok(());
                 };
                 if self.requests[i].kind != ReqKind::Unsubscribe {
-                    return Err(self.fail(format!(
-                        "the broker answered SUBSCRIBE {} with UNSUBACK",
-                        a.pkid
-                    )));
+                    return Err(self.fail(Violation::WrongAck {
+                        request: PacketType::Subscribe,
+                        answer: PacketType::UnsubAck,
+                        pkid: a.pkid,
+                    }));
                 }
                 let r = self.requests.swap_remove(i);
                 self.ids_in_use.remove(r.pkid);
@@ -1008,13 +980,10 @@ impl Session {
             | Packet::Unsubscribe(_)
             | Packet::PingReq
             | Packet::Disconnect(_) => {
-                return Err(self.fail(format!(
-                    "the broker sent {}, which only a client may send",
-                    p.packet_type()
-                )));
+                return Err(self.fail(Violation::ClientOnly(p.packet_type())));
             }
             Packet::Auth(_) => {
-                return Err(self.fail("the broker sent AUTH, an MQTT 5 packet".to_owned()));
+                return Err(self.fail(Violation::Mqtt5Only(PacketType::Auth)));
             }
         }
         Ok(())
@@ -1033,14 +1002,17 @@ impl Session {
         }
     }
 
-    fn on_connack(&mut self, c: ConnAck, now: Instant) -> Result<(), SessionError> {
+    fn on_connack(&mut self, c: ConnAck, now: Instant) -> Result<(), Error> {
         if self.state != State::Connecting {
-            return Err(self.fail("the broker sent a second CONNACK".to_owned()));
+            return Err(self.fail(Violation::SecondConnAck));
         }
         self.connack_deadline = None;
         if c.code != ConnectReturnCode::Accepted {
             self.state = State::Failed;
-            return Err(SessionError::Refused(c.code));
+            return Err(Error::Refused {
+                code: c.code,
+                reason: None,
+            });
         }
         self.state = State::Connected;
         self.session_present = c.session_present;
@@ -1135,6 +1107,14 @@ fn encode_connect(cfg: &SessionConfig, out: &mut Vec<u8>) -> Result<usize, codec
         properties: Properties::EMPTY,
     };
     Packet::Connect(connect).encode(cfg.protocol, out)
+}
+
+/// A configuration CONNECT cannot carry.
+fn connect_config_error(e: codec::Error) -> ConfigError {
+    ConfigError::invalid(
+        Key::Connect,
+        format!("cannot connect with this configuration: {e}"),
+    )
 }
 
 fn invalid(e: codec::Error) -> SessionError {

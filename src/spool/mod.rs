@@ -98,8 +98,9 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::clock::now_ms;
 use crate::codec::QoS;
 pub use drain::{AckTracker, DrainPlan, DrainScheduler, TokenBucket};
 use format::{Header, HDR};
@@ -581,13 +582,6 @@ impl Cursor {
             return Ok(Step::Record { h, start: s });
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// An open spool. See the module docs.

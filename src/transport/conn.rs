@@ -15,8 +15,9 @@ use mio::{Interest, Registry, Token};
 use rustls::{ClientConnection, ProtocolVersion};
 use rustls_pki_types::ServerName;
 
-use super::tls::{describe, trust_description, ErrCtx};
-use super::{Endpoint, TlsInfo, TlsOptions, TransportError};
+use super::tls::{tls_failure, trust_description, ErrCtx};
+use super::{Endpoint, TlsInfo, TlsOptions};
+use crate::error::{Attempt, ConfigError, Doing, Error, Key, Op, Peer, TlsError};
 
 /// Upper bound on the plaintext one [`Conn::read`] call appends; a caller on edge-triggered readiness calls
 /// `read` again until it returns `Ok(0)`.
@@ -111,8 +112,8 @@ pub struct Conn {
     tls_queued: usize,
     closed: bool,
     registration: Option<(Registry, Token)>,
-    /// Earlier connect failures, for the message when every address fails.
-    failures: Vec<String>,
+    /// Earlier connect failures, for the error when every address fails.
+    failures: Vec<Attempt>,
     stats: IoStats,
 }
 
@@ -120,16 +121,10 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-fn connect_failure(addr: SocketAddr, e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => format!(
-            "{addr} refused the connection ({e}): is the broker running and listening on port {}?",
-            addr.port()
-        ),
-        io::ErrorKind::TimedOut => {
-            format!("{addr} did not answer ({e}): check the address and firewalls")
-        }
-        _ => format!("cannot connect to {addr}: {e}"),
+fn attempt(addr: SocketAddr, e: io::Error) -> Attempt {
+    Attempt {
+        addr,
+        cause: e.into(),
     }
 }
 
@@ -142,15 +137,12 @@ impl Conn {
     pub fn connect(
         ep: &Endpoint,
         tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
-    ) -> Result<Conn, TransportError> {
+    ) -> Result<Conn, Error> {
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
-            .map_err(|e| {
-                let m = format!(
-                    "cannot resolve the broker host '{}': {e}: check the host name and this machine's DNS",
-                    ep.host
-                );
-                TransportError::Io(e, m)
+            .map_err(|e| Error::Dns {
+                host: ep.host.clone(),
+                cause: Some(e.into()),
             })?
             .collect();
         Conn::connect_addrs(&addrs, &ep.host, tls)
@@ -163,19 +155,28 @@ impl Conn {
         addrs: &[SocketAddr],
         host: &str,
         tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
-    ) -> Result<Conn, TransportError> {
+    ) -> Result<Conn, Error> {
         let (tls, server_name, client_cert, trust) = match tls {
             None => (None, host.to_string(), false, String::new()),
             Some((cfg, opts)) => {
                 let name = opts.server_name.clone().unwrap_or_else(|| host.to_string());
                 let sn = ServerName::try_from(name.clone()).map_err(|_| {
-                    TransportError::Config(format!(
-                        "'{name}' is not a valid TLS server name: give a DNS name or an IP address"
-                    ))
+                    ConfigError::invalid(
+                        Key::ServerName,
+                        format!(
+                            "'{name}' is not a valid TLS server name: give a DNS name or an IP address"
+                        ),
+                    )
                 })?;
                 let c = ClientConnection::new(cfg, sn).map_err(|e| {
-                    let m = format!("cannot start TLS with {name}: {e}");
-                    TransportError::Tls(e, m)
+                    Error::Tls(Box::new(TlsError {
+                        server_name: name.clone(),
+                        cause: e,
+                        client_cert: opts.cert_file.is_some(),
+                        trust: String::new(),
+                        self_signed: false,
+                        setup: true,
+                    }))
                 })?;
                 let trust = if opts.verify_certificate {
                     trust_description(opts)
@@ -186,7 +187,6 @@ impl Conn {
             }
         };
         let mut failures = Vec::new();
-        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
         for (i, &addr) in addrs.iter().enumerate() {
             match TcpStream::connect(addr) {
                 Ok(sock) => {
@@ -213,17 +213,21 @@ impl Conn {
                 }
                 Err(e) => {
                     log::debug!("connect to {addr} failed at once: {e}");
-                    failures.push(connect_failure(addr, &e));
-                    last_err = e;
+                    failures.push(attempt(addr, e));
                 }
             }
         }
-        let msg = if failures.is_empty() {
-            format!("the broker host '{host}' resolves to no address: check the host name")
+        Err(if failures.is_empty() {
+            Error::Dns {
+                host: host.to_string(),
+                cause: None,
+            }
         } else {
-            format!("cannot connect to {host}: {}", failures.join("; "))
-        };
-        Err(TransportError::Io(last_err, msg))
+            Error::Tcp {
+                host: host.to_string(),
+                attempts: failures,
+            }
+        })
     }
 
     /// Register the socket with `registry` for READABLE | WRITABLE under `token`. When a connect attempt
@@ -273,7 +277,7 @@ impl Conn {
 
     /// Has the TCP connect completed? Detects a failed connect and moves to the next address if possible
     /// (`Ok(false)`: still connecting).
-    fn poll_connect(&mut self) -> Result<bool, TransportError> {
+    fn poll_connect(&mut self) -> Result<bool, Error> {
         if self.tcp_up.get() {
             return Ok(true);
         }
@@ -294,65 +298,61 @@ impl Conn {
 
     /// The current connect attempt failed with `e`: start the next address (when registered through
     /// [`Conn::register`]) or report every failure.
-    fn fail_over(&mut self, e: io::Error) -> Result<(), TransportError> {
-        self.failures.push(connect_failure(self.addr, &e));
+    fn fail_over(&mut self, e: io::Error) -> Result<(), Error> {
+        log::debug!("connect to {} failed: {e}", self.addr);
+        self.failures.push(attempt(self.addr, e));
         if let Some((reg, token)) = &self.registration {
             while self.next < self.addrs.len() {
                 let addr = self.addrs[self.next];
                 self.next += 1;
                 match TcpStream::connect(addr) {
                     Ok(mut s) => {
-                        log::info!("connect to {} failed ({e}); trying {addr}", self.addr);
+                        log::info!("connect to {} failed; trying {addr}", self.addr);
                         let _ = reg.deregister(&mut self.sock);
                         reg.register(&mut s, *token, Interest::READABLE | Interest::WRITABLE)
-                            .map_err(|e| {
-                                let m = format!(
-                                    "cannot register the socket for {addr} with the poller: {e}"
-                                );
-                                TransportError::Io(e, m)
+                            .map_err(|e| Error::System {
+                                doing: Doing::RegisterSocket(addr),
+                                cause: e.into(),
                             })?;
                         let _ = s.set_nodelay(true);
                         self.sock = s;
                         self.addr = addr;
                         return Ok(());
                     }
-                    Err(e2) => self.failures.push(connect_failure(addr, &e2)),
+                    Err(e2) => self.failures.push(attempt(addr, e2)),
                 }
             }
         }
-        Err(TransportError::Io(
-            e,
-            format!(
-                "cannot connect to {}: {}",
-                self.server_name,
-                self.failures.join("; ")
-            ),
-        ))
+        Err(Error::Tcp {
+            host: self.server_name.clone(),
+            attempts: std::mem::take(&mut self.failures),
+        })
     }
 
-    fn io_error(&self, e: io::Error, doing: &str) -> TransportError {
-        if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
-            let m = format!(
-                "{doing} the connection to {} ({}) failed during the TLS handshake ({e}): is this port a TLS \
-                 listener, and does it accept this client (certificate, TLS version)? The broker's log says why",
-                self.server_name, self.addr
-            );
-            return TransportError::Io(e, m);
+    fn peer_of(&self) -> Peer {
+        Peer {
+            host: self.server_name.clone(),
+            addr: self.addr,
         }
-        let m = match e.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => format!(
-                "the connection to {} ({}) was reset while {doing}: {e}",
-                self.server_name, self.addr
-            ),
-            _ => format!(
-                "{doing} the connection to {} ({}) failed: {e}",
-                self.server_name, self.addr
-            ),
-        };
-        TransportError::Io(e, m)
     }
 
-    fn tls_error(&mut self, e: rustls::Error) -> TransportError {
+    fn io_error(&self, e: io::Error, op: Op) -> Error {
+        Error::Io {
+            peer: self.peer_of(),
+            op,
+            cause: e.into(),
+            handshake: self.tls.as_ref().is_some_and(|t| t.is_handshaking()),
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed {
+            peer: self.peer_of(),
+            handshake: false,
+        }
+    }
+
+    fn tls_error(&mut self, e: rustls::Error) -> Error {
         // Send the alert rustls queued, if the socket takes it; the error is what matters.
         if let Some(t) = self.tls.as_mut() {
             let _ = t.write_tls(&mut Counted {
@@ -360,7 +360,7 @@ impl Conn {
                 stats: &mut self.stats,
             });
         }
-        describe(
+        tls_failure(
             e,
             &ErrCtx {
                 server_name: &self.server_name,
@@ -371,14 +371,14 @@ impl Conn {
     }
 
     /// Read whatever is available; append plaintext to `out`. `Ok(0)` with nothing more: would block.
-    /// `Err(TransportError::Closed)` on EOF (or a TLS close_notify), after any data before it was returned.
+    /// `Err(Error::Closed)` on EOF (or a TLS close_notify), after any data before it was returned.
     ///
     /// Reads until the socket would block, but appends at most [`MAX_READ_PER_CALL`] bytes per call: with
     /// edge-triggered readiness, call again until `Ok(0)`. For TLS, also sends what the handshake needs and,
     /// once it completes, the plaintext queued before it.
-    pub fn read(&mut self, out: &mut Vec<u8>) -> Result<usize, TransportError> {
+    pub fn read(&mut self, out: &mut Vec<u8>) -> Result<usize, Error> {
         if self.closed {
-            return Err(TransportError::Closed);
+            return Err(self.closed_error());
         }
         if !self.poll_connect()? {
             return Ok(0);
@@ -396,12 +396,12 @@ impl Conn {
         }
         let got = out.len() - start;
         if got == 0 && self.closed {
-            return Err(TransportError::Closed);
+            return Err(self.closed_error());
         }
         Ok(got)
     }
 
-    fn read_tcp(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), TransportError> {
+    fn read_tcp(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
         while out.len() - start < MAX_READ_PER_CALL {
             let at = out.len();
             out.resize(at + READ_CHUNK, 0);
@@ -423,7 +423,7 @@ impl Conn {
                         break;
                     }
                     if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(self.io_error(e, "reading from"));
+                        return Err(self.io_error(e, Op::Read));
                     }
                 }
             }
@@ -431,7 +431,7 @@ impl Conn {
         Ok(())
     }
 
-    fn read_tls(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), TransportError> {
+    fn read_tls(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
         while out.len() - start < MAX_READ_PER_CALL {
             let Some(tls) = self.tls.as_mut() else {
                 return Ok(());
@@ -447,7 +447,7 @@ impl Conn {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_error(e, "reading from")),
+                Err(e) => return Err(self.io_error(e, Op::Read)),
             }
             let st = match tls.process_new_packets() {
                 Ok(st) => st,
@@ -459,24 +459,15 @@ impl Conn {
                 out.resize(at + n, 0);
                 if let Err(e) = tls.reader().read_exact(&mut out[at..]) {
                     out.truncate(at);
-                    return Err(self.io_error(e, "decrypting data from"));
+                    return Err(self.io_error(e, Op::Decrypt));
                 }
             }
             if st.peer_has_closed() || eof {
                 if eof && tls.is_handshaking() {
-                    let m = format!(
-                        "the broker {} ({}) closed the connection during the TLS handshake: is this port a TLS \
-                         listener, and does it accept this client (certificate, TLS version)? The broker's log \
-                         says why",
-                        self.server_name, self.addr
-                    );
-                    return Err(TransportError::Io(
-                        io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "EOF during the TLS handshake",
-                        ),
-                        m,
-                    ));
+                    return Err(Error::Closed {
+                        peer: self.peer_of(),
+                        handshake: true,
+                    });
                 }
                 self.closed = true;
                 break;
@@ -488,9 +479,9 @@ impl Conn {
     /// Queue plaintext for sending (encrypted into TLS records for TLS). Does not block.
     ///
     /// Copies into a buffer that keeps its capacity; nothing is encrypted or sent until [`Conn::flush`].
-    pub fn write(&mut self, data: &[u8]) -> Result<(), TransportError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         if self.closed {
-            return Err(TransportError::Closed);
+            return Err(self.closed_error());
         }
         self.out.extend_from_slice(data);
         Ok(())
@@ -498,9 +489,9 @@ impl Conn {
 
     /// Like [`Conn::write`] but takes the bytes out of `data` (leaving it empty): when nothing is queued the
     /// two buffers are swapped instead of copied.
-    pub fn write_owned(&mut self, data: &mut Vec<u8>) -> Result<(), TransportError> {
+    pub fn write_owned(&mut self, data: &mut Vec<u8>) -> Result<(), Error> {
         if self.closed {
-            return Err(TransportError::Closed);
+            return Err(self.closed_error());
         }
         if self.out_pos == self.out.len() {
             self.out.clear();
@@ -533,9 +524,9 @@ impl Conn {
     /// Also `Ok(false)` while the TCP connect is in progress. For TLS, plaintext queued before the handshake
     /// completes stays queued (`Ok(true)` once the handshake messages are out; [`Conn::pending`] still counts
     /// it) and goes out from the `read`/`flush` after the handshake completes.
-    pub fn flush(&mut self) -> Result<bool, TransportError> {
+    pub fn flush(&mut self) -> Result<bool, Error> {
         if self.closed {
-            return Err(TransportError::Closed);
+            return Err(self.closed_error());
         }
         if !self.poll_connect()? {
             return Ok(false);
@@ -550,7 +541,7 @@ impl Conn {
                 match r {
                     Ok(0) => {
                         let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
-                        return Err(self.io_error(e, "writing to"));
+                        return Err(self.io_error(e, Op::Write));
                     }
                     Ok(n) => self.out_pos += n,
                     Err(e) if would_block(&e) => {
@@ -558,7 +549,7 @@ impl Conn {
                         return Ok(false);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.io_error(e, "writing to")),
+                    Err(e) => return Err(self.io_error(e, Op::Write)),
                 }
             }
             self.compact();
@@ -578,7 +569,7 @@ impl Conn {
                         self.out_pos += n;
                         self.tls_queued += n;
                     }
-                    Err(e) => return Err(self.io_error(e, "encrypting data for")),
+                    Err(e) => return Err(self.io_error(e, Op::Encrypt)),
                 }
             }
             if tls.wants_write() {
@@ -592,7 +583,7 @@ impl Conn {
                         return Ok(false);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.io_error(e, "writing to")),
+                    Err(e) => return Err(self.io_error(e, Op::Write)),
                 }
             } else {
                 self.tls_queued = 0;

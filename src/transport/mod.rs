@@ -10,8 +10,14 @@
 //!   `ClientConnection`. [`Conn::write`] only queues plaintext in a buffer that is reused; [`Conn::flush`]
 //!   encrypts everything queued in as few TLS records as possible (up to 16 KiB each) and writes them with
 //!   vectored writes, so many small MQTT packets between two flushes cost few records and few syscalls.
-//! - Errors ([`TransportError`]) name the cause and the option to change: an unknown CA, an expired
-//!   certificate, a host name the certificate does not cover, a broker that wants a client certificate.
+//! - Failures are typed values: a bad URI or TLS option is a [`ConfigError`] naming the setting; a failed
+//!   connection is an [`Error`](crate::Error) (DNS, TCP attempts, I/O, TLS with rustls' cause, closed),
+//!   worded in [`crate::error`]: each names the cause and the option to change.
+//!
+//! The hops a connection can also go through, each sans-I/O (request bytes out, the peer's answer in,
+//! typed errors): [`proxy`] (HTTP `CONNECT`, KX's proxy options and environment), [`ws`] (the WebSocket
+//! upgrade and RFC 6455 framing, in place in the caller's buffers); [`keys`] reads PEM private keys,
+//! encrypted ones included.
 //!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
@@ -25,12 +31,18 @@
 //!    also sends what the handshake needs);
 //! 4. once [`Conn::is_established`], write MQTT bytes with [`Conn::write`] (queues only) and push them with
 //!    [`Conn::flush`] (`Ok(false)`: wait for WRITABLE); bound your own queue with [`Conn::pending`];
-//! 5. [`Conn::close`] to end politely. Errors carry messages meant for the user as they are.
+//! 5. [`Conn::close`] to end politely.
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::error::{ConfigError, Key};
+
 mod conn;
+mod http;
+pub mod keys;
+pub mod proxy;
 mod tls;
+pub mod ws;
 
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
@@ -68,10 +80,10 @@ impl Endpoint {
     /// Parse `scheme://host[:port]` (IPv6 literals as `[::1]`). Errors name what is wrong.
     ///
     /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) and paths are not.
-    pub fn parse(uri: &str) -> Result<Endpoint, TransportError> {
+    pub fn parse(uri: &str) -> Result<Endpoint, ConfigError> {
         let uri = uri.trim();
         let Some((scheme, rest)) = uri.split_once("://") else {
-            return Err(TransportError::Uri(format!(
+            return Err(ConfigError::invalid(Key::UriScheme, format!(
                 "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
                  with scheme {ACCEPTED_SCHEMES}"
             )));
@@ -80,12 +92,14 @@ impl Endpoint {
             "tcp" | "mqtt" => Scheme::Tcp,
             "ssl" | "mqtts" => Scheme::Tls,
             other => {
-                return Err(TransportError::Uri(format!(
+                return Err(ConfigError::invalid(Key::UriScheme, format!(
                     "Invalid protocol scheme '{other}://' in broker URI '{uri}': use {ACCEPTED_SCHEMES}"
                 )))
             }
         };
-        let bad = |what: String| TransportError::Uri(format!("invalid broker URI '{uri}': {what}"));
+        let bad = |what: String| {
+            ConfigError::invalid(Key::Uri, format!("invalid broker URI '{uri}': {what}"))
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('/') || authority.contains('?') || authority.contains('#') {
             return Err(bad(
@@ -220,43 +234,6 @@ impl Default for TlsOptions {
             cipher_suites: Vec::new(),
             verify_certificate: true,
             verify_hostname: true,
-        }
-    }
-}
-
-/// What went wrong, in words that say what to change.
-#[derive(Debug)]
-pub enum TransportError {
-    /// The URI is malformed or has an unknown scheme.
-    Uri(String),
-    /// A TLS option or file is wrong (message names the file / option).
-    Config(String),
-    /// Name resolution, connect, read or write failed. The message names the address and includes the
-    /// system's error.
-    Io(std::io::Error, String),
-    /// The TLS handshake or a TLS record failed; the message names the reason (unknown issuer, expired,
-    /// hostname mismatch, …) and the option to fix.
-    Tls(rustls::Error, String),
-    /// The peer closed the connection.
-    Closed,
-}
-
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransportError::Uri(m) | TransportError::Config(m) => f.write_str(m),
-            TransportError::Io(_, m) | TransportError::Tls(_, m) => f.write_str(m),
-            TransportError::Closed => f.write_str("the broker closed the connection"),
-        }
-    }
-}
-
-impl std::error::Error for TransportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TransportError::Io(e, _) => Some(e),
-            TransportError::Tls(e, _) => Some(e),
-            _ => None,
         }
     }
 }

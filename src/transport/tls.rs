@@ -1,5 +1,5 @@
-//! TLS configuration (rustls 0.23, ring provider) and the translation of TLS failures into messages that
-//! name the cause and the option to change.
+//! TLS configuration (rustls 0.23, ring provider), and TLS failures as [`Error::Tls`] values carrying what
+//! their message needs (the name checked, the trusted CAs, a self-signed certificate).
 //!
 //! The server certificate is checked by [`Verifier`], a thin wrapper around rustls' `WebPkiServerVerifier`:
 //! in full mode it only remembers, for the error message, whether a refused certificate is self-signed;
@@ -14,21 +14,17 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme, SupportedCipherSuite,
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    SupportedCipherSuite,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use super::{TlsOptions, TlsVersion, TransportError};
+use super::{TlsOptions, TlsVersion};
+use crate::error::{ConfigError, Error, Fault, Key, TlsError};
 
-/// What to tell the user for the client-certificate options (q: `keyStore`/`privateKey`; CLI: `--cert`/`--key`).
-const CLIENT_CERT_OPTS: &str = "keyStore/privateKey (--cert/--key)";
 /// The CA options (q: `trustStore`/`CApath`; CLI: `--cafile`/`--capath`).
 const CA_OPTS: &str = "trustStore/--cafile (or CApath/--capath)";
-/// The fix for an unknown issuer.
-const CA_TO_SIGNER: &str =
-    "trustStore/--cafile to the CA that signed it (or CApath/--capath to a directory holding it)";
 
 /// OpenSSL's names for the TLS 1.2 suites rustls implements, so that `enabledCipherSuites` written for
 /// paho/OpenSSL keeps working. TLS 1.3 suites have the same IANA name in OpenSSL.
@@ -97,7 +93,7 @@ pub fn supported_cipher_suites() -> Vec<&'static str> {
 fn select_suites(
     all: &[SupportedCipherSuite],
     wanted: &[String],
-) -> Result<Vec<SupportedCipherSuite>, TransportError> {
+) -> Result<Vec<SupportedCipherSuite>, ConfigError> {
     let mut out = Vec::new();
     for w in wanted {
         let w = w.trim();
@@ -114,16 +110,20 @@ fn select_suites(
                 }
             }
             None => {
-                return Err(TransportError::Config(format!(
-                    "unknown cipher suite '{w}' in enabledCipherSuites: supported are {}",
-                    all.iter().map(suite_name).collect::<Vec<_>>().join(", ")
-                )))
+                return Err(ConfigError::invalid(
+                    Key::CipherSuites,
+                    format!(
+                        "unknown cipher suite '{w}' in enabledCipherSuites: supported are {}",
+                        all.iter().map(suite_name).collect::<Vec<_>>().join(", ")
+                    ),
+                ))
             }
         }
     }
     if out.is_empty() {
-        return Err(TransportError::Config(
-            "enabledCipherSuites names no cipher suite: leave it empty for all suites".into(),
+        return Err(ConfigError::invalid(
+            Key::CipherSuites,
+            "enabledCipherSuites names no cipher suite: leave it empty for all suites",
         ));
     }
     Ok(out)
@@ -133,7 +133,7 @@ fn select_suites(
 ///
 /// Reads the CA file / directory and the client certificate and key now, so that a wrong path or file is
 /// reported when the connection is configured, not at each reconnect.
-pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError> {
+pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ConfigError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if !opts.cipher_suites.is_empty() {
         provider.cipher_suites = select_suites(&provider.cipher_suites, &opts.cipher_suites)?;
@@ -146,14 +146,17 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| {
-            TransportError::Config(format!(
-                "the TLS settings cannot work together ({e}): the cipher suites in enabledCipherSuites must \
-                 include one for TLS {} or later",
-                match opts.min_version {
-                    TlsVersion::Tls12 => "1.2",
-                    TlsVersion::Tls13 => "1.3",
-                }
-            ))
+            ConfigError::invalid(
+                Key::CipherSuites,
+                format!(
+                    "the TLS settings cannot work together ({e}): the cipher suites in enabledCipherSuites \
+                     must include one for TLS {} or later",
+                    match opts.min_version {
+                        TlsVersion::Tls12 => "1.2",
+                        TlsVersion::Tls13 => "1.3",
+                    }
+                ),
+            )
         })?;
 
     let inner = if opts.verify_certificate {
@@ -161,9 +164,10 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError
         let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| {
-                TransportError::Config(format!(
-                    "cannot build the certificate verifier: {e}: check {CA_OPTS}"
-                ))
+                ConfigError::invalid(
+                    Key::CaFile,
+                    format!("cannot build the certificate verifier: {e}: check {CA_OPTS}"),
+                )
             })?;
         if !opts.verify_hostname {
             log::warn!(
@@ -191,61 +195,78 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TransportError
     let mut config = match (&opts.cert_file, &opts.key_file) {
         (None, None) => builder.with_no_client_auth(),
         (Some(c), Some(k)) => {
-            let chain = load_certs(c, "client certificate (keyStore, --cert)")?;
+            let chain = load_certs(c, Key::ClientCert, "client certificate (keyStore, --cert)")?;
             let key = load_key(k)?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 let why = match e {
                     rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate",
                     _ => "check that the certificate is an X.509 v3 certificate and the key belongs to it",
                 };
-                TransportError::Config(format!(
-                    "the client certificate '{}' and key '{}' cannot be used ({e}): {why}",
-                    c.display(),
-                    k.display()
-                ))
+                ConfigError::invalid(
+                    Key::ClientCert,
+                    format!(
+                        "the client certificate '{}' and key '{}' cannot be used ({e}): {why}",
+                        c.display(),
+                        k.display()
+                    ),
+                )
             })?
         }
         (Some(c), None) => {
-            return Err(TransportError::Config(format!(
-                "a client certificate ('{}') needs its private key: set privateKey (--key)",
-                c.display()
-            )))
+            return Err(ConfigError::new(
+                Key::PrivateKey,
+                Fault::Missing,
+                format!(
+                    "a client certificate ('{}') needs its private key: set privateKey (--key)",
+                    c.display()
+                ),
+            ))
         }
         (None, Some(k)) => {
-            return Err(TransportError::Config(format!(
-                "a private key ('{}') needs its client certificate: set keyStore (--cert)",
-                k.display()
-            )))
+            return Err(ConfigError::new(
+                Key::ClientCert,
+                Fault::Missing,
+                format!(
+                    "a private key ('{}') needs its client certificate: set keyStore (--cert)",
+                    k.display()
+                ),
+            ))
         }
     };
     config.alpn_protocols = opts.alpn.clone();
     Ok(Arc::new(config))
 }
 
-fn load_roots(opts: &TlsOptions) -> Result<RootCertStore, TransportError> {
+fn load_roots(opts: &TlsOptions) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore::empty();
     if opts.ca_file.is_none() && opts.ca_dir.is_none() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         return Ok(roots);
     }
     if let Some(f) = &opts.ca_file {
-        let certs = load_certs(f, "CA file (trustStore, --cafile)")?;
+        let certs = load_certs(f, Key::CaFile, "CA file (trustStore, --cafile)")?;
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(TransportError::Config(format!(
-                "the CA file (trustStore, --cafile) '{}' holds no certificate usable as a CA: give the PEM \
-                 certificate of the CA that signed the broker's certificate",
-                f.display()
-            )));
+            return Err(ConfigError::invalid(
+                Key::CaFile,
+                format!(
+                    "the CA file (trustStore, --cafile) '{}' holds no certificate usable as a CA: give the \
+                     PEM certificate of the CA that signed the broker's certificate",
+                    f.display()
+                ),
+            ));
         }
     }
     if let Some(d) = &opts.ca_dir {
         let added = load_ca_dir(&mut roots, d)?;
         if added == 0 {
-            return Err(TransportError::Config(format!(
-                "no PEM CA certificate found in the CA directory (CApath, --capath) '{}'",
-                d.display()
-            )));
+            return Err(ConfigError::invalid(
+                Key::CaDir,
+                format!(
+                    "no PEM CA certificate found in the CA directory (CApath, --capath) '{}'",
+                    d.display()
+                ),
+            ));
         }
     }
     Ok(roots)
@@ -253,12 +274,15 @@ fn load_roots(opts: &TlsOptions) -> Result<RootCertStore, TransportError> {
 
 /// Add every PEM certificate of every readable file in `dir` (including OpenSSL hash links); returns how
 /// many were added. Unreadable files are skipped with a warning, files without certificates silently.
-fn load_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<usize, TransportError> {
+fn load_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<usize, ConfigError> {
     let rd = std::fs::read_dir(dir).map_err(|e| {
-        TransportError::Config(format!(
-            "cannot read the CA directory (CApath, --capath) '{}': {e}",
-            dir.display()
-        ))
+        ConfigError::invalid(
+            Key::CaDir,
+            format!(
+                "cannot read the CA directory (CApath, --capath) '{}': {e}",
+                dir.display()
+            ),
+        )
     })?;
     let mut paths: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
@@ -288,20 +312,24 @@ fn load_ca_dir(roots: &mut RootCertStore, dir: &Path) -> Result<usize, Transport
     Ok(added)
 }
 
-fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        TransportError::Config(format!("cannot read the {what} '{}': {e}", path.display()))
-    })?;
+fn load_certs(
+    path: &Path,
+    key: Key,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let bad = |m: String| ConfigError::invalid(key, m);
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(format!("cannot read the {what} '{}': {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            TransportError::Config(format!(
+            bad(format!(
                 "the {what} '{}' is not valid PEM ({e}): give PEM certificates (-----BEGIN CERTIFICATE-----)",
                 path.display()
             ))
         })?;
     if certs.is_empty() {
-        return Err(TransportError::Config(format!(
+        return Err(bad(format!(
             "no certificate in the {what} '{}': expected PEM (-----BEGIN CERTIFICATE-----); convert DER with \
              `openssl x509 -inform der -in FILE -out FILE.pem`",
             path.display()
@@ -310,27 +338,29 @@ fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, T
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TransportError> {
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let what = "private key file (privateKey, --key)";
-    let bytes = std::fs::read(path).map_err(|e| {
-        TransportError::Config(format!("cannot read the {what} '{}': {e}", path.display()))
-    })?;
+    let bad = |m: String| ConfigError::invalid(Key::PrivateKey, m);
+    let bytes = std::fs::read(path)
+        .map_err(|e| bad(format!("cannot read the {what} '{}': {e}", path.display())))?;
     warn_if_loose(path);
     match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(k) => Ok(k),
-        Err(_) if bytes.windows(9).any(|w| w == b"ENCRYPTED") => {
-            Err(TransportError::Config(format!(
+        Err(_) if bytes.windows(9).any(|w| w == b"ENCRYPTED") => Err(ConfigError::new(
+            Key::PrivateKeyPassword,
+            Fault::Unsupported,
+            format!(
                 "the {what} '{}' is encrypted, and password-protected keys are not supported: write an \
                  unencrypted copy readable only by this user (`openssl pkey -in KEY -out KEY.plain`)",
                 path.display()
-            )))
-        }
-        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(TransportError::Config(format!(
+            ),
+        )),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(bad(format!(
             "no private key in the {what} '{}': expected PEM with a PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 \
              (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key",
             path.display()
         ))),
-        Err(e) => Err(TransportError::Config(format!(
+        Err(e) => Err(bad(format!(
             "the {what} '{}' is not valid PEM ({e}): expected a PKCS#8, PKCS#1 or SEC1 PEM key",
             path.display()
         ))),
@@ -476,29 +506,6 @@ fn is_self_issued(cert: &[u8]) -> bool {
     matches!(names(cert), Some((i, s)) if i == s)
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (proleptic Gregorian calendar).
-pub(crate) fn fmt_time(t: UnixTime) -> String {
-    let secs = t.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (the well-known era-based conversion).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 /// What the error mapping needs to know about the connection.
 pub(crate) struct ErrCtx<'a> {
     /// The name the certificate was checked against (SNI / server name or the URI's host).
@@ -524,192 +531,21 @@ pub(crate) fn trust_description(opts: &TlsOptions) -> String {
     }
 }
 
-/// `DnsName("a.example")` / `IpAddress(127.0.0.1)` (how webpki presents names) → `a.example` / `127.0.0.1`.
-fn plain_name(p: &str) -> &str {
-    p.strip_prefix("DnsName(\"")
-        .and_then(|r| r.strip_suffix("\")"))
-        .or_else(|| {
-            p.strip_prefix("IpAddress(")
-                .and_then(|r| r.strip_suffix(')'))
-        })
-        .unwrap_or(p)
-}
-
-/// Turn a rustls error into [`TransportError::Tls`] with a message naming the cause and the fix.
-pub(crate) fn describe(e: rustls::Error, cx: &ErrCtx<'_>) -> TransportError {
-    let host = cx.server_name;
-    let self_signed = LAST_SELF_SIGNED.with(|c| c.replace(false));
-    let msg = match &e {
-        rustls::Error::InvalidCertificate(ce) => match ce {
-            CertificateError::UnknownIssuer => {
-                if self_signed {
-                    format!(
-                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
-                         set {CA_TO_SIGNER}. It is self-signed (trusted now: {}); only for testing, \
-                         certificate verification can be turned off (enableServerCertAuth=0)",
-                        cx.trust
-                    )
-                } else {
-                    format!(
-                        "TLS handshake with {host} failed: server certificate is not signed by a trusted CA: \
-                         set {CA_TO_SIGNER} (trusted now: {})",
-                        cx.trust
-                    )
-                }
-            }
-            CertificateError::Expired => format!(
-                "TLS handshake with {host} failed: server certificate has expired: renew the broker's \
-                 certificate, or check this machine's clock"
-            ),
-            CertificateError::ExpiredContext { time, not_after } => format!(
-                "TLS handshake with {host} failed: server certificate has expired (valid until {}, this \
-                 machine's clock says {}): renew the broker's certificate, or check this machine's clock",
-                fmt_time(*not_after),
-                fmt_time(*time)
-            ),
-            CertificateError::NotValidYet => format!(
-                "TLS handshake with {host} failed: server certificate is not valid yet: check this machine's \
-                 clock (set it with NTP), or the certificate's start date"
-            ),
-            CertificateError::NotValidYetContext { time, not_before } => format!(
-                "TLS handshake with {host} failed: server certificate is not valid yet (valid from {}, this \
-                 machine's clock says {}): check this machine's clock (set it with NTP), or the \
-                 certificate's start date",
-                fmt_time(*not_before),
-                fmt_time(*time)
-            ),
-            CertificateError::NotValidForName => format!(
-                "TLS handshake with {host} failed: server certificate is not valid for host name '{host}': \
-                 connect by a name in the certificate, or set the TLS server name (SNI) to one"
-            ),
-            CertificateError::NotValidForNameContext { presented, .. } => format!(
-                "TLS handshake with {host} failed: server certificate is not valid for host name '{host}' \
-                 (it names {}): connect by a name in the certificate, or set the TLS server name (SNI) to \
-                 one",
-                if presented.is_empty() {
-                    "no host".to_string()
-                } else {
-                    presented
-                        .iter()
-                        .map(|p| plain_name(p))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            ),
-            CertificateError::Revoked => format!(
-                "TLS handshake with {host} failed: server certificate has been revoked: the broker needs a \
-                 new certificate"
-            ),
-            CertificateError::BadSignature => format!(
-                "TLS handshake with {host} failed: server certificate's signature does not verify: the \
-                 certificate is corrupt or not issued by the CA it names"
-            ),
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!(
-                "TLS handshake with {host} failed: server certificate is not meant for TLS servers (extended \
-                 key usage): the broker needs a server certificate"
-            ),
-            other => format!(
-                "TLS handshake with {host} failed: server certificate refused ({other:?}): check the \
-                 broker's certificate and {CA_OPTS}"
-            ),
-        },
-        rustls::Error::AlertReceived(a) => alert_message(*a, cx),
-        rustls::Error::PeerIncompatible(p) => format!(
-            "TLS handshake with {host} failed: no TLS version or cipher suite in common with the broker \
-             ({p:?}): check sslVersion and enabledCipherSuites"
-        ),
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
-            "TLS with {host} failed: the broker sent something that is not TLS ({e}): is this port a TLS \
-             listener? Use tcp:// for plain MQTT ports (usually 1883), ssl:// for TLS (usually 8883)"
-        ),
-        rustls::Error::NoCertificatesPresented => {
-            format!("TLS handshake with {host} failed: the broker sent no certificate")
-        }
-        _ => format!("TLS with {host} failed: {e}"),
-    };
-    TransportError::Tls(e, msg)
-}
-
-fn alert_message(a: AlertDescription, cx: &ErrCtx<'_>) -> String {
-    let host = cx.server_name;
-    let name = format!("{a:?}");
-    use AlertDescription as A;
-    match a {
-        A::CertificateRequired if !cx.client_cert => format!(
-            "TLS with {host} failed: the broker requires a client certificate (alert {name}): set \
-             {CLIENT_CERT_OPTS}"
-        ),
-        A::CertificateRequired
-        | A::BadCertificate
-        | A::UnsupportedCertificate
-        | A::CertificateRevoked
-        | A::CertificateExpired
-        | A::CertificateUnknown
-        | A::UnknownCA
-        | A::AccessDenied
-        | A::DecryptError => {
-            if cx.client_cert {
-                format!(
-                    "TLS with {host} failed: the broker refused the client certificate (alert {name}): check \
-                     that {CLIENT_CERT_OPTS} hold a valid certificate signed by a CA the broker trusts, and \
-                     its matching key"
-                )
-            } else {
-                format!(
-                    "TLS with {host} failed: the broker requires a client certificate (alert {name}): set \
-                     {CLIENT_CERT_OPTS}"
-                )
-            }
-        }
-        A::HandshakeFailure if !cx.client_cert => format!(
-            "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may require \
-             a client certificate: set {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher suite with \
-             this client: check sslVersion and enabledCipherSuites"
-        ),
-        A::HandshakeFailure => format!(
-            "TLS handshake with {host} failed: the broker refused the handshake (alert {name}): it may have \
-             refused the client certificate: check {CLIENT_CERT_OPTS}; or it shares no TLS version / cipher \
-             suite with this client: check sslVersion and enabledCipherSuites"
-        ),
-        A::ProtocolVersion | A::InsufficientSecurity => format!(
-            "TLS handshake with {host} failed: no TLS version or cipher suite in common with the broker (alert \
-             {name}): check sslVersion and enabledCipherSuites"
-        ),
-        A::NoApplicationProtocol => format!(
-            "TLS handshake with {host} failed: the broker accepts none of the ALPN protocols offered (alert \
-             {name}): check the ALPN option"
-        ),
-        A::UnrecognisedName => format!(
-            "TLS handshake with {host} failed: the broker does not know the server name '{host}' (alert \
-             {name}): set the TLS server name (SNI) to one it serves"
-        ),
-        _ => format!("TLS with {host} failed: the broker sent alert {name}"),
-    }
+/// A rustls error of this connection as [`Error::Tls`].
+pub(crate) fn tls_failure(e: rustls::Error, cx: &ErrCtx<'_>) -> Error {
+    Error::Tls(Box::new(TlsError {
+        server_name: cx.server_name.to_string(),
+        cause: e,
+        client_cert: cx.client_cert,
+        trust: cx.trust.to_string(),
+        self_signed: LAST_SELF_SIGNED.with(|c| c.replace(false)),
+        setup: false,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(
-            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::ZERO)),
-            "1970-01-01 00:00:00 UTC"
-        );
-        assert_eq!(
-            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-                1_609_459_200
-            ))),
-            "2021-01-01 00:00:00 UTC"
-        );
-        assert_eq!(
-            fmt_time(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-                951_827_696
-            ))),
-            "2000-02-29 12:34:56 UTC"
-        );
-    }
 
     #[test]
     fn suite_names() {

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod alloc;
+pub mod fake;
 pub mod proxy;
 
 use rcgen::{
@@ -56,6 +57,51 @@ pub fn slowdown() -> u32 {
 /// A time bound made for native speed, scaled by [`slowdown`].
 pub fn slow(d: Duration) -> Duration {
     d * slowdown()
+}
+
+/// Run `qmqtt ARGS` with `input` on stdin, collecting its output; kill it and fail the test when it runs
+/// longer than `limit`.
+pub fn qmqtt_run(args: &[&str], input: &[u8], limit: Duration) -> std::process::Output {
+    use std::io::{Read, Write};
+    let mut child = qmqtt_cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qmqtt");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let ro = read_all(Box::new(child.stdout.take().unwrap()));
+    let re = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("qmqtt {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    w.join().unwrap();
+    std::process::Output {
+        status,
+        stdout: ro.join().unwrap(),
+        stderr: re.join().unwrap(),
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

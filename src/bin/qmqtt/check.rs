@@ -6,12 +6,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
-use qmqtt::session::{Event as SessionEvent, Session, SessionConfig, SessionError};
-use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo, TransportError};
+use qmqtt::error::{ConfigError, Error};
+use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
+use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
 use crate::der;
-use crate::util::hint;
+use crate::util::{config_hint, hint};
 
 pub const HELP: &str = "\
 qmqtt check: connect to a broker and report TCP, TLS (version, cipher suite, certificate chain with
@@ -55,10 +56,41 @@ fn parse(argv: Vec<OsString>) -> Result<Option<CheckOpts>, UsageError> {
     Ok(Some(o))
 }
 
-/// One failed step: what, and the advice.
+/// One failed step and why.
 struct Failure {
     step: &'static str,
-    what: String,
+    why: Why,
+}
+
+enum Why {
+    Config(ConfigError),
+    Failed(Error),
+    /// This command's own finding (no answer in time, the poller).
+    Other(String),
+}
+
+impl Failure {
+    fn what(&self) -> String {
+        match &self.why {
+            Why::Config(c) => c.to_string(),
+            // The CLI's words for a close: what it most often means, in this command's flags.
+            Why::Failed(Error::Closed {
+                handshake: false, ..
+            }) => "the broker closed the connection (during the TLS handshake this often means it \
+                   requires a client certificate: --cert/--key; on a plain port: wrong port or protocol)"
+                .into(),
+            Why::Failed(e) => e.to_string(),
+            Why::Other(m) => m.clone(),
+        }
+    }
+
+    fn hint(&self) -> &'static str {
+        match &self.why {
+            Why::Config(c) => config_hint(c),
+            Why::Failed(e) => hint(e),
+            Why::Other(_) => "",
+        }
+    }
 }
 
 pub fn run(argv: Vec<OsString>) -> i32 {
@@ -75,8 +107,8 @@ pub fn run(argv: Vec<OsString>) -> i32 {
             0
         }
         Err(f) => {
-            outln!("FAILED at {}: {}", f.step, f.what);
-            let h = hint(&f.what);
+            outln!("FAILED at {}: {}", f.step, f.what());
+            let h = f.hint();
             if !h.is_empty() {
                 outln!("  what to do: {h}");
             }
@@ -86,24 +118,39 @@ pub fn run(argv: Vec<OsString>) -> i32 {
 }
 
 fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
-    let fail = |step: &'static str| move |what: String| Failure { step, what };
-    let ep = Endpoint::parse(uri).map_err(|e| fail("address")(transport_text(&e)))?;
+    let fail = |step: &'static str| {
+        move |e: Error| Failure {
+            step,
+            why: Why::Failed(e),
+        }
+    };
+    let config = |step: &'static str| {
+        move |c: ConfigError| Failure {
+            step,
+            why: Why::Config(c),
+        }
+    };
+    let other = |step: &'static str| {
+        move |m: String| Failure {
+            step,
+            why: Why::Other(m),
+        }
+    };
+    let ep = Endpoint::parse(uri).map_err(config("address"))?;
     let tls_opts = o.conn.tls_options();
     let tls = if o.conn.tls() {
-        let cfg =
-            tls_config(&tls_opts).map_err(|e| fail("TLS configuration")(transport_text(&e)))?;
-        Some(cfg)
+        Some(tls_config(&tls_opts).map_err(config("TLS configuration"))?)
     } else {
         None
     };
     let deadline = Instant::now() + o.timeout;
     let started = Instant::now();
-    let mut conn = Conn::connect(&ep, tls.clone().map(|c| (c, &tls_opts)))
-        .map_err(|e| fail("TCP connect")(transport_text(&e)))?;
-    let mut poll = Poll::new().map_err(|e| fail("setup")(format!("mio poll: {e}")))?;
+    let mut conn =
+        Conn::connect(&ep, tls.clone().map(|c| (c, &tls_opts))).map_err(fail("TCP connect"))?;
+    let mut poll = Poll::new().map_err(|e| other("setup")(format!("mio poll: {e}")))?;
     // Through the Conn, so that a fallback to the next resolved address is registered too.
     conn.register(poll.registry(), Token(0))
-        .map_err(|e| fail("setup")(format!("registering the socket: {e}")))?;
+        .map_err(|e| other("setup")(format!("registering the socket: {e}")))?;
     let mut events = Events::with_capacity(8);
 
     let protocol = o.conn.protocol.unwrap_or(Protocol::V311);
@@ -141,7 +188,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             let s = step(established);
             return Err(Failure {
                 step: s,
-                what: format!(
+                why: Why::Other(format!(
                     "no answer within {:?} ({}): is {}:{} the broker's {} port?",
                     o.timeout,
                     if established {
@@ -152,7 +199,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                     ep.host,
                     ep.port,
                     if tls.is_some() { "TLS" } else { "plain MQTT" }
-                ),
+                )),
             });
         }
         let wait = deadline
@@ -160,13 +207,12 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             .min(Duration::from_millis(50));
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(fail("setup")(format!("poll: {e}")));
+                return Err(other("setup")(format!("poll: {e}")));
             }
         }
         // Push and pull until nothing moves (mio is edge-triggered). A read error is reported after the
         // bytes before it were given to the session: a refusing broker sends CONNACK, then closes.
-        conn.flush()
-            .map_err(|e| fail(step(established))(transport_text(&e)))?;
+        conn.flush().map_err(fail(step(established)))?;
         let mut read_err = None;
         loop {
             match conn.read(&mut inbuf) {
@@ -202,18 +248,18 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         }
         if !established {
             if let Some(e) = read_err {
-                return Err(fail(step(established))(transport_text(&e)));
+                return Err(fail(step(established))(e));
             }
             continue;
         }
         if !inbuf.is_empty() {
             let r = session.handle_read(&inbuf, Instant::now());
             inbuf.clear();
-            r.map_err(|e| fail("MQTT CONNECT")(session_text(&e)))?;
+            r.map_err(fail("MQTT CONNECT"))?;
         }
         session
             .handle_timeout(Instant::now())
-            .map_err(|e| fail("MQTT CONNECT")(session_text(&e)))?;
+            .map_err(fail("MQTT CONNECT"))?;
         while let Some(ev) = session.poll_event() {
             if let SessionEvent::Connected { session_present } = ev {
                 outln!(
@@ -235,14 +281,12 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             }
         }
         if let Some(e) = read_err {
-            return Err(fail("MQTT CONNECT")(transport_text(&e)));
+            return Err(fail("MQTT CONNECT")(e));
         }
         outbuf.clear();
         if session.poll_transmit(&mut outbuf) > 0 || !outbuf.is_empty() {
-            conn.write(&outbuf)
-                .map_err(|e| fail("MQTT CONNECT")(transport_text(&e)))?;
-            conn.flush()
-                .map_err(|e| fail("MQTT CONNECT")(transport_text(&e)))?;
+            conn.write(&outbuf).map_err(fail("MQTT CONNECT"))?;
+            conn.flush().map_err(fail("MQTT CONNECT"))?;
         }
     }
 }
@@ -294,38 +338,6 @@ fn pretty_version(v: &str) -> String {
         "13" => "TLSv1.3".into(),
         "12" => "TLSv1.2".into(),
         _ => v.to_string(),
-    }
-}
-
-/// The transport's own words (they say what to change in option terms; the hint adds our flags).
-fn transport_text(e: &TransportError) -> String {
-    match e {
-        TransportError::Uri(m) | TransportError::Config(m) => m.clone(),
-        TransportError::Io(err, m) => {
-            if m.is_empty() {
-                err.to_string()
-            } else {
-                format!("{m} ({err})")
-            }
-        }
-        TransportError::Tls(err, m) => {
-            if m.is_empty() {
-                err.to_string()
-            } else {
-                format!("{m} ({err:?})")
-            }
-        }
-        TransportError::Closed => "the broker closed the connection (during the TLS handshake this often \
-            means it requires a client certificate: --cert/--key; on a plain port: wrong port or protocol)"
-            .into(),
-    }
-}
-
-fn session_text(e: &SessionError) -> String {
-    match e {
-        SessionError::Refused(code) => format!("the broker refused the connection: {code:?}"),
-        SessionError::Protocol(m) => format!("not MQTT from the broker: {m}"),
-        other => other.to_string(),
     }
 }
 

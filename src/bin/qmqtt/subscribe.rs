@@ -141,7 +141,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         if let Err(e) = client.subscribe(t, o.qos) {
             errln!(
                 "qmqtt sub: cannot subscribe to '{t}': {}",
-                crate::util::with_hint(format!("{e}"))
+                crate::util::with_hint(e.to_string(), crate::util::client_hint(&e))
             );
             client.disconnect(Duration::ZERO);
             return 1;

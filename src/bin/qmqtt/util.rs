@@ -1,10 +1,12 @@
-//! Small pieces shared by the subcommands: waiting on file descriptors with `poll(2)`, turning engine error
-//! text into advice about *this command's* flags, and the stderr logger behind `-d`.
+//! Small pieces shared by the subcommands: waiting on file descriptors with `poll(2)`, advice in *this
+//! command's* flags for each kind of failure, and the stderr logger behind `-d`.
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use qmqtt::client::ClientError;
+use qmqtt::codec::ConnectReturnCode;
+use qmqtt::error::{Attempts, ConfigError, Error, Key, TlsError};
 
 /// Wait until one of `fds` is readable or `timeout` passes (`None`: no limit). Returns which are readable
 /// (hang-up and errors count as readable, so that the next read reports them). EINTR returns early.
@@ -123,70 +125,106 @@ pub fn left(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
-/// Advice in terms of this command's flags for an engine or transport error text (empty when nothing
-/// specific applies). Matching is on a normalised form (lower case, no spaces or punctuation), so both
-/// rustls' `UnknownIssuer` and prose like "unknown issuer" are recognised.
-pub fn hint(msg: &str) -> &'static str {
-    let n: String = msg
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let has = |k: &str| n.contains(k);
-    if has("unknownissuer") || has("unknownca") || has("notsignedbyatrusted") {
-        "unknown issuer: the broker's certificate is not signed by a CA this client trusts; pass the CA \
-         certificate that signed it with --cafile FILE (or --capath DIR)"
-    } else if has("notvalidforname") || has("hostname") || has("namemismatch") {
-        "the broker's certificate is not for this host name: connect with a name the certificate lists (-h), \
-         or set --sni NAME, or skip the host name check with --insecure"
-    } else if has("notvalidyet") {
-        "the broker's certificate is not valid yet: check the clock on this machine and on the broker"
-    } else if has("expired") {
-        "the broker's certificate has expired: renew it on the broker (or check this machine's clock)"
-    } else if has("certificaterequired") || has("badcertificate") || has("handshakefailure") {
-        "the broker rejected the TLS handshake, most often because it requires a client certificate: pass \
-         --cert FILE --key FILE (signed by a CA the broker trusts)"
-    } else if has("corruptmessage")
-        || has("invalidcontenttype")
-        || has("notls")
-        || has("wrongversion")
-    {
-        "the port did not speak TLS: is it the broker's plain MQTT port? drop the TLS flags or use its TLS \
-         port (often 8883)"
-    } else if has("notauthori")
-        || has("badusernameorpassword")
-        || has("badusername")
-        || has("password")
-    {
-        "the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)"
-    } else if has("identifierrejected") || has("clientid") {
-        "the broker rejected the client id: choose another with -i ID"
-    } else if has("connectionrefused") {
-        "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) and that the broker runs"
-    } else if has("unacceptableprotocol") {
-        "the broker does not speak MQTT 3.1.1"
-    } else {
-        ""
+const HINT_UNKNOWN_ISSUER: &str =
+    "unknown issuer: the broker's certificate is not signed by a CA this \
+    client trusts; pass the CA certificate that signed it with --cafile FILE (or --capath DIR)";
+const HINT_NAME: &str =
+    "the broker's certificate is not for this host name: connect with a name the \
+    certificate lists (-h), or set --sni NAME, or skip the host name check with --insecure";
+const HINT_NOT_YET: &str =
+    "the broker's certificate is not valid yet: check the clock on this machine and on the broker";
+const HINT_EXPIRED: &str =
+    "the broker's certificate has expired: renew it on the broker (or check this machine's clock)";
+const HINT_CLIENT_CERT: &str =
+    "the broker rejected the TLS handshake, most often because it requires a \
+    client certificate: pass --cert FILE --key FILE (signed by a CA the broker trusts)";
+const HINT_NOT_TLS: &str =
+    "the port did not speak TLS: is it the broker's plain MQTT port? drop the TLS \
+    flags or use its TLS port (often 8883)";
+const HINT_CREDENTIALS: &str =
+    "the broker refused the credentials: check -u USER and -P PASS (and the broker's ACL)";
+const HINT_CLIENT_ID: &str = "the broker rejected the client id: choose another with -i ID";
+const HINT_NOTHING_THERE: &str =
+    "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) \
+    and that the broker runs";
+
+/// Advice in terms of this command's flags for a connection failure (empty when nothing specific applies).
+pub fn hint(e: &Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    match e {
+        Error::Config(c) => config_hint(c),
+        Error::Tcp { attempts, .. }
+            if attempts
+                .iter()
+                .any(|a| a.cause.kind() == std::io::ErrorKind::ConnectionRefused) =>
+        {
+            HINT_NOTHING_THERE
+        }
+        Error::Tls(t) if !t.setup => match &t.cause {
+            R::InvalidCertificate(C::UnknownIssuer) => HINT_UNKNOWN_ISSUER,
+            R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                HINT_NAME
+            }
+            R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => HINT_NOT_YET,
+            R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => HINT_EXPIRED,
+            R::AlertReceived(a) if TlsError::is_client_cert_alert(*a) => HINT_CLIENT_CERT,
+            R::AlertReceived(A::HandshakeFailure) => HINT_CLIENT_CERT,
+            R::InvalidMessage(_) | R::InappropriateMessage { .. } => HINT_NOT_TLS,
+            _ => "",
+        },
+        Error::Refused { code, .. } => match code {
+            ConnectReturnCode::BadUsernameOrPassword | ConnectReturnCode::NotAuthorized => {
+                HINT_CREDENTIALS
+            }
+            ConnectReturnCode::IdentifierRejected => HINT_CLIENT_ID,
+            ConnectReturnCode::UnacceptableProtocolVersion => {
+                "the broker does not speak MQTT 3.1.1"
+            }
+            _ => "",
+        },
+        _ => "",
+    }
+}
+
+/// Advice for a configuration error.
+pub fn config_hint(c: &ConfigError) -> &'static str {
+    match c.key {
+        Key::ClientId => HINT_CLIENT_ID,
+        Key::Password => HINT_CREDENTIALS,
+        _ => "",
     }
 }
 
 /// A connect failure as one or two lines: what happened, then the advice.
 pub fn describe_connect_error(uri: &str, e: &ClientError) -> String {
-    let what = match e {
-        ClientError::Config(m) => format!("bad configuration: {m}"),
-        ClientError::Connect(m) => format!("cannot connect to {uri}: {m}"),
+    match e {
+        ClientError::Config(c) => with_hint(format!("bad configuration: {c}"), config_hint(c)),
+        // The attempts name each address; "cannot connect to" is said once, with the URI.
+        ClientError::Connect(e @ Error::Tcp { attempts, .. }) => with_hint(
+            format!("cannot connect to {uri}: {}", Attempts(attempts)),
+            hint(e),
+        ),
+        ClientError::Connect(e) => with_hint(format!("cannot connect to {uri}: {e}"), hint(e)),
         ClientError::NotConnected => format!("not connected to {uri}"),
         ClientError::Timeout => format!(
             "no answer (CONNACK) from {uri} in time: is the broker up, and is this its MQTT port \
              (TLS or plain as the flags say)?"
         ),
-    };
-    with_hint(what)
+    }
 }
 
-/// `what`, followed by the hint for it on its own line when there is one.
-pub fn with_hint(what: String) -> String {
-    match hint(&what) {
+/// Advice for any client error.
+pub fn client_hint(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Config(c) => config_hint(c),
+        ClientError::Connect(e) => hint(e),
+        ClientError::NotConnected | ClientError::Timeout => "",
+    }
+}
+
+/// `what`, followed by `hint` on its own line when there is one.
+pub fn with_hint(what: String, hint: &str) -> String {
+    match hint {
         "" => what,
         h => format!("{what}\n  hint: {h}"),
     }
@@ -251,11 +289,12 @@ mod tests {
 
     #[test]
     fn hints_name_flags() {
-        assert!(hint("invalid peer certificate: UnknownIssuer").contains("--cafile"));
-        assert!(hint("TLS: unknown issuer (set ca_file)").contains("unknown issuer"));
-        assert!(hint("InvalidCertificate(NotValidForName)").contains("--insecure"));
-        assert!(hint("refused: NotAuthorized").contains("-u USER"));
-        assert!(hint("received fatal alert: CertificateRequired").contains("--cert"));
-        assert_eq!(hint("all good"), "");
+        let refused = |code| Error::Refused { code, reason: None };
+        assert!(hint(&refused(ConnectReturnCode::NotAuthorized)).contains("-u USER"));
+        assert!(hint(&refused(ConnectReturnCode::IdentifierRejected)).contains("-i ID"));
+        assert_eq!(hint(&refused(ConnectReturnCode::Other(9))), "");
+        // A URI typo is not a TLS problem.
+        let typo = qmqtt::transport::Endpoint::parse("mqtt://bad host").unwrap_err();
+        assert_eq!(config_hint(&typo), "");
     }
 }
