@@ -80,7 +80,7 @@ use crate::codec::{Protocol, QoS};
 use crate::error::{ConfigError, Doing, Error, Fault, Key};
 use crate::session::{SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::transport::{Endpoint, Scheme, TlsOptions};
+use crate::transport::{Endpoint, TlsOptions};
 
 mod events;
 mod io;
@@ -571,9 +571,10 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
         }
     }
     let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
-    let tls = match ep.scheme {
-        Scheme::Tls => Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?),
-        Scheme::Tcp => None,
+    let tls = if ep.scheme.tls() {
+        Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
+    } else {
+        None
     };
     Ok((ep, tls))
 }
