@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod alloc;
 pub mod fake;
+pub mod hops;
 pub mod proxy;
 
 use rcgen::{
