@@ -350,7 +350,9 @@ impl EventQueue {
         };
         let scratch = &mut *guard;
         scratch.bytes.clear();
-        scratch.lost.clear();
+        if !scratch.lost.is_empty() {
+            scratch.lost.clear();
+        }
         let mut n = 0;
         {
             let mut g = self.lock();
@@ -366,7 +368,9 @@ impl EventQueue {
             if n > 0 {
                 g.ring.copy_front(bytes, &mut scratch.bytes);
                 g.ring.consume(bytes, n);
-                scratch.lost.extend(g.lost.drain(..lost));
+                if lost > 0 {
+                    scratch.lost.extend(g.lost.drain(..lost));
+                }
             }
             if g.ring.is_empty() {
                 self.signal.clear();

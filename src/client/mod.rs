@@ -67,11 +67,13 @@
 //!   `spool_refused`, `spool_disk_full`, `spool_bytes_written`, `last_spool_error`.
 //!
 //! Pieces: `ring` (the byte FIFO both queues use), `queue` (the publish queue and its full policies),
-//! `events` (the event queue and its descriptor), `io` (the I/O thread: connect, batch, reconnect, spool).
+//! `events` (the event queue and its descriptor), `shared` (what the owner and the I/O thread share: queues,
+//! commands, counters), `io/` (the I/O thread: the poll loop in `io/mod.rs`, `link` connect/loss/backoff,
+//! `rx` receiving with backpressure, `tx` sending, `spool` the disk spool's side, `timer` its deadlines).
 use std::fmt;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -80,12 +82,15 @@ use crate::codec::{Protocol, QoS};
 use crate::error::{ConfigError, Doing, Error, Fault, Key};
 use crate::session::{SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::transport::{Endpoint, Scheme, TlsOptions};
+use crate::transport::{Endpoint, TlsOptions};
 
 mod events;
 mod io;
 mod queue;
 mod ring;
+mod shared;
+
+use shared::{lock, Cmd, Counters, Shared};
 
 /// What happens when the publish queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -362,83 +367,6 @@ pub struct Stats {
     pub last_spool_error: Option<String>,
 }
 
-/// The counters behind [`Stats`]: atomics, readable without any lock.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub queued: AtomicU64,
-    pub queued_bytes: AtomicU64,
-    pub inflight: AtomicU64,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub dropped_oldest: AtomicU64,
-    pub dropped_newest: AtomicU64,
-    pub refused_full: AtomicU64,
-    pub dropped_incoming: AtomicU64,
-    pub rx_paused: AtomicU64,
-    pub rx_paused_ns: AtomicU64,
-    pub rx_paused_now: AtomicBool,
-    pub received: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub connected: AtomicBool,
-    pub wakeups: AtomicU64,
-    pub socket_writes: AtomicU64,
-    pub spooled: AtomicU64,
-    pub spooled_bytes: AtomicU64,
-    /// Wall-clock append time (ms since the epoch) of the oldest spooled message; 0: none.
-    pub spool_oldest_ms: AtomicU64,
-    pub spilled: AtomicU64,
-    pub spool_dropped_oldest: AtomicU64,
-    pub spool_refused: AtomicU64,
-    pub spool_disk_full: AtomicU64,
-    pub spool_bytes_written: AtomicU64,
-    pub spool_delivered_previous: AtomicU64,
-}
-
-/// A command for the I/O thread (rare: subscriptions and the stop).
-pub(crate) enum Cmd {
-    Subscribe(String, QoS),
-    Unsubscribe(String),
-    /// Drain until this instant at the latest, then send DISCONNECT and exit.
-    Stop(Instant),
-}
-
-/// What the owner's threads and the I/O thread share.
-pub(crate) struct Shared {
-    pub pubq: Mutex<queue::PubQueue>,
-    pub waker: mio::Waker,
-    pub cmds: Mutex<Vec<Cmd>>,
-    pub events: events::EventQueue,
-    pub ctr: Counters,
-    pub last_error: Mutex<Option<Error>>,
-    pub last_spool_error: Mutex<Option<String>>,
-    /// The outcome of the first connection attempt (for `wait_connected`), set once.
-    pub first: Mutex<Option<Result<(), Error>>>,
-    pub first_cv: Condvar,
-    /// The I/O thread stopped feeding the session because the event queue had no room for the
-    /// acknowledgements; the next `poll_events` that frees room wakes it.
-    pub io_wants_room: AtomicBool,
-    /// Set when the I/O thread has finished (even by a panic).
-    pub exited: Mutex<bool>,
-    pub exited_cv: Condvar,
-}
-
-/// Lock, ignoring poisoning: every structure behind these locks stays consistent between statements.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    pub(crate) fn set_first(&self, r: Result<(), Error>) {
-        let mut f = lock(&self.first);
-        if f.is_none() {
-            *f = Some(r);
-            self.first_cv.notify_all();
-        }
-    }
-}
-
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
 const STOP_GRACE: Duration = Duration::from_millis(500);
 /// With a spool the I/O thread writes what is still in memory to disk when it stops (bounded by
@@ -571,9 +499,10 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
         }
     }
     let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
-    let tls = match ep.scheme {
-        Scheme::Tls => Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?),
-        Scheme::Tcp => None,
+    let tls = if ep.scheme.tls() {
+        Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
+    } else {
+        None
     };
     Ok((ep, tls))
 }
@@ -640,10 +569,6 @@ impl Client {
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
-        let mut spool = spool;
-        if let Some(sp) = spool.as_mut() {
-            io::store_spool_stats(&sh.ctr, sp);
-        }
         let keep_alive = cfg.keep_alive;
         let response_timeout = if keep_alive.is_zero() {
             cfg.connect_timeout
@@ -674,14 +599,9 @@ impl Client {
             qos0_events: cfg.qos0_delivery_events,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
-            spool,
         };
         crate::session::Session::check_config(&params.session).map_err(ClientError::Config)?;
-        let sh2 = sh.clone();
-        let thread = std::thread::Builder::new()
-            .name("qmqtt-io".into())
-            .spawn(move || io::run(sh2, poll, params))
-            .map_err(sys(Doing::StartThread))?;
+        let thread = io::start(sh.clone(), poll, params, spool).map_err(sys(Doing::StartThread))?;
         Ok(Client {
             sh,
             thread: Some(thread),

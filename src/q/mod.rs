@@ -35,6 +35,8 @@ use crate::client::{Client, ClientError, Event, PublishError};
 use crate::codec::{ConnectReturnCode, QoS};
 use crate::error::{ConfigError, Error, Fault, Key, Timeout, TlsError};
 use crate::session::Token;
+use crate::transport::proxy::ProxyError;
+use crate::transport::ws::WsError;
 
 /// Most events handed to q per wake-up of the event fd (q's loop calls again while more are waiting).
 const EVENT_BATCH: usize = 1024;
@@ -138,6 +140,20 @@ fn connect_error(e: &Error) -> QErr {
             ConnectReturnCode::Accepted | ConnectReturnCode::Other(_) => c"conn refused",
         },
         Error::Tls(t) => tls_error(t),
+        Error::Proxy(p) => match p {
+            ProxyError::AuthRequired { sent: false, .. } => c"proxy: authentication required",
+            ProxyError::AuthRequired { sent: true, .. } => c"proxy: authentication failed",
+            ProxyError::Refused { .. } => c"proxy: connect refused",
+            ProxyError::NotHttp { .. } | ProxyError::Closed { .. } => c"proxy: not an HTTP proxy",
+            ProxyError::Dns { .. } | ProxyError::Tcp { .. } => c"proxy: unreachable",
+            ProxyError::Url { .. } => c"httpProxy invalid",
+        },
+        Error::WebSocket(w) => match w {
+            WsError::Refused { .. } => c"websocket: upgrade refused",
+            WsError::NotWebSocket { .. } => c"websocket: not a WebSocket listener",
+            WsError::Protocol(_) => c"websocket: protocol error",
+            WsError::Random | WsError::Closed(_) => c"Failure",
+        },
         Error::Io {
             handshake: true, ..
         }
@@ -205,14 +221,25 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::UriScheme, _) => c"Invalid protocol scheme",
         (Key::Uri, _) => c"addr invalid",
         (Key::CipherSuites, _) => c"enabledCipherSuites invalid",
-        (Key::PrivateKeyPassword, _) => c"privateKeyPassword unsupported (decrypt the key)",
+        (Key::PrivateKeyPassword, Fault::Missing) => {
+            c"privateKeyPassword missing (the key is encrypted)"
+        }
+        (Key::PrivateKeyPassword, Fault::Unsupported) => {
+            c"privateKeyPassword unsupported (decrypt the key)"
+        }
+        (Key::PrivateKeyPassword, _) => {
+            c"privateKeyPassword: wrong password or not an encrypted key"
+        }
         (Key::PrivateKey, Fault::Missing) => c"privateKey missing",
+        (Key::PrivateKey, Fault::Unsupported) => c"privateKey: unsupported encryption",
         (Key::PrivateKey, _) => c"privateKey invalid",
         (Key::ClientCert, Fault::Missing) => c"keyStore missing",
         (Key::ClientCert, _) => c"keyStore invalid",
         (Key::CaDir, _) => c"CApath invalid",
         (Key::CaFile, _) => c"trustStore invalid",
         (Key::ServerName, _) => c"sni invalid",
+        (Key::HttpProxy, _) => c"httpProxy invalid",
+        (Key::HttpsProxy, _) => c"httpsProxy invalid",
         (Key::ClientId, _) => c"client invalid",
         (Key::KeepAlive, _) => c"keepAliveInterval invalid",
         (Key::Will, _) => c"lastWillTopic invalid",

@@ -203,7 +203,13 @@ def test_configuration_errors_found_by_the_engine(q, broker, tmp_path):
     enc.chmod(0o600)
     cert = {S("keyStore"): S(c.client_cert)}
     assert conn_error(q, tls, {**cert, S("privateKey"): S(str(enc))}) \
-        == "privateKeyPassword unsupported (decrypt the key)"
+        == "privateKeyPassword missing (the key is encrypted)"
+    # A key really encrypted (by openssl), with a wrong password.
+    real = tmp_path / "real-enc.key"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", c.client_key, "-out", str(real),
+                    "-passout", "pass:right"], check=True, capture_output=True)
+    assert conn_error(q, tls, {**cert, S("privateKey"): S(str(real)), S("privateKeyPassword"): S("wrong")}) \
+        == "privateKeyPassword: wrong password or not an encrypted key"
     assert conn_error(q, tls, {**cert, S("privateKey"): S(c.ca)}) == "privateKey invalid"
     assert conn_error(q, tls, {**cert, S("privateKey"): S(c.server_key)}) == "keyStore invalid"
     assert conn_error(q, tls, {S("privateKey"): S(c.client_key)}) == "keyStore missing"

@@ -1,0 +1,292 @@
+//! The connection's life: connect, the CONNACK, loss, reconnect with exponential backoff and jitter, and the
+//! stop (DISCONNECT pushed out until the stop deadline); commands that wait for a connection.
+//!
+//! A lost connection (transport error, protocol error, refusal, timeout) is reported once per loss as
+//! `ConnectionLost` (and for the very first attempt); with `reconnect` the next attempt is scheduled and
+//! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
+//! messages and resends them on the next connection.
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::timer::Timer;
+use super::{Io, SOCK};
+use crate::client::events::Control;
+use crate::client::shared::{lock, Cmd, Shared};
+use crate::clock::later;
+use crate::error::{Doing, Error, Timeout};
+use crate::session::SessionError;
+use crate::transport::Conn;
+
+/// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one that died sooner
+/// (a broker that accepts and drops at once) keeps the backoff growing. Short enough that a flaky link
+/// which carries traffic between cuts reconnects at once each time.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Where the connection is.
+pub(super) struct Link {
+    pub conn: Option<Conn>,
+    /// `session.handle_connected` was called for the current transport connection.
+    pub attached: bool,
+    /// CONNACK accepted on the current connection.
+    pub up: bool,
+    ever_up: bool,
+    /// Failed attempts (and short-lived connections) since the last connection that stayed up for
+    /// `STABLE_CONNECTION`: the exponent of the reconnect backoff.
+    attempt: u32,
+    /// When the current connection's CONNACK came.
+    up_since: Option<Instant>,
+    /// Jitter (xorshift64).
+    rng: u64,
+    /// Lost without reconnect: nothing more to do.
+    pub dead: bool,
+    /// Socket writes of earlier connections.
+    pub writes_base: u64,
+}
+
+impl Link {
+    pub fn new(sh: &Arc<Shared>) -> Link {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Link {
+            conn: None,
+            attached: false,
+            up: false,
+            ever_up: false,
+            attempt: 0,
+            up_since: None,
+            rng: (t ^ ((std::process::id() as u64) << 32) ^ (Arc::as_ptr(sh) as u64)) | 1,
+            dead: false,
+            writes_base: 0,
+        }
+    }
+
+    /// backoff_min · 2^(attempt−1), capped at backoff_max, then a random point in its upper half.
+    fn backoff(&mut self, min: Duration, max: Duration) -> Duration {
+        let shift = self.attempt.saturating_sub(1).min(30);
+        let base = min.checked_mul(1u32 << shift).unwrap_or(max).min(max);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = base / 2;
+        let nanos = half.as_nanos() as u64;
+        let jitter = if nanos == 0 {
+            0
+        } else {
+            self.rng % (nanos + 1)
+        };
+        half + Duration::from_nanos(jitter)
+    }
+
+    /// Bytes the transport holds unsent (0 without a connection).
+    pub fn pending(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.pending())
+    }
+}
+
+impl Io {
+    pub(super) fn take_commands(&mut self, now: Instant) {
+        let cmds = std::mem::take(&mut *lock(&self.sh.cmds));
+        for c in cmds {
+            match c {
+                Cmd::Stop(at) => self.timers.set_earliest(Timer::Stop, at),
+                c => self.pending.push_back(c),
+            }
+        }
+        if self.link.up {
+            self.run_pending(now);
+        }
+    }
+
+    fn run_pending(&mut self, now: Instant) {
+        while let Some(c) = self.pending.pop_front() {
+            let r = match &c {
+                Cmd::Subscribe(f, q) => self.session.subscribe(f, *q, now),
+                Cmd::Unsubscribe(f) => self.session.unsubscribe(f, now),
+                Cmd::Stop(_) => Ok(()),
+            };
+            match r {
+                Ok(()) => {}
+                Err(SessionError::NotReady(why)) => {
+                    log::debug!("qmqtt: command deferred: {why}");
+                    self.pending.push_front(c);
+                    break;
+                }
+                Err(e) => log::error!("qmqtt: subscription command refused: {e}"),
+            }
+        }
+    }
+
+    pub(super) fn start_connect(&mut self, now: Instant) {
+        log::info!(
+            "qmqtt: connecting to {}:{} (attempt {})",
+            self.p.ep.host,
+            self.p.ep.port,
+            self.link.attempt + 1
+        );
+        let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
+        match Conn::connect(&self.p.ep, tls) {
+            Ok(mut c) => {
+                if let Err(e) = c.register(self.poll.registry(), SOCK) {
+                    let e = Error::System {
+                        doing: Doing::WatchSocket,
+                        cause: e.into(),
+                    };
+                    self.lost(now, e);
+                    return;
+                }
+                self.link.conn = Some(c);
+                self.timers
+                    .set(Timer::Connect, later(now, self.p.connect_timeout));
+                // A loopback connect may already be complete.
+                self.on_socket(now);
+            }
+            Err(e) => self.lost(now, e),
+        }
+    }
+
+    pub(super) fn connect_timed_out(&mut self, now: Instant) {
+        let e = Error::Timeout(Timeout::Connect {
+            host: self.p.ep.host.clone(),
+            port: self.p.ep.port,
+            limit: self.p.connect_timeout,
+        });
+        self.lost(now, e);
+    }
+
+    /// The transport is established: the session sends CONNECT.
+    pub(super) fn attach(&mut self, now: Instant) {
+        self.link.attached = true;
+        self.session.handle_connected(now);
+    }
+
+    /// CONNACK accepted.
+    pub(super) fn on_connected(&mut self, now: Instant, session_present: bool) {
+        // State first, so that whoever sees the event also sees it in `is_connected`/`stats`.
+        self.link.up = true;
+        self.timers.stop(Timer::Connect);
+        if self.link.ever_up {
+            self.sh.ctr.reconnects.fetch_add(1, Relaxed);
+        }
+        self.link.ever_up = true;
+        // The backoff starts again only once this connection has proved stable (see `lost`): a broker that
+        // accepts and then drops us at once must not be retried in a hot loop.
+        self.link.up_since = Some(now);
+        self.sh.ctr.connected.store(true, Relaxed);
+        self.sh.set_first(Ok(()));
+        self.sh
+            .events
+            .push_control(Control::Connected { session_present });
+    }
+
+    /// After the session's events of a CONNACK were forwarded.
+    pub(super) fn after_connected(&mut self, now: Instant) {
+        log::info!("qmqtt: connected to {}:{}", self.p.ep.host, self.p.ep.port);
+        self.run_pending(now);
+    }
+
+    /// The connection is gone (or never came): report, reset, schedule the next attempt.
+    pub(super) fn lost(&mut self, now: Instant, cause: Error) {
+        let l = &mut self.link;
+        if let Some(mut c) = l.conn.take() {
+            l.writes_base += c.io_stats().socket_writes;
+            let _ = c.deregister();
+        }
+        if l.attached {
+            self.session.handle_disconnected();
+            l.attached = false;
+        }
+        let was_up = std::mem::replace(&mut l.up, false);
+        if let Some(t) = l.up_since.take() {
+            if now.saturating_duration_since(t) >= STABLE_CONNECTION {
+                l.attempt = 0;
+            }
+        }
+        self.timers.stop(Timer::Connect);
+        self.rx.reset(now, &self.sh);
+        self.sh.ctr.connected.store(false, Relaxed);
+        self.tx.stalled = false;
+        if was_up {
+            // The owner reports it (its ConnectionLost event): the log says it only in detail.
+            log::info!("qmqtt: connection lost: {cause}");
+        } else {
+            log::error!("qmqtt: connect failed: {cause}");
+        }
+        *lock(&self.sh.last_error) = Some(cause.clone());
+        self.sh.set_first(Err(cause.clone()));
+        // Reported once per loss (and for the very first attempt), not for every failed reconnect attempt:
+        // those show as `Reconnecting` and in `last_error` (KX calls `disconn` once per lost connection).
+        let l = &mut self.link;
+        if was_up || !l.ever_up && l.attempt == 0 {
+            self.sh
+                .events
+                .push_control(Control::ConnectionLost { cause: &cause });
+        }
+        // With a spool, what is left goes there when the thread finishes.
+        let nothing_left = self.sp.is_some()
+            || !self.tx.staged.left()
+                && self.session.inflight() == 0
+                && lock(&self.sh.pubq).is_empty();
+        if self.timers.is_set(Timer::Stop) && nothing_left {
+            // Stopping anyway; no point reconnecting.
+            self.link.dead = true;
+            return;
+        }
+        if self.p.reconnect {
+            let l = &mut self.link;
+            l.attempt = l.attempt.saturating_add(1);
+            let delay = l.backoff(self.p.backoff_min, self.p.backoff_max);
+            let attempt = l.attempt;
+            self.timers.set(Timer::Reconnect, later(now, delay));
+            log::info!("qmqtt: reconnecting in {delay:?} (attempt {attempt})");
+            self.sh
+                .events
+                .push_control(Control::Reconnecting { delay, attempt });
+        } else {
+            lock(&self.sh.pubq).closed = true;
+            self.link.dead = true;
+        }
+    }
+
+    /// Send DISCONNECT if connected, push it out (waiting for the socket at most until the stop deadline),
+    /// close; with a spool, what is still in memory goes to it.
+    pub(super) fn finish(&mut self) {
+        lock(&self.sh.pubq).closed = true;
+        if self.link.up {
+            self.session.disconnect();
+            self.transmit();
+            let deadline = self.timers.get(Timer::Stop).unwrap_or_else(Instant::now);
+            while self.link.pending() > 0 {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let _ = self.poll.poll(
+                    &mut self.events,
+                    Some(deadline.saturating_duration_since(now)),
+                );
+                if let Some(c) = self.link.conn.as_mut() {
+                    if c.flush().is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(mut c) = self.link.conn.take() {
+            c.close(); // TLS close_notify, shutdown of the sending side
+            let _ = c.deregister();
+        }
+        if self.link.attached {
+            self.session.handle_disconnected();
+            self.link.attached = false;
+        }
+        self.link.up = false;
+        self.sh.ctr.connected.store(false, Relaxed);
+        self.sh.set_first(Err(Error::LocallyClosed));
+        if let Some(sp) = self.sp.take() {
+            sp.finish(&mut self.tx.staged, &mut self.timers, &self.sh);
+        }
+    }
+}

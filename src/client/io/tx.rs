@@ -1,0 +1,310 @@
+//! The send side: move as many queued messages into the session as the in-flight window, the event queue's
+//! room (for their Delivered events, which are never dropped) and the socket allow — the spool's backlog and
+//! the queue as the [`DrainScheduler`](crate::spool::DrainScheduler) splits the room — and hand the encoded
+//! bytes to the transport in one write.
+//!
+//! Before sleeping the thread marks the publish queue `io_waiting` if the queue is empty, so the first
+//! publish wakes it; while it is busy, or blocked by a full window, publishers make no syscall. With
+//! `linger`, an active stream is collected every `linger` instead.
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use super::timer::Timer;
+use super::Io;
+use crate::client::events::{Control, EV_HDR};
+use crate::client::queue::{Hdr, TakeBudget, HDR};
+use crate::client::shared::lock;
+use crate::clock::later;
+use crate::codec::QoS;
+use crate::session::SessionError;
+
+/// Bytes of queued messages taken per batch.
+pub(super) const CHUNK: usize = 64 << 10;
+/// Batches per turn of the I/O loop.
+const BATCHES_PER_TURN: usize = 8;
+/// Stop encoding more messages while the transport holds this many unsent bytes (the socket is slow).
+pub(super) const HIGH_WATER: usize = 256 << 10;
+/// Event-queue bytes kept free for connection events beyond the Delivered records.
+const CONTROL_SLACK: usize = 16 << 10;
+
+/// Messages taken from the publish queue and not yet accepted by the session (records as in the queue).
+#[derive(Default)]
+pub(super) struct Staged {
+    pub buf: Vec<u8>,
+    pub off: usize,
+}
+
+impl Staged {
+    /// Records are waiting.
+    pub fn left(&self) -> bool {
+        self.off < self.buf.len()
+    }
+
+    /// The next record's header.
+    pub fn front(&self) -> Option<Hdr> {
+        self.left().then(|| Hdr::decode(&self.buf[self.off..]))
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.off = 0;
+    }
+}
+
+/// The send side's state.
+pub(super) struct Tx {
+    /// The session's output for the transport (swapped with the transport's buffer, not copied).
+    buf: Vec<u8>,
+    pub staged: Staged,
+    /// The session refused a publish it said it could take (e.g. no packet identifier free): wait for the
+    /// socket or a timer before trying again, rather than spinning.
+    pub stalled: bool,
+    /// When messages were last taken from the queue (for `linger`).
+    last_take: Option<Instant>,
+}
+
+impl Default for Tx {
+    fn default() -> Tx {
+        Tx {
+            buf: Vec::with_capacity(CHUNK + 1024),
+            staged: Staged::default(),
+            stalled: false,
+            last_take: None,
+        }
+    }
+}
+
+impl Io {
+    /// The transport holds so much unsent that encoding more would only queue it.
+    pub(super) fn socket_full(&self) -> bool {
+        self.link.pending() >= HIGH_WATER
+    }
+
+    /// True when queued work could proceed right now; otherwise marks the queue `io_waiting` (if it is
+    /// empty) so that the next publish wakes this thread.
+    pub(super) fn can_send_more(&mut self) -> bool {
+        self.timers.stop(Timer::Linger);
+        if !self.link.up || self.tx.stalled || self.socket_full() {
+            return false;
+        }
+        let now = Instant::now();
+        let front = if let Some(h) = self.sp.as_deref().and_then(|sp| sp.front()) {
+            Some(h)
+        } else if self
+            .sp
+            .as_deref()
+            .is_some_and(|sp| sp.backlog_ready(now, &self.timers))
+        {
+            return self.session.can_publish(QoS::AtLeastOnce)
+                && self.delivered_room(QoS::AtLeastOnce) > 0;
+        } else if self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
+            // Strict order: queued messages wait for the backlog (which waits for a retry).
+            return false;
+        } else if let Some(h) = self.tx.staged.front() {
+            Some(h)
+        } else {
+            let linger = self.p.linger;
+            let window = (linger * 10).max(Duration::from_millis(10));
+            let active =
+                !linger.is_zero() && self.tx.last_take.is_some_and(|t| t.elapsed() < window);
+            let mut q = lock(&self.sh.pubq);
+            let f = q.front();
+            if f.is_none() {
+                // While a stream is active with `linger`, come back after `linger` instead of having every
+                // burst wake us.
+                q.io_waiting = !active;
+                if active {
+                    self.timers.set(Timer::Linger, later(now, linger));
+                }
+            }
+            f
+        };
+        match front {
+            None => false,
+            Some(h) => self.session.can_publish(h.qos) && self.delivered_room(h.qos) > 0,
+        }
+    }
+
+    /// How many more messages of this QoS may enter the session without risking a Delivered event that
+    /// would not fit in the event queue.
+    pub(super) fn delivered_room(&self, qos: QoS) -> usize {
+        if qos == QoS::AtMostOnce && !self.p.qos0_events {
+            return usize::MAX;
+        }
+        // Announce the need before looking, so a concurrent drain cannot be missed (see `poll_events`).
+        self.sh.io_wants_room.store(true, SeqCst);
+        let free = self.sh.events.free().saturating_sub(CONTROL_SLACK) / EV_HDR;
+        let room = free.saturating_sub(self.session.inflight());
+        if room > 0 {
+            self.sh.io_wants_room.store(false, SeqCst);
+        }
+        room
+    }
+
+    /// Move messages into the session while the window, the event queue and the socket allow: the
+    /// spool's backlog and the queue as the scheduler splits the room (strict order: the backlog first — it
+    /// is older than anything in memory, including messages staged for a spill that failed).
+    pub(super) fn send_queued(&mut self, now: Instant) {
+        // Bounded per turn, so that a producer that never pauses cannot keep this thread from reading the
+        // socket, running timers and commands.
+        for _ in 0..BATCHES_PER_TURN {
+            if self.link.conn.is_none() || self.socket_full() {
+                return;
+            }
+            let live_left = self.tx.staged.left();
+            let (spool_left, backlog) = self.sp.as_deref().map_or((false, false), |sp| {
+                (sp.staged(), sp.backlog_ready(now, &self.timers))
+            });
+            if !spool_left && (backlog || !live_left) && !self.fill(now) {
+                return;
+            }
+            let mut moved = self.feed_spooled(now);
+            if !self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
+                moved += self.feed_live(now);
+            }
+            self.transmit();
+            if moved == 0 || self.link.conn.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Stage a batch from the spool and/or the queue. False when nothing was staged.
+    fn fill(&mut self, now: Instant) -> bool {
+        let live_empty = !self.tx.staged.left();
+        if live_empty {
+            self.tx.staged.clear();
+        }
+        let mut reliable = self
+            .session
+            .inflight_free()
+            .min(self.delivered_room(QoS::AtLeastOnce));
+        let mut fire = self.delivered_room(QoS::AtMostOnce);
+        if let Some(sp) = self.sp.as_deref_mut() {
+            if let Some(from_live) =
+                sp.stage_backlog(now, reliable, fire, &mut self.timers, &self.sh)
+            {
+                if sp.strict {
+                    // Queued messages are newer than the backlog: they wait for it.
+                    return sp.staged() || !live_empty;
+                }
+                reliable = reliable.min(from_live);
+                fire = fire.min(from_live);
+            }
+            if sp.live_waits() {
+                return sp.staged();
+            }
+        }
+        if live_empty && (reliable > 0 || fire > 0) {
+            let budget = TakeBudget {
+                reliable,
+                fire,
+                bytes: CHUNK,
+                messages: usize::MAX,
+            };
+            let n = lock(&self.sh.pubq).take(budget, &mut self.tx.staged.buf);
+            if n > 0 && !self.p.linger.is_zero() {
+                self.tx.last_take = Some(now);
+            }
+        }
+        self.tx.staged.left() || self.sp.as_deref().is_some_and(|sp| sp.staged())
+    }
+
+    /// Hand staged queue messages to the session. Returns how many it took.
+    fn feed_live(&mut self, now: Instant) -> usize {
+        let mut moved = 0;
+        let st = &mut self.tx.staged;
+        while st.left() {
+            let h = Hdr::decode(&st.buf[st.off..]);
+            if !self.session.can_publish(h.qos) {
+                break;
+            }
+            let t0 = st.off + HDR;
+            let t1 = t0 + h.topic_len;
+            let p1 = t1 + h.payload_len;
+            let topic = std::str::from_utf8(&st.buf[t0..t1]).unwrap_or("");
+            let r = self
+                .session
+                .publish(h.token, topic, &st.buf[t1..p1], h.qos, h.retain, now);
+            let accepted = r.is_ok();
+            match r {
+                Ok(()) => {}
+                Err(SessionError::NotReady(why)) => {
+                    log::debug!("qmqtt: publish deferred: {why}");
+                    self.tx.stalled = true;
+                    break;
+                }
+                Err(e) => log::error!("qmqtt: message {} to {topic:?} dropped: {e}", h.token),
+            }
+            if h.qos != QoS::AtMostOnce && accepted {
+                if let Some(sp) = self.sp.as_deref_mut() {
+                    sp.copies.push(h.token, &st.buf[st.off..p1]);
+                }
+            }
+            st.off = p1;
+            moved += 1;
+            let c = &self.sh.ctr;
+            c.queued.fetch_sub(1, Relaxed);
+            c.queued_bytes
+                .fetch_sub((h.topic_len + h.payload_len) as u64, Relaxed);
+            c.sent.fetch_add(1, Relaxed);
+            if h.qos == QoS::AtMostOnce && self.p.qos0_events {
+                self.sh.events.push_control(Control::Delivered {
+                    token: h.token,
+                    qos: h.qos,
+                });
+            }
+        }
+        moved
+    }
+
+    /// Hand staged spool records to the session. Returns how many it took.
+    fn feed_spooled(&mut self, now: Instant) -> usize {
+        if self.sp.as_deref().is_none_or(|sp| !sp.staged()) {
+            return 0;
+        }
+        // Room for the Delivered events, as for queued messages (see `delivered_room`).
+        let room = [
+            self.delivered_room(QoS::AtMostOnce),
+            self.delivered_room(QoS::AtLeastOnce),
+        ];
+        let Some(sp) = self.sp.as_deref_mut() else {
+            return 0;
+        };
+        let (moved, stalled) = sp.feed(&mut self.session, room, &self.sh, self.p.qos0_events, now);
+        self.tx.stalled |= stalled;
+        moved
+    }
+
+    /// Session output → transport, then flush.
+    pub(super) fn transmit(&mut self) {
+        self.tx.buf.clear();
+        self.session.poll_transmit(&mut self.tx.buf);
+        let Some(conn) = self.link.conn.as_mut() else {
+            self.tx.buf.clear();
+            return;
+        };
+        if !self.tx.buf.is_empty() {
+            self.sh
+                .ctr
+                .bytes_out
+                .fetch_add(self.tx.buf.len() as u64, Relaxed);
+            // Hands the buffer over (a swap when the transport has nothing queued): no copy per batch.
+            if let Err(e) = conn.write_owned(&mut self.tx.buf) {
+                self.tx.buf.clear();
+                self.lost(Instant::now(), e);
+                return;
+            }
+        }
+        if conn.pending() > 0 {
+            let r = conn.flush();
+            self.sh.ctr.socket_writes.store(
+                self.link.writes_base + conn.io_stats().socket_writes,
+                Relaxed,
+            );
+            if let Err(e) = r {
+                self.lost(Instant::now(), e);
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! What the owner's threads and the I/O thread share: the publish queue, the commands, the event queue,
+//! the counters behind [`Stats`](super::Stats), the outcome of the first connection.
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::{events, queue};
+use crate::codec::QoS;
+use crate::error::Error;
+
+/// The counters behind [`Stats`](super::Stats): atomics, readable without any lock.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub queued: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub inflight: AtomicU64,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub dropped_oldest: AtomicU64,
+    pub dropped_newest: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub dropped_incoming: AtomicU64,
+    pub rx_paused: AtomicU64,
+    pub rx_paused_ns: AtomicU64,
+    pub rx_paused_now: AtomicBool,
+    pub received: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connected: AtomicBool,
+    pub wakeups: AtomicU64,
+    pub socket_writes: AtomicU64,
+    pub spooled: AtomicU64,
+    pub spooled_bytes: AtomicU64,
+    /// Wall-clock append time (ms since the epoch) of the oldest spooled message; 0: none.
+    pub spool_oldest_ms: AtomicU64,
+    pub spilled: AtomicU64,
+    pub spool_dropped_oldest: AtomicU64,
+    pub spool_refused: AtomicU64,
+    pub spool_disk_full: AtomicU64,
+    pub spool_bytes_written: AtomicU64,
+    pub spool_delivered_previous: AtomicU64,
+}
+
+/// A command for the I/O thread (rare: subscriptions and the stop).
+pub(crate) enum Cmd {
+    Subscribe(String, QoS),
+    Unsubscribe(String),
+    /// Drain until this instant at the latest, then send DISCONNECT and exit.
+    Stop(Instant),
+}
+
+/// What the owner's threads and the I/O thread share.
+pub(crate) struct Shared {
+    pub pubq: Mutex<queue::PubQueue>,
+    pub waker: mio::Waker,
+    pub cmds: Mutex<Vec<Cmd>>,
+    pub events: events::EventQueue,
+    pub ctr: Counters,
+    pub last_error: Mutex<Option<Error>>,
+    pub last_spool_error: Mutex<Option<String>>,
+    /// The outcome of the first connection attempt (for `wait_connected`), set once.
+    pub first: Mutex<Option<Result<(), Error>>>,
+    pub first_cv: Condvar,
+    /// The I/O thread stopped feeding the session because the event queue had no room for the
+    /// acknowledgements; the next `poll_events` that frees room wakes it.
+    pub io_wants_room: AtomicBool,
+    /// Set when the I/O thread has finished (even by a panic).
+    pub exited: Mutex<bool>,
+    pub exited_cv: Condvar,
+}
+
+/// Lock, ignoring poisoning: every structure behind these locks stays consistent between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn set_first(&self, r: Result<(), Error>) {
+        let mut f = lock(&self.first);
+        if f.is_none() {
+            *f = Some(r);
+            self.first_cv.notify_all();
+        }
+    }
+}
