@@ -422,6 +422,8 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         return Err(c"options");
     }
     let spec = opts::parse(uri, id, opt)?;
+    // Log lines show the address without a password in it.
+    let shown = crate::transport::redacted_uri(uri);
     if !opts::scheme_ok(uri) {
         return Err(c"Invalid protocol scheme");
     }
@@ -442,13 +444,13 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
-        info!("conn {uri}: {t}");
+        info!("conn {shown}: {t}");
         set_last_error(t);
         client_error(&e)
     })?;
     if let Err(e) = client.wait_connected(timeout) {
         let t = client_error_text(&e);
-        info!("conn {uri}: {t}");
+        info!("conn {shown}: {t}");
         set_last_error(t);
         client.disconnect(Duration::ZERO);
         return Err(client_error(&e));
@@ -478,7 +480,7 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         return Err(c"sd1 failed");
     }
     k::release(r);
-    info!("connected to {uri} as {id} (handle {handle}, event fd {fd})");
+    info!("connected to {shown} as {id} (handle {handle}, event fd {fd})");
     reg().conns.push(conn);
     Ok(handle)
 }

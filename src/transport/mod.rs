@@ -104,6 +104,22 @@ pub struct Endpoint {
     pub path: String,
 }
 
+/// `uri` for a message: any user info (`scheme://user:password@host`) shows as `user:***@`, so that a
+/// password given in a URI never reaches an error, a log line or `Debug` output.
+pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
+    let (scheme, rest) = match uri.find("://") {
+        Some(i) => uri.split_at(i + 3),
+        None => ("", uri),
+    };
+    match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}{user}:***{}", &rest[at..]).into()
+        }
+        None => uri.into(),
+    }
+}
+
 impl Endpoint {
     /// Parse `scheme://host[:port]` (IPv6 literals as `[::1]`), `ws[s]://host[:port][/path]`. Errors name
     /// what is wrong.
@@ -111,8 +127,11 @@ impl Endpoint {
     /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) is not, nor a path
     /// except for WebSockets (`ws://host/mqtt`, the default; a query stays part of it).
     pub fn parse(uri: &str) -> Result<Endpoint, ConfigError> {
-        let uri = uri.trim();
-        let Some((scheme, rest)) = uri.split_once("://") else {
+        let raw = uri.trim();
+        // Messages show the URI without its password (a URI with user info is refused below).
+        let shown = redacted_uri(raw);
+        let uri = &*shown;
+        let Some((scheme, rest)) = raw.split_once("://") else {
             return Err(ConfigError::invalid(Key::UriScheme, format!(
                 "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
                  with scheme {ACCEPTED_SCHEMES}"

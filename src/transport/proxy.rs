@@ -96,27 +96,12 @@ fn pct_decode(s: &str) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// `url` with any password replaced by `***`, for messages.
-fn masked(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    match rest.rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}{user}:***{}", &rest[at..])
-        }
-        None => url.to_string(),
-    }
-}
-
 impl Proxy {
     /// Parse `http://[user[:password]@]host[:port][/]` (or `https://…`, or `host[:port]`).
     pub fn parse(url: &str) -> Result<Proxy, ProxyError> {
         let url = url.trim();
         let bad = |why: &str| ProxyError::Url {
-            url: masked(url),
+            url: super::redacted_uri(url).into_owned(),
             why: why.to_string(),
         };
         let rest = match url.find("://") {

@@ -202,8 +202,12 @@ impl ConnOpts {
             "-p" | "--port" => self.port = Some(a.number(flag)?),
             "-L" | "--url" => {
                 let v = a.value(flag)?;
-                self.url(&v)
-                    .map_err(|m| a.err(format!("{flag} '{v}': {m}")))?;
+                self.url(&v).map_err(|m| {
+                    a.err(format!(
+                        "{flag} '{}': {m}",
+                        qmqtt::transport::redacted_uri(&v)
+                    ))
+                })?;
             }
             "-i" | "--id" => self.id = Some(a.value(flag)?),
             "-u" | "--username" => self.user = Some(a.value(flag)?),
