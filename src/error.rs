@@ -7,7 +7,8 @@
 //! kinds, never words: the q layer to its short q strings (`src/q/mod.rs`, `connect_error`/`config_error`),
 //! the `qmqtt` command to advice in its flags (`src/bin/qmqtt/util.rs`, `hint`). To add a cause, add a
 //! variant (or a variant of one of the detail enums: [`Timeout`], [`Violation`], [`Doing`], [`Key`]), word
-//! it in `Display` and map it in those two places; the compiler lists the matches that need it.
+//! it in `Display` and map it in those two places; the compiler lists the matches that need it. The hops'
+//! own failures are worded beside their protocol: `transport::proxy::ProxyError`, `transport::ws::WsError`.
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use rustls::{AlertDescription, CertificateError};
 
 use crate::codec::{self, ConnectReturnCode, PacketType, QoS, ReasonCode};
+use crate::transport::{proxy::ProxyError, ws::WsError};
 
 /// A failure of the connection (or of the attempt to make one).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +45,10 @@ pub enum Error {
     Closed { peer: Peer, handshake: bool },
     /// TLS failed: rustls' cause and what the message needs to name the fix.
     Tls(Box<TlsError>),
+    /// The HTTP proxy could not be reached or did not open the tunnel (worded in `transport::proxy`).
+    Proxy(ProxyError),
+    /// The WebSocket upgrade or framing failed, or the broker closed the WebSocket (`transport::ws`).
+    WebSocket(WsError),
     /// The broker refused CONNECT. `code` in MQTT 3.1.1's terms (MQTT 5 reason codes it has no name for are
     /// `Other`); MQTT 5: `reason_code` as the broker sent it, `reason` its own words (Reason String) and
     /// `server_reference` the server it points to (Use another server, Server moved), if any.
@@ -323,6 +329,10 @@ pub enum Key {
     PrivateKeyPassword,
     /// The TLS server name (SNI).
     ServerName,
+    /// The HTTP proxy for plain brokers (`httpProxy`, `$http_proxy`).
+    HttpProxy,
+    /// The HTTP proxy for TLS brokers (`httpsProxy`, `$https_proxy`).
+    HttpsProxy,
     Spool,
     /// An MQTT 5 setting (session expiry, receive maximum, topic aliases, user properties, will properties).
     Mqtt5,
@@ -629,6 +639,8 @@ impl fmt::Display for Error {
             ),
             Error::Closed { .. } => f.write_str("the broker closed the connection"),
             Error::Tls(t) => t.fmt(f),
+            Error::Proxy(p) => p.fmt(f),
+            Error::WebSocket(w) => w.fmt(f),
             Error::Refused {
                 code,
                 reason_code,
@@ -722,6 +734,8 @@ impl std::error::Error for Error {
             Error::Dns { cause: Some(e), .. } | Error::Io { cause: e, .. } => Some(e.get_ref()),
             Error::System { cause, .. } => Some(cause.get_ref()),
             Error::Tls(t) => Some(&t.cause),
+            Error::Proxy(p) => Some(p),
+            Error::WebSocket(w) => Some(w),
             _ => None,
         }
     }

@@ -223,8 +223,7 @@ fn pub_tls_failures() {
             Some(1),
             format!(
                 "qmqtt pub: bad configuration: tls: the private key file (privateKey, --key) '{enc}' is \
-                 encrypted, and password-protected keys are not supported: write an unencrypted copy \
-                 readable only by this user (`openssl pkey -in KEY -out KEY.plain`)\n"
+                 encrypted: give its password (privateKeyPassword, --keypass)\n"
             )
         )
     );

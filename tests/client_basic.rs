@@ -193,11 +193,11 @@ fn connect_timeout_when_the_broker_does_not_answer() {
         Err(ClientError::Connect(Error::Timeout(_))) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(t0.elapsed() < common::slow(Duration::from_secs(3)));
     let t1 = Instant::now();
     drop(c);
     assert!(
-        t1.elapsed() < Duration::from_secs(1),
+        t1.elapsed() < common::slow(Duration::from_secs(1)),
         "drop must not hang on a frozen broker"
     );
     b.thaw();

@@ -1,6 +1,7 @@
 //! The client when things go wrong: a cut link (last will, reconnect), a frozen broker (the publish queue
 //! fills without blocking the caller, then the full policy applies), a broker restart in the middle of a
 //! QoS 1 stream (nothing lost), an owner that stops draining events (backpressure, no ack dropped).
+//! Time bounds are for native speed, scaled by `common::slow` under emulation (targets/test).
 mod client_support;
 mod common;
 
@@ -9,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use client_support::{cfg, connect, Seen};
 use common::proxy::Proxy;
+use common::slow;
 use qmqtt::client::{Client, FullPolicy, PublishError};
 use qmqtt::session::Will;
 use qmqtt::QoS;
 
-const T: Duration = Duration::from_secs(10);
+/// How long to wait for something that takes milliseconds natively.
+fn t() -> Duration {
+    slow(Duration::from_secs(10))
+}
 
 #[test]
 fn last_will_is_published_when_the_link_is_cut_and_the_client_reconnects() {
@@ -30,10 +35,10 @@ fn last_will_is_published_when_the_link_is_cut_and_the_client_reconnects() {
     });
     let c = connect(k);
     p.cut();
-    assert_eq!(sub.wait_for(1, T), 1, "will not delivered: {}", b.log());
+    assert_eq!(sub.wait_for(1, t()), 1, "will not delivered: {}", b.log());
     assert_eq!(sub.take(), ["will/gw1 offline"]);
     let mut seen = Seen::default();
-    assert!(seen.until(&c, T, |s| s.connected.len() >= 2));
+    assert!(seen.until(&c, t(), |s| s.connected.len() >= 2));
     assert_eq!(seen.lost.len(), 1, "{:?}", seen.lost);
     assert!(!seen.reconnecting.is_empty());
     assert!(c.is_connected());
@@ -41,7 +46,7 @@ fn last_will_is_published_when_the_link_is_cut_and_the_client_reconnects() {
     // Still works after the reconnect.
     c.publish("will/alive", b"yes", QoS::AtLeastOnce, false)
         .unwrap();
-    assert_eq!(sub.wait_for(1, T), 1);
+    assert_eq!(sub.wait_for(1, t()), 1);
 }
 
 #[test]
@@ -57,9 +62,9 @@ fn clean_disconnect_sends_no_will() {
         properties: Default::default(),
     });
     let mut c = connect(k);
-    c.disconnect(Duration::from_secs(2));
+    c.disconnect(slow(Duration::from_secs(2)));
     assert_eq!(
-        sub.wait_for(1, Duration::from_secs(1)),
+        sub.wait_for(1, slow(Duration::from_secs(1))),
         0,
         "{:?}",
         sub.take()
@@ -105,9 +110,9 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
         (1000..=1000 + 10).contains(&ok),
         "queue 1000 + window 10, accepted {ok}"
     );
-    assert!(p999 < Duration::from_millis(1), "p99.9 {p999:?}");
+    assert!(p999 < slow(Duration::from_millis(1)), "p99.9 {p999:?}");
     assert!(
-        max < Duration::from_millis(50),
+        max < slow(Duration::from_millis(50)),
         "a publish waited {max:?} on a frozen broker"
     );
     let st = c.stats();
@@ -142,13 +147,13 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
             (1990..=2000).contains(&dropped),
             "{name}: 3000 into 1000 + window 10 should drop ~2000: {st:?}"
         );
-        assert!(max < Duration::from_millis(50), "{name}: max {max:?}");
+        assert!(max < slow(Duration::from_millis(50)), "{name}: max {max:?}");
     }
     b.thaw();
     // After the thaw everything still queued goes out: 1010 per client (plus the first client's).
-    let got = sub.wait_for(3000, Duration::from_secs(20));
+    let got = sub.wait_for(3000, slow(Duration::from_secs(20)));
     assert!(got >= 3000, "after thaw got {got} of ~3020");
-    let deadline = Instant::now() + T;
+    let deadline = Instant::now() + t();
     while !sub.lines.lock().unwrap().iter().any(|l| l == "2999") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -170,7 +175,7 @@ fn broker_restart_in_a_20000_message_qos1_stream_loses_nothing() {
     let s = connect(sk);
     s.subscribe("rs/#", QoS::AtLeastOnce).unwrap();
     let mut ss = Seen::default();
-    assert!(ss.until(&s, T, |x| !x.subscribed.is_empty()));
+    assert!(ss.until(&s, t(), |x| !x.subscribed.is_empty()));
 
     let mut pk = cfg(&b.tcp_uri(), "restart-pub");
     pk.queue_messages = 30_000;
@@ -184,13 +189,13 @@ fn broker_restart_in_a_20000_message_qos1_stream_loses_nothing() {
             .unwrap();
         if i == n / 3 {
             // Let some go through first.
-            ps.until(&p, T, |x| x.delivered.len() >= 1000);
+            ps.until(&p, t(), |x| x.delivered.len() >= 1000);
             b.restart();
             restarted = true;
         }
     }
     assert!(restarted);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + slow(Duration::from_secs(60));
     while got.len() < n as usize && Instant::now() < deadline {
         let mut ev = Seen::default();
         ev.until(&s, Duration::from_millis(100), |_| false);
@@ -227,7 +232,7 @@ fn acks_are_never_dropped_when_the_owner_stops_draining() {
     );
     let mut seen = Seen::default();
     assert!(
-        seen.until(&c, Duration::from_secs(20), |s| s.delivered.len()
+        seen.until(&c, slow(Duration::from_secs(20)), |s| s.delivered.len()
             == n as usize)
     );
     let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
@@ -243,7 +248,7 @@ fn offline_publishes_wait_for_the_broker() {
     p.refuse(true);
     p.cut();
     let mut seen = Seen::default();
-    assert!(seen.until(&c, T, |s| !s.lost.is_empty()));
+    assert!(seen.until(&c, t(), |s| !s.lost.is_empty()));
     for i in 0..500u32 {
         c.publish("off/x", i.to_string().as_bytes(), QoS::AtLeastOnce, false)
             .unwrap();
@@ -251,9 +256,9 @@ fn offline_publishes_wait_for_the_broker() {
     assert_eq!(c.stats().queued, 500);
     let sub = common::Sub::start(&b, "off/#", 1, &[]);
     p.refuse(false);
-    let ok = seen.until(&c, T, |s| s.delivered.len() == 500);
+    let ok = seen.until(&c, t(), |s| s.delivered.len() == 500);
     assert!(ok, "{} delivered: {:?}", seen.delivered.len(), c.stats());
-    assert_eq!(sub.wait_for(500, T), 500);
+    assert_eq!(sub.wait_for(500, t()), 500);
     b.stop();
 }
 
@@ -327,7 +332,7 @@ fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
     p.stall(true);
     let t0 = Instant::now();
     assert!(
-        seen.until(&c, T, |s| !s.lost.is_empty()),
+        seen.until(&c, t(), |s| !s.lost.is_empty()),
         "stall not detected"
     );
     assert!(
@@ -335,7 +340,12 @@ fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
         "cause should name the missing PINGRESP: {}",
         seen.lost[0]
     );
-    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    // Keep-alive 1 s + PINGRESP wait 1 s, plus slack.
+    assert!(
+        t0.elapsed() < slow(Duration::from_secs(4)),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(!c.is_connected());
     // Messages published while the link is down wait and go out after it recovers.
     let sub = common::Sub::start(&b, "stall/#", 1, &[]);
@@ -350,9 +360,12 @@ fn a_stalled_link_is_detected_by_keep_alive_and_recovered() {
     }
     p.stall(false);
     p.cut(); // drop the half-dead connections the stall left behind
-    assert!(seen.until(&c, Duration::from_secs(15), |s| s.delivered.len() == 100));
+    assert!(
+        seen.until(&c, slow(Duration::from_secs(15)), |s| s.delivered.len()
+            == 100)
+    );
     assert!(c.is_connected());
-    assert_eq!(sub.wait_for(100, T), 100);
+    assert_eq!(sub.wait_for(100, t()), 100);
 }
 
 #[test]
@@ -361,7 +374,7 @@ fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
     let s = connect(cfg(&b.tcp_uri(), "eo-sub"));
     s.subscribe("eo/#", QoS::ExactlyOnce).unwrap();
     let mut ss = Seen::default();
-    assert!(ss.until(&s, T, |x| !x.subscribed.is_empty()));
+    assert!(ss.until(&s, t(), |x| !x.subscribed.is_empty()));
     let p = Proxy::start(b.tcp_port);
     let mut k = cfg(&p.uri("tcp", "127.0.0.1"), "eo-pub");
     k.clean_session = false;
@@ -376,7 +389,7 @@ fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
     let mut received = 0;
     let mut ps = Seen::default();
     let mut cuts = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + slow(Duration::from_secs(60));
     while ps.delivered.len() < n as usize && Instant::now() < deadline {
         ps.until(&c, Duration::from_millis(20), |_| false);
         let mut ev = Seen::default();
@@ -400,7 +413,7 @@ fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
     assert_eq!(cuts, 5);
     assert_eq!(ps.delivered.len(), n as usize, "{:?}", c.stats());
     // Let the last ones arrive.
-    let until = Instant::now() + T;
+    let until = Instant::now() + t();
     while received < n && Instant::now() < until {
         let mut ev = Seen::default();
         ev.until(&s, Duration::from_millis(20), |_| false);
@@ -415,7 +428,7 @@ fn qos2_exactly_once_across_repeated_link_cuts_with_a_kept_session() {
     let dup = counts.iter().filter(|&&c| c > 1).count();
     assert_eq!((missing, dup), (0, 0), "QoS 2 must arrive exactly once");
     // The last cut may come after the last acknowledgement: wait for its reconnect.
-    let until = Instant::now() + T;
+    let until = Instant::now() + t();
     while c.stats().reconnects < 5 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -450,9 +463,9 @@ fn publishing_from_several_threads() {
     for h in hs {
         h.join().unwrap();
     }
-    assert_eq!(sub.wait_for(4000, T), 4000);
+    assert_eq!(sub.wait_for(4000, t()), 4000);
     let mut seen = Seen::default();
-    assert!(seen.until(&c, T, |s| s.delivered.len() == 4000));
+    assert!(seen.until(&c, t(), |s| s.delivered.len() == 4000));
     let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
     assert_eq!(toks, (1..=4000).collect::<HashSet<u64>>());
 }
@@ -463,7 +476,7 @@ fn a_flat_out_producer_does_not_starve_reading() {
     let c = std::sync::Arc::new(connect(cfg(&b.tcp_uri(), "flatout")));
     c.subscribe("ctl/#", QoS::AtMostOnce).unwrap();
     let mut seen = Seen::default();
-    assert!(seen.until(&c, T, |s| !s.subscribed.is_empty()));
+    assert!(seen.until(&c, t(), |s| !s.subscribed.is_empty()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (c2, stop2) = (c.clone(), stop.clone());
     let producer = std::thread::spawn(move || {
@@ -481,14 +494,15 @@ fn a_flat_out_producer_does_not_starve_reading() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let w0 = c.stats().wakeups;
-    std::thread::sleep(Duration::from_millis(300));
+    let window = slow(Duration::from_millis(300));
+    std::thread::sleep(window);
     let w1 = c.stats().wakeups;
     // The I/O thread goes back to its poll (socket, timers, commands) between bounded turns even under a
     // flat-out stream (without the bound it never does while the producer keeps up: 0 polls). Debug builds
     // on a loaded machine make a turn slow, hence the low bar.
     assert!(
         w1 - w0 >= 2,
-        "only {} polls in 300 ms of a flat-out stream",
+        "only {} polls in {window:?} of a flat-out stream",
         w1 - w0
     );
     let t0 = Instant::now();
@@ -498,7 +512,7 @@ fn a_flat_out_producer_does_not_starve_reading() {
         .status()
         .unwrap();
     assert!(st.success());
-    let got = seen.until(&c, Duration::from_secs(5), |s| !s.msgs.is_empty());
+    let got = seen.until(&c, slow(Duration::from_secs(5)), |s| !s.msgs.is_empty());
     let latency = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = producer.join().unwrap();

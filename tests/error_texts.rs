@@ -209,13 +209,14 @@ fn uri_errors() {
     assert_eq!(
         e("127.0.0.1:1883"),
         "invalid configuration: uri: Invalid protocol scheme: no scheme in broker URI '127.0.0.1:1883': \
-         write it as scheme://host[:port] with scheme tcp://, mqtt:// (plain TCP, port 1883) or ssl://, \
-         mqtts:// (TLS, port 8883)"
+         write it as scheme://host[:port] with scheme tcp://, mqtt:// (plain TCP, port 1883), ssl://, \
+         mqtts:// (TLS, port 8883), ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)"
     );
     assert_eq!(
-        e("ws://h:80"),
-        "invalid configuration: uri: Invalid protocol scheme 'ws://' in broker URI 'ws://h:80': use \
-         tcp://, mqtt:// (plain TCP, port 1883) or ssl://, mqtts:// (TLS, port 8883)"
+        e("quic://h:80"),
+        "invalid configuration: uri: Invalid protocol scheme 'quic://' in broker URI 'quic://h:80': use \
+         tcp://, mqtt:// (plain TCP, port 1883), ssl://, mqtts:// (TLS, port 8883), ws:// (WebSocket, port \
+         80) or wss:// (WebSocket over TLS, port 443)"
     );
     assert_eq!(
         e("mqtt://h:1883/t"),
@@ -356,8 +357,8 @@ fn tls_configuration_errors() {
         both(&certs.client_cert, &certs.ca),
         format!(
             "invalid configuration: tls: no private key in the private key file (privateKey, --key) \
-             '{dir}/ca.pem': expected PEM with a PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) \
-             or SEC1 (BEGIN EC PRIVATE KEY) key"
+             '{dir}/ca.pem': expected PEM with a PKCS#8 (BEGIN PRIVATE KEY or BEGIN ENCRYPTED PRIVATE KEY), \
+             PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key"
         )
     );
     let enc = certs.dir.join("enc.key");
@@ -370,8 +371,7 @@ fn tls_configuration_errors() {
         both(&certs.client_cert, &enc),
         format!(
             "invalid configuration: tls: the private key file (privateKey, --key) '{dir}/enc.key' is \
-             encrypted, and password-protected keys are not supported: write an unencrypted copy readable \
-             only by this user (`openssl pkey -in KEY -out KEY.plain`)"
+             encrypted: give its password (privateKeyPassword, --keypass)"
         )
     );
     assert_eq!(

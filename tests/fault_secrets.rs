@@ -274,3 +274,82 @@ fn fault_secrets_config_debug_redacts_the_password() {
         );
     }
 }
+
+/// A password written into a broker URI (`scheme://user:password@host`, which the library refuses and the
+/// CLI's `-L` accepts) never shows: not in the configuration error, its `Debug`, the `Config`'s `Debug`, the
+/// log, nor in what `qmqtt` prints for a bad `-L`.
+#[test]
+fn fault_secrets_uri_passwords_are_redacted() {
+    let cap = capture();
+    let pw = "hunter2";
+    let mut seen = String::new();
+    for uri in [
+        "tcp://gw1:hunter2@localhost:99999",
+        "tcp://gw1:hunter2@localhost:1883",
+        "ssl://gw1:hunter2@localhost",
+        "ws://gw1:hunter2@localhost/mqtt",
+        "ftp://gw1:hunter2@localhost:1",
+        "gw1:hunter2@localhost:1883",
+        "tcp://gw1:hunter2@[::1",
+        "tcp://gw1:hunter2@local_host:1",
+    ] {
+        let k = Config::new(uri, "uri-secret");
+        seen.push_str(&format!("{k:?}\n"));
+        match Client::connect(k) {
+            Ok(_) => panic!("{uri} accepted"),
+            Err(e) => {
+                assert!(e.to_string().contains("gw1:***@"), "{uri}: {e}");
+                seen.push_str(&format!("{e} / {e:?}\n"));
+            }
+        }
+    }
+    for args in [
+        &[
+            "pub",
+            "-L",
+            "tcp://gw1:hunter2@localhost:99999",
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ][..],
+        &[
+            "pub",
+            "-L",
+            "ftp://gw1:hunter2@localhost:1",
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ],
+        &["sub", "-L", "mqtt://gw1:hunter2@[::1:1/t"],
+        &["check", "-L", "mqtts://gw1:hunter2@localhost:x"],
+        // Accepted, and the connection fails: the password is in nothing printed either.
+        &["check", "-d", "-L", "mqtt://gw1:hunter2@127.0.0.1:1"],
+        &[
+            "pub",
+            "-d",
+            "-L",
+            "mqtt://gw1:hunter2@127.0.0.1:1/t",
+            "-m",
+            "x",
+        ],
+    ] {
+        let out = common::qmqtt_run(args, b"", Duration::from_secs(20));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(
+            args[1] == "-d" || text.contains("gw1:***@"),
+            "{args:?}: {text}"
+        );
+        seen.push_str(&text);
+    }
+    let logs = cap.0.lock().unwrap().clone();
+    eprintln!("{seen}");
+    assert_clean("errors and Debug", &seen, &[pw.to_string()]);
+    assert_clean("log output", &logs, &[pw.to_string()]);
+}

@@ -1,10 +1,16 @@
 //! Encrypted private keys made by openssl itself (at test time, never committed) are decrypted to the same
 //! key as the unencrypted original, with the right password; a wrong password is `WrongPassword`, no
-//! password `NeedPassword`.
+//! password `NeedPassword`. End to end: mutual TLS with mosquitto from the Rust API and from `qmqtt check`
+//! with an encrypted client key, right and wrong password.
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use base64ct::Encoding;
+use qmqtt::client::{Client, ClientError, Config};
+use qmqtt::error::{Fault, Key};
 use qmqtt::transport::keys::{decode, KeyError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
@@ -272,5 +278,116 @@ fn unsupported_schemes_say_how_to_re_encrypt() {
             && e.to_string()
                 .contains("openssl pkcs8 -topk8 -v2 aes-256-cbc"),
         "{e}"
+    );
+}
+
+#[test]
+fn mutual_tls_with_an_encrypted_client_key() {
+    let b = common::Broker::start();
+    let dir = &b.certs.dir;
+    let pass = format!("pass:{PW}");
+    let key = b.certs.client_key.to_str().unwrap();
+    openssl(
+        dir,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-v2",
+            "aes-256-cbc",
+            "-in",
+            key,
+            "-out",
+            "client-enc.key",
+            "-passout",
+            &pass,
+        ],
+    );
+    openssl_traditional(
+        dir,
+        &[
+            "ec",
+            "-aes256",
+            "-in",
+            key,
+            "-out",
+            "client-legacy.key",
+            "-passout",
+            &pass,
+        ],
+    );
+    let cfg = |keyfile: &str, pw: Option<&str>| {
+        let mut c = Config::new(b.mtls_uri(), "enc-key");
+        c.tls.ca_file = Some(b.certs.ca.clone());
+        c.tls.cert_file = Some(b.certs.client_cert.clone());
+        c.tls.key_file = Some(dir.join(keyfile));
+        c.tls.key_password = pw.map(qmqtt::Secret::from);
+        c
+    };
+    for f in ["client-enc.key", "client-legacy.key"] {
+        let c = Client::connect(cfg(f, Some(PW))).unwrap();
+        c.wait_connected(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        match Client::connect(cfg(f, Some("nope"))).map(|_| ()) {
+            Err(ClientError::Config(e)) => {
+                assert_eq!(
+                    (e.key, e.fault),
+                    (Key::PrivateKeyPassword, Fault::Invalid),
+                    "{e}"
+                );
+                let m = e.to_string();
+                assert!(
+                    m.contains("privateKeyPassword: wrong password or not an encrypted key")
+                        && m.contains(f),
+                    "{m}"
+                );
+                assert!(!m.contains("nope") && !m.contains(PW), "{m}");
+            }
+            other => panic!("{f}: expected the wrong password refused, got {other:?}"),
+        }
+        match Client::connect(cfg(f, None)).map(|_| ()) {
+            Err(ClientError::Config(e)) => {
+                assert_eq!(
+                    (e.key, e.fault),
+                    (Key::PrivateKeyPassword, Fault::Missing),
+                    "{e}"
+                )
+            }
+            other => panic!("{f}: expected the missing password refused, got {other:?}"),
+        }
+    }
+    // The same from the command line.
+    let run = |pw: &str| {
+        let o = common::qmqtt_run(
+            &[
+                "check",
+                "--timeout",
+                "5",
+                "-L",
+                &format!("mqtts://localhost:{}", b.mtls_port),
+                "--cafile",
+                b.certs.ca.to_str().unwrap(),
+                "--cert",
+                b.certs.client_cert.to_str().unwrap(),
+                "--key",
+                dir.join("client-enc.key").to_str().unwrap(),
+                "--keypass",
+                pw,
+            ],
+            b"",
+            Duration::from_secs(30),
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, out) = run(PW);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("CONNACK accepted"), "{out}");
+    let (code, out) = run("nope");
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("privateKeyPassword: wrong password or not an encrypted key"),
+        "{out}"
     );
 }

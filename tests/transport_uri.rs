@@ -32,6 +32,38 @@ fn schemes_and_default_ports() {
 }
 
 #[test]
+fn websocket_uris_have_a_path() {
+    let p = |uri: &str| {
+        let e = Endpoint::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        (e.scheme, e.host, e.port, e.path)
+    };
+    assert_eq!(p("ws://b"), (Scheme::Ws, "b".into(), 80, "/mqtt".into()));
+    assert_eq!(p("WSS://b"), (Scheme::Wss, "b".into(), 443, "/mqtt".into()));
+    assert_eq!(
+        p("ws://b:8080/"),
+        (Scheme::Ws, "b".into(), 8080, "/".into())
+    );
+    assert_eq!(
+        p("wss://[::1]:8443/ws/mqtt?x=1"),
+        (Scheme::Wss, "::1".into(), 8443, "/ws/mqtt?x=1".into())
+    );
+    assert_eq!(
+        p("ws://b?t=1"),
+        (Scheme::Ws, "b".into(), 80, "/?t=1".into())
+    );
+    assert_eq!(
+        Endpoint::parse("wss://b:9/p").unwrap().to_string(),
+        "wss://b:9/p"
+    );
+    assert!(Scheme::Wss.tls() && Scheme::Wss.websocket() && !Scheme::Ws.tls());
+    assert!(err("ws://b/a#frag").contains("fragment"));
+    assert!(err("ws://b/a b").contains("spaces"));
+    assert!(err("ws://u:p@b/mqtt").contains("username/password"));
+    // Paths are for WebSockets only.
+    assert!(err("ssl://b/mqtt").contains("no path"));
+}
+
+#[test]
 fn ipv6_literals() {
     assert_eq!(ok("ssl://[::1]:8884"), (Scheme::Tls, "::1".into(), 8884));
     assert_eq!(ok("ssl://[::1]"), (Scheme::Tls, "::1".into(), 8883));
@@ -56,10 +88,10 @@ fn ipv6_literals() {
 
 #[test]
 fn unknown_scheme_says_invalid_protocol_scheme_and_lists_accepted() {
-    for uri in ["ws://broker:80", "http://x", "broker:1883"] {
+    for uri in ["wss+unix://broker:80", "http://x", "broker:1883"] {
         let m = err(uri);
         assert!(m.starts_with("Invalid protocol scheme"), "{m}");
-        for s in ["tcp://", "ssl://", "mqtt://", "mqtts://"] {
+        for s in ["tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"] {
             assert!(m.contains(s), "{m} lacks {s}");
         }
     }
@@ -124,6 +156,7 @@ mod props {
                 scheme: if tls { Scheme::Tls } else { Scheme::Tcp },
                 host,
                 port,
+                path: String::new(),
             };
             prop_assert_eq!(Endpoint::parse(&ep.to_string()).unwrap(), ep);
         }

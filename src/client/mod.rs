@@ -87,7 +87,7 @@ use crate::codec::{Properties, Property, Protocol, QoS, SubscriptionOptions};
 use crate::error::{ConfigError, DeliveryError, Doing, Error, Fault, Key};
 use crate::session::{Mqtt5Config, ServerInfo, SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::transport::{Endpoint, Scheme, TlsOptions};
+use crate::transport::{Endpoint, TlsOptions};
 
 mod events;
 mod io;
@@ -178,7 +178,7 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("uri", &self.uri)
+            .field("uri", &crate::transport::redacted_uri(&self.uri))
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -549,9 +549,10 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
         }
     }
     let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
-    let tls = match ep.scheme {
-        Scheme::Tls => Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?),
-        Scheme::Tcp => None,
+    let tls = if ep.scheme.tls() {
+        Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
+    } else {
+        None
     };
     Ok((ep, tls))
 }

@@ -35,6 +35,8 @@ use crate::client::{Client, ClientError, Event, PublishError};
 use crate::codec::{ConnectReturnCode, QoS};
 use crate::error::{ConfigError, Error, Fault, Key, Timeout, TlsError};
 use crate::session::Token;
+use crate::transport::proxy::ProxyError;
+use crate::transport::ws::WsError;
 
 /// Most events handed to q per wake-up of the event fd (q's loop calls again while more are waiting).
 const EVENT_BATCH: usize = 1024;
@@ -139,6 +141,20 @@ fn connect_error(e: &Error) -> QErr {
             ConnectReturnCode::Accepted | ConnectReturnCode::Other(_) => c"conn refused",
         },
         Error::Tls(t) => tls_error(t),
+        Error::Proxy(p) => match p {
+            ProxyError::AuthRequired { sent: false, .. } => c"proxy: authentication required",
+            ProxyError::AuthRequired { sent: true, .. } => c"proxy: authentication failed",
+            ProxyError::Refused { .. } => c"proxy: connect refused",
+            ProxyError::NotHttp { .. } | ProxyError::Closed { .. } => c"proxy: not an HTTP proxy",
+            ProxyError::Dns { .. } | ProxyError::Tcp { .. } => c"proxy: unreachable",
+            ProxyError::Url { .. } => c"httpProxy invalid",
+        },
+        Error::WebSocket(w) => match w {
+            WsError::Refused { .. } => c"websocket: upgrade refused",
+            WsError::NotWebSocket { .. } => c"websocket: not a WebSocket listener",
+            WsError::Protocol(_) => c"websocket: protocol error",
+            WsError::Random | WsError::Closed(_) => c"Failure",
+        },
         Error::Io {
             handshake: true, ..
         }
@@ -207,14 +223,25 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::UriScheme, _) => c"Invalid protocol scheme",
         (Key::Uri, _) => c"addr invalid",
         (Key::CipherSuites, _) => c"enabledCipherSuites invalid",
-        (Key::PrivateKeyPassword, _) => c"privateKeyPassword unsupported (decrypt the key)",
+        (Key::PrivateKeyPassword, Fault::Missing) => {
+            c"privateKeyPassword missing (the key is encrypted)"
+        }
+        (Key::PrivateKeyPassword, Fault::Unsupported) => {
+            c"privateKeyPassword unsupported (decrypt the key)"
+        }
+        (Key::PrivateKeyPassword, _) => {
+            c"privateKeyPassword: wrong password or not an encrypted key"
+        }
         (Key::PrivateKey, Fault::Missing) => c"privateKey missing",
+        (Key::PrivateKey, Fault::Unsupported) => c"privateKey: unsupported encryption",
         (Key::PrivateKey, _) => c"privateKey invalid",
         (Key::ClientCert, Fault::Missing) => c"keyStore missing",
         (Key::ClientCert, _) => c"keyStore invalid",
         (Key::CaDir, _) => c"CApath invalid",
         (Key::CaFile, _) => c"trustStore invalid",
         (Key::ServerName, _) => c"sni invalid",
+        (Key::HttpProxy, _) => c"httpProxy invalid",
+        (Key::HttpsProxy, _) => c"httpsProxy invalid",
         (Key::ClientId, _) => c"client invalid",
         (Key::KeepAlive, _) => c"keepAliveInterval invalid",
         (Key::Will, _) => c"lastWillTopic invalid",
@@ -400,6 +427,8 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         return Err(c"options");
     }
     let spec = opts::parse(uri, id, opt)?;
+    // Log lines show the address without a password in it.
+    let shown = crate::transport::redacted_uri(uri);
     if !opts::scheme_ok(uri) {
         return Err(c"Invalid protocol scheme");
     }
@@ -420,13 +449,13 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
-        info!("conn {uri}: {t}");
+        info!("conn {shown}: {t}");
         set_last_error(t);
         client_error(&e)
     })?;
     if let Err(e) = client.wait_connected(timeout) {
         let t = client_error_text(&e);
-        info!("conn {uri}: {t}");
+        info!("conn {shown}: {t}");
         set_last_error(t);
         client.disconnect(Duration::ZERO);
         return Err(client_error(&e));
@@ -456,7 +485,7 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         return Err(c"sd1 failed");
     }
     k::release(r);
-    info!("connected to {uri} as {id} (handle {handle}, event fd {fd})");
+    info!("connected to {shown} as {id} (handle {handle}, event fd {fd})");
     reg().conns.push(conn);
     Ok(handle)
 }

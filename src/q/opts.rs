@@ -293,9 +293,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 tls_given = true;
             }
             b"privateKeyPassword" => {
-                if !text(v, k)?.is_empty() {
-                    return Err(c"privateKeyPassword unsupported (decrypt the key)");
-                }
+                let s = text(v, k)?;
+                cfg.tls.key_password = (!s.is_empty()).then(|| crate::Secret::from(s));
             }
             b"enabledCipherSuites" => {
                 let s = text(v, k)?;

@@ -1,10 +1,18 @@
-//! [`Conn`]: one non-blocking connection to the broker — a mio `TcpStream`, optionally wrapped in a rustls
-//! `ClientConnection` — with a plaintext send buffer that is reused across writes.
+//! [`Conn`]: one non-blocking connection to the broker — a mio `TcpStream`, optionally through an HTTP
+//! proxy's tunnel, optionally wrapped in a rustls `ClientConnection`, optionally carrying MQTT in WebSocket
+//! frames — with a plaintext send buffer that is reused across writes.
+//!
+//! The hops come up in order on the one socket: TCP (to the proxy when there is one), the proxy's `CONNECT`
+//! (request written raw, its answer read raw; bytes past it are kept for the next layer), the TLS handshake
+//! with the broker inside the tunnel, the WebSocket upgrade inside TLS; [`Conn::is_established`] is true
+//! once all are done. A reconnect is a new `Conn`, so it goes through every hop again.
 //!
 //! Writes only append to the send buffer. [`Conn::flush`] hands the whole buffer to rustls in one call, so
 //! that rustls cuts it into full-size records (16 KiB) rather than one record per MQTT packet, and writes the
 //! records with vectored writes until the socket would block. The buffer keeps its capacity, so once warm a
-//! write does not allocate (rustls allocates one buffer per record it encrypts).
+//! write does not allocate (rustls allocates one buffer per record it encrypts). Over a WebSocket, a flush
+//! frames everything queued into a second reused buffer (one masked frame per 64 KiB), and the frames read
+//! are taken apart in place in the caller's receive buffer: still no allocation per message.
 use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,7 +23,9 @@ use mio::{Interest, Registry, Token};
 use rustls::{ClientConnection, ProtocolVersion};
 use rustls_pki_types::ServerName;
 
+use super::proxy::{Choice, ProxyError, ProxyName, Tunnel};
 use super::tls::{tls_failure, trust_description, ErrCtx};
+use super::ws::{Closed, Deframer, Framer, Upgrade, WsError};
 use super::{Endpoint, TlsInfo, TlsOptions};
 use crate::error::{Attempt, ConfigError, Doing, Error, Key, Op, Peer, TlsError};
 
@@ -44,7 +54,9 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("addr", &self.addr)
             .field("server_name", &self.server_name)
+            .field("proxy", &self.proxy)
             .field("tls", &self.tls.is_some())
+            .field("websocket", &self.ws.is_some())
             .field("established", &self.is_established())
             .field("pending", &self.pending())
             .field("closed", &self.closed)
@@ -58,15 +70,31 @@ struct Counted<'a> {
     stats: &'a mut IoStats,
 }
 
+/// `sendmsg(2)` with `MSG_NOSIGNAL`: a write to a connection the peer has closed returns `EPIPE` instead of
+/// raising SIGPIPE. A library cannot rely on the host ignoring SIGPIPE (Rust programs do; q and other C hosts
+/// may not), and `writev(2)` — what `write_vectored` on a socket is — has no way to say it.
+fn send_nosignal(sock: &TcpStream, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero msghdr is valid (no name, no control data); the iovecs point into `bufs`
+    // (`IoSlice` is ABI-compatible with `iovec` on Unix) and outlive the call.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    m.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: a valid socket descriptor and message header.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Write for Counted<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.sock.write(buf)?;
-        self.stats.socket_writes += 1;
-        self.stats.bytes_written += n as u64;
-        Ok(n)
+        self.write_vectored(&[io::IoSlice::new(buf)])
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let n = self.sock.write_vectored(bufs)?;
+        let n = send_nosignal(self.sock, bufs)?;
         self.stats.socket_writes += 1;
         self.stats.bytes_written += n as u64;
         Ok(n)
@@ -115,6 +143,49 @@ pub struct Conn {
     /// Earlier connect failures, for the error when every address fails.
     failures: Vec<Attempt>,
     stats: IoStats,
+    /// The proxy the socket goes to, if any, and its answer once the tunnel is open.
+    proxy: Option<ProxyName>,
+    proxy_answer: Option<String>,
+    /// The `CONNECT` hop while the proxy's answer is awaited.
+    tunnel: Option<Tunnel>,
+    /// Bytes for the socket itself, ahead of everything else (the `CONNECT` request); `raw_out[raw_pos..]`
+    /// is unsent.
+    raw_out: Vec<u8>,
+    raw_pos: usize,
+    /// Bytes read past the proxy's answer: the layer above reads them before the socket.
+    pre: Vec<u8>,
+    ws: Option<Box<Ws>>,
+}
+
+/// The WebSocket layer of a connection.
+struct Ws {
+    /// Until the broker's `101` came.
+    upgrade: Option<Upgrade>,
+    request_queued: bool,
+    /// The broker's answer (status line and subprotocol), for `qmqtt check`.
+    answer: Option<String>,
+    framer: Framer,
+    deframer: Deframer,
+    /// Frames (and first the upgrade request) for TLS / the socket; `wire[wire_pos..]` not yet handed on.
+    wire: Vec<u8>,
+    wire_pos: usize,
+    /// The broker's close frame, once it came.
+    closed: Option<Closed>,
+}
+
+/// Empty `buf` once all of it is sent (keeping at most [`SEND_BUFFER_KEEP`] of capacity), or move the
+/// unsent part `buf[*pos..]` to its start.
+fn compact(buf: &mut Vec<u8>, pos: &mut usize) {
+    if *pos == buf.len() {
+        buf.clear();
+        *pos = 0;
+        if buf.capacity() > SEND_BUFFER_KEEP {
+            buf.shrink_to(SEND_BUFFER_KEEP);
+        }
+    } else if *pos > 0 {
+        buf.drain(..*pos);
+        *pos = 0;
+    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -130,6 +201,7 @@ fn attempt(addr: SocketAddr, e: io::Error) -> Attempt {
 
 impl Conn {
     /// Resolve and start a non-blocking connect (the TCP handshake completes later; `is_established` tells).
+    /// For `ws://` / `wss://` endpoints the WebSocket upgrade follows by itself.
     ///
     /// Name resolution (`ToSocketAddrs`) blocks: call this on the I/O thread, not on q's main thread.
     /// `tls` is the configuration from [`super::tls_config`] and the options it was built from (for the
@@ -138,14 +210,75 @@ impl Conn {
         ep: &Endpoint,
         tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
     ) -> Result<Conn, Error> {
-        let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port)
-            .to_socket_addrs()
-            .map_err(|e| Error::Dns {
-                host: ep.host.clone(),
-                cause: Some(e.into()),
-            })?
-            .collect();
-        Conn::connect_addrs(&addrs, &ep.host, tls)
+        Conn::connect_via(ep, None, tls)
+    }
+
+    /// As [`Conn::connect`], through the HTTP proxy `proxy` when given: the socket goes to the proxy (only its
+    /// name is resolved here; the proxy resolves the broker's), which is asked to `CONNECT` to the broker.
+    pub fn connect_via(
+        ep: &Endpoint,
+        proxy: Option<&Choice>,
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, Error> {
+        let (host, port) = match proxy {
+            Some(c) => (c.proxy.host.as_str(), c.proxy.port),
+            None => (ep.host.as_str(), ep.port),
+        };
+        let name = proxy.map(|c| ProxyName {
+            addr: c.proxy.to_string(),
+            source: c.source,
+        });
+        let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                return Err(match name {
+                    Some(proxy) => Error::Proxy(ProxyError::Dns {
+                        proxy,
+                        cause: Some(e.into()),
+                    }),
+                    None => Error::Dns {
+                        host: ep.host.clone(),
+                        cause: Some(e.into()),
+                    },
+                })
+            }
+        };
+        if addrs.is_empty() {
+            if let Some(proxy) = name {
+                return Err(Error::Proxy(ProxyError::Dns { proxy, cause: None }));
+            }
+        }
+        let mut c = match Conn::connect_addrs(&addrs, &ep.host, tls) {
+            Ok(c) => c,
+            Err(Error::Tcp { attempts, .. }) if name.is_some() => {
+                return Err(Error::Proxy(ProxyError::Tcp {
+                    proxy: name.unwrap_or_else(|| unreachable!()),
+                    attempts,
+                }))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(choice) = proxy {
+            let t = Tunnel::new(choice, &ep.host, ep.port);
+            c.raw_out.extend_from_slice(t.request());
+            c.tunnel = Some(t);
+            c.proxy = name;
+        }
+        if ep.scheme.websocket() {
+            let upgrade = Upgrade::new(&ep.host, ep.port, ep.scheme.default_port(), &ep.path)
+                .map_err(Error::WebSocket)?;
+            c.ws = Some(Box::new(Ws {
+                upgrade: Some(upgrade),
+                request_queued: false,
+                answer: None,
+                framer: Framer::default(),
+                deframer: Deframer::default(),
+                wire: Vec::new(),
+                wire_pos: 0,
+                closed: None,
+            }));
+        }
+        Ok(c)
     }
 
     /// Start a non-blocking connect to the first of `addrs` that accepts one; later addresses are tried when
@@ -209,6 +342,13 @@ impl Conn {
                         registration: None,
                         failures,
                         stats: IoStats::default(),
+                        proxy: None,
+                        proxy_answer: None,
+                        tunnel: None,
+                        raw_out: Vec::new(),
+                        raw_pos: 0,
+                        pre: Vec::new(),
+                        ws: None,
                     });
                 }
                 Err(e) => {
@@ -261,18 +401,26 @@ impl Conn {
         self.addr
     }
 
-    /// TCP connected and (for TLS) handshake complete: MQTT bytes may flow.
+    /// TCP connected, the proxy's tunnel open, the TLS handshake and the WebSocket upgrade complete (each
+    /// where there is one): MQTT bytes may flow.
     pub fn is_established(&self) -> bool {
+        self.stream_ready() && self.ws.as_ref().is_none_or(|w| w.upgrade.is_none())
+    }
+
+    /// Up to TLS: bytes written now go to the broker (for a WebSocket, the upgrade request).
+    fn stream_ready(&self) -> bool {
         if !self.tcp_up.get() {
             if self.sock.peer_addr().is_err() {
                 return false;
             }
             self.tcp_up.set(true);
         }
-        match &self.tls {
-            None => true,
-            Some(t) => !t.is_handshaking(),
-        }
+        self.tunnel.is_none() && self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
+    }
+
+    /// The TLS handshake is under way (and not waiting for the proxy).
+    fn in_handshake(&self) -> bool {
+        self.tunnel.is_none() && self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     /// Has the TCP connect completed? Detects a failed connect and moves to the next address if possible
@@ -323,29 +471,63 @@ impl Conn {
                 }
             }
         }
-        Err(Error::Tcp {
-            host: self.server_name.clone(),
-            attempts: std::mem::take(&mut self.failures),
+        let attempts = std::mem::take(&mut self.failures);
+        Err(match &self.proxy {
+            Some(p) => Error::Proxy(ProxyError::Tcp {
+                proxy: p.clone(),
+                attempts,
+            }),
+            None => Error::Tcp {
+                host: self.server_name.clone(),
+                attempts,
+            },
         })
     }
 
     fn peer_of(&self) -> Peer {
         Peer {
-            host: self.server_name.clone(),
+            host: match (&self.proxy, self.tunnel.is_some()) {
+                (Some(p), true) => format!("the proxy {}", p.addr),
+                (Some(_), false) => format!("{} (through the proxy)", self.server_name),
+                _ => self.server_name.clone(),
+            },
             addr: self.addr,
         }
     }
 
     fn io_error(&self, e: io::Error, op: Op) -> Error {
+        // A reset instead of the hop's answer says the same as a close: that peer does not speak it.
+        if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) && (self.tunnel.is_some()
+            || (self.stream_ready() && self.ws.as_ref().is_some_and(|w| w.upgrade.is_some())))
+        {
+            return self.closed_error();
+        }
         Error::Io {
             peer: self.peer_of(),
             op,
             cause: e.into(),
-            handshake: self.tls.as_ref().is_some_and(|t| t.is_handshaking()),
+            handshake: self.in_handshake(),
         }
     }
 
     fn closed_error(&self) -> Error {
+        if let Some(t) = &self.tunnel {
+            return Error::Proxy(t.closed());
+        }
+        if let Some(w) = &self.ws {
+            if let Some(c) = &w.closed {
+                return Error::WebSocket(WsError::Closed(c.clone()));
+            }
+            if let Some(u) = &w.upgrade {
+                return Error::WebSocket(WsError::NotWebSocket {
+                    target: u.target().to_string(),
+                    why: "it closed (or reset) the connection without answering the upgrade".into(),
+                });
+            }
+        }
         Error::Closed {
             peer: self.peer_of(),
             handshake: false,
@@ -383,16 +565,27 @@ impl Conn {
         if !self.poll_connect()? {
             return Ok(0);
         }
+        if self.tunnel.is_some() {
+            if !self.read_tunnel()? {
+                return Ok(0);
+            }
+            // The tunnel is open: the TLS handshake (or the WebSocket upgrade) starts now.
+            self.flush()?;
+        }
         let start = out.len();
         if self.tls.is_none() {
             self.read_tcp(out, start)?;
         } else {
             self.read_tls(out, start)?;
-            let wants = self.tls.as_ref().is_some_and(|t| t.wants_write())
-                || (self.out_pos < self.out.len() && self.is_established());
-            if wants && !self.closed {
-                self.flush()?;
-            }
+        }
+        if self.ws.is_some() {
+            self.read_ws(out, start)?;
+        }
+        let wants = self.tls.as_ref().is_some_and(|t| t.wants_write())
+            || self.ws.as_ref().is_some_and(|w| w.wire_pos < w.wire.len())
+            || (self.out_pos < self.out.len() && self.is_established());
+        if wants && !self.closed {
+            self.flush()?;
         }
         let got = out.len() - start;
         if got == 0 && self.closed {
@@ -401,7 +594,98 @@ impl Conn {
         Ok(got)
     }
 
+    /// Read the proxy's answer to `CONNECT`. `Ok(true)`: the tunnel is open; `Ok(false)`: not yet.
+    fn read_tunnel(&mut self) -> Result<bool, Error> {
+        let mut buf = [0u8; 1024];
+        loop {
+            let r = Counted {
+                sock: &mut self.sock,
+                stats: &mut self.stats,
+            }
+            .read(&mut buf);
+            let n = match r {
+                Ok(0) => {
+                    self.closed = true;
+                    return Err(self.closed_error());
+                }
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e, Op::Read)),
+            };
+            let Some(t) = self.tunnel.as_mut() else {
+                return Ok(true);
+            };
+            match t.feed(&buf[..n]) {
+                Ok(None) => {}
+                Ok(Some(used)) => {
+                    self.pre.extend_from_slice(&buf[used..n]);
+                    let status = t.status_line().to_string();
+                    log::debug!("{}: {status}", t.proxy());
+                    self.proxy_answer = Some(status);
+                    self.tunnel = None;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    self.closed = true;
+                    return Err(Error::Proxy(e));
+                }
+            }
+        }
+    }
+
+    /// The WebSocket layer of a read: the upgrade's answer, then frames, both out of `out[start..]`.
+    fn read_ws(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
+        let Some(ws) = self.ws.as_mut() else {
+            return Ok(());
+        };
+        if let Some(up) = ws.upgrade.as_mut() {
+            match up.feed(&out[start..]) {
+                Ok(None) => {
+                    out.truncate(start);
+                    return Ok(());
+                }
+                Ok(Some(n)) => {
+                    out.drain(start..start + n);
+                    ws.answer = Some(up.answer());
+                    ws.upgrade = None;
+                }
+                Err(e) => {
+                    self.closed = true;
+                    return Err(Error::WebSocket(e));
+                }
+            }
+        }
+        match ws.deframer.unframe(out, start) {
+            Ok(None) => {}
+            Ok(Some(c)) => {
+                log::debug!("{c}");
+                // Answer the close (echoing its code) and end the stream.
+                let _ = ws.framer.close(c.code, &mut ws.wire);
+                ws.closed = Some(c);
+                let _ = self.flush();
+                let _ = self.sock.shutdown(std::net::Shutdown::Write);
+                self.closed = true;
+                return Ok(());
+            }
+            Err(e) => {
+                self.closed = true;
+                return Err(Error::WebSocket(e));
+            }
+        }
+        if let Some(p) = ws.deframer.take_pong() {
+            ws.framer
+                .pong(p.payload(), &mut ws.wire)
+                .map_err(Error::WebSocket)?;
+        }
+        Ok(())
+    }
+
     fn read_tcp(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
+        if !self.pre.is_empty() {
+            out.extend_from_slice(&self.pre);
+            self.pre.clear();
+        }
         while out.len() - start < MAX_READ_PER_CALL {
             let at = out.len();
             out.resize(at + READ_CHUNK, 0);
@@ -437,10 +721,19 @@ impl Conn {
                 return Ok(());
             };
             let mut eof = false;
-            match tls.read_tls(&mut Counted {
-                sock: &mut self.sock,
-                stats: &mut self.stats,
-            }) {
+            let r = if self.pre.is_empty() {
+                tls.read_tls(&mut Counted {
+                    sock: &mut self.sock,
+                    stats: &mut self.stats,
+                })
+            } else {
+                let r = tls.read_tls(&mut &self.pre[..]);
+                if let Ok(n) = r {
+                    self.pre.drain(..n);
+                }
+                r
+            };
+            match r {
                 Ok(0) => eof = true,
                 Ok(_) => {}
                 Err(e) if would_block(&e) => {
@@ -504,26 +797,12 @@ impl Conn {
         Ok(())
     }
 
-    /// Move the unsent part of the send buffer to its start (after a partial flush).
-    fn compact(&mut self) {
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            if self.out.capacity() > SEND_BUFFER_KEEP {
-                self.out.shrink_to(SEND_BUFFER_KEEP);
-            }
-        } else if self.out_pos > 0 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
-    }
-
     /// Push queued bytes to the socket. `Ok(true)` when everything is out, `Ok(false)` when the socket
     /// would block (wait for WRITABLE).
     ///
-    /// Also `Ok(false)` while the TCP connect is in progress. For TLS, plaintext queued before the handshake
-    /// completes stays queued (`Ok(true)` once the handshake messages are out; [`Conn::pending`] still counts
-    /// it) and goes out from the `read`/`flush` after the handshake completes.
+    /// Also `Ok(false)` while the TCP connect is in progress. Plaintext queued before the connection is
+    /// established (proxy tunnel, TLS handshake, WebSocket upgrade) stays queued (`Ok(true)` once what the
+    /// hops need is out; [`Conn::pending`] still counts it) and goes out from the `read`/`flush` after.
     pub fn flush(&mut self) -> Result<bool, Error> {
         if self.closed {
             return Err(self.closed_error());
@@ -531,28 +810,94 @@ impl Conn {
         if !self.poll_connect()? {
             return Ok(false);
         }
+        if !self.flush_raw()? {
+            return Ok(false);
+        }
+        if self.tunnel.is_some() {
+            // Nothing else may go before the proxy's answer.
+            return Ok(true);
+        }
+        let ready = self.stream_ready();
+        let Some(ws) = self.ws.as_mut() else {
+            let mut buf = std::mem::take(&mut self.out);
+            let mut pos = self.out_pos;
+            let r = self.push(&buf, &mut pos);
+            compact(&mut buf, &mut pos);
+            (self.out, self.out_pos) = (buf, pos);
+            return r;
+        };
+        if ready {
+            if let Some(up) = &ws.upgrade {
+                if !ws.request_queued {
+                    ws.wire.extend_from_slice(up.request());
+                    ws.request_queued = true;
+                }
+            } else if self.out_pos < self.out.len() {
+                ws.framer
+                    .data(&self.out[self.out_pos..], &mut ws.wire)
+                    .map_err(Error::WebSocket)?;
+                self.out_pos = self.out.len();
+                compact(&mut self.out, &mut self.out_pos);
+            }
+        }
+        let mut buf = std::mem::take(&mut ws.wire);
+        let mut pos = ws.wire_pos;
+        let r = self.push(&buf, &mut pos);
+        compact(&mut buf, &mut pos);
+        if let Some(ws) = self.ws.as_mut() {
+            (ws.wire, ws.wire_pos) = (buf, pos);
+        }
+        r
+    }
+
+    /// Write `raw_out` (bytes for the socket itself: the `CONNECT` request). `Ok(false)`: would block.
+    fn flush_raw(&mut self) -> Result<bool, Error> {
+        while self.raw_pos < self.raw_out.len() {
+            let r = Counted {
+                sock: &mut self.sock,
+                stats: &mut self.stats,
+            }
+            .write(&self.raw_out[self.raw_pos..]);
+            match r {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
+                    return Err(self.io_error(e, Op::Write));
+                }
+                Ok(n) => self.raw_pos += n,
+                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error(e, Op::Write)),
+            }
+        }
+        if self.raw_pos > 0 {
+            // The request holds the proxy credentials: keep nothing of it.
+            zeroize::Zeroize::zeroize(&mut self.raw_out);
+            self.raw_pos = 0;
+        }
+        Ok(true)
+    }
+
+    /// Push the stream's bytes `buf[*pos..]` (MQTT, or WebSocket frames) to the socket, through TLS when
+    /// there is TLS (which also sends what its handshake needs; plaintext waits for the handshake).
+    fn push(&mut self, buf: &[u8], pos: &mut usize) -> Result<bool, Error> {
         if self.tls.is_none() {
-            while self.out_pos < self.out.len() {
+            while *pos < buf.len() {
                 let r = Counted {
                     sock: &mut self.sock,
                     stats: &mut self.stats,
                 }
-                .write(&self.out[self.out_pos..]);
+                .write(&buf[*pos..]);
                 match r {
                     Ok(0) => {
                         let e = io::Error::new(io::ErrorKind::WriteZero, "socket took no bytes");
                         return Err(self.io_error(e, Op::Write));
                     }
-                    Ok(n) => self.out_pos += n,
-                    Err(e) if would_block(&e) => {
-                        self.compact();
-                        return Ok(false);
-                    }
+                    Ok(n) => *pos += n,
+                    Err(e) if would_block(&e) => return Ok(false),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(self.io_error(e, Op::Write)),
                 }
             }
-            self.compact();
             return Ok(true);
         }
         loop {
@@ -560,13 +905,13 @@ impl Conn {
                 return Ok(true);
             };
             let mut moved = 0;
-            if !tls.is_handshaking() && self.out_pos < self.out.len() {
+            if !tls.is_handshaking() && *pos < buf.len() {
                 // One call for everything queued: rustls makes full-size records of it (up to its buffer
                 // limit; the rest follows once records are written).
-                match tls.writer().write(&self.out[self.out_pos..]) {
+                match tls.writer().write(&buf[*pos..]) {
                     Ok(n) => {
                         moved = n;
-                        self.out_pos += n;
+                        *pos += n;
                         self.tls_queued += n;
                     }
                     Err(e) => return Err(self.io_error(e, Op::Encrypt)),
@@ -578,17 +923,13 @@ impl Conn {
                     stats: &mut self.stats,
                 }) {
                     Ok(n) => self.tls_queued = self.tls_queued.saturating_sub(n),
-                    Err(e) if would_block(&e) => {
-                        self.compact();
-                        return Ok(false);
-                    }
+                    Err(e) if would_block(&e) => return Ok(false),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(self.io_error(e, Op::Write)),
                 }
             } else {
                 self.tls_queued = 0;
                 if moved == 0 {
-                    self.compact();
                     return Ok(true);
                 }
             }
@@ -602,8 +943,15 @@ impl Conn {
         if self.closed {
             return;
         }
+        if let Some(w) = self.ws.as_mut() {
+            if w.upgrade.is_none() {
+                let _ = w.framer.close(Some(1000), &mut w.wire);
+            }
+        }
         if let Some(t) = self.tls.as_mut() {
-            t.send_close_notify();
+            if self.tunnel.is_none() {
+                t.send_close_notify();
+            }
         }
         if self.tcp_up.get() {
             let _ = self.flush();
@@ -612,10 +960,12 @@ impl Conn {
         self.closed = true;
     }
 
-    /// Bytes queued and not yet written to the socket (plaintext + TLS records). For TLS the part already
-    /// encrypted is an estimate (plaintext size, without record overhead).
+    /// Bytes queued and not yet written to the socket (plaintext, WebSocket frames, TLS records, the proxy
+    /// request). For TLS the part already encrypted is an estimate (plaintext size, without record overhead).
     pub fn pending(&self) -> usize {
-        let plain = self.out.len() - self.out_pos;
+        let plain = self.out.len() - self.out_pos
+            + (self.raw_out.len() - self.raw_pos)
+            + self.ws.as_ref().map_or(0, |w| w.wire.len() - w.wire_pos);
         let tls = match &self.tls {
             Some(t) if t.wants_write() => self.tls_queued.max(1),
             _ => 0,
@@ -626,6 +976,15 @@ impl Conn {
     /// Socket call and byte counters since the connection started.
     pub fn io_stats(&self) -> IoStats {
         self.stats
+    }
+
+    /// The hops below MQTT once they are up, for `qmqtt check`: the proxy and its answer to `CONNECT`, the
+    /// broker's answer to the WebSocket upgrade.
+    pub fn hops(&self) -> Hops {
+        Hops {
+            proxy: self.proxy.clone().zip(self.proxy_answer.clone()),
+            websocket: self.ws.as_ref().and_then(|w| w.answer.clone()),
+        }
     }
 
     /// Negotiated TLS facts for `qmqtt check`: version, suite, ALPN, peer chain (DER). `None` for plain TCP
@@ -655,6 +1014,16 @@ impl Conn {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// What [`Conn::hops`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hops {
+    /// The proxy (where it is, where it was set) and its status line, e.g. `HTTP/1.1 200 Connection
+    /// established`.
+    pub proxy: Option<(ProxyName, String)>,
+    /// The broker's upgrade answer, e.g. `HTTP/1.1 101 Switching Protocols (subprotocol mqtt)`.
+    pub websocket: Option<String>,
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub enum KeyError {
     WrongPassword,
     /// The key is encrypted with something not supported (`what`: which scheme, in words).
     Unsupported(String),
-    /// No private key in the file (`encrypted_label`: a block that looked like one, if any).
+    /// No private key in the file.
     NoKey,
     /// The PEM or its encryption header is malformed (`why`).
     Malformed(String),
@@ -49,25 +49,34 @@ pub enum KeyError {
 const REENCRYPT: &str =
     "re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`";
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl KeyError {
+    /// The sentence for this failure of `file` (e.g. "the private key file (privateKey, --key) 'k.pem'").
+    pub fn in_file(&self, file: &str) -> String {
         match self {
-            KeyError::NeedPassword => f.write_str(
-                "the key is encrypted: give its password (privateKeyPassword, --keypass)",
-            ),
-            KeyError::WrongPassword => f.write_str(
-                "privateKeyPassword: wrong password or not an encrypted key: the key could not be decrypted \
-                 with the password given (privateKeyPassword, --keypass)",
+            KeyError::NeedPassword => {
+                format!("{file} is encrypted: give its password (privateKeyPassword, --keypass)")
+            }
+            KeyError::WrongPassword => format!(
+                "privateKeyPassword: wrong password or not an encrypted key: {file} could not be decrypted \
+                 with the password given (privateKeyPassword, --keypass)"
             ),
             KeyError::Unsupported(what) => {
-                write!(f, "the key is encrypted with {what}, which is not supported: {REENCRYPT}")
+                format!("{file} is encrypted with {what}, which is not supported: {REENCRYPT}")
             }
-            KeyError::NoKey => f.write_str(
-                "no private key in it: expected PEM with a PKCS#8 (BEGIN PRIVATE KEY or BEGIN ENCRYPTED \
-                 PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key",
+            KeyError::NoKey => format!(
+                "no private key in {file}: expected PEM with a PKCS#8 (BEGIN PRIVATE KEY or BEGIN ENCRYPTED \
+                 PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key"
             ),
-            KeyError::Malformed(why) => write!(f, "the key's PEM is malformed: {why}"),
+            KeyError::Malformed(why) => format!(
+                "{file} is not valid PEM ({why}): expected a PKCS#8, PKCS#1 or SEC1 PEM key"
+            ),
         }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.in_file("the key"))
     }
 }
 
@@ -398,9 +407,9 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert!(KeyError::WrongPassword
-            .to_string()
-            .starts_with("privateKeyPassword: wrong password or not an encrypted key"));
+        assert!(KeyError::WrongPassword.to_string().starts_with(
+            "privateKeyPassword: wrong password or not an encrypted key: the key could not"
+        ));
         assert!(KeyError::Unsupported("x".into())
             .to_string()
             .contains("openssl pkcs8 -topk8 -v2 aes-256-cbc"));

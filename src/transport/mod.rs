@@ -36,6 +36,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::error::{ConfigError, Key};
+use crate::secret::Secret;
 
 mod conn;
 mod http;
@@ -47,26 +48,51 @@ pub mod ws;
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
 
-/// `tcp://` and `mqtt://` are plain TCP (default port 1883); `ssl://` and `mqtts://` are TLS (8883).
+/// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
+/// `ws://` MQTT over a WebSocket (80), `wss://` over a WebSocket in TLS (443).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Tcp,
     Tls,
+    Ws,
+    Wss,
 }
 
 impl Scheme {
-    /// The port used when the URI has none: 1883 for TCP, 8883 for TLS.
+    /// The port used when the URI has none: 1883, 8883, 80, 443.
     pub fn default_port(self) -> u16 {
         match self {
             Scheme::Tcp => 1883,
             Scheme::Tls => 8883,
+            Scheme::Ws => 80,
+            Scheme::Wss => 443,
+        }
+    }
+
+    /// The link to the broker is TLS (`ssl://`, `mqtts://`, `wss://`).
+    pub fn tls(self) -> bool {
+        matches!(self, Scheme::Tls | Scheme::Wss)
+    }
+
+    /// MQTT goes in WebSocket frames (`ws://`, `wss://`).
+    pub fn websocket(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "ssl",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
         }
     }
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
 pub const ACCEPTED_SCHEMES: &str =
-    "tcp://, mqtt:// (plain TCP, port 1883) or ssl://, mqtts:// (TLS, port 8883)";
+    "tcp://, mqtt:// (plain TCP, port 1883), ssl://, mqtts:// (TLS, port 8883), \
+     ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)";
 
 /// A parsed broker address. `host` has no brackets for IPv6 literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +100,38 @@ pub struct Endpoint {
     pub scheme: Scheme,
     pub host: String,
     pub port: u16,
+    /// The WebSocket request path (with any query), `/mqtt` when the URI has none; empty for TCP and TLS.
+    pub path: String,
+}
+
+/// `uri` for a message: any user info (`scheme://user:password@host`) shows as `user:***@`, so that a
+/// password given in a URI never reaches an error, a log line or `Debug` output.
+pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
+    let (scheme, rest) = match uri.find("://") {
+        Some(i) => uri.split_at(i + 3),
+        None => ("", uri),
+    };
+    match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}{user}:***{}", &rest[at..]).into()
+        }
+        None => uri.into(),
+    }
 }
 
 impl Endpoint {
-    /// Parse `scheme://host[:port]` (IPv6 literals as `[::1]`). Errors name what is wrong.
+    /// Parse `scheme://host[:port]` (IPv6 literals as `[::1]`), `ws[s]://host[:port][/path]`. Errors name
+    /// what is wrong.
     ///
-    /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) and paths are not.
+    /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) is not, nor a path
+    /// except for WebSockets (`ws://host/mqtt`, the default; a query stays part of it).
     pub fn parse(uri: &str) -> Result<Endpoint, ConfigError> {
-        let uri = uri.trim();
-        let Some((scheme, rest)) = uri.split_once("://") else {
+        let raw = uri.trim();
+        // Messages show the URI without its password (a URI with user info is refused below).
+        let shown = redacted_uri(raw);
+        let uri = &*shown;
+        let Some((scheme, rest)) = raw.split_once("://") else {
             return Err(ConfigError::invalid(Key::UriScheme, format!(
                 "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
                  with scheme {ACCEPTED_SCHEMES}"
@@ -91,6 +140,8 @@ impl Endpoint {
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "tcp" | "mqtt" => Scheme::Tcp,
             "ssl" | "mqtts" => Scheme::Tls,
+            "ws" => Scheme::Ws,
+            "wss" => Scheme::Wss,
             other => {
                 return Err(ConfigError::invalid(Key::UriScheme, format!(
                     "Invalid protocol scheme '{other}://' in broker URI '{uri}': use {ACCEPTED_SCHEMES}"
@@ -100,7 +151,27 @@ impl Endpoint {
         let bad = |what: String| {
             ConfigError::invalid(Key::Uri, format!("invalid broker URI '{uri}': {what}"))
         };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (authority, path) = if scheme.websocket() {
+            match rest.find(['/', '?']) {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            }
+        } else {
+            (rest.strip_suffix('/').unwrap_or(rest), "")
+        };
+        if path.contains('#')
+            || path.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
+            return Err(bad(
+                "a WebSocket path has no fragment ('#') nor spaces: write ws://host[:port]/path"
+                    .into(),
+            ));
+        }
+        let path = match path {
+            "" => ws::DEFAULT_PATH.to_string(),
+            p if p.starts_with('?') => format!("/{p}"),
+            p => p.to_string(),
+        };
         if authority.contains('/') || authority.contains('?') || authority.contains('#') {
             return Err(bad(
                 "a broker URI has no path or query: write scheme://host[:port]".into(),
@@ -170,20 +241,22 @@ impl Endpoint {
             scheme,
             host: host.to_string(),
             port,
+            path: if scheme.websocket() {
+                path
+            } else {
+                String::new()
+            },
         })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self.scheme {
-            Scheme::Tcp => "tcp",
-            Scheme::Tls => "ssl",
-        };
+        let s = self.scheme.name();
         if self.host.contains(':') {
-            write!(f, "{s}://[{}]:{}", self.host, self.port)
+            write!(f, "{s}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            write!(f, "{s}://{}:{}", self.host, self.port)
+            write!(f, "{s}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
@@ -207,8 +280,11 @@ pub struct TlsOptions {
     pub ca_dir: Option<PathBuf>,
     /// Client certificate chain (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
-    /// Client private key (PEM: PKCS#1, PKCS#8 or SEC1).
+    /// Client private key (PEM: PKCS#1, PKCS#8 or SEC1; encrypted PKCS#8 or OpenSSL-encrypted PEM with
+    /// `key_password`, see [`keys`]).
     pub key_file: Option<PathBuf>,
+    /// The password of an encrypted `key_file` (KX `privateKeyPassword`, `qmqtt --keypass`).
+    pub key_password: Option<Secret>,
     /// Name sent in SNI and checked against the certificate; default: the URI's host.
     pub server_name: Option<String>,
     /// ALPN protocols, e.g. `x-amzn-mqtt-ca` for AWS IoT on port 443.
@@ -228,6 +304,7 @@ impl Default for TlsOptions {
             ca_dir: None,
             cert_file: None,
             key_file: None,
+            key_password: None,
             server_name: None,
             alpn: Vec::new(),
             min_version: TlsVersion::Tls12,

@@ -21,6 +21,7 @@ use base64ct::Encoding;
 use zeroize::Zeroizing;
 
 use super::http::{Head, HeadError};
+use crate::error::{Attempt, IoCause};
 
 /// The proxy port used when a proxy URL has none (paho's default).
 pub const DEFAULT_PROXY_PORT: u16 = 8080;
@@ -95,27 +96,12 @@ fn pct_decode(s: &str) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// `url` with any password replaced by `***`, for messages.
-fn masked(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    match rest.rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}{user}:***{}", &rest[at..])
-        }
-        None => url.to_string(),
-    }
-}
-
 impl Proxy {
     /// Parse `http://[user[:password]@]host[:port][/]` (or `https://…`, or `host[:port]`).
     pub fn parse(url: &str) -> Result<Proxy, ProxyError> {
         let url = url.trim();
         let bad = |why: &str| ProxyError::Url {
-            url: masked(url),
+            url: super::redacted_uri(url).into_owned(),
             why: why.to_string(),
         };
         let rest = match url.find("://") {
@@ -371,17 +357,27 @@ impl fmt::Display for ProxyName {
 }
 
 /// Why the proxy hop failed. Each says which proxy, what it answered and what to change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProxyError {
     /// The proxy setting is malformed (`url` with its password masked).
     Url { url: String, why: String },
-    /// The proxy answered `CONNECT` with a status other than 2xx (and other than 407).
+    /// The proxy's host name did not resolve (`cause: None`: to no address).
+    Dns {
+        proxy: ProxyName,
+        cause: Option<IoCause>,
+    },
+    /// No TCP connection to any address of the proxy.
+    Tcp {
+        proxy: ProxyName,
+        attempts: Vec<Attempt>,
+    },
+    /// The proxy answered `CONNECT` with a status other than 2xx (and other than 401/407).
     Refused {
         proxy: ProxyName,
         target: String,
         status_line: String,
     },
-    /// `407`: the proxy wants credentials (`sent`: the request had some, so they are wrong). `scheme`: what
+    /// `407` (or `401`): the proxy wants credentials (`sent`: the request had some, so they are wrong). `scheme`: what
     /// its `Proxy-Authenticate` asks for.
     AuthRequired {
         proxy: ProxyName,
@@ -400,6 +396,23 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::Url { url, why } => {
                 write!(f, "invalid proxy '{url}': {why} (set in {PROXY_OPTS} or the environment)")
+            }
+            ProxyError::Dns { proxy, cause } => {
+                write!(f, "cannot resolve {proxy}")?;
+                if let Some(e) = cause {
+                    write!(f, ": {e}")?;
+                }
+                f.write_str(": check the proxy's host name and this machine's DNS")
+            }
+            ProxyError::Tcp { proxy, attempts } => {
+                write!(f, "cannot connect to {proxy}: ")?;
+                for (i, a) in attempts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{}: {}", a.addr, a.cause)?;
+                }
+                f.write_str(": is the proxy running there, and the address and port right?")
             }
             ProxyError::Refused {
                 proxy,
@@ -440,8 +453,8 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::Closed { proxy, target } => write!(
                 f,
-                "{proxy} closed the connection before answering CONNECT {target}: is it an HTTP proxy? Its \
-                 log says why"
+                "{proxy} closed (or reset) the connection before answering CONNECT {target}: is it an HTTP \
+                 proxy? Its log says why"
             ),
         }
     }
@@ -511,7 +524,8 @@ impl Tunnel {
         let status_line = self.head.status_line().to_string();
         match self.head.status() {
             200..=299 => Ok(Some(n)),
-            407 => Err(ProxyError::AuthRequired {
+            // 407 is the proxy's status for this; some (tinyproxy, for wrong credentials) answer 401.
+            401 | 407 => Err(ProxyError::AuthRequired {
                 proxy: self.name.clone(),
                 status_line,
                 sent: self.sent_credentials,
@@ -527,6 +541,11 @@ impl Tunnel {
                 status_line,
             }),
         }
+    }
+
+    /// The proxy's status line, once [`Tunnel::feed`] said the tunnel is open.
+    pub fn status_line(&self) -> &str {
+        self.head.status_line()
     }
 
     /// The failure for an end of stream before the answer was complete.
@@ -842,7 +861,7 @@ mod tests {
         assert!(t
             .closed()
             .to_string()
-            .contains("closed the connection before answering CONNECT broker.lan:8883"));
+            .contains("closed (or reset) the connection before answering CONNECT broker.lan:8883"));
     }
 
     proptest::proptest! {

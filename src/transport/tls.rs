@@ -20,8 +20,10 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use super::keys::{self, KeyError};
 use super::{TlsOptions, TlsVersion};
 use crate::error::{ConfigError, Error, Fault, Key, TlsError};
+use crate::secret::Secret;
 
 /// The CA options (q: `trustStore`/`CApath`; CLI: `--cafile`/`--capath`).
 const CA_OPTS: &str = "trustStore/--cafile (or CApath/--capath)";
@@ -196,7 +198,7 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ConfigError> {
         (None, None) => builder.with_no_client_auth(),
         (Some(c), Some(k)) => {
             let chain = load_certs(c, Key::ClientCert, "client certificate (keyStore, --cert)")?;
-            let key = load_key(k)?;
+            let key = load_key(k, opts.key_password.as_ref())?;
             builder.with_client_auth_cert(chain, key).map_err(|e| {
                 let why = match e {
                     rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate",
@@ -338,33 +340,29 @@ fn load_certs(
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+fn load_key(path: &Path, password: Option<&Secret>) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let what = "private key file (privateKey, --key)";
-    let bad = |m: String| ConfigError::invalid(Key::PrivateKey, m);
-    let bytes = std::fs::read(path)
-        .map_err(|e| bad(format!("cannot read the {what} '{}': {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::invalid(
+            Key::PrivateKey,
+            format!("cannot read the {what} '{}': {e}", path.display()),
+        )
+    })?;
+    let bytes = zeroize::Zeroizing::new(bytes);
     warn_if_loose(path);
-    match PrivateKeyDer::from_pem_slice(&bytes) {
-        Ok(k) => Ok(k),
-        Err(_) if bytes.windows(9).any(|w| w == b"ENCRYPTED") => Err(ConfigError::new(
-            Key::PrivateKeyPassword,
-            Fault::Unsupported,
-            format!(
-                "the {what} '{}' is encrypted, and password-protected keys are not supported: write an \
-                 unencrypted copy readable only by this user (`openssl pkey -in KEY -out KEY.plain`)",
-                path.display()
-            ),
-        )),
-        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(bad(format!(
-            "no private key in the {what} '{}': expected PEM with a PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 \
-             (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key",
-            path.display()
-        ))),
-        Err(e) => Err(bad(format!(
-            "the {what} '{}' is not valid PEM ({e}): expected a PKCS#8, PKCS#1 or SEC1 PEM key",
-            path.display()
-        ))),
-    }
+    keys::decode(&bytes, password.map(Secret::expose)).map_err(|e| {
+        let (key, fault) = match e {
+            KeyError::NeedPassword => (Key::PrivateKeyPassword, Fault::Missing),
+            KeyError::WrongPassword => (Key::PrivateKeyPassword, Fault::Invalid),
+            KeyError::Unsupported(_) => (Key::PrivateKey, Fault::Unsupported),
+            KeyError::NoKey | KeyError::Malformed(_) => (Key::PrivateKey, Fault::Invalid),
+        };
+        ConfigError::new(
+            key,
+            fault,
+            e.in_file(&format!("the {what} '{}'", path.display())),
+        )
+    })
 }
 
 /// Warn (never failing) when a key file can be read by group or others.

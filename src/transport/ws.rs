@@ -60,6 +60,8 @@ pub enum WsError {
     Protocol(&'static str),
     /// The system's random generator failed (masking keys, the handshake key).
     Random,
+    /// The broker closed the WebSocket with a close frame.
+    Closed(Closed),
 }
 
 impl fmt::Display for WsError {
@@ -85,6 +87,7 @@ impl fmt::Display for WsError {
             WsError::Random => f.write_str(
                 "the system's random number generator failed (needed for WebSocket masking keys)",
             ),
+            WsError::Closed(c) => c.fmt(f),
         }
     }
 }
@@ -160,6 +163,14 @@ impl Upgrade {
     /// `host:port/path`, for messages.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The broker's answer in words, once [`Upgrade::feed`] accepted it: its status line and subprotocol.
+    pub fn answer(&self) -> String {
+        match self.head.header("sec-websocket-protocol") {
+            Some(p) => format!("{} (subprotocol {p})", self.head.status_line()),
+            None => format!("{} (no subprotocol named)", self.head.status_line()),
+        }
     }
 
     /// Read the broker's answer. `Ok(None)`: all of `data` taken, more needed. `Ok(Some(n))`: upgraded; the

@@ -21,7 +21,7 @@ pub fn cfg(uri: &str, id: &str) -> Config {
 pub fn connect(c: Config) -> Client {
     let client = Client::connect(c).expect("config accepted");
     client
-        .wait_connected(Duration::from_secs(10))
+        .wait_connected(crate::common::slow(Duration::from_secs(10)))
         .expect("connected");
     client
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod alloc;
 pub mod fake;
+pub mod hops;
 pub mod proxy;
 
 use rcgen::{
@@ -40,6 +41,23 @@ pub fn qmqtt_cmd() -> Command {
         }
         _ => Command::new(bin),
     }
+}
+
+/// How many times slower than native this run's code is: `$QMQTT_TEST_SLOWDOWN` (targets/test sets 10 for
+/// ARM builds under qemu-user; 1 when unset). Bounds that are wall-clock times — how long a call, a detection or
+/// a recovery may take, how long to wait for something — are multiplied by it; counts, orders and lower bounds
+/// never are.
+pub fn slowdown() -> u32 {
+    std::env::var("QMQTT_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n: &u32| n >= 1)
+        .unwrap_or(1)
+}
+
+/// A time bound made for native speed, scaled by [`slowdown`].
+pub fn slow(d: Duration) -> Duration {
+    d * slowdown()
 }
 
 /// Run `qmqtt ARGS` with `input` on stdin, collecting its output; kill it and fail the test when it runs

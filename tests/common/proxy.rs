@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 struct State {
     stalled: AtomicBool,
     refusing: AtomicBool,
+    /// An acceptor thread holds the listening socket (cleared once it has dropped it).
+    listening: AtomicBool,
     stopped: AtomicBool,
     /// Bytes per second per direction; 0 = unlimited.
     rate: AtomicU64,
@@ -64,9 +66,12 @@ impl Proxy {
         let st = self.st.clone();
         let upstream = self.upstream;
         l.set_nonblocking(true).unwrap();
+        st.listening.store(true, Ordering::SeqCst);
         thread::spawn(move || loop {
             if st.stopped.load(Ordering::SeqCst) || st.refusing.load(Ordering::SeqCst) {
-                return; // dropping the listener closes the port
+                drop(l); // closes the port
+                st.listening.store(false, Ordering::SeqCst);
+                return;
             }
             match l.accept() {
                 Ok((c, _)) => {
@@ -132,7 +137,17 @@ impl Proxy {
     pub fn refuse(&self, on: bool) {
         if on {
             self.st.refusing.store(true, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(20)); // the acceptor notices and drops the listener
+            // The acceptor notices within a poll and drops the listener: wait for that (not a fixed sleep,
+            // which a slow or emulated machine can outlast).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.st.listening.load(Ordering::SeqCst) {
+                assert!(
+                    Instant::now() < deadline,
+                    "proxy acceptor did not close port {}",
+                    self.port
+                );
+                thread::sleep(Duration::from_millis(2));
+            }
         } else if self.st.refusing.swap(false, Ordering::SeqCst) {
             let deadline = Instant::now() + Duration::from_secs(5);
             let l = loop {

@@ -87,7 +87,7 @@ static void die(const char *fmt, const char *arg) {
 static void *sym(void *h, const char *n) {
     void *p = dlsym(h, n);
     if (!p)
-        die("the extension has no export %s (is it built with --features q?)", n);
+        die("the extension has no export %s (built with --no-default-features? the q feature exports them)", n);
     return p;
 }
 

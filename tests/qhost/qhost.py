@@ -65,7 +65,7 @@ def lib_path():
     cands = [c for c in cands if os.path.exists(c)]
     if cands:
         return max(cands, key=os.path.getmtime)
-    raise RuntimeError("libqmqtt.so not built: cargo build --release --features q --lib")
+    raise RuntimeError("libqmqtt.so not built: cargo build --release")
 
 
 def qhost_path():

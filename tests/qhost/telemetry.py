@@ -3,7 +3,7 @@
 same environment variables — through the q host harness (KX's libe.so + qhost.so + our library).
 
   QMQTT_URL QMQTT_CA QMQTT_CERT QMQTT_KEY QMQTT_TOPIC QMQTT_TICKS   as in telemetry.q
-Needs the library built (cargo build --release --features q --lib; or QMQTT_LIB=path). When QMQTT_URL is
+Needs the library built (cargo build --release; or QMQTT_LIB=path). When QMQTT_URL is
 not set, a local mosquitto with generated certificates is started and its mutual-TLS
 listener is used, so `tests/qhost/telemetry.py` runs anywhere mosquitto is installed.
 """

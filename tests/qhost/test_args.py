@@ -149,7 +149,7 @@ def expected(fn, args, connected=False):
             return ...
         addr = a[2] if a[1] != -10 else a[2]
         if not any(addr.lower().startswith(s) and len(addr) > len(s)
-                   for s in ("tcp://", "ssl://", "mqtt://", "mqtts://")):
+                   for s in ("tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://")):
             return "Invalid protocol scheme"
         return ...
     return ...
@@ -332,7 +332,7 @@ def test_options_exact(q):
     assert err({S("httpsProxy"): S("http://p:1")}) == "httpsProxy unsupported"
     assert err({S("sslVersion"): 1}) == "sslVersion: TLS 1.0/1.1 unsupported"
     assert err({S("sslVersion"): 3}) == "Invalid protocol scheme"
-    assert err({S("privateKeyPassword"): S("pw")}) == "privateKeyPassword unsupported (decrypt the key)"
+    assert err({S("privateKeyPassword"): S("pw")}) == "Invalid protocol scheme"
     assert err({S("lastWillQos"): 1}) == "lastWillTopic missing"
     assert err({S("lastWillTopic"): S("w"), S("lastWillQos"): 3}) == "lastWillQos invalid"
     assert err({S("lastWillTopic"): S("w"), S("lastWillMessage"): "bye"}) == "Invalid protocol scheme"

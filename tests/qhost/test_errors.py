@@ -203,7 +203,13 @@ def test_configuration_errors_found_by_the_engine(q, broker, tmp_path):
     enc.chmod(0o600)
     cert = {S("keyStore"): S(c.client_cert)}
     assert conn_error(q, tls, {**cert, S("privateKey"): S(str(enc))}) \
-        == "privateKeyPassword unsupported (decrypt the key)"
+        == "privateKeyPassword missing (the key is encrypted)"
+    # A key really encrypted (by openssl), with a wrong password.
+    real = tmp_path / "real-enc.key"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", c.client_key, "-out", str(real),
+                    "-passout", "pass:right"], check=True, capture_output=True)
+    assert conn_error(q, tls, {**cert, S("privateKey"): S(str(real)), S("privateKeyPassword"): S("wrong")}) \
+        == "privateKeyPassword: wrong password or not an encrypted key"
     assert conn_error(q, tls, {**cert, S("privateKey"): S(c.ca)}) == "privateKey invalid"
     assert conn_error(q, tls, {**cert, S("privateKey"): S(c.server_key)}) == "keyStore invalid"
     assert conn_error(q, tls, {S("privateKey"): S(c.client_key)}) == "keyStore missing"
@@ -214,3 +220,20 @@ def test_configuration_errors_found_by_the_engine(q, broker, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("x")
     assert conn_error(q, tcp, {S("spoolDir"): S(str(afile))}) == "spoolDir invalid"
+
+
+def test_uri_passwords_never_shown(q, broker, capfd):
+    """A password written into the address (`tcp://user:password@host`) is in no q error, `lastError` or log
+    line (debug level: the extension logs the address it connects to)."""
+    q.call("loglevel", S("debug"))
+    try:
+        for uri in ["tcp://gw1:hunter2@localhost:99999", "tcp://gw1:hunter2@127.0.0.1:1883",
+                    "ssl://gw1:hunter2@localhost", "gw1:hunter2@localhost:1883"]:
+            msg = conn_error(q, uri)
+            assert "hunter2" not in msg, (uri, msg)
+            err = last_error(q)
+            assert "hunter2" not in err and "gw1:***@" in err, (uri, err)
+    finally:
+        q.call("loglevel", S("warn"))
+    logs = capfd.readouterr().err
+    assert "gw1:***@" in logs and "hunter2" not in logs, logs

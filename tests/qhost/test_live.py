@@ -1,6 +1,7 @@
 """Live scenarios through the host: KX's drop-in usage against a real mosquitto (plain, TLS, mTLS, password),
 callbacks with q's types on q's main thread, several connections, batch publish, reconnects, stats, leaks."""
 import ctypes
+import subprocess
 import time
 
 import pytest
@@ -122,6 +123,13 @@ def test_tls_and_mtls(engine, broker):
                                       S("privateKey"): S(c.client_key)})
     assert q.call("isConnected", NIL) is True
     conn(q, broker.mtls_uri, "mtls2", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_bundle)})
+    assert q.call("isConnected", NIL) is True
+    # an encrypted key (openssl, PKCS#8 PBES2) with KX's privateKeyPassword
+    enc = c.client_key + ".enc"
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", c.client_key, "-out", enc,
+                    "-passout", "pass:k3y pass"], check=True, capture_output=True)
+    conn(q, broker.mtls_uri, "mtls3", {S("trustStore"): S(c.ca), S("keyStore"): S(c.client_cert),
+                                       S("privateKey"): S(enc), S("privateKeyPassword"): S("k3y pass")})
     assert q.call("isConnected", NIL) is True
     q.call("disconnect", 0)
     # failures: the q error is a short category

@@ -140,6 +140,8 @@ pub struct ConnOpts {
     pub url_tls: Option<bool>,
     /// From `-L`: the topic part.
     pub url_topic: Option<String>,
+    /// From a `ws://` / `wss://` `-L`: the WebSocket path (MQTT over WebSockets).
+    pub url_ws_path: Option<String>,
     pub id: Option<String>,
     pub user: Option<String>,
     pub pass: Option<Vec<u8>>,
@@ -148,6 +150,7 @@ pub struct ConnOpts {
     pub capath: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub keypass: Option<String>,
     pub insecure: bool,
     pub tls_version: Option<TlsVersion>,
     pub alpn: Vec<Vec<u8>>,
@@ -169,7 +172,9 @@ pub const CONN_HELP: &str = "\
 Connection:
   -h HOST              broker host (default localhost)
   -p PORT              broker port (default 1883, or 8883 with TLS)
-  -L URL               mqtt[s]://[USER[:PASS]@]HOST[:PORT][/TOPIC] (also tcp://, ssl://)
+  -L URL               mqtt[s]://[USER[:PASS]@]HOST[:PORT][/TOPIC] (also tcp://, ssl://), or
+                       ws[s]://[USER[:PASS]@]HOST[:PORT][/PATH]: MQTT over a WebSocket (ports 80/443,
+                       path /mqtt)
   -i ID                client id (default qmqtt-<cmd>-<pid>)
   -u USER, -P PASS     username and password
   -k SECONDS           keep-alive interval (default 60; 0 turns it off)
@@ -180,7 +185,8 @@ TLS (on with --cafile, --capath, --cert, -p 8883 or an mqtts:// / ssl:// URL):
   --cafile FILE        CA certificate(s), PEM, to verify the broker (default: the Mozilla roots)
   --capath DIR         a directory of PEM CA certificates
   --cert FILE          client certificate chain (PEM) for mutual TLS; needs --key
-  --key FILE           client private key (PEM)
+  --key FILE           client private key (PEM; encrypted PKCS#8 or OpenSSL PEM with --keypass)
+  --keypass PASS       the password of an encrypted --key
   --insecure           do not check the broker's host name against its certificate
   --tls-version V      lowest TLS version: tlsv1.2 (default) or tlsv1.3
   --alpn PROTO         offer this ALPN protocol (repeatable), e.g. x-amzn-mqtt-ca
@@ -196,8 +202,12 @@ impl ConnOpts {
             "-p" | "--port" => self.port = Some(a.number(flag)?),
             "-L" | "--url" => {
                 let v = a.value(flag)?;
-                self.url(&v)
-                    .map_err(|m| a.err(format!("{flag} '{v}': {m}")))?;
+                self.url(&v).map_err(|m| {
+                    a.err(format!(
+                        "{flag} '{}': {m}",
+                        qmqtt::transport::redacted_uri(&v)
+                    ))
+                })?;
             }
             "-i" | "--id" => self.id = Some(a.value(flag)?),
             "-u" | "--username" => self.user = Some(a.value(flag)?),
@@ -207,6 +217,7 @@ impl ConnOpts {
             "--capath" => self.capath = Some(a.value_os(flag)?.into()),
             "--cert" => self.cert = Some(a.value_os(flag)?.into()),
             "--key" => self.key = Some(a.value_os(flag)?.into()),
+            "--keypass" => self.keypass = Some(a.value(flag)?),
             "--insecure" => self.insecure = true,
             "--tls-version" => {
                 let v = a.value(flag)?;
@@ -263,18 +274,29 @@ impl ConnOpts {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or("expected scheme://host, e.g. mqtts://broker:8883/topic")?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
+        let (tls, ws) = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => (false, false),
+            "mqtts" | "ssl" => (true, false),
+            "ws" => (false, true),
+            "wss" => (true, true),
             s => {
                 return Err(format!(
-                    "unknown scheme '{s}' (use mqtt, mqtts, tcp or ssl)"
+                    "unknown scheme '{s}' (use mqtt, mqtts, tcp, ssl, ws or wss)"
                 ))
             }
         };
         let (authority, topic) = match rest.split_once('/') {
             Some((a, t)) => (a, Some(t)),
             None => (rest, None),
+        };
+        // For WebSockets the part after the host is the request path, not a topic.
+        let (topic, ws_path) = if ws {
+            (
+                None,
+                Some(topic.map_or("/mqtt".to_string(), |p| format!("/{p}"))),
+            )
+        } else {
+            (topic, None)
         };
         let hostport = match authority.rsplit_once('@') {
             Some((cred, hp)) => {
@@ -310,6 +332,7 @@ impl ConnOpts {
             self.port = Some(p.parse().map_err(|_| format!("bad port '{p}'"))?);
         }
         self.url_tls = Some(tls);
+        self.url_ws_path = ws_path;
         if let Some(t) = topic.filter(|t| !t.is_empty()) {
             self.url_topic = Some(t.to_string());
         }
@@ -330,10 +353,17 @@ impl ConnOpts {
     }
 
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(if self.tls() { 8883 } else { 1883 })
+        self.port
+            .unwrap_or(match (self.tls(), self.url_ws_path.is_some()) {
+                (true, true) => 443,
+                (false, true) => 80,
+                (true, false) => 8883,
+                (false, false) => 1883,
+            })
     }
 
-    /// The engine's URI: `ssl://host:port` or `tcp://host:port` (IPv6 literals bracketed).
+    /// The engine's URI: `ssl://host:port`, `tcp://host:port` or `ws[s]://host:port/path` (IPv6 literals
+    /// bracketed).
     pub fn uri(&self) -> String {
         let host = self.host();
         let host = if host.contains(':') && !host.starts_with('[') {
@@ -341,8 +371,16 @@ impl ConnOpts {
         } else {
             host.to_string()
         };
-        let scheme = if self.tls() { "ssl" } else { "tcp" };
-        format!("{scheme}://{host}:{}", self.port())
+        match &self.url_ws_path {
+            Some(path) => {
+                let scheme = if self.tls() { "wss" } else { "ws" };
+                format!("{scheme}://{host}:{}{path}", self.port())
+            }
+            None => {
+                let scheme = if self.tls() { "ssl" } else { "tcp" };
+                format!("{scheme}://{host}:{}", self.port())
+            }
+        }
     }
 
     pub fn tls_options(&self) -> TlsOptions {
@@ -351,6 +389,7 @@ impl ConnOpts {
             ca_dir: self.capath.clone(),
             cert_file: self.cert.clone(),
             key_file: self.key.clone(),
+            key_password: self.keypass.as_deref().map(qmqtt::Secret::from),
             server_name: self.sni.clone(),
             alpn: self.alpn.clone(),
             cipher_suites: self.ciphers.clone(),
@@ -367,6 +406,9 @@ impl ConnOpts {
     pub fn validate(&self, a: &Args) -> Result<(), UsageError> {
         if self.cert.is_some() != self.key.is_some() {
             return Err(a.err("--cert and --key go together (give both)".into()));
+        }
+        if self.keypass.is_some() && self.key.is_none() {
+            return Err(a.err("--keypass is the password of --key: give --key too".into()));
         }
         if self.pass.is_some() && self.user.is_none() {
             return Err(a.err("-P needs -u USER as well".into()));
@@ -469,6 +511,26 @@ mod tests {
         assert_eq!(o.uri(), "ssl://[::1]:8883");
         let o = parse(&["--cafile", "x.pem", "-h", "b"]).unwrap();
         assert_eq!(o.uri(), "ssl://b:8883");
+        // WebSockets: the path is the request path, not a topic; ports 80 / 443.
+        let o = parse(&["-L", "ws://u@b"]).unwrap();
+        assert_eq!((o.uri(), o.url_topic), ("ws://b:80/mqtt".to_string(), None));
+        let o = parse(&["-L", "wss://b:8443/ws/mqtt"]).unwrap();
+        assert_eq!(o.uri(), "wss://b:8443/ws/mqtt");
+        let o = parse(&["-L", "wss://b", "--cafile", "c.pem"]).unwrap();
+        assert_eq!(o.uri(), "wss://b:443/mqtt");
+    }
+
+    #[test]
+    fn key_password() {
+        let o = parse(&["--cert", "c", "--key", "k", "--keypass", "pw"]).unwrap();
+        let t = o.tls_options();
+        assert_eq!(
+            t.key_password.as_ref().map(|s| s.expose()),
+            Some(&b"pw"[..])
+        );
+        assert!(!format!("{t:?}").contains("pw\""), "{t:?}");
+        let e = parse(&["--keypass", "pw"]).unwrap_err().0;
+        assert!(e.contains("--keypass is the password of --key"), "{e}");
     }
 
     #[test]

@@ -150,11 +150,35 @@ const HINT_NOTHING_THERE: &str =
     "nothing accepts connections there: check -h HOST and -p PORT (or -L URL) \
     and that the broker runs";
 
+const HINT_PROXY_FLAG: &str = "give the proxy as --proxy http://[USER:PASS@]HOST:PORT";
+
 /// Advice in terms of this command's flags for a connection failure (empty when nothing specific applies).
 pub fn hint(e: &Error) -> &'static str {
+    use qmqtt::transport::{proxy::ProxyError as P, ws::WsError as W};
     use rustls::{AlertDescription as A, CertificateError as C, Error as R};
     match e {
         Error::Config(c) => config_hint(c),
+        Error::Proxy(p) => match p {
+            P::AuthRequired { sent: false, .. } => {
+                "the proxy wants a user and password: --proxy http://USER:PASS@HOST:PORT"
+            }
+            P::AuthRequired { sent: true, .. } => "check the user and password in --proxy",
+            P::Refused { .. } => {
+                "the proxy does not let CONNECT through to this port: ask for it to be allowed, or reach \
+                 the broker on port 443 (-L wss://HOST/mqtt or mqtts://HOST:443)"
+            }
+            P::NotHttp { .. } | P::Closed { .. } | P::Url { .. } => HINT_PROXY_FLAG,
+            P::Dns { .. } | P::Tcp { .. } => {
+                "nothing answers as the proxy: check --proxy (or $https_proxy/$http_proxy) and that the \
+                 proxy runs"
+            }
+        },
+        Error::WebSocket(W::Refused { .. }) => {
+            "give the broker's WebSocket path in the URL: -L ws://HOST:PORT/PATH (default /mqtt)"
+        }
+        Error::WebSocket(W::NotWebSocket { .. }) => {
+            "is that port the broker's WebSocket listener? -L ws://… for plain, wss://… for TLS"
+        }
         Error::Tcp { attempts, .. }
             if attempts
                 .iter()
@@ -201,9 +225,10 @@ pub fn hint(e: &Error) -> &'static str {
 
 /// Advice for a configuration error.
 pub fn config_hint(c: &ConfigError) -> &'static str {
-    match c.key {
-        Key::ClientId => HINT_CLIENT_ID,
-        Key::Password => HINT_CREDENTIALS,
+    match (c.key, c.fault) {
+        (Key::ClientId, _) => HINT_CLIENT_ID,
+        (Key::Password, _) => HINT_CREDENTIALS,
+        (Key::HttpProxy | Key::HttpsProxy, _) => HINT_PROXY_FLAG,
         _ => "",
     }
 }
