@@ -19,6 +19,7 @@ mod common;
 #[path = "common/fault.rs"]
 mod fault;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
@@ -172,7 +173,7 @@ fn fault_broker_sigkill_persistent_qos1() {
     let name = "fault_broker_sigkill_persistent_qos1";
     let ks = kills();
     let (mut log, sub, c, cr, b, t0) = crash_run(name, QoS::AtLeastOnce, true, &ks, true);
-    let settled = fault::settle(&c, &mut log, &sub, Duration::from_secs(30));
+    let settled = fault::settle(&c, &mut log, &sub, &HashSet::new(), Duration::from_secs(30));
     let n = log.published();
     let missing = sub.missing(n);
     let (ours, brokers) = classify(&missing, &cr);
@@ -235,7 +236,7 @@ fn fault_broker_sigkill_volatile_qos1() {
     let name = "fault_broker_sigkill_volatile_qos1";
     let ks = kills();
     let (mut log, sub, c, cr, b, t0) = crash_run(name, QoS::AtLeastOnce, false, &ks, true);
-    let settled = fault::settle(&c, &mut log, &sub, Duration::from_secs(30));
+    let settled = fault::settle(&c, &mut log, &sub, &HashSet::new(), Duration::from_secs(30));
     let n = log.published();
     let missing = sub.missing(n);
     let sess: Vec<bool> = sub
@@ -299,7 +300,7 @@ fn fault_broker_clean_restart_persistent_qos2() {
     let name = "fault_broker_clean_restart_persistent_qos2";
     let ks = kills();
     let (mut log, sub, c, cr, b, t0) = crash_run(name, QoS::ExactlyOnce, true, &ks, false);
-    let settled = fault::settle(&c, &mut log, &sub, Duration::from_secs(30));
+    let settled = fault::settle(&c, &mut log, &sub, &HashSet::new(), Duration::from_secs(30));
     let n = log.published();
     let missing = sub.missing(n);
     let (extra, dup_seqs) = sub.dups();

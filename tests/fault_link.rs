@@ -15,6 +15,7 @@ mod common;
 #[path = "common/fault.rs"]
 mod fault;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
@@ -105,7 +106,7 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
     p.stall(false);
     p.trickle(None);
     p.refuse(false);
-    let settled = fault::settle(&c, &mut log, &sub, Duration::from_secs(60));
+    let settled = fault::settle(&c, &mut log, &sub, &HashSet::new(), Duration::from_secs(60));
     let n = log.published();
     let missing = sub.missing(n);
     let (extra, dup_seqs) = sub.dups();

@@ -104,18 +104,16 @@ pub struct Endpoint {
     pub path: String,
 }
 
-/// `uri` for a message: any user info (`scheme://user:password@host`) shows as `user:***@`, so that a
-/// password given in a URI never reaches an error, a log line or `Debug` output.
+/// `uri` for a message: a password in its user info (`scheme://user:password@host`) shows as
+/// `user:***@`, so that it never reaches an error, a log line or `Debug` output; `user@host` stays.
 pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
     let (scheme, rest) = match uri.find("://") {
         Some(i) => uri.split_at(i + 3),
         None => ("", uri),
     };
-    match rest.rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}{user}:***{}", &rest[at..]).into()
-        }
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@').and_then(|at| Some((at, authority[..at].find(':')?))) {
+        Some((at, colon)) => format!("{scheme}{}:***{}", &rest[..colon], &rest[at..]).into(),
         None => uri.into(),
     }
 }
@@ -325,4 +323,19 @@ pub struct TlsInfo {
     pub alpn: Option<Vec<u8>>,
     /// The server's certificate chain as sent, leaf first (DER).
     pub peer_chain: Vec<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_uri;
+
+    #[test]
+    fn only_passwords_are_hidden() {
+        assert_eq!(redacted_uri("mqtt://u:hunter2@h:1883"), "mqtt://u:***@h:1883");
+        assert_eq!(redacted_uri("http://u:a@b:c@proxy:3128"), "http://u:***@proxy:3128");
+        assert_eq!(redacted_uri("mqtt://u@h"), "mqtt://u@h");
+        assert_eq!(redacted_uri("mqtt://h:1883"), "mqtt://h:1883");
+        assert_eq!(redacted_uri("ws://h:80/p@x:y"), "ws://h:80/p@x:y");
+        assert_eq!(redacted_uri("u:p@h"), "u:***@h");
+    }
 }
