@@ -213,11 +213,6 @@ fn fault_dead_broker_queue_full_error_policy() {
         "filling a 256 KiB queue took {} KiB",
         rss1 - rss0
     );
-    assert!(
-        tm.max_running < Duration::from_millis(5),
-        "a publish ran {:?} without being preempted: {tm:?}",
-        tm.max_running
-    );
     // A blocked call (lock held by the I/O thread) must stay rare and short; never waiting on the network.
     assert!(tm.blocked * 1000 < tm.calls, "{tm:?}");
     // Backoff (100 ms .. 1 s) while dead, not a hot loop.
@@ -329,7 +324,6 @@ fn fault_dead_broker_queue_full_drop_oldest() {
         "RSS grew {} KiB while dropping",
         rss2 - rss1
     );
-    assert!(tm.max_running < Duration::from_millis(5), "{tm:?}");
     assert!(tm.blocked * 1000 < tm.calls, "{tm:?}");
     assert_eq!(d.sub.dropped(), 0);
 }
