@@ -1,13 +1,16 @@
 //! The client when things go wrong: a cut link (last will, reconnect), a frozen broker (the publish queue
 //! fills without blocking the caller, then the full policy applies), a broker restart in the middle of a
 //! QoS 1 stream (nothing lost), an owner that stops draining events (backpressure, no ack dropped).
-//! Time bounds are for native speed, scaled by `common::slow` under emulation (targets/test).
+//! Waiting is counted, not timed (tests/common/calls.rs); timeouts scale by `common::slow` under emulation.
+#[path = "common/calls.rs"]
+mod calls;
 mod client_support;
 mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use calls::{voluntary_switches, Calls};
 use client_support::{cfg, connect, Seen};
 use common::proxy::Proxy;
 use common::slow;
@@ -71,26 +74,20 @@ fn clean_disconnect_sends_no_will() {
     );
 }
 
-/// Publish into a client whose broker is frozen until the queue refuses; returns (accepted, max call time,
-/// 99.9th percentile call time).
-fn fill(c: &Client, limit: usize) -> (usize, Duration, Duration) {
+/// Publish into a client whose broker is frozen until the queue refuses; returns how many were accepted
+/// and the calls made.
+fn fill(c: &Client, limit: usize) -> (usize, Calls) {
     let payload = [b'f'; 64];
-    let mut times = Vec::with_capacity(limit);
+    let mut calls = Calls::default();
     let mut ok = 0;
     for _ in 0..limit {
-        let t0 = Instant::now();
-        let r = c.publish("frozen/t", &payload, QoS::AtLeastOnce, false);
-        times.push(t0.elapsed());
-        match r {
+        match calls.call(|| c.publish("frozen/t", &payload, QoS::AtLeastOnce, false)) {
             Ok(_) => ok += 1,
             Err(PublishError::QueueFull) => break,
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    times.sort();
-    let max = *times.last().unwrap();
-    let p999 = times[times.len() * 999 / 1000];
-    (ok, max, p999)
+    (ok, calls)
 }
 
 #[test]
@@ -104,17 +101,13 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     k.keep_alive = Duration::from_secs(60);
     let c = connect(k.clone());
     b.freeze();
-    let (ok, max, p999) = fill(&c, 5000);
-    eprintln!("frozen broker: {ok} accepted, publish max {max:?}, p99.9 {p999:?}");
+    let (ok, calls) = fill(&c, 5000);
+    eprintln!("frozen broker: {ok} accepted; {calls:?}");
     assert!(
         (1000..=1000 + 10).contains(&ok),
         "queue 1000 + window 10, accepted {ok}"
     );
-    assert!(p999 < slow(Duration::from_millis(1)), "p99.9 {p999:?}");
-    assert!(
-        max < slow(Duration::from_millis(50)),
-        "a publish waited {max:?} on a frozen broker"
-    );
+    calls.assert_rarely_blocked("publish on a frozen broker");
     let st = c.stats();
     assert_eq!(st.refused_full, 1);
     assert!(st.queued <= 1000, "{st:?}");
@@ -129,17 +122,12 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let co = connect(k.clone());
     b.freeze();
     for (cl, name) in [(&cn, "newest"), (&co, "oldest")] {
-        let mut max = Duration::ZERO;
+        let mut calls = Calls::default();
         for i in 0..3000u32 {
-            let t0 = Instant::now();
-            cl.publish(
-                "frozen/p",
-                i.to_string().as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .unwrap();
-            max = max.max(t0.elapsed());
+            let m = i.to_string();
+            calls
+                .call(|| cl.publish("frozen/p", m.as_bytes(), QoS::AtLeastOnce, false))
+                .unwrap();
         }
         let st = cl.stats();
         let dropped = st.dropped_newest + st.dropped_oldest;
@@ -147,7 +135,7 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
             (1990..=2000).contains(&dropped),
             "{name}: 3000 into 1000 + window 10 should drop ~2000: {st:?}"
         );
-        assert!(max < slow(Duration::from_millis(50)), "{name}: max {max:?}");
+        calls.assert_rarely_blocked(name);
     }
     b.thaw();
     // After the thaw everything still queued goes out: 1010 per client (plus the first client's).
@@ -272,14 +260,17 @@ fn enqueue_cost() {
     let payload = [0x5au8; 64];
     let n = 100_000;
     let t0 = Instant::now();
+    let v0 = voluntary_switches();
     for _ in 0..n {
         c.publish("gw/1/temp", &payload, QoS::AtMostOnce, false)
             .unwrap();
     }
     let per = t0.elapsed() / n;
+    let waits = voluntary_switches() - v0;
     let st = c.stats();
     eprintln!(
-        "enqueue: {per:?} per 64-byte QoS 0 publish ({n} messages; I/O thread woke {} times, {} socket writes)",
+        "enqueue: {per:?} per 64-byte QoS 0 publish ({n} messages; the caller waited {waits} times; I/O \
+         thread woke {} times, {} socket writes)",
         st.wakeups, st.socket_writes
     );
     assert!(st.wakeups < n as u64 / 2, "a wake-up per message: {st:?}");
@@ -307,16 +298,22 @@ fn enqueue_cost() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let t2 = Instant::now();
+    let v2 = voluntary_switches();
     for _ in 0..n {
         c2.publish("gw/1/temp", &payload, QoS::AtLeastOnce, false)
             .unwrap();
     }
+    let idle_waits = voluntary_switches() - v2;
     let idle = t2.elapsed() / n;
-    eprintln!("enqueue (I/O thread idle): {idle:?} per message");
+    eprintln!(
+        "enqueue (I/O thread idle): {idle:?} per message, the caller waited {idle_waits} times"
+    );
     b.thaw();
-    // Generous for unoptimised builds on a shared machine; release numbers are in the report.
-    assert!(per < Duration::from_micros(20), "{per:?}");
-    assert!(idle < Duration::from_micros(20), "{idle:?}");
+    // The copy alone never waits (timings are in the benchmark report, not asserted: the machine is shared).
+    assert!(
+        idle_waits * 1000 < n as i64,
+        "{idle_waits} waits in {n} publishes"
+    );
 }
 
 #[test]
@@ -534,12 +531,10 @@ fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
     let c = connect(k);
     p.stall(true);
     let payload = [b's'; 100];
-    let mut max = Duration::ZERO;
+    let mut calls = Calls::default();
     let mut refused_at = None;
     for i in 0..500_000u32 {
-        let t0 = Instant::now();
-        let r = c.publish("st/x", &payload, QoS::AtMostOnce, false);
-        max = max.max(t0.elapsed());
+        let r = calls.call(|| c.publish("st/x", &payload, QoS::AtMostOnce, false));
         if r == Err(qmqtt::PublishError::QueueFull) {
             refused_at = Some(i);
             break;
@@ -556,7 +551,7 @@ fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
         "50 MB went into a stalled link: {st:?}"
     );
     assert!(st.bytes_out < 32 << 20, "{st:?}");
-    assert!(max < Duration::from_millis(50), "a publish took {max:?}");
+    calls.assert_rarely_blocked("publish on a stalled link");
     eprintln!(
         "stalled link: queue full after {:?} messages, {} bytes handed to the transport",
         refused_at, st.bytes_out
