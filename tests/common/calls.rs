@@ -56,8 +56,13 @@ impl Calls {
     }
 
     /// Fewer than one call in a thousand blocked (a brief wait for the queue's lock while the I/O thread
-    /// holds it); never one per message, never a wait on the network.
+    /// holds it); never one per message, never a wait on the network. Not under qemu-user
+    /// (`QMQTT_TEST_RUNNER`, targets/test), whose own locks (translating code) make any thread wait.
     pub fn assert_rarely_blocked(&self, what: &str) {
+        if std::env::var_os("QMQTT_TEST_RUNNER").is_some() {
+            eprintln!("{what}: {self:?} (emulated: waits not asserted)");
+            return;
+        }
         assert!(
             self.blocked * 1000 < self.calls,
             "{what}: {} of {} calls blocked: {self:?}",
