@@ -842,10 +842,11 @@ impl Client {
                 "subscription options and identifiers need MQTT 5 (MQTTVersion 5)",
             )));
         }
-        if id.is_some_and(|i| i == 0 || i > crate::codec::properties::MAX_SUBSCRIPTION_ID) {
+        let max = crate::codec::properties::MAX_SUBSCRIPTION_ID;
+        if id.is_some_and(|i| i == 0 || i > max) {
             return Err(ClientError::Config(ConfigError::invalid(
                 Key::TopicFilter,
-                "subscription identifier: must be 1 to 268435455",
+                format!("subscription identifier: must be 1 to {max}"),
             )));
         }
         self.command(Cmd::Subscribe(filter.to_string(), opts, id))
