@@ -2,13 +2,12 @@
 //! fills without blocking the caller, then the full policy applies), a broker restart in the middle of a
 //! QoS 1 stream (nothing lost), an owner that stops draining events (backpressure, no ack dropped).
 //! Time bounds are for native speed, scaled by `common::slow` under emulation (targets/test).
-mod client_support;
 mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use client_support::{cfg, connect, Seen};
+use common::client::{cfg, connect, Seen};
 use common::proxy::Proxy;
 use common::slow;
 use qmqtt::client::{Client, FullPolicy, PublishError};
@@ -506,12 +505,16 @@ fn a_flat_out_producer_does_not_starve_reading() {
         w1 - w0
     );
     let t0 = Instant::now();
-    let st = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
-        .args(["-t", "ctl/go", "-m", "now"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &b.tcp_port.to_string(),
+        "-t",
+        "ctl/go",
+        "-m",
+        "now",
+    ]);
     let got = seen.until(&c, slow(Duration::from_secs(5)), |s| !s.msgs.is_empty());
     let latency = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
