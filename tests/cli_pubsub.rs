@@ -189,20 +189,20 @@ fn mosquitto_pub_to_qmqtt_sub_over_tls() {
         "-v",
     ]);
     for q in 0..3 {
-        mosquitto_pub(&[
-            "-h",
+        mosquitto_pub(
             "localhost",
-            "-p",
-            &port(b.tls_port),
-            "--cafile",
-            &ca,
-            "-t",
-            "cli/tls/m",
-            "-q",
-            &q.to_string(),
-            "-m",
-            &format!("msg qos{q}"),
-        ]);
+            b.tls_port,
+            &[
+                "--cafile",
+                &ca,
+                "-t",
+                "cli/tls/m",
+                "-q",
+                &q.to_string(),
+                "-m",
+                &format!("msg qos{q}"),
+            ],
+        );
     }
     let st = s.wait(T);
     assert!(st.success(), "qmqtt sub: {st}: {}", s.stderr());
@@ -313,22 +313,22 @@ fn username_password_and_a_wrong_password() {
         "1",
     ]);
     // mosquitto_pub with the same credentials reaches qmqtt sub.
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-u",
-        common::USER,
-        "-P",
-        common::PASSWORD,
-        "-t",
-        "cli/auth",
-        "-q",
-        "1",
-        "-m",
-        "authorised",
-    ]);
+        &[
+            "-u",
+            common::USER,
+            "-P",
+            common::PASSWORD,
+            "-t",
+            "cli/auth",
+            "-q",
+            "1",
+            "-m",
+            "authorised",
+        ],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["authorised"]);
 
@@ -733,34 +733,16 @@ fn sub_resumes_its_session_with_c() {
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "1"]);
     let mut s = QSub::start(&args);
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-t",
-        "cli/session",
-        "-q",
-        "1",
-        "-m",
-        "live",
-    ]);
+        &["-t", "cli/session", "-q", "1", "-m", "live"],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["live"]);
     // While it is away, the broker queues for the session.
     for m in ["queued 1", "queued 2"] {
-        mosquitto_pub(&[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-t",
-            "cli/session",
-            "-q",
-            "1",
-            "-m",
-            m,
-        ]);
+        mosquitto_pub("127.0.0.1", &p, &["-t", "cli/session", "-q", "1", "-m", m]);
     }
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "2", "-W", "10"]);

@@ -66,18 +66,18 @@ fn subscribe_receives_qos_0_1_2_through_the_event_fd() {
         "drained: fd must not be readable"
     );
     for q in 0..3 {
-        common::mosquitto_pub(&[
-            "-h",
+        common::mosquitto_pub(
             "127.0.0.1",
-            "-p",
-            &b.tcp_port.to_string(),
-            "-t",
-            &format!("in/q{q}"),
-            "-m",
-            &format!("m{q}"),
-            "-q",
-            &q.to_string(),
-        ]);
+            b.tcp_port,
+            &[
+                "-t",
+                &format!("in/q{q}"),
+                "-m",
+                &format!("m{q}"),
+                "-q",
+                &q.to_string(),
+            ],
+        );
     }
     // Level-triggered: readable while events wait, until drained.
     let deadline = Instant::now() + T;

@@ -505,16 +505,7 @@ fn a_flat_out_producer_does_not_starve_reading() {
         w1 - w0
     );
     let t0 = Instant::now();
-    common::mosquitto_pub(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &b.tcp_port.to_string(),
-        "-t",
-        "ctl/go",
-        "-m",
-        "now",
-    ]);
+    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "ctl/go", "-m", "now"]);
     let got = seen.until(&c, slow(Duration::from_secs(5)), |s| !s.msgs.is_empty());
     let latency = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

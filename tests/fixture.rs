@@ -8,21 +8,11 @@ fn broker_starts_and_relays() {
     let b = common::Broker::start();
     let sub = common::Sub::start(&b, "fixture/#", 1, &["-v"]);
     let ca = b.certs.ca.to_str().unwrap();
-    let port = b.tls_port.to_string();
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "localhost",
-        "-p",
-        &port,
-        "--cafile",
-        ca,
-        "-t",
-        "fixture/a",
-        "-m",
-        "hello",
-        "-q",
-        "1",
-    ]);
+        b.tls_port,
+        &["--cafile", ca, "-t", "fixture/a", "-m", "hello", "-q", "1"],
+    );
     assert_eq!(sub.wait_for(1, Duration::from_secs(5)), 1);
     assert_eq!(sub.take(), vec!["fixture/a hello".to_string()]);
     // The mutual-TLS listener refuses a client without a certificate.

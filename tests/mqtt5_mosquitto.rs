@@ -153,41 +153,41 @@ fn properties_round_trip_with_mosquitto_sub_and_pub_plain_and_tls() {
     .unwrap();
     let mut seen = Seen::default();
     assert!(seen.until(&c, Duration::from_secs(5), |s| !s.subscribed.is_empty()));
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "127.0.0.1",
-        "-p",
-        &b.tcp_port.to_string(),
-        "-V",
-        "5",
-        "-q",
-        "1",
-        "-t",
-        "v5/in/x",
-        "-m",
-        "hello",
-        "-D",
-        "publish",
-        "user-property",
-        "site",
-        "north",
-        "-D",
-        "publish",
-        "content-type",
-        "application/json",
-        "-D",
-        "publish",
-        "message-expiry-interval",
-        "60",
-        "-D",
-        "publish",
-        "correlation-data",
-        "abc",
-        "-D",
-        "publish",
-        "response-topic",
-        "v5/back",
-    ]);
+        b.tcp_port,
+        &[
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            "v5/in/x",
+            "-m",
+            "hello",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "north",
+            "-D",
+            "publish",
+            "content-type",
+            "application/json",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "60",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+            "-D",
+            "publish",
+            "response-topic",
+            "v5/back",
+        ],
+    );
     assert!(seen.until(&c, Duration::from_secs(5), |s| !s.msgs.is_empty()));
     let raw = &seen.msg_props[0];
     let got = codec::Properties::parse(raw, PUBLISH).unwrap();
@@ -480,51 +480,23 @@ fn a_broker_of_mqtt311_only_is_named_as_such() {
 // ---- helpers: publishing with mosquitto_pub, a raw client, a minimal session driver ----
 
 fn pub_(port: u16, topic: &str, msg: &str, qos: u8) {
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-V",
-        "5",
-        "-q",
-        &qos.to_string(),
-        "-t",
-        topic,
-        "-m",
-        msg,
-    ]);
+        port,
+        &["-V", "5", "-q", &qos.to_string(), "-t", topic, "-m", msg],
+    );
 }
 
 fn pub_retained(port: u16, topic: &str, msg: &str) {
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-V",
-        "5",
-        "-r",
-        "-q",
-        "1",
-        "-t",
-        topic,
-        "-m",
-        msg,
-    ]);
+        port,
+        &["-V", "5", "-r", "-q", "1", "-t", topic, "-m", msg],
+    );
 }
 
 fn clear_retained(port: u16, topic: &str) {
-    common::mosquitto_pub(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-r",
-        "-n",
-        "-t",
-        topic,
-    ]);
+    common::mosquitto_pub("127.0.0.1", port, &["-r", "-n", "-t", topic]);
 }
 
 /// A client writing packets with the codec, to break the rules on purpose.

@@ -303,18 +303,11 @@ fn persistent_session_gets_what_was_queued_while_away() {
     d.s.disconnect();
     d.flush();
     drop(d);
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "127.0.0.1",
-        "-p",
-        &b.tcp_port.to_string(),
-        "-t",
-        "qm/p/a",
-        "-m",
-        "while-away",
-        "-q",
-        "1",
-    ]);
+        b.tcp_port,
+        &["-t", "qm/p/a", "-m", "while-away", "-q", "1"],
+    );
     let mut d = Driver::connect(b.tcp_port, c);
     let ev = d.until(5, |e| e.iter().any(|x| matches!(x, E::Msg(..))));
     assert_eq!(ev[0], E::Connected(true), "{ev:?}");
@@ -496,18 +489,11 @@ fn broker_restart_that_loses_the_session_resubscribes_and_resends() {
     });
     assert_eq!(ev[0], E::Connected(false), "{ev:?}");
     // The subscription was replayed: a message published now reaches us.
-    common::mosquitto_pub(&[
-        "-h",
+    common::mosquitto_pub(
         "127.0.0.1",
-        "-p",
-        &b.tcp_port.to_string(),
-        "-t",
-        "qm/rs/in",
-        "-m",
-        "after",
-        "-q",
-        "1",
-    ]);
+        b.tcp_port,
+        &["-t", "qm/rs/in", "-m", "after", "-q", "1"],
+    );
     d.until(5, |e| {
         e.contains(&E::Msg(
             "qm/rs/in".into(),
@@ -527,16 +513,7 @@ fn oversize_incoming_message_is_a_protocol_error_naming_max_packet_size() {
         .unwrap();
     d.until(5, |e| !e.is_empty());
     let big = "x".repeat(2000);
-    common::mosquitto_pub(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &b.tcp_port.to_string(),
-        "-t",
-        "qm/big",
-        "-m",
-        &big,
-    ]);
+    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "qm/big", "-m", &big]);
     let end = Instant::now() + Duration::from_secs(5);
     let e = loop {
         assert!(Instant::now() < end, "no error for an oversize packet");

@@ -122,15 +122,17 @@ pub fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
     v
 }
 
-/// Run `mosquitto_pub ARGS` to its end; fail the test, with its stderr, unless it succeeds.
-pub fn mosquitto_pub(args: &[&str]) {
+/// Run `mosquitto_pub -h HOST -p PORT ARGS` to its end; fail the test, with its stderr, unless it succeeds.
+pub fn mosquitto_pub(host: &str, port: impl ToString, args: &[&str]) {
     let o = Command::new("mosquitto_pub")
+        .args(["-h", host, "-p", &port.to_string()])
         .args(args)
         .output()
         .expect("run mosquitto_pub (apt-get install mosquitto-clients)");
     assert!(
         o.status.success(),
-        "mosquitto_pub {args:?}: {}",
+        "mosquitto_pub -h {host} -p {} {args:?}: {}",
+        port.to_string(),
         String::from_utf8_lossy(&o.stderr)
     );
 }
