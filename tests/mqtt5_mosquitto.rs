@@ -317,17 +317,8 @@ fn the_clients_receive_maximum_and_packet_size_are_kept_by_the_broker() {
     let b = common::Broker::start();
     // Receive Maximum 2: mosquitto sends no third QoS 1 message before a PUBACK.
     let mut s = SessionConfig {
-        client_id: "v5-rm".into(),
-        protocol: Protocol::V5,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
-        max_inflight: 10,
         max_packet_size: 128,
-        mqtt5: Default::default(),
+        ..common::session::config("v5-rm", Protocol::V5)
     };
     s.mqtt5.receive_maximum = 2;
     let mut d = Driver::connect(b.tcp_port, s);

@@ -24,17 +24,9 @@ enum E {
 
 fn cfg(id: &str) -> SessionConfig {
     SessionConfig {
-        client_id: id.into(),
-        protocol: Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
         max_inflight: 20,
         max_packet_size: 1 << 16,
-        mqtt5: Default::default(),
+        ..common::session::config(id, Protocol::V311)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod client;
 pub mod fake;
 pub mod hops;
 pub mod proxy;
+pub mod session;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
