@@ -4,64 +4,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, Sub};
+use common::{mosquitto_pub, qmqtt_run, read_all, wait_timeout, Broker, BrokerOptions, Sub};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Wait for `child` at most `t`; kill it and fail the test when it overstays.
-fn wait_timeout(child: &mut Child, t: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {t:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Run `qmqtt ARGS` with `input` on stdin; at most `t`.
-fn qmqtt_run(args: &[&str], input: &[u8], t: Duration) -> Output {
-    let mut child = common::qmqtt_cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let ro = std::thread::spawn(move || read_all(out));
-    let re = std::thread::spawn(move || read_all(err));
-    let status = wait_timeout(&mut child, t, &format!("qmqtt {args:?}"));
-    w.join().unwrap();
-    Output {
-        status,
-        stdout: ro.join().unwrap(),
-        stderr: re.join().unwrap(),
-    }
-}
-
-fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
 }
 
 /// `qmqtt sub -d …` in the background: stdout lines collected; ready once it logged its SUBACK.
@@ -96,15 +47,11 @@ impl QSub {
 
     /// Started and subscribed, but nobody reads its stdout yet (a slow consumer) until `start_reading`.
     fn start_unread(args: &[&str]) -> QSub {
-        let mut child = common::qmqtt_cmd()
-            .arg("sub")
-            .arg("-d")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::qmqtt_spawn(
+            ["sub", "-d"].iter().chain(args),
+            Stdio::null(),
+            Stdio::piped(),
+        );
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let ready = Arc::new(AtomicBool::new(false));
@@ -161,15 +108,6 @@ impl Drop for QSub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn mosquitto_pub(args: &[&str]) {
-    let o = Command::new("mosquitto_pub").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "mosquitto_pub {args:?}: {}",
-        text(&o.stderr)
-    );
 }
 
 fn port(p: u16) -> String {
@@ -251,20 +189,20 @@ fn mosquitto_pub_to_qmqtt_sub_over_tls() {
         "-v",
     ]);
     for q in 0..3 {
-        mosquitto_pub(&[
-            "-h",
+        mosquitto_pub(
             "localhost",
-            "-p",
-            &port(b.tls_port),
-            "--cafile",
-            &ca,
-            "-t",
-            "cli/tls/m",
-            "-q",
-            &q.to_string(),
-            "-m",
-            &format!("msg qos{q}"),
-        ]);
+            b.tls_port,
+            &[
+                "--cafile",
+                &ca,
+                "-t",
+                "cli/tls/m",
+                "-q",
+                &q.to_string(),
+                "-m",
+                &format!("msg qos{q}"),
+            ],
+        );
     }
     let st = s.wait(T);
     assert!(st.success(), "qmqtt sub: {st}: {}", s.stderr());
@@ -375,22 +313,22 @@ fn username_password_and_a_wrong_password() {
         "1",
     ]);
     // mosquitto_pub with the same credentials reaches qmqtt sub.
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-u",
-        common::USER,
-        "-P",
-        common::PASSWORD,
-        "-t",
-        "cli/auth",
-        "-q",
-        "1",
-        "-m",
-        "authorised",
-    ]);
+        &[
+            "-u",
+            common::USER,
+            "-P",
+            common::PASSWORD,
+            "-t",
+            "cli/auth",
+            "-q",
+            "1",
+            "-m",
+            "authorised",
+        ],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["authorised"]);
 
@@ -795,34 +733,16 @@ fn sub_resumes_its_session_with_c() {
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "1"]);
     let mut s = QSub::start(&args);
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-t",
-        "cli/session",
-        "-q",
-        "1",
-        "-m",
-        "live",
-    ]);
+        &["-t", "cli/session", "-q", "1", "-m", "live"],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["live"]);
     // While it is away, the broker queues for the session.
     for m in ["queued 1", "queued 2"] {
-        mosquitto_pub(&[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-t",
-            "cli/session",
-            "-q",
-            "1",
-            "-m",
-            m,
-        ]);
+        mosquitto_pub("127.0.0.1", &p, &["-t", "cli/session", "-q", "1", "-m", m]);
     }
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "2", "-W", "10"]);
@@ -839,8 +759,8 @@ fn sub_resumes_its_session_with_c() {
 fn interrupt_stops_cleanly_with_a_summary() {
     let b = Broker::start();
     let sub = Sub::start(&b, "cli/int", 1, &[]);
-    let mut child = common::qmqtt_cmd()
-        .args([
+    let mut child = common::qmqtt_spawn(
+        [
             "pub",
             "-h",
             "127.0.0.1",
@@ -851,12 +771,10 @@ fn interrupt_stops_cleanly_with_a_summary() {
             "-q",
             "1",
             "-l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        Stdio::piped(),
+        Stdio::null(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"a\nb\nc\n").unwrap();
     assert_eq!(sub.wait_for(3, Duration::from_secs(10)), 3);
@@ -875,8 +793,8 @@ fn interrupt_stops_cleanly_with_a_summary() {
 
     // A frozen broker never answers CONNECT: SIGINT still ends the wait for it at once.
     b.freeze();
-    let mut child = common::qmqtt_cmd()
-        .args([
+    let mut child = common::qmqtt_spawn(
+        [
             "pub",
             "-h",
             "127.0.0.1",
@@ -886,11 +804,10 @@ fn interrupt_stops_cleanly_with_a_summary() {
             "cli/int",
             "-m",
             "x",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        Stdio::inherit(),
+        Stdio::null(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = wait_timeout(

@@ -4,14 +4,13 @@
 //! Waiting is counted, not timed (tests/common/calls.rs); timeouts scale by `common::slow` under emulation.
 #[path = "common/calls.rs"]
 mod calls;
-mod client_support;
 mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use calls::{voluntary_switches, Calls};
-use client_support::{cfg, connect, Seen};
+use common::client::{cfg, connect, Seen};
 use common::proxy::Proxy;
 use common::slow;
 use qmqtt::client::{Client, FullPolicy, PublishError};
@@ -503,12 +502,7 @@ fn a_flat_out_producer_does_not_starve_reading() {
         w1 - w0
     );
     let t0 = Instant::now();
-    let st = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
-        .args(["-t", "ctl/go", "-m", "now"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "ctl/go", "-m", "now"]);
     let got = seen.until(&c, slow(Duration::from_secs(5)), |s| !s.msgs.is_empty());
     let latency = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

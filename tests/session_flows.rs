@@ -1,5 +1,7 @@
 //! The sans-I/O session driven by byte vectors and a fake clock (an `Instant` base plus offsets): a scripted
 //! broker decodes what the session sends with the codec and answers with encoded packets.
+mod common;
+
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{self, decode, DecodeOptions, Packet, Protocol, QoS};
@@ -47,17 +49,9 @@ enum E {
 
 fn cfg() -> SessionConfig {
     SessionConfig {
-        client_id: "test".into(),
-        protocol: Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
         max_inflight: 3,
         max_packet_size: 1024,
-        mqtt5: Default::default(),
+        ..common::session::config("test", Protocol::V311)
     }
 }
 

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{ConnectReturnCode, Protocol, QoS};
@@ -25,17 +24,9 @@ enum E {
 
 fn cfg(id: &str) -> SessionConfig {
     SessionConfig {
-        client_id: id.into(),
-        protocol: Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
         max_inflight: 20,
         max_packet_size: 1 << 16,
-        mqtt5: Default::default(),
+        ..common::session::config(id, Protocol::V311)
     }
 }
 
@@ -304,22 +295,11 @@ fn persistent_session_gets_what_was_queued_while_away() {
     d.s.disconnect();
     d.flush();
     drop(d);
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.tcp_port.to_string(),
-            "-t",
-            "qm/p/a",
-            "-m",
-            "while-away",
-            "-q",
-            "1",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub(
+        "127.0.0.1",
+        b.tcp_port,
+        &["-t", "qm/p/a", "-m", "while-away", "-q", "1"],
+    );
     let mut d = Driver::connect(b.tcp_port, c);
     let ev = d.until(5, |e| e.iter().any(|x| matches!(x, E::Msg(..))));
     assert_eq!(ev[0], E::Connected(true), "{ev:?}");
@@ -501,22 +481,11 @@ fn broker_restart_that_loses_the_session_resubscribes_and_resends() {
     });
     assert_eq!(ev[0], E::Connected(false), "{ev:?}");
     // The subscription was replayed: a message published now reaches us.
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.tcp_port.to_string(),
-            "-t",
-            "qm/rs/in",
-            "-m",
-            "after",
-            "-q",
-            "1",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub(
+        "127.0.0.1",
+        b.tcp_port,
+        &["-t", "qm/rs/in", "-m", "after", "-q", "1"],
+    );
     d.until(5, |e| {
         e.contains(&E::Msg(
             "qm/rs/in".into(),
@@ -536,20 +505,7 @@ fn oversize_incoming_message_is_a_protocol_error_naming_max_packet_size() {
         .unwrap();
     d.until(5, |e| !e.is_empty());
     let big = "x".repeat(2000);
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.tcp_port.to_string(),
-            "-t",
-            "qm/big",
-            "-m",
-            &big,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "qm/big", "-m", &big]);
     let end = Instant::now() + Duration::from_secs(5);
     let e = loop {
         assert!(Instant::now() < end, "no error for an oversize packet");

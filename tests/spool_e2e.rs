@@ -4,7 +4,6 @@
 //! after the publishing process was killed with SIGKILL and restarted on the same spool directory, and with
 //! bounded memory over an hour of telemetry compressed in time. A second client on a spool directory in
 //! use is refused with a clear error.
-mod client_support;
 mod common;
 
 use std::collections::HashSet;
@@ -13,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client_support::{cfg, connect};
+use common::client::{cfg, connect};
 use common::proxy::Proxy;
 use qmqtt::client::{Client, ClientError, Config, Event, PublishError};
 use qmqtt::error::{Fault, Key};
@@ -70,7 +69,7 @@ impl Receiver {
         let deadline = Instant::now() + timeout;
         let mut stop = false;
         while !stop && Instant::now() < deadline {
-            if !client_support::readable(self.c.event_fd(), 50) {
+            if !common::client::readable(self.c.event_fd(), 50) {
                 continue;
             }
             let nums = &mut self.nums;
@@ -721,14 +720,7 @@ fn a_stop_with_messages_in_flight_keeps_them_in_the_spool() {
 /// `qmqtt pub` with its arguments, stdin from `input`; returns (exit code, stderr).
 fn qmqtt_pub(args: &[&str], input: &[u8]) -> (i32, String) {
     use std::io::Write;
-    let mut child = common::qmqtt_cmd()
-        .arg("pub")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::qmqtt_spawn(["pub"].iter().chain(args), Stdio::piped(), Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input).unwrap();
     drop(stdin);

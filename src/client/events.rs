@@ -22,7 +22,6 @@ use super::ring::ByteRing;
 use super::Event;
 use crate::codec::{Properties, QoS};
 use crate::error::{DeliveryError, Error};
-use crate::session::Token;
 
 /// Bytes of a record header.
 pub(crate) const EV_HDR: usize = 24;
@@ -99,36 +98,6 @@ fn cut_text(s: &str) -> &[u8] {
         end -= 1;
     }
     &s.as_bytes()[..end]
-}
-
-/// A control event to queue (owned by the I/O thread's stack; copied in).
-pub(crate) enum Control<'a> {
-    Connected {
-        session_present: bool,
-    },
-    Delivered {
-        token: Token,
-        qos: QoS,
-    },
-    Failed {
-        token: Token,
-        qos: QoS,
-        cause: &'a DeliveryError,
-    },
-    ConnectionLost {
-        cause: &'a Error,
-    },
-    Reconnecting {
-        delay: Duration,
-        attempt: u32,
-    },
-    Subscribed {
-        filter: &'a str,
-        granted: Option<QoS>,
-    },
-    Unsubscribed {
-        filter: &'a str,
-    },
 }
 
 /// The readiness descriptor.
@@ -291,10 +260,18 @@ impl EventQueue {
         )
     }
 
-    /// Queue a control event; false only when even the reserve is full.
-    pub(crate) fn push_control(&self, c: Control<'_>) -> bool {
-        let r = match c {
-            Control::Connected { session_present } => Rec {
+    /// Queue an event (the I/O thread's, copied in): a received message as [`push_message`](Self::push_message)
+    /// does; any other may use the reserve too, false only when even that is full.
+    pub(crate) fn push_event(&self, e: Event<'_>) -> bool {
+        let r = match e {
+            Event::Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+            } => return self.push_message(topic, payload, qos, retain, properties),
+            Event::Connected { session_present } => Rec {
                 kind: K_CONNECTED,
                 b1: 0,
                 b2: session_present as u8,
@@ -304,7 +281,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Delivered { token, qos } => Rec {
+            Event::Delivered { token, qos } => Rec {
                 kind: K_DELIVERED,
                 b1: qos as u8,
                 b2: 0,
@@ -314,7 +291,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::ConnectionLost { cause } => {
+            Event::ConnectionLost { cause } => {
                 let r = Rec {
                     kind: K_LOST,
                     b1: 0,
@@ -327,7 +304,7 @@ impl EventQueue {
                 };
                 return self.push_with(&r, usize::MAX, |g| g.lost.push_back(cause.clone()));
             }
-            Control::Failed { token, qos, cause } => {
+            Event::Failed { token, qos, cause } => {
                 let r = Rec {
                     kind: K_FAILED,
                     b1: qos as u8,
@@ -340,7 +317,7 @@ impl EventQueue {
                 };
                 return self.push_with(&r, usize::MAX, |g| g.failed.push_back(cause.clone()));
             }
-            Control::Reconnecting { delay, attempt } => Rec {
+            Event::Reconnecting { delay, attempt } => Rec {
                 kind: K_RECONNECTING,
                 b1: 0,
                 b2: 0,
@@ -350,7 +327,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Subscribed { filter, granted } => Rec {
+            Event::Subscribed { filter, granted } => Rec {
                 kind: K_SUBSCRIBED,
                 b1: granted.map(|q| q as u8).unwrap_or(0xff),
                 b2: 0,
@@ -360,7 +337,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Unsubscribed { filter } => Rec {
+            Event::Unsubscribed { filter } => Rec {
                 kind: K_UNSUBSCRIBED,
                 b1: 0,
                 b2: 0,
@@ -515,7 +492,7 @@ mod tests {
         let q = EventQueue::new(1024, 256).unwrap();
         assert!(!readable(q.fd()));
         assert!(q.push_message("a/b", b"one", QoS::AtLeastOnce, true, Properties::EMPTY));
-        assert!(q.push_control(Control::Delivered {
+        assert!(q.push_event(Event::Delivered {
             token: 7,
             qos: QoS::ExactlyOnce
         }));
@@ -534,7 +511,7 @@ mod tests {
                 "Delivered { token: 7, qos: ExactlyOnce }".to_string()
             ]
         );
-        assert!(q.push_control(Control::Reconnecting {
+        assert!(q.push_event(Event::Reconnecting {
             delay: Duration::from_millis(1500),
             attempt: 3
         }));
@@ -556,7 +533,7 @@ mod tests {
         assert!(q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e)); // 85 bytes
         assert!(!q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e));
         for i in 0..8 {
-            assert!(q.push_control(Control::Delivered {
+            assert!(q.push_event(Event::Delivered {
                 token: i,
                 qos: QoS::AtLeastOnce
             }));
@@ -573,7 +550,7 @@ mod tests {
     #[test]
     fn reentrant_poll_returns_zero() {
         let q = EventQueue::new(1024, 256).unwrap();
-        q.push_control(Control::Connected {
+        q.push_event(Event::Connected {
             session_present: false,
         });
         let mut inner = usize::MAX;

@@ -238,7 +238,7 @@ impl Config {
     }
 }
 
-/// Why a publish was refused. Short `as_q_str` forms are the q error strings.
+/// Why a publish was refused (the q layer maps each to its short q error string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
     QueueFull,
@@ -254,19 +254,6 @@ pub enum PublishError {
     PropertyNotAllowed,
 }
 
-impl PublishError {
-    /// The q-style error string.
-    pub fn as_q_str(&self) -> &'static str {
-        match self {
-            PublishError::QueueFull => "queue full",
-            PublishError::NotConnected => "not connected",
-            PublishError::TopicInvalid => "topic",
-            PublishError::TooLarge => "payload size",
-            PublishError::NeedsMqtt5 => "properties need MQTTVersion 5",
-            PublishError::PropertyNotAllowed => "property not allowed",
-        }
-    }
-}
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -842,10 +829,11 @@ impl Client {
                 "subscription options and identifiers need MQTT 5 (MQTTVersion 5)",
             )));
         }
-        if id.is_some_and(|i| i == 0 || i > crate::codec::properties::MAX_SUBSCRIPTION_ID) {
+        let max = crate::codec::properties::MAX_SUBSCRIPTION_ID;
+        if id.is_some_and(|i| i == 0 || i > max) {
             return Err(ClientError::Config(ConfigError::invalid(
                 Key::TopicFilter,
-                "subscription identifier: must be 1 to 268435455",
+                format!("subscription identifier: must be 1 to {max}"),
             )));
         }
         self.command(Cmd::Subscribe(filter.to_string(), opts, id))

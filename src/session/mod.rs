@@ -556,11 +556,6 @@ impl Session {
         self.state
     }
 
-    /// The session-present flag of the last accepted CONNACK.
-    pub fn session_present(&self) -> bool {
-        self.session_present
-    }
-
     /// What the broker's last accepted CONNACK said (MQTT 3.1.1: the defaults).
     pub fn server(&self) -> &ServerInfo {
         &self.server
@@ -1042,18 +1037,6 @@ impl Session {
                 filter: &self.ev_text[filter],
             },
         })
-    }
-
-    /// Tokens of the QoS 1/2 messages in flight, oldest first (e.g. to report them as lost when giving up).
-    pub fn inflight_tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        let mut v: Vec<(u64, Token)> = self
-            .slots
-            .iter()
-            .filter(|s| s.state != SlotState::Free)
-            .map(|s| (s.seq, s.token))
-            .collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, t)| t)
     }
 
     // ----- internals -----

@@ -17,7 +17,7 @@
 //! The hops a connection can also go through, each sans-I/O (request bytes out, the peer's answer in,
 //! typed errors): [`proxy`] (HTTP `CONNECT`, KX's proxy options and environment), [`ws`] (the WebSocket
 //! upgrade and RFC 6455 framing, in place in the caller's buffers); [`keys`] reads PEM private keys,
-//! encrypted ones included.
+//! encrypted ones included; [`der`] reads the few certificate fields that messages and `qmqtt check` show.
 //!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
@@ -39,6 +39,7 @@ use crate::error::{ConfigError, Key};
 use crate::secret::Secret;
 
 mod conn;
+pub mod der;
 mod http;
 pub mod keys;
 pub mod proxy;

@@ -20,6 +20,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use super::der::is_self_issued;
 use super::keys::{self, KeyError};
 use super::{TlsOptions, TlsVersion};
 use crate::error::{ConfigError, Error, Fault, Key, TlsError};
@@ -458,52 +459,6 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// One DER element: its tag, the whole element, its content, and what follows it.
-type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-fn der_tlv(b: &[u8]) -> Option<Tlv<'_>> {
-    let tag = *b.first()?;
-    let l0 = *b.get(1)? as usize;
-    let (len, hdr) = if l0 < 0x80 {
-        (l0, 2)
-    } else {
-        let n = l0 & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *b.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let end = hdr.checked_add(len)?;
-    if end > b.len() {
-        return None;
-    }
-    Some((tag, &b[..end], &b[hdr..end], &b[end..]))
-}
-
-/// Is the certificate's issuer name the same as its subject name (a self-signed certificate)?
-fn is_self_issued(cert: &[u8]) -> bool {
-    fn names(cert: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (_, _, c, _) = der_tlv(cert)?;
-        let (_, _, tbs, _) = der_tlv(c)?;
-        let mut r = tbs;
-        let (tag, _, _, rest) = der_tlv(r)?;
-        if tag == 0xa0 {
-            r = rest; // version
-        }
-        let (_, _, _, r) = der_tlv(r)?; // serial
-        let (_, _, _, r) = der_tlv(r)?; // signature algorithm
-        let (_, issuer, _, r) = der_tlv(r)?;
-        let (_, _, _, r) = der_tlv(r)?; // validity
-        let (_, subject, _, _) = der_tlv(r)?;
-        Some((issuer, subject))
-    }
-    matches!(names(cert), Some((i, s)) if i == s)
-}
-
 /// What the error mapping needs to know about the connection.
 pub(crate) struct ErrCtx<'a> {
     /// The name the certificate was checked against (SNI / server name or the URI's host).
@@ -563,22 +518,5 @@ mod tests {
             m.contains("'RC4-MD5'") && m.contains("TLS13_AES_256_GCM_SHA384"),
             "{m}"
         );
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn der_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
-            let _ = is_self_issued(&b);
-            let mut v = vec![0x30, 0x82, 0x00, b.len() as u8];
-            v.extend_from_slice(&b);
-            let _ = is_self_issued(&v);
-        }
-    }
-
-    #[test]
-    fn der_garbage_is_not_self_issued() {
-        assert!(!is_self_issued(&[]));
-        assert!(!is_self_issued(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
-        assert!(!is_self_issued(&[0x30, 0x03, 0x30, 0x01]));
     }
 }

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,17 +68,7 @@ pub fn ms(d: Option<Duration>) -> String {
     }
 }
 
-/// poll(2) one descriptor for readability.
-pub fn readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    r == 1 && p.revents & libc::POLLIN != 0
-}
+pub use crate::common::client::readable;
 
 /// A config with fast, realistic reconnects for fault tests.
 pub fn cfg(uri: &str, id: &str) -> Config {

@@ -8,10 +8,9 @@ use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::error::{ConfigError, Error};
 use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
-use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo};
+use qmqtt::transport::{der, tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::der;
 use crate::util::{config_hint, hint};
 
 pub const HELP: &str = "\

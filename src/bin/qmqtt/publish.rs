@@ -378,7 +378,7 @@ impl LineReader {
 }
 
 /// The largest MQTT payload (remaining length limit), a bound for lines and whole-input messages.
-const MAX_MESSAGE: usize = 268_435_455 - 65_536;
+const MAX_MESSAGE: usize = qmqtt::codec::MAX_REMAINING_LENGTH - 65_536;
 
 pub fn run(argv: Vec<OsString>) -> i32 {
     let o = match crate::args::options_or_exit(parse(argv), HELP) {

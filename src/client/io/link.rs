@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::timer::Timer;
 use super::{Io, SOCK};
-use crate::client::events::Control;
 use crate::client::shared::{lock, Cmd, Shared};
+use crate::client::Event;
 use crate::clock::later;
 use crate::error::{Doing, Error, Timeout};
 use crate::session::SessionError;
@@ -179,7 +179,7 @@ impl Io {
         self.sh.set_first(Ok(()));
         self.sh
             .events
-            .push_control(Control::Connected { session_present });
+            .push_event(Event::Connected { session_present });
     }
 
     /// After the session's events of a CONNACK were forwarded.
@@ -230,7 +230,7 @@ impl Io {
         if was_up || !l.ever_up && l.attempt == 0 {
             self.sh
                 .events
-                .push_control(Control::ConnectionLost { cause: &cause });
+                .push_event(Event::ConnectionLost { cause: &cause });
         }
         // With a spool, what is left goes there when the thread finishes.
         let nothing_left = self.sp.is_some()
@@ -251,7 +251,7 @@ impl Io {
             log::info!("qmqtt: reconnecting in {delay:?} (attempt {attempt})");
             self.sh
                 .events
-                .push_control(Control::Reconnecting { delay, attempt });
+                .push_event(Event::Reconnecting { delay, attempt });
         } else {
             lock(&self.sh.pubq).closed = true;
             self.link.dead = true;

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use super::spool::SPOOL_TOKEN;
 use super::Io;
-use crate::client::events::{Control, EV_HDR};
+use crate::client::events::EV_HDR;
 use crate::client::shared::Shared;
+use crate::client::Event;
 use crate::session::Event as SEvent;
 
 /// Reads per turn before giving writes a chance (the rest is read on the next turn).
@@ -221,7 +222,7 @@ impl Io {
                     if let Some(sp) = self.sp.as_deref_mut() {
                         sp.copies.done(token);
                     }
-                    self.sh.events.push_control(Control::Failed {
+                    self.sh.events.push_event(Event::Failed {
                         token,
                         qos,
                         cause: &cause,
@@ -238,23 +239,17 @@ impl Io {
                         sp.copies.done(token);
                     }
                     self.sh.ctr.acked.fetch_add(1, Relaxed);
-                    if !self
-                        .sh
-                        .events
-                        .push_control(Control::Delivered { token, qos })
-                    {
+                    if !self.sh.events.push_event(Event::Delivered { token, qos }) {
                         log::error!("qmqtt: event queue full, Delivered for token {token} lost");
                     }
                 }
                 SEvent::Subscribed { filter, granted } => {
                     self.sh
                         .events
-                        .push_control(Control::Subscribed { filter, granted });
+                        .push_event(Event::Subscribed { filter, granted });
                 }
                 SEvent::Unsubscribed { filter } => {
-                    self.sh
-                        .events
-                        .push_control(Control::Unsubscribed { filter });
+                    self.sh.events.push_event(Event::Unsubscribed { filter });
                 }
             }
         }
