@@ -144,9 +144,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     let Some(topic) = topic.or_else(|| conn.url_topic.clone()) else {
         return Err(a.err("no topic: give -t TOPIC (or a topic in -L)".into()));
     };

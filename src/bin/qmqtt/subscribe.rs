@@ -93,9 +93,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     if let Some(t) = conn.url_topic.clone() {
         o.topics.push(t);
     }
