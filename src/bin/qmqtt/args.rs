@@ -437,6 +437,9 @@ impl ConnOpts {
                     .into(),
             ));
         }
+        if !self.clean && self.id.is_none() {
+            return Err(a.err("-c needs a fixed client id: add -i ID".into()));
+        }
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, PublishError, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals, Started};
 
 pub const HELP: &str = "\
 qmqtt pub: publish MQTT messages (flags as mosquitto_pub)
@@ -144,9 +144,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     let Some(topic) = topic.or_else(|| conn.url_topic.clone()) else {
         return Err(a.err("no topic: give -t TOPIC (or a topic in -L)".into()));
     };
@@ -422,16 +419,14 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         cfg.linger = l;
     }
     cfg.spool = o.spool.clone();
-    let uri = cfg.uri.clone();
-    let wait = cfg.connect_timeout + Duration::from_secs(1);
-    // Before the I/O thread exists, so that it inherits the blocked signals.
-    let sig = Signals::block();
-    let mut client = match Client::connect(cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
-            return 1;
-        }
+    let Started {
+        mut client,
+        sig,
+        uri,
+        wait,
+    } = match crate::util::start_client("pub", cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match crate::util::wait_first_connection(&client, wait, &sig) {
         Ok(()) => log::info!("connected to {uri}"),

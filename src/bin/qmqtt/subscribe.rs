@@ -5,10 +5,10 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use qmqtt::{Client, Event, QoS};
+use qmqtt::{Event, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Started};
 
 pub const HELP: &str = "\
 qmqtt sub: subscribe and print messages (flags as mosquitto_sub)
@@ -93,9 +93,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     if let Some(t) = conn.url_topic.clone() {
         o.topics.push(t);
     }
@@ -113,16 +110,14 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     };
     crate::util::init_logger(o.conn.debug);
     let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
-    let uri = cfg.uri.clone();
-    let wait = cfg.connect_timeout + Duration::from_secs(1);
-    // Before the I/O thread exists, so that it inherits the blocked signals.
-    let sig = Signals::block();
-    let mut client = match Client::connect(cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
-            return 1;
-        }
+    let Started {
+        mut client,
+        sig,
+        uri,
+        wait,
+    } = match crate::util::start_client("sub", cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match crate::util::wait_first_connection(&client, wait, &sig) {
         Ok(()) => {}
