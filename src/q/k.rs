@@ -52,6 +52,8 @@ pub enum Val<'a> {
     Bytes(&'a [u8]),
     /// A symbol vector.
     Syms(KRef<'a>),
+    /// A dictionary.
+    Dict(KRef<'a>),
     /// The generic null `(::)`.
     Nil,
     /// Anything else.
@@ -204,6 +206,7 @@ impl<'a> KRef<'a> {
             KC | -10 => self.bytes().map(Val::Chars).unwrap_or(Val::Other),
             KG => self.bytes().map(Val::Bytes).unwrap_or(Val::Other),
             KS if self.len().is_some() => Val::Syms(self),
+            XD | XD_SORTED => Val::Dict(self),
             GENERIC_NULL => Val::Nil,
             _ => Val::Other,
         }
@@ -327,4 +330,27 @@ pub fn error_text(x: K) -> Option<String> {
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default(),
     )
+}
+
+/// A dictionary from symbol keys given as bytes (interned with `sn`; no NUL inside, as MQTT strings) and
+/// owned values (ownership of each value passes to the dictionary).
+pub fn kdict_bytes(keys: &[&[u8]], vals: &[K]) -> K {
+    debug_assert_eq!(keys.len(), vals.len());
+    let n = keys.len().min(vals.len());
+    // SAFETY: ktn allocates n slots of each list; each is filled exactly once; xD takes both lists.
+    unsafe {
+        let ks = native::ktn(KS as i32, n as i64);
+        let vs = native::ktn(0, n as i64);
+        if ks.is_null() || vs.is_null() {
+            return std::ptr::null_mut();
+        }
+        let kd = std::ptr::addr_of_mut!((*ks).value.list.G0) as *mut *mut c_char;
+        let vd = std::ptr::addr_of_mut!((*vs).value.list.G0) as *mut K;
+        for i in 0..n {
+            let len = i32::try_from(keys[i].len()).unwrap_or(0);
+            *kd.add(i) = native::sn(keys[i].as_ptr() as *mut c_char, len);
+            *vd.add(i) = vals[i];
+        }
+        native::xD(ks, vs)
+    }
 }
