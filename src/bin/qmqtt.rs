@@ -37,6 +37,8 @@ mod args;
 mod check;
 #[path = "qmqtt/der.rs"]
 mod der;
+#[path = "qmqtt/format.rs"]
+mod format;
 #[path = "qmqtt/publish.rs"]
 mod publish;
 #[path = "qmqtt/subscribe.rs"]

@@ -540,7 +540,10 @@ fn drain(fd: RawFd) {
                 properties,
                 ..
             } => {
-                let (t, m) = (k::kvec(topic.as_bytes(), false), k::kvec(payload, rcv_bytes));
+                let (t, m) = (
+                    k::kvec(topic.as_bytes(), false),
+                    k::kvec(payload, rcv_bytes),
+                );
                 pending.push(if rcv_props {
                     Pending::Rcvdp(t, m, props::received(properties))
                 } else {
@@ -879,7 +882,10 @@ fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K
     let entries: [(&CStr, K); 9] = [
         (c"failed", k::kj(s.failed as i64)),
         (c"topicAliased", k::kj(s.topic_aliased as i64)),
-        (c"topicAliasBytesSaved", k::kj(s.topic_alias_bytes_saved as i64)),
+        (
+            c"topicAliasBytesSaved",
+            k::kj(s.topic_alias_bytes_saved as i64),
+        ),
         (
             c"serverReceiveMaximum",
             said(srv.map(|i| i64::from(i.receive_maximum))),
@@ -892,10 +898,7 @@ fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K
             c"serverTopicAliasMaximum",
             said(srv.map(|i| i64::from(i.topic_alias_maximum))),
         ),
-        (
-            c"serverMaximumQos",
-            said(srv.map(|i| i.maximum_qos as i64)),
-        ),
+        (c"serverMaximumQos", said(srv.map(|i| i.maximum_qos as i64))),
         (
             c"serverKeepAlive",
             said(srv.and_then(|i| i.server_keep_alive).map(i64::from)),

@@ -424,8 +424,13 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     .ok_or(k.bad)?,
                 )
             }
-            b"sessionExpiryInterval" | b"receiveMaximum" | b"maximumPacketSize" | b"topicAliases"
-            | b"topicAliasMaximum" | b"userProperties" | b"rcvProperties" => {
+            b"sessionExpiryInterval"
+            | b"receiveMaximum"
+            | b"maximumPacketSize"
+            | b"topicAliases"
+            | b"topicAliasMaximum"
+            | b"userProperties"
+            | b"rcvProperties" => {
                 mqtt5_key(&mut cfg, &mut rcv_props, k, v)?;
                 if k.name != b"maximumPacketSize" {
                     v5_key = v5_key.or(Some(k));
@@ -554,7 +559,11 @@ fn string_pairs(v: Val<'_>, k: &Key) -> Result<Vec<(String, String)>, QErr> {
     if vals.len() != Some(n) {
         return Err(k.ty);
     }
-    let utf8 = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| k.bad);
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| k.bad)
+    };
     (0..n)
         .map(|i| match (names.item(i), vals.item(i)) {
             (Some(Val::Sym(a) | Val::Chars(a)), Some(Val::Sym(b) | Val::Chars(b))) => {

@@ -52,9 +52,11 @@ fn parse(x: KRef<'_>, buf: &mut PropertiesBuf) -> Result<(), QErr> {
         let v = vals.item(i).ok_or(c"props type")?;
         match name {
             b"messageExpiry" => match v {
-                Val::Int(s) if (0..=u32::MAX as i64).contains(&s) => {
-                    push(buf, Property::MessageExpiryInterval(s as u32), c"messageExpiry invalid")?
-                }
+                Val::Int(s) if (0..=u32::MAX as i64).contains(&s) => push(
+                    buf,
+                    Property::MessageExpiryInterval(s as u32),
+                    c"messageExpiry invalid",
+                )?,
                 Val::Int(_) | Val::IntNull => return Err(c"messageExpiry invalid"),
                 _ => return Err(c"messageExpiry type incorrect"),
             },
@@ -64,9 +66,11 @@ fn parse(x: KRef<'_>, buf: &mut PropertiesBuf) -> Result<(), QErr> {
                 c"contentType invalid",
             )?,
             b"payloadFormat" => match v {
-                Val::Int(f @ (0 | 1)) => {
-                    push(buf, Property::PayloadFormatIndicator(f == 1), c"payloadFormat invalid")?
-                }
+                Val::Int(f @ (0 | 1)) => push(
+                    buf,
+                    Property::PayloadFormatIndicator(f == 1),
+                    c"payloadFormat invalid",
+                )?,
                 Val::Int(_) | Val::IntNull => return Err(c"payloadFormat invalid"),
                 _ => return Err(c"payloadFormat type incorrect"),
             },
@@ -110,10 +114,7 @@ fn parse(x: KRef<'_>, buf: &mut PropertiesBuf) -> Result<(), QErr> {
 }
 
 /// Run `f` with the properties the q dictionary `x` describes.
-pub fn with_props<T>(
-    x: K,
-    f: impl FnOnce(Properties<'_>) -> Result<T, QErr>,
-) -> Result<T, QErr> {
+pub fn with_props<T>(x: K, f: impl FnOnce(Properties<'_>) -> Result<T, QErr>) -> Result<T, QErr> {
     // SAFETY: q hands us a valid K (or null from a broken caller) that lives for the call.
     let x = unsafe { KRef::new(x) }.ok_or(c"props type")?;
     BUF.with(|b| {

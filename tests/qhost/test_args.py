@@ -268,8 +268,8 @@ OPT_KEYS = ["username", "password", "keepAliveInterval", "cleansession", "reliab
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=5,
-                                                                                          max_size=5))
+@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=6,
+                                                                                          max_size=6))
 def test_random_argument_combinations(host, fn, idx):
     entries = [ZOO[i] for i in idx[: len(BASE[fn])]]
     check(host, fn, entries)  # warm-up: symbols are interned on first use
