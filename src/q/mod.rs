@@ -4,7 +4,10 @@
 //! `init`/1, `pub`/4, `sub`/2, `unsub`/1, `isConnected`/1, `disconnect`/1 — so KX's own `mqtt.q` binds to this
 //! library unchanged. Additions (bound by our `q/mqtt.q`): several connections addressed by a handle
 //! (`connh`/3, `pubh`/5, `subh`/3, `unsubh`/2, `isConnectedh`/1, `disconnecth`/2, `statsh`/1), batch publish
-//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1).
+//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1). MQTT 5 (`MQTTVersion 5`,
+//! options in [`opts`]): publishing with properties (`pubp`/5, `pubph`/6, `pubbatchp`/5, `pubbatchph`/6; the
+//! dictionary is [`props`]'s), and the callbacks `.mqtt.msgrcvdp[topic;msg;props]` (with `rcvProperties`) and
+//! `.mqtt.msgfail[token;reason]` (a delivery the broker refused or its limits ruled out).
 //!
 //! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
 //! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
