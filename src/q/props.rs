@@ -126,43 +126,52 @@ pub fn with_props<T>(x: K, f: impl FnOnce(Properties<'_>) -> Result<T, QErr>) ->
     })
 }
 
-/// A received message's properties as a q dictionary (empty when there are none).
+/// A received message's properties as a q dictionary (empty when there are none). Allocates nothing but
+/// the q objects.
 pub fn received(p: Properties<'_>) -> K {
-    let mut keys: Vec<&[u8]> = Vec::new();
-    let mut vals: Vec<K> = Vec::new();
-    let mut users: (Vec<&[u8]>, Vec<K>) = (Vec::new(), Vec::new());
-    let mut subs: Vec<u64> = Vec::new();
+    const N: usize = 7;
+    let mut out: [(&[u8], K); N] = [(&[], std::ptr::null_mut()); N];
+    let mut n = 0;
+    let (mut users, mut subs) = (0, 0);
     for prop in p.iter() {
-        let (key, val): (&[u8], K) = match prop {
+        let entry: (&[u8], K) = match prop {
             Property::MessageExpiryInterval(s) => (b"messageExpiry", k::kj(s as i64)),
             Property::ContentType(s) => (b"contentType", k::kvec(s.as_bytes(), false)),
             Property::PayloadFormatIndicator(f) => (b"payloadFormat", k::kj(f as i64)),
             Property::ResponseTopic(s) => (b"responseTopic", k::kvec(s.as_bytes(), false)),
             Property::CorrelationData(d) => (b"correlationData", k::kvec(d, true)),
-            Property::UserProperty(n, v) => {
-                users.0.push(n.as_bytes());
-                users.1.push(k::kvec(v.as_bytes(), false));
+            Property::UserProperty(..) => {
+                users += 1;
                 continue;
             }
-            Property::SubscriptionIdentifier(i) => {
-                subs.push(i as u64);
+            Property::SubscriptionIdentifier(_) => {
+                subs += 1;
                 continue;
             }
             // Topic Alias is resolved by the engine; nothing else may come in PUBLISH.
             _ => continue,
         };
-        keys.push(key);
-        vals.push(val);
+        // Each of these appears at most once in a valid PUBLISH (the codec refuses duplicates).
+        if n < N - 2 {
+            out[n] = entry;
+            n += 1;
+        } else {
+            k::release(entry.1);
+        }
     }
-    if !users.0.is_empty() {
-        keys.push(b"userProperties");
-        vals.push(k::kdict_bytes(&users.0, &users.1));
+    if users > 0 {
+        let pairs = p
+            .user_properties()
+            .map(|(name, v)| (name.as_bytes(), k::kvec(v.as_bytes(), false)));
+        out[n] = (b"userProperties", k::kdict_from(users, pairs));
+        n += 1;
     }
-    if !subs.is_empty() {
-        keys.push(b"subscriptionIds");
-        vals.push(k::kjs(&subs));
+    if subs > 0 {
+        let ids = p.subscription_identifiers().map(i64::from);
+        out[n] = (b"subscriptionIds", k::kjs_from(subs, ids));
+        n += 1;
     }
-    k::kdict_bytes(&keys, &vals)
+    k::kdict_from(n, out.into_iter())
 }
 
 /// Why a message failed, for `msgfail`: the MQTT 5 reason code's name and value (the broker's, or the one
