@@ -75,7 +75,8 @@ pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 / droppedIncoming rxPaused received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
 / spoolOldestAgeMs spilled spoolDropped spoolBytesWritten failed topicAliased topicAliasBytesSaved
 / serverReceiveMaximum serverMaximumPacketSize serverTopicAliasMaximum serverMaximumQos serverKeepAlive
-/ (the broker's CONNACK under MQTT 5; 0N when it said nothing) assignedClientId connected lastError.
+/ (what the broker's CONNACK set, MQTT's defaults where it said nothing: 65535 0N 0 2 0N) assignedClientId
+/ connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

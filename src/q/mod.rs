@@ -877,7 +877,9 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
 }
 
 /// MQTT 5 entries of `.mqtt.stats[]`: failed deliveries, topic alias use, and the limits the broker's CONNACK
-/// set (`0N` when it said nothing or before the first connection; under 3.1.1 it says nothing).
+/// set — MQTT's defaults where it said nothing (under 3.1.1 it says nothing): receive maximum 65535, topic
+/// alias maximum 0, maximum QoS 2, and `0N` for no maximum packet size or server keep-alive; all `0N` before
+/// the first connection.
 fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K>) {
     let srv = s.server.as_ref();
     let null = i64::MIN;

@@ -125,6 +125,13 @@ def test_v5_tight_limits_properties_aliases(engine, strict):
         assert st["topicAliased"] > 0 and st["topicAliasBytesSaved"] > 0, st
         assert st["failed"] == 1 and st["reconnects"] == 0 and st["connected"] is True, st
         assert q.callbacks(".mqtt.disconn") == []
+        # topicAliases 0: no alias, however often a topic repeats.
+        h = q.call("connhx", S(strict.tcp_uri), S("q5noalias"), {S(""): NIL, **v5(topicAliases=0)})
+        toks = [q.call("pubph", h, S(TOPICS[0]), f"n{i}", 1, False, {}) for i in range(5)]
+        sent = wait_calls(q, ".mqtt.msgsenth", 5)
+        assert sorted(a[1] for a in sent) == sorted(toks)
+        st = q.call("statsh", h)
+        assert st["sent"] == 5 and st["topicAliased"] == 0, st
     finally:
         sub.close()
 
