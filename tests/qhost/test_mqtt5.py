@@ -235,3 +235,36 @@ def test_v5_option_and_property_errors(engine, broker):
     with pytest.raises(QError, match="^props type$"):
         q.call("pubbatchp", S("t"), ["a"], 1, False, 5)
     assert len(q.call("pubbatchp", S("t"), ["a", "b"], 1, False, NIL)) == 2
+
+
+def test_v5_brokers_disconnect_reason_reaches_disconn(engine):
+    """A scripted MQTT 5 broker accepts, then sends DISCONNECT Server busy with a Reason String (mosquitto 2.0.11
+    sends none a test can provoke): disconn gets the reason code and the broker's words."""
+    import socket
+    q = engine
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    reason = b"maintenance"
+
+    def broker():
+        c, _ = srv.accept()
+        c.recv(4096)  # CONNECT
+        c.sendall(bytes([0x20, 3, 0, 0, 0]))  # CONNACK: accepted, no properties
+        time.sleep(0.3)
+        props = bytes([0x1F, 0, len(reason)]) + reason  # Reason String
+        c.sendall(bytes([0xE0, 2 + len(props), 0x89, len(props)]) + props)  # DISCONNECT Server busy
+        time.sleep(0.5)
+        c.close()
+
+    t = threading.Thread(target=broker, daemon=True)
+    t.start()
+    try:
+        assert q.conn(f"tcp://127.0.0.1:{port}", "q5dis", v5(autoReconnect=False)) == NIL
+        got = wait_calls(q, ".mqtt.disconn", 1)
+        assert "Server busy (0x89)" in got[0][0] and "the broker says: maintenance" in got[0][0], got
+        assert q.call("stats", NIL)["connected"] is False
+    finally:
+        t.join(5)
+        srv.close()
