@@ -268,3 +268,20 @@ def test_v5_brokers_disconnect_reason_reaches_disconn(engine):
     finally:
         t.join(5)
         srv.close()
+
+
+def test_v5_over_tls_round_trip(engine, broker):
+    """MQTT 5 over TLS: properties out with pubp and back in with msgrcvdp on a handle connection."""
+    q = engine
+    h = q.call("connhx", S(broker.tls_uri), S("q5tls"),
+               {S(""): NIL, **v5(rcvProperties=True), S("trustStore"): S(broker.certs.ca)})
+    assert q.call("subxh", h, S("tls5/#"), 2) == NIL
+    time.sleep(0.3)
+    q.loop(50)
+    props = {S("contentType"): "application/json", S("correlationData"): b"\x00\x01",
+             S("userProperties"): {S("unit"): "C", S("unit "): "K"}}
+    tok = q.call("pubph", h, S("tls5/a"), b"{}", 2, False, props)
+    got = wait_calls(q, ".mqtt.msgrcvdph", 1)
+    assert got == [[h, "tls5/a", "{}", {"contentType": "application/json", "correlationData": b"\x00\x01",
+                                         "userProperties": {"unit": "C", "unit ": "K"}}]], got
+    assert wait_calls(q, ".mqtt.msgsenth", 1) == [[h, tok]]
