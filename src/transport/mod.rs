@@ -112,10 +112,7 @@ pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
         None => ("", uri),
     };
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority
-        .rfind('@')
-        .and_then(|at| Some((at, authority[..at].find(':')?)))
-    {
+    match authority.rfind('@').and_then(|at| Some((at, authority[..at].find(':')?))) {
         Some((at, colon)) => format!("{scheme}{}:***{}", &rest[..colon], &rest[at..]).into(),
         None => uri.into(),
     }
@@ -334,14 +331,8 @@ mod tests {
 
     #[test]
     fn only_passwords_are_hidden() {
-        assert_eq!(
-            redacted_uri("mqtt://u:hunter2@h:1883"),
-            "mqtt://u:***@h:1883"
-        );
-        assert_eq!(
-            redacted_uri("http://u:a@b:c@proxy:3128"),
-            "http://u:***@proxy:3128"
-        );
+        assert_eq!(redacted_uri("mqtt://u:hunter2@h:1883"), "mqtt://u:***@h:1883");
+        assert_eq!(redacted_uri("http://u:a@b:c@proxy:3128"), "http://u:***@proxy:3128");
         assert_eq!(redacted_uri("mqtt://u@h"), "mqtt://u@h");
         assert_eq!(redacted_uri("mqtt://h:1883"), "mqtt://h:1883");
         assert_eq!(redacted_uri("ws://h:80/p@x:y"), "ws://h:80/p@x:y");
