@@ -899,9 +899,9 @@ fn last_will_and_protocol_version() {
     assert_eq!(sub.take(), vec!["cli/will/v31 old"]);
     // mosquitto logs the protocol level of each client: p1 is MQTT 3.1.
     assert!(b.log().contains("(p1, "), "{}", b.log());
-    let o = qmqtt_run(&["pub", "-V", "mqttv5", "-t", "x", "-m", "x"], b"", T);
+    let o = qmqtt_run(&["pub", "-V", "mqttv6", "-t", "x", "-m", "x"], b"", T);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("MQTT 5 is not supported"));
+    assert!(text(&o.stderr).contains("unknown version 'mqttv6'"));
 }
 
 #[test]
@@ -1005,5 +1005,181 @@ fn slow_reader_loses_no_qos1_messages() {
             .filter(|l| !l.contains(" DEBUG "))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// MQTT 5 properties the way mosquitto_sub prints them with -F: expiry, content type, payload format,
+/// response topic, correlation data, user properties, then topic and payload (probes end the line).
+const FMT5: &str = "%E|%C|%F|%R|%D|%P|%t %p";
+
+#[test]
+fn mqtt5_pub_properties_under_the_brokers_limits() {
+    // mosquitto with Receive Maximum 2, Topic Alias Maximum 2, Maximum Packet Size 256: a client that
+    // breaks one is disconnected (the summary would show reconnects, the lines would be short).
+    let b = Broker::start_with(BrokerOptions {
+        mqtt5_limits: true,
+        ..Default::default()
+    });
+    let sub = Sub::start(&b, "cli5/#", 1, &["-V", "5", "-F", FMT5]);
+    let p = port(b.tcp_port);
+    let topic = "cli5/site-0001/gateway-0001/t1";
+    let input: String = (0..50).map(|i| format!("{i:04}\n")).collect();
+    #[rustfmt::skip]
+    let props = [
+        "-D", "publish", "message-expiry-interval", "60",
+        "-D", "publish", "content-type", "text/plain",
+        "-D", "publish", "payload-format-indicator", "1",
+        "-D", "publish", "response-topic", "cli5/reply",
+        "-D", "publish", "correlation-data", "c1",
+        "-D", "publish", "user-property", "unit", "C",
+        "-D", "publish", "user-property", "id", "t1",
+    ];
+    let mut args = vec![
+        "pub",
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        topic,
+        "-q",
+        "1",
+    ];
+    args.extend(props);
+    args.extend([
+        "-D",
+        "connect",
+        "session-expiry-interval",
+        "60",
+        "-i",
+        "cli5-pub",
+        "-l",
+    ]);
+    let o = qmqtt_run(&args, input.as_bytes(), T);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let s = summary(&err);
+    assert_eq!(
+        (s["sent"].as_str(), s["acked"].as_str()),
+        ("50", "50"),
+        "{err}"
+    );
+    assert_eq!(s["reconnects"], "0", "{err}");
+    assert_eq!(sub.wait_for(50, Duration::from_secs(10)), 50);
+    for (i, line) in sub.take().iter().enumerate() {
+        let (expiry, rest) = line.split_once('|').unwrap();
+        assert!((1..=60).contains(&expiry.parse::<u32>().unwrap()), "{line}");
+        assert_eq!(
+            rest,
+            format!("text/plain|1|cli5/reply|c1|unit:C id:t1|{topic} {i:04}")
+        );
+    }
+    // Larger than the broker's Maximum Packet Size: not sent, named, counted; exit 1.
+    let big = "x".repeat(300);
+    let o = qmqtt_run(
+        &[
+            "pub",
+            "-V",
+            "mqttv5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli5/big",
+            "-q",
+            "1",
+            "-m",
+            &big,
+        ],
+        b"",
+        T,
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("Maximum Packet Size"), "{err}");
+    assert_eq!(summary(&err)["failed"], "1", "{err}");
+    assert!(!err.contains("unacked"), "{err}");
+}
+
+#[test]
+fn mqtt5_sub_format_prints_what_mosquitto_sub_prints() {
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    // Everything but %E (the broker counts the expiry down: two readers may see different seconds); the
+    // line ends in the payload, so that the reference reader can tell its probes.
+    let fmt = "%q|%r|%l|%C|%F|%R|%D|%P|%x|%t %p";
+    let reference = Sub::start(&b, "f5/#", 1, &["-V", "5", "-F", fmt]);
+    let mut ours = QSub::start(&[
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "f5/#",
+        "-q",
+        "1",
+        "-F",
+        fmt,
+        "-C",
+        "2",
+    ]);
+    #[rustfmt::skip]
+    mosquitto_pub("127.0.0.1", &p, &[
+        "-V", "5", "-t", "f5/a", "-q", "1", "-m", "hello",
+        "-D", "publish", "message-expiry-interval", "300", "-D", "publish", "content-type", "text/x",
+        "-D", "publish", "payload-format-indicator", "1", "-D", "publish", "response-topic", "f5/r",
+        "-D", "publish", "correlation-data", "xyz",
+        "-D", "publish", "user-property", "unit", "C", "-D", "publish", "user-property", "unit", "K",
+    ]);
+    mosquitto_pub(
+        "127.0.0.1",
+        &p,
+        &["-V", "5", "-t", "f5/b", "-q", "1", "-m", "plain"],
+    );
+    assert_eq!(reference.wait_for(2, Duration::from_secs(10)), 2);
+    assert!(ours.wait(T).success(), "{}", ours.stderr());
+    let want = reference.take();
+    assert_eq!(ours.lines(), want);
+    assert!(want[0].contains("|unit:C unit:K|"), "{want:?}");
+}
+
+#[test]
+fn mqtt5_check_shows_the_connack_properties() {
+    let b = Broker::start_with(BrokerOptions {
+        mqtt5_limits: true,
+        ..Default::default()
+    });
+    let url = format!("mqtt://127.0.0.1:{}", b.tcp_port);
+    #[rustfmt::skip]
+    let o = qmqtt_run(
+        &["check", "-V", "5", "-L", &url, "-i", "",
+          "-D", "connect", "session-expiry-interval", "3600", "-D", "connect", "user-property", "site", "gw1"],
+        b"",
+        T,
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    for want in [
+        "CONNACK accepted (MQTT 5, session present: no)",
+        "receive maximum: 2\n",
+        "maximum packet size: 256 bytes\n",
+        "topic alias maximum: 2\n",
+        "server keep alive: 10 s\n",
+        "assigned client identifier: ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in\n{out}");
+    }
+    // MQTT 3.1.1 shows none of it.
+    let o = qmqtt_run(&["check", "-L", &url], b"", T);
+    assert!(o.status.success());
+    assert!(
+        !text(&o.stdout).contains("MQTT 5 CONNACK"),
+        "{}",
+        text(&o.stdout)
     );
 }

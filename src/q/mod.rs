@@ -4,7 +4,10 @@
 //! `init`/1, `pub`/4, `sub`/2, `unsub`/1, `isConnected`/1, `disconnect`/1 — so KX's own `mqtt.q` binds to this
 //! library unchanged. Additions (bound by our `q/mqtt.q`): several connections addressed by a handle
 //! (`connh`/3, `pubh`/5, `subh`/3, `unsubh`/2, `isConnectedh`/1, `disconnecth`/2, `statsh`/1), batch publish
-//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1).
+//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1). MQTT 5 (`MQTTVersion 5`,
+//! options in [`opts`]): publishing with properties (`pubp`/5, `pubph`/6, `pubbatchp`/5, `pubbatchph`/6; the
+//! dictionary is [`props`]'s), and the callbacks `.mqtt.msgrcvdp[topic;msg;props]` (with `rcvProperties`) and
+//! `.mqtt.msgfail[token;reason]` (a delivery the broker refused or its limits ruled out).
 //!
 //! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
 //! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
@@ -27,12 +30,13 @@ use log::{debug, error, info, warn};
 
 mod k;
 mod opts;
+mod props;
 mod qlog;
 
 use self::k::{KRef, Val};
 use self::opts::QErr;
 use crate::client::{Client, ClientError, Event, PublishError};
-use crate::codec::{ConnectReturnCode, QoS};
+use crate::codec::{ConnectReturnCode, Properties, QoS};
 use crate::error::{ConfigError, Error, Fault, Key, Timeout, TlsError};
 use crate::session::Token;
 use crate::transport::proxy::ProxyError;
@@ -54,6 +58,8 @@ struct Conn {
     fd: RawFd,
     /// Received payloads as byte vectors (`rcvPayload` `byte).
     rcv_bytes: bool,
+    /// Received messages go to `msgrcvdp` with their properties (`rcvProperties` 1b).
+    rcv_props: bool,
     callback_errors: AtomicU64,
 }
 
@@ -248,12 +254,12 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::MaxInflight, _) => c"maxInflightMessages invalid",
         (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
         (Key::TopicFilter, _) => c"topic",
+        (Key::MaxPacketSize, _) => c"maximumPacketSize invalid",
         (
             Key::Protocol
             | Key::Username
             | Key::Password
             | Key::ConnectTimeout
-            | Key::MaxPacketSize
             | Key::Backoff
             | Key::Mqtt5
             | Key::Connect,
@@ -474,6 +480,7 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         client: Mutex::new(Some(client)),
         fd,
         rcv_bytes: spec.rcv_bytes,
+        rcv_props: spec.rcv_props,
         callback_errors: AtomicU64::new(0),
     });
     // SAFETY: on_events is a plain extern "C" fn; fd stays open until close_conn removes it (sd0x).
@@ -497,7 +504,11 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
 /// back into the library: publish, disconnect, …).
 enum Pending {
     Rcvd(K, K),
+    /// `rcvProperties`: topic, message, properties.
+    Rcvdp(K, K, K),
     Sent(Token),
+    /// MQTT 5: the token and the reason.
+    Failed(Token, K),
     Disconn(K),
 }
 
@@ -524,12 +535,24 @@ fn drain(fd: RawFd) {
         let Some(client) = guard.as_ref() else {
             return;
         };
-        let rcv_bytes = conn.rcv_bytes;
+        let (rcv_bytes, rcv_props) = (conn.rcv_bytes, conn.rcv_props);
         client.poll_events(EVENT_BATCH, &mut |ev| match ev {
-            Event::Message { topic, payload, .. } => pending.push(Pending::Rcvd(
-                k::kvec(topic.as_bytes(), false),
-                k::kvec(payload, rcv_bytes),
-            )),
+            Event::Message {
+                topic,
+                payload,
+                properties,
+                ..
+            } => {
+                let (t, m) = (
+                    k::kvec(topic.as_bytes(), false),
+                    k::kvec(payload, rcv_bytes),
+                );
+                pending.push(if rcv_props {
+                    Pending::Rcvdp(t, m, props::received(properties))
+                } else {
+                    Pending::Rcvd(t, m)
+                })
+            }
             Event::Delivered { token, qos } => {
                 if qos != QoS::AtMostOnce {
                     pending.push(Pending::Sent(token))
@@ -539,7 +562,9 @@ fn drain(fd: RawFd) {
                 warn!(
                     "connection {}: message {token} failed: {cause}",
                     conn.handle
-                )
+                );
+                let reason = props::failure_reason(cause);
+                pending.push(Pending::Failed(token, k::kvec(reason.as_bytes(), false)))
             }
             Event::ConnectionLost { cause } => {
                 let cause = cause.to_string();
@@ -573,6 +598,23 @@ fn drain(fd: RawFd) {
                 (Pending::Rcvd(t, m), h) => {
                     native::k(0, c".mqtt.msgrcvdh".as_ptr(), k::kj(h), t, m, nil)
                 }
+                (Pending::Rcvdp(t, m, p), 0) => {
+                    native::k(0, c".mqtt.msgrcvdp".as_ptr(), t, m, p, nil)
+                }
+                (Pending::Rcvdp(t, m, p), h) => {
+                    native::k(0, c".mqtt.msgrcvdph".as_ptr(), k::kj(h), t, m, p, nil)
+                }
+                (Pending::Failed(tok, r), 0) => {
+                    native::k(0, c".mqtt.msgfail".as_ptr(), k::kj(tok as i64), r, nil)
+                }
+                (Pending::Failed(tok, r), h) => native::k(
+                    0,
+                    c".mqtt.msgfailh".as_ptr(),
+                    k::kj(h),
+                    k::kj(tok as i64),
+                    r,
+                    nil,
+                ),
                 (Pending::Sent(tok), 0) => {
                     native::k(0, c".mqtt.msgsent".as_ptr(), k::kj(tok as i64), nil)
                 }
@@ -626,6 +668,21 @@ fn do_pub(handle: i64, topic: K, msg: K, qos: K, retain: K) -> Result<K, QErr> {
     let tok = with_client(handle, |c| {
         c.publish(topic, msg, qos, retain)
             .map_err(|e| publish_error(&e))
+    })?;
+    Ok(k::kj(tok as i64))
+}
+
+/// `pubp`: `pub` with MQTT 5 properties (a q dictionary, see [`props`]).
+fn do_pubp(handle: i64, topic: K, msg: K, qos: K, retain: K, props: K) -> Result<K, QErr> {
+    let topic = topic_arg(topic)?;
+    let msg = payload_arg(msg)?;
+    let qos = qos_arg(qos)?;
+    let retain = retain_arg(retain)?;
+    let tok = props::with_props(props, |p| {
+        with_client(handle, |c| {
+            c.publish_with(topic, msg, qos, retain, p)
+                .map_err(|e| publish_error(&e))
+        })
     })?;
     Ok(k::kj(tok as i64))
 }
@@ -699,7 +756,15 @@ fn payload_of<'a>(list: KRef<'a>, i: usize) -> Result<&'a [u8], QErr> {
     list.child(i).and_then(|x| x.bytes()).ok_or(c"payload type")
 }
 
-fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, QErr> {
+/// `pubbatch` (`props` `Properties::EMPTY`) and `pubbatchp` (the same properties on every message).
+fn do_pubbatch(
+    handle: i64,
+    topic: K,
+    msgs: K,
+    qos: K,
+    retain: K,
+    props: Properties<'_>,
+) -> Result<K, QErr> {
     let t = arg(topic).ok_or(c"topic type")?;
     let list = arg(msgs).ok_or(c"payload type")?;
     // A list of payloads: a mixed list of char/byte vectors (a single char vector is one message per char
@@ -730,7 +795,7 @@ fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, Q
     let res = with_client(handle, |c| {
         let msgs =
             (0..n).filter_map(|i| Some((topic_of(&topics, i).ok()?, payload_of(list, i).ok()?)));
-        c.publish_batch(msgs, qos, retain, &mut tokens)
+        c.publish_batch_with(msgs, qos, retain, props, &mut tokens)
             .map_err(|e| {
                 if !tokens.is_empty() {
                     warn!(
@@ -803,11 +868,60 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();
+    mqtt5_stats(s, &mut keys, &mut vals);
     keys.push(c"connected");
     vals.push(k::kb(s.connected));
     keys.push(c"lastError");
     vals.push(k::kvec(last.as_bytes(), false));
     Ok(k::kdict(&keys, &vals))
+}
+
+/// MQTT 5 entries of `.mqtt.stats[]`: failed deliveries, topic alias use, and the limits the broker's CONNACK
+/// set — MQTT's defaults where it said nothing (under 3.1.1 it says nothing): receive maximum 65535, topic
+/// alias maximum 0, maximum QoS 2, and `0N` for no maximum packet size or server keep-alive; all `0N` before
+/// the first connection.
+fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K>) {
+    let srv = s.server.as_ref();
+    let null = i64::MIN;
+    let said = |v: Option<i64>| k::kj(v.unwrap_or(null));
+    let entries: [(&CStr, K); 9] = [
+        (c"failed", k::kj(s.failed as i64)),
+        (c"topicAliased", k::kj(s.topic_aliased as i64)),
+        (
+            c"topicAliasBytesSaved",
+            k::kj(s.topic_alias_bytes_saved as i64),
+        ),
+        (
+            c"serverReceiveMaximum",
+            said(srv.map(|i| i64::from(i.receive_maximum))),
+        ),
+        (
+            c"serverMaximumPacketSize",
+            said(srv.and_then(|i| i.maximum_packet_size).map(i64::from)),
+        ),
+        (
+            c"serverTopicAliasMaximum",
+            said(srv.map(|i| i64::from(i.topic_alias_maximum))),
+        ),
+        (c"serverMaximumQos", said(srv.map(|i| i.maximum_qos as i64))),
+        (
+            c"serverKeepAlive",
+            said(srv.and_then(|i| i.server_keep_alive).map(i64::from)),
+        ),
+        (
+            c"assignedClientId",
+            k::kvec(
+                srv.and_then(|i| i.assigned_client_identifier.as_deref())
+                    .unwrap_or_default()
+                    .as_bytes(),
+                false,
+            ),
+        ),
+    ];
+    for (key, v) in entries {
+        keys.push(key);
+        vals.push(v);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -942,7 +1056,7 @@ pub unsafe extern "C" fn disconnecth(h: K, timeout: K) -> K {
 /// Called by q with valid K arguments.
 #[no_mangle]
 pub unsafe extern "C" fn pubbatch(topic: K, msgs: K, qos: K, retain: K) -> K {
-    guard(|| do_pubbatch(0, topic, msgs, qos, retain))
+    guard(|| do_pubbatch(0, topic, msgs, qos, retain, Properties::EMPTY))
 }
 
 /// `pubbatchh[h;topic or topics;payloads;qos;retain]` → tokens.
@@ -951,7 +1065,7 @@ pub unsafe extern "C" fn pubbatch(topic: K, msgs: K, qos: K, retain: K) -> K {
 /// Called by q with valid K arguments.
 #[no_mangle]
 pub unsafe extern "C" fn pubbatchh(h: K, topic: K, msgs: K, qos: K, retain: K) -> K {
-    guard(|| do_pubbatch(handle_arg(h)?, topic, msgs, qos, retain))
+    guard(|| do_pubbatch(handle_arg(h)?, topic, msgs, qos, retain, Properties::EMPTY))
 }
 
 /// `stats[x]` → the default connection's counters (a dictionary; argument ignored).
@@ -989,5 +1103,47 @@ pub unsafe extern "C" fn loglevel(x: K) -> K {
             _ => return Err(c"level type"),
         }
         Ok(k::ksym(qlog::name(qlog::current())))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// exports: MQTT 5
+
+/// `pubp[topic;msg;qos;retain;props]` → token: `pub` with MQTT 5 properties (a dictionary, see `props`).
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubp(topic: K, msg: K, qos: K, retain: K, props: K) -> K {
+    guard(|| do_pubp(0, topic, msg, qos, retain, props))
+}
+
+/// `pubph[h;topic;msg;qos;retain;props]` → token.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubph(h: K, topic: K, msg: K, qos: K, retain: K, props: K) -> K {
+    guard(|| do_pubp(handle_arg(h)?, topic, msg, qos, retain, props))
+}
+
+/// `pubbatchp[topic or topics;payloads;qos;retain;props]` → tokens; every message with `props`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatchp(topic: K, msgs: K, qos: K, retain: K, props: K) -> K {
+    guard(|| props::with_props(props, |p| do_pubbatch(0, topic, msgs, qos, retain, p)))
+}
+
+/// `pubbatchph[h;topic or topics;payloads;qos;retain;props]` → tokens.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatchph(h: K, topic: K, msgs: K, qos: K, retain: K, props: K) -> K {
+    guard(|| {
+        let h = handle_arg(h)?;
+        props::with_props(props, |p| do_pubbatch(h, topic, msgs, qos, retain, p))
     })
 }

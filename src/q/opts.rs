@@ -40,6 +40,8 @@ pub struct ConnSpec {
     pub rcv_bytes: bool,
     /// `logLevel` given: applied (globally) when the connection is made.
     pub log_level: Option<log::LevelFilter>,
+    /// `rcvProperties` 1b: received messages go to `msgrcvdp[topic;msg;props]` with their MQTT 5 properties.
+    pub rcv_props: bool,
 }
 
 /// One option key: its name and its two error strings.
@@ -47,6 +49,8 @@ struct Key {
     name: &'static [u8],
     ty: QErr,
     bad: QErr,
+    /// The error when an MQTT 5 key comes without `MQTTVersion 5`.
+    v5: QErr,
 }
 
 macro_rules! key {
@@ -55,6 +59,7 @@ macro_rules! key {
             name: $n.as_bytes(),
             ty: cs!($n, " type incorrect"),
             bad: cs!($n, " invalid"),
+            v5: cs!($n, ": MQTT 5 only"),
         }
     };
 }
@@ -103,6 +108,14 @@ const KEYS: &[Key] = &[
     key!("spoolFull"),
     key!("spoolSync"),
     key!("drainRate"),
+    // MQTT 5 (with MQTTVersion 5)
+    key!("sessionExpiryInterval"),
+    key!("receiveMaximum"),
+    key!("maximumPacketSize"),
+    key!("topicAliases"),
+    key!("topicAliasMaximum"),
+    key!("userProperties"),
+    key!("rcvProperties"),
 ];
 
 pub const E_OPTIONS: QErr = c"options";
@@ -196,6 +209,10 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     let mut tls_given = false;
     let mut spool: Option<SpoolConfig> = None;
     let mut spool_extra: Vec<(&Key, Val<'_>)> = Vec::new();
+    let mut clean_start: Option<bool> = None;
+    let mut rcv_props = false;
+    // The first MQTT 5 key given (checked against MQTTVersion once every key is read).
+    let mut v5_key: Option<&Key> = None;
 
     for i in 0..n {
         let name = match keys.item(i) {
@@ -237,7 +254,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 cfg.protocol = match int(v, k)? {
                     0 | 4 => Protocol::V311,
                     3 => Protocol::V31,
-                    5 => return Err(c"MQTTVersion: 5 unsupported"),
+                    5 => Protocol::V5,
                     _ => return Err(k.bad),
                 }
             }
@@ -247,11 +264,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     max_inflight = Some(in_range(m, 1, u16::MAX as i64, k)? as u16);
                 }
             }
-            b"cleanstart" => {
-                if flag(v, k)? {
-                    return Err(c"cleanstart: MQTT 5 only");
-                }
-            }
+            b"cleanstart" => clean_start = Some(flag(v, k)?),
             b"httpProxy" | b"httpsProxy" => {
                 if !text(v, k)?.is_empty() {
                     return Err(if k.name == b"httpProxy" {
@@ -411,8 +424,30 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     .ok_or(k.bad)?,
                 )
             }
+            b"sessionExpiryInterval"
+            | b"receiveMaximum"
+            | b"maximumPacketSize"
+            | b"topicAliases"
+            | b"topicAliasMaximum"
+            | b"userProperties"
+            | b"rcvProperties" => {
+                mqtt5_key(&mut cfg, &mut rcv_props, k, v)?;
+                if k.name != b"maximumPacketSize" {
+                    v5_key = v5_key.or(Some(k));
+                }
+            }
             _ => return Err(E_UNSUPPORTED),
         }
+    }
+    if cfg.protocol == Protocol::V5 {
+        // MQTT 5 has Clean Start where 3.1.1 has Clean Session: `cleanstart` (KX's key), else `cleansession`.
+        if let Some(c) = clean_start {
+            cfg.clean_session = c;
+        }
+    } else if clean_start == Some(true) {
+        return Err(c"cleanstart: MQTT 5 only");
+    } else if let Some(k) = v5_key {
+        return Err(k.v5);
     }
 
     if let Some(sp) = spool.as_mut() {
@@ -484,5 +519,57 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
         cfg,
         rcv_bytes: spec_rcv_bytes,
         log_level,
+        rcv_props,
     })
+}
+
+/// The MQTT 5 keys: `sessionExpiryInterval` (seconds), `receiveMaximum` (1-65535), `maximumPacketSize`
+/// (bytes; also the incoming limit under 3.1.1), `topicAliases` (aliases this client uses, 0: none),
+/// `topicAliasMaximum` (aliases the broker may use), `userProperties` (CONNECT's, a dictionary of
+/// strings), `rcvProperties` (1b: `msgrcvdp` with the received properties).
+fn mqtt5_key(cfg: &mut Config, rcv_props: &mut bool, k: &Key, v: Val<'_>) -> Result<(), QErr> {
+    let m = &mut cfg.mqtt5;
+    match k.name {
+        b"sessionExpiryInterval" => {
+            // -1 (or 0W), as u32::MAX, means the session never expires.
+            let s = int(v, k)?;
+            m.session_expiry = if s == -1 || s == i64::MAX {
+                u32::MAX
+            } else {
+                in_range(s, 0, u32::MAX as i64, k)? as u32
+            }
+        }
+        b"receiveMaximum" => m.receive_maximum = in_range(int(v, k)?, 1, 65535, k)? as u16,
+        b"maximumPacketSize" => {
+            cfg.max_packet_size = in_range(int(v, k)?, 64, 268_435_460, k)? as usize
+        }
+        b"topicAliases" => m.topic_aliases = in_range(int(v, k)?, 0, 65535, k)? as u16,
+        b"topicAliasMaximum" => m.topic_alias_maximum = in_range(int(v, k)?, 0, 65535, k)? as u16,
+        b"userProperties" => m.user_properties = string_pairs(v, k)?,
+        _ => *rcv_props = flag(v, k)?,
+    }
+    Ok(())
+}
+
+/// A dictionary of symbols to strings (or symbols) as name/value pairs: user properties.
+fn string_pairs(v: Val<'_>, k: &Key) -> Result<Vec<(String, String)>, QErr> {
+    let Val::Dict(d) = v else { return Err(k.ty) };
+    let (names, vals) = d.dict().ok_or(k.ty)?;
+    let n = names.len().ok_or(k.ty)?;
+    if vals.len() != Some(n) {
+        return Err(k.ty);
+    }
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| k.bad)
+    };
+    (0..n)
+        .map(|i| match (names.item(i), vals.item(i)) {
+            (Some(Val::Sym(a) | Val::Chars(a)), Some(Val::Sym(b) | Val::Chars(b))) => {
+                Ok((utf8(a)?, utf8(b)?))
+            }
+            _ => Err(k.ty),
+        })
+        .collect()
 }

@@ -68,10 +68,15 @@ class Certs:
 class Broker:
     """mosquitto with its own directory, ports and certificates; killed by stop()/kill()."""
 
-    def __init__(self, persistence=False):
+    def __init__(self, persistence=False, mqtt5_limits=False, tcp_extra=""):
+        """mqtt5_limits: the MQTT 5 limits a client must keep to (mosquitto disconnects one that does not):
+        Receive Maximum 2, Maximum Packet Size 256, Server Keep Alive 10 s, Topic Alias Maximum 2 (plain and
+        TLS listeners). tcp_extra: lines for the plain listener (e.g. an acl_file)."""
         self.dir = tempfile.mkdtemp(prefix="qhost-broker-")
         self.certs = Certs(os.path.join(self.dir, "certs"))
         self.persistence = persistence
+        self.mqtt5_limits = mqtt5_limits
+        self.tcp_extra = tcp_extra
         self.proc = None
         # Other processes on this machine take free ports too: on a lost race, pick new ports and retry.
         for attempt in range(5):
@@ -108,13 +113,16 @@ class Broker:
         open(pw, "w").close()
         _run("mosquitto_passwd", "-b", pw, USER, PASSWORD)
         user = "user root\n" if os.geteuid() == 0 else ""
+        alias = "max_topic_alias 2\n" if self.mqtt5_limits else ""
         conf = (
             f"{user}per_listener_settings true\n"
             f"persistence {'true' if self.persistence else 'false'}\npersistence_location {d}/\n"
             f"log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
-            f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n"
-            f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n"
+            "max_queued_messages 1000000\n"
+            + ("max_inflight_messages 2\nmax_packet_size 256\nmax_keepalive 10\n" if self.mqtt5_limits
+               else "max_inflight_messages 0\n")
+            + f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n{alias}{self.tcp_extra}"
+            f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n{alias}"
             f"cafile {c.ca}\ncertfile {c.server_cert}\nkeyfile {c.server_key}\n"
             f"listener {self.mtls_port} 127.0.0.1\nallow_anonymous true\n"
             f"cafile {c.ca}\ncertfile {c.server_cert}\nkeyfile {c.server_key}\nrequire_certificate true\n"

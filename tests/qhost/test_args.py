@@ -92,6 +92,13 @@ BASE = {
     "pubbatch": [by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"), by_name("bool 0")],
     "pubbatchh": [by_name("long 1000"), by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"),
                   by_name("bool 0")],
+    "pubp": [by_name("sym 't/1'"), by_name('"m"'), by_name("long 1"), by_name("bool 0"), by_name("(`$())!()")],
+    "pubph": [by_name("long 1000"), by_name("sym 't/1'"), by_name('"m"'), by_name("long 1"), by_name("bool 0"),
+              by_name("(`$())!()")],
+    "pubbatchp": [by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"), by_name("bool 0"),
+                  by_name("(`$())!()")],
+    "pubbatchph": [by_name("long 1000"), by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"),
+                   by_name("bool 0"), by_name("(`$())!()")],
 }
 
 OPTS_ERR = {
@@ -255,12 +262,14 @@ OPT_KEYS = ["username", "password", "keepAliveInterval", "cleansession", "reliab
             "lastWillMessage", "lastWillRetain", "trustStore", "keyStore", "privateKey", "privateKeyPassword",
             "enabledCipherSuites", "CApath", "enableServerCertAuth", "sslVersion", "verify", "httpProxy",
             "httpsProxy", "queueBytes", "queueMessages", "fullPolicy", "autoReconnect", "backoffMin",
-            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "linger", "batchScheduling", "", "bogus"]
+            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "linger", "batchScheduling",
+            "sessionExpiryInterval", "receiveMaximum", "maximumPacketSize", "topicAliases", "topicAliasMaximum",
+            "userProperties", "rcvProperties", "", "bogus"]
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=5,
-                                                                                          max_size=5))
+@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=6,
+                                                                                          max_size=6))
 def test_random_argument_combinations(host, fn, idx):
     entries = [ZOO[i] for i in idx[: len(BASE[fn])]]
     check(host, fn, entries)  # warm-up: symbols are interned on first use
@@ -324,10 +333,12 @@ def test_options_exact(q):
     assert err({S("username"): 1}) == "username type incorrect"
     assert err({S("keepAliveInterval"): S("x")}) == "keepAliveInterval type incorrect"
     assert err({S("keepAliveInterval"): 70000}) == "keepAliveInterval invalid"
-    assert err({S("MQTTVersion"): 5}) == "MQTTVersion: 5 unsupported"
+    assert err({S("MQTTVersion"): 5}) == "Invalid protocol scheme"
     assert err({S("MQTTVersion"): 3}) == "Invalid protocol scheme"
     assert err({S("cleanstart"): 1}) == "cleanstart: MQTT 5 only"
     assert err({S("cleanstart"): 0}) == "Invalid protocol scheme"
+    assert err({S("cleanstart"): 1, S("MQTTVersion"): 5}) == "Invalid protocol scheme"
+    assert err({S("receiveMaximum"): 5}) == "receiveMaximum: MQTT 5 only"
     assert err({S("httpProxy"): S("http://p:1")}) == "httpProxy unsupported"
     assert err({S("httpsProxy"): S("http://p:1")}) == "httpsProxy unsupported"
     assert err({S("sslVersion"): 1}) == "sslVersion: TLS 1.0/1.1 unsupported"

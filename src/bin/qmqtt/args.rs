@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use qmqtt::codec::Protocol;
-use qmqtt::session::Will;
+use qmqtt::codec::{PropertiesBuf, Property, Protocol};
+use qmqtt::session::{Mqtt5Config, Will};
 use qmqtt::transport::{TlsOptions, TlsVersion};
 use qmqtt::{Config, QoS};
 
@@ -165,6 +165,14 @@ pub struct ConnOpts {
     pub will_payload: Option<Vec<u8>>,
     pub will_qos: Option<QoS>,
     pub will_retain: bool,
+    /// `-D connect …`: MQTT 5 CONNECT settings.
+    pub mqtt5: Mqtt5Config,
+    /// `-D connect maximum-packet-size N`.
+    pub max_packet_size: Option<usize>,
+    /// `-D publish …`: the properties of every message `pub` sends.
+    pub publish_props: PropertiesBuf,
+    /// Some `-D` was given (they need `-V 5`).
+    pub props_given: bool,
 }
 
 /// Help text for the shared flags.
@@ -178,7 +186,11 @@ Connection:
   -i ID                client id (default qmqtt-<cmd>-<pid>)
   -u USER, -P PASS     username and password
   -k SECONDS           keep-alive interval (default 60; 0 turns it off)
-  -V VERSION           MQTT version: mqttv311 (default) or mqttv31
+  -V VERSION           MQTT version: mqttv311 (default), mqttv31 or mqttv5 (also 311, 31, 5)
+  -D CMD NAME VALUE    an MQTT 5 property (with -V 5), as mosquitto's: -D connect session-expiry-interval,
+                       receive-maximum, maximum-packet-size, topic-alias-maximum, request-response-information,
+                       user-property NAME VALUE; -D publish (qmqtt pub) message-expiry-interval, content-type,
+                       payload-format-indicator, response-topic, correlation-data, user-property NAME VALUE
   --will-topic T       last will: topic (with --will-payload, --will-qos 0|1|2, --will-retain)
   -d                   debug logging on stderr
 TLS (on with --cafile, --capath, --cert, -p 8883 or an mqtts:// / ssl:// URL):
@@ -248,14 +260,10 @@ impl ConnOpts {
                 self.protocol = Some(match v.to_ascii_lowercase().as_str() {
                     "mqttv311" | "311" | "4" => Protocol::V311,
                     "mqttv31" | "31" | "3" => Protocol::V31,
-                    "mqttv5" | "5" => {
-                        return Err(a.err(format!(
-                            "{flag} {v}: MQTT 5 is not supported; use mqttv311 or mqttv31"
-                        )))
-                    }
+                    "mqttv5" | "5" => Protocol::V5,
                     _ => {
                         return Err(a.err(format!(
-                            "{flag}: unknown version '{v}' (use mqttv311 or mqttv31)"
+                            "{flag}: unknown version '{v}' (use mqttv5, mqttv311 or mqttv31)"
                         )))
                     }
                 });
@@ -264,9 +272,89 @@ impl ConnOpts {
             "--will-payload" => self.will_payload = Some(a.value_bytes(flag)?),
             "--will-qos" => self.will_qos = Some(a.qos(flag)?),
             "--will-retain" => self.will_retain = true,
+            "-D" | "--property" => {
+                let cmd = a.value(flag)?;
+                let name = a.value(flag)?;
+                let value = a.value(flag)?;
+                // `user-property NAME VALUE`: one more.
+                let extra = match name.as_str() {
+                    "user-property" => Some(a.value(flag)?),
+                    _ => None,
+                };
+                self.property(&cmd, &name, value, extra.unwrap_or_default())
+                    .map_err(|m| a.err(format!("{flag} {cmd} {name}: {m}")))?;
+                self.props_given = true;
+            }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// One `-D CMD NAME VALUE` (mosquitto_pub's names; `user-property` has a second value, `extra`).
+    fn property(&mut self, cmd: &str, name: &str, v: String, extra: String) -> Result<(), String> {
+        fn num<T: FromStr>(v: &str, what: &str) -> Result<T, String> {
+            v.trim().parse().map_err(|_| format!("'{v}' is not {what}"))
+        }
+        let flag = |v: &str| match v.trim() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(format!("'{v}' is not 0 or 1")),
+        };
+        let m = &mut self.mqtt5;
+        let p = &mut self.publish_props;
+        let pushed = |r: Result<&mut PropertiesBuf, qmqtt::codec::Error>| {
+            r.map(|_| ()).map_err(|e| e.to_string())
+        };
+        match (cmd, name) {
+            ("connect", "session-expiry-interval") => {
+                m.session_expiry = num(&v, "a number of seconds (0 to 4294967295)")?
+            }
+            ("connect", "receive-maximum") => {
+                m.receive_maximum = num(&v, "a number from 1 to 65535")?;
+                if m.receive_maximum == 0 {
+                    return Err("must be 1 to 65535".into());
+                }
+            }
+            ("connect", "maximum-packet-size") => {
+                let n: u32 = num(&v, "a number of bytes")?;
+                if n < 64 {
+                    return Err("must be at least 64 bytes".into());
+                }
+                self.max_packet_size = Some(n as usize);
+            }
+            ("connect", "topic-alias-maximum") => {
+                m.topic_alias_maximum = num(&v, "a number from 0 to 65535")?
+            }
+            ("connect", "request-response-information") => {
+                m.request_response_information = flag(&v)?
+            }
+            ("connect", "user-property") => {
+                m.user_properties.push((v, extra));
+            }
+            ("publish", "message-expiry-interval") => pushed(p.push(
+                Property::MessageExpiryInterval(num(&v, "a number of seconds")?),
+            ))?,
+            ("publish", "content-type") => pushed(p.push(Property::ContentType(&v)))?,
+            ("publish", "payload-format-indicator") => {
+                pushed(p.push(Property::PayloadFormatIndicator(flag(&v)?)))?
+            }
+            ("publish", "response-topic") => {
+                if v.is_empty() || v.contains(['+', '#']) {
+                    return Err(format!("'{v}' is not a topic to publish to"));
+                }
+                pushed(p.push(Property::ResponseTopic(&v)))?
+            }
+            ("publish", "correlation-data") => {
+                pushed(p.push(Property::CorrelationData(v.as_bytes())))?
+            }
+            ("publish", "user-property") => pushed(p.push(Property::UserProperty(&v, &extra)))?,
+            ("publish", "topic-alias") => {
+                return Err("qmqtt assigns topic aliases itself (as the broker allows)".into())
+            }
+            ("connect" | "publish", _) => return Err("unknown or unsupported property".into()),
+            _ => return Err("qmqtt takes -D connect and -D publish properties".into()),
+        }
+        Ok(())
     }
 
     /// Parse a mosquitto-style `-L` URL.
@@ -425,6 +513,14 @@ impl ConnOpts {
                 )));
             }
         }
+        if self.props_given && self.protocol != Some(Protocol::V5) {
+            return Err(a.err("-D: properties are MQTT 5: add -V 5".into()));
+        }
+        if !self.publish_props.is_empty() && a.cmd != "pub" {
+            return Err(
+                a.err("-D publish: properties of published messages go with qmqtt pub".into())
+            );
+        }
         if !self.tls()
             && (self.insecure
                 || !self.alpn.is_empty()
@@ -471,6 +567,10 @@ impl ConnOpts {
         }
         if let Some(q) = self.queue_bytes {
             c.queue_bytes = q;
+        }
+        c.mqtt5 = self.mqtt5.clone();
+        if let Some(m) = self.max_packet_size {
+            c.max_packet_size = m;
         }
         c
     }
@@ -534,6 +634,54 @@ mod tests {
         assert!(!format!("{t:?}").contains("pw\""), "{t:?}");
         let e = parse(&["--keypass", "pw"]).unwrap_err().0;
         assert!(e.contains("--keypass is the password of --key"), "{e}");
+    }
+
+    #[test]
+    fn mqtt5_properties() {
+        #[rustfmt::skip]
+        let o = parse(&[
+            "-V", "mqttv5", "-D", "connect", "session-expiry-interval", "3600",
+            "-D", "connect", "user-property", "site", "gw1", "-D", "connect", "maximum-packet-size", "4096",
+            "-D", "publish", "message-expiry-interval", "60", "-D", "publish", "user-property", "unit", "C",
+        ])
+        .unwrap();
+        let c = o.config("x");
+        assert_eq!(c.protocol, Protocol::V5);
+        assert_eq!(c.mqtt5.session_expiry, 3600);
+        assert_eq!(c.mqtt5.user_properties, [("site".into(), "gw1".into())]);
+        assert_eq!(c.max_packet_size, 4096);
+        let p = o.publish_props.properties();
+        assert_eq!(p.message_expiry_interval(), Some(60));
+        assert_eq!(p.user_properties().collect::<Vec<_>>(), [("unit", "C")]);
+        for (args, want) in [
+            (
+                &["-D", "publish", "content-type", "x"][..],
+                "properties are MQTT 5: add -V 5",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "topic-alias", "1"],
+                "assigns topic aliases itself",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "message-expiry-interval", "x"],
+                "'x' is not a number",
+            ),
+            (
+                &["-V", "5", "-D", "connect", "receive-maximum", "0"],
+                "must be 1 to 65535",
+            ),
+            (
+                &["-V", "5", "-D", "subscribe", "user-property", "a", "b"],
+                "-D connect and -D publish",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "user-property", "a"],
+                "-D needs a value",
+            ),
+        ] {
+            let e = parse(args).unwrap_err().0;
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

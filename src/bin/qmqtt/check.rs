@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::error::{ConfigError, Error};
-use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
+use qmqtt::session::{Event as SessionEvent, ServerInfo, Session, SessionConfig};
 use qmqtt::transport::{der, tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
@@ -167,8 +167,8 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         password: o.conn.pass.clone(),
         will: None,
         max_inflight: 1,
-        max_packet_size: 1 << 20,
-        mqtt5: Default::default(),
+        max_packet_size: o.conn.max_packet_size.unwrap_or(1 << 20),
+        mqtt5: o.conn.mqtt5.clone(),
     });
     let mut inbuf = Vec::with_capacity(16 << 10);
     let mut outbuf = Vec::with_capacity(1 << 10);
@@ -264,14 +264,17 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             if let SessionEvent::Connected { session_present } = ev {
                 outln!(
                     "  MQTT: CONNACK accepted ({}, session present: {}) after {:.1} ms",
-                    if protocol == Protocol::V31 {
-                        "MQTT 3.1"
-                    } else {
-                        "MQTT 3.1.1"
+                    match protocol {
+                        Protocol::V31 => "MQTT 3.1",
+                        Protocol::V311 => "MQTT 3.1.1",
+                        Protocol::V5 => "MQTT 5",
                     },
                     if session_present { "yes" } else { "no" },
                     started.elapsed().as_secs_f64() * 1e3
                 );
+                if protocol == Protocol::V5 {
+                    print_connack(session.server());
+                }
                 session.disconnect();
                 outbuf.clear();
                 session.poll_transmit(&mut outbuf);
@@ -288,6 +291,47 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             conn.write(&outbuf).map_err(fail("MQTT CONNECT"))?;
             conn.flush().map_err(fail("MQTT CONNECT"))?;
         }
+    }
+}
+
+/// Print what an MQTT 5 CONNACK said: the limits the broker sets and what it supports (its defaults when it
+/// did not say), then what it assigned or told.
+fn print_connack(i: &ServerInfo) {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    outln!("  MQTT 5 CONNACK properties:");
+    outln!("    receive maximum: {}", i.receive_maximum);
+    match i.maximum_packet_size {
+        Some(m) => outln!("    maximum packet size: {m} bytes"),
+        None => outln!("    maximum packet size: not limited"),
+    }
+    outln!("    topic alias maximum: {}", i.topic_alias_maximum);
+    outln!("    maximum QoS: {}", i.maximum_qos as u8);
+    outln!("    retain available: {}", yes(i.retain_available));
+    outln!(
+        "    wildcard subscriptions: {}, subscription identifiers: {}, shared subscriptions: {}",
+        yes(i.wildcard_subscription_available),
+        yes(i.subscription_identifiers_available),
+        yes(i.shared_subscription_available)
+    );
+    if let Some(k) = i.server_keep_alive {
+        outln!("    server keep alive: {k} s");
+    }
+    if let Some(s) = i.session_expiry_interval {
+        outln!("    session expiry interval: {s} s");
+    }
+    let texts = [
+        ("assigned client identifier", &i.assigned_client_identifier),
+        ("response information", &i.response_information),
+        ("server reference", &i.server_reference),
+        ("reason string", &i.reason_string),
+    ];
+    for (name, v) in texts {
+        if let Some(v) = v {
+            outln!("    {name}: {v}");
+        }
+    }
+    for (k, v) in &i.user_properties {
+        outln!("    user property: {k}: {v}");
     }
 }
 

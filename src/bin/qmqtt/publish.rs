@@ -48,9 +48,10 @@ Delivery:
 
 On exit one line on stderr: sent=N acked=N dropped=N reconnects=N (sent: handed to the engine;
 acked: QoS 1/2 acknowledged by the broker; dropped: dropped by the engine's queue policy), then
-unacked=N if some were never acknowledged, full_waits=N if the queue was full that often (and waited),
+unacked=N if some were never acknowledged, failed=N if MQTT 5 reported some not delivered (refused by
+the broker, or larger than its Maximum Packet Size; each is named on stderr), full_waits=N if the queue was full that often (and waited),
 and with --repeat the elapsed time and rate.
-Exit codes: 0 done, 1 connection or runtime error, 2 bad command line, 3 not all acknowledged,
+Exit codes: 0 done, 1 connection or runtime error or messages failed, 2 bad command line, 3 not all acknowledged,
 130 interrupted (SIGINT/SIGTERM: input stops, acknowledgements are awaited for --drain-timeout or 5 s,
 a second interrupt quits at once; the summary line is printed either way).
 ";
@@ -206,6 +207,9 @@ struct Tally {
     written: u64,
     /// Times the queue was full and we waited.
     full_waits: u64,
+    /// MQTT 5: `Failed` events (refused by the broker, or beyond its limits), and of those QoS 1/2.
+    failed: u64,
+    failed_qos12: u64,
 }
 
 impl Tally {
@@ -218,6 +222,16 @@ impl Tally {
                     self.acked += 1
                 }
             }
+            Event::Failed { token, qos, cause } => {
+                self.failed += 1;
+                if qos != QoS::AtMostOnce {
+                    self.failed_qos12 += 1;
+                }
+                // Each one for the first few; the summary line counts them all.
+                if self.failed <= 10 {
+                    errln!("qmqtt pub: message {token} failed: {cause}");
+                }
+            }
             Event::ConnectionLost { cause } => log::warn!("connection lost: {cause}"),
             Event::Reconnecting { delay, attempt } => {
                 log::info!("reconnecting in {delay:?} (attempt {attempt})")
@@ -227,6 +241,12 @@ impl Tally {
             }
             _ => {}
         }
+    }
+
+    /// QoS 1/2 messages neither acknowledged nor failed.
+    fn waiting(&self) -> u64 {
+        self.sent_qos12
+            .saturating_sub(self.acked + self.failed_qos12)
     }
 
     /// Hand every waiting event to `on_event`.
@@ -243,17 +263,18 @@ enum Stop {
 }
 
 /// Publish one message; when the queue is full, wait on the event fd, drain, retry — never drop.
+/// The topic, QoS, retain flag and properties (`-D publish`) come from `o`.
 fn publish_wait(
     c: &Client,
     t: &mut Tally,
     sig: &Signals,
-    topic: &str,
+    o: &PubOpts,
     payload: &[u8],
-    qos: QoS,
-    retain: bool,
 ) -> Result<(), Stop> {
+    let (topic, qos) = (o.topic.as_str(), o.qos);
+    let props = o.conn.publish_props.properties();
     loop {
-        match c.publish(topic, payload, qos, retain) {
+        match c.publish_with(topic, payload, qos, o.retain, props) {
             Ok(_) => {
                 t.sent += 1;
                 if qos != QoS::AtMostOnce {
@@ -475,7 +496,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut quit_now = false;
     if interrupted {
         t.drain(&client);
-        let waiting = t.sent_qos12.saturating_sub(t.acked);
+        let waiting = t.waiting();
         if waiting > 0 {
             errln!(
                 "qmqtt pub: interrupted: waiting up to {:.1}s for {waiting} unacknowledged message(s) \
@@ -487,7 +508,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     loop {
         t.drain(&client);
         // The events are the count; the engine's own counter backs them up should events be dropped.
-        if t.acked >= t.sent_qos12 || client.stats().acked >= t.sent_qos12 {
+        if t.waiting() == 0 || client.stats().acked + t.failed_qos12 >= t.sent_qos12 {
             break;
         }
         let l = left(deadline);
@@ -518,7 +539,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let elapsed = started.elapsed();
     let st = client.stats();
     t.acked = t.acked.max(st.acked.min(t.sent_qos12));
-    let unacked = t.sent_qos12.saturating_sub(t.acked);
+    let unacked = t.waiting();
     let mut line = format!(
         "sent={} acked={} dropped={} reconnects={}",
         t.sent,
@@ -528,6 +549,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     );
     if unacked > 0 {
         line.push_str(&format!(" unacked={unacked}"));
+    }
+    if t.failed > 0 {
+        line.push_str(&format!(" failed={}", t.failed));
     }
     if t.full_waits > 0 {
         line.push_str(&format!(" full_waits={}", t.full_waits));
@@ -552,6 +576,13 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     if interrupted {
         errln!("qmqtt pub: interrupted");
         return 130;
+    }
+    if t.failed > 0 {
+        errln!(
+            "qmqtt pub: {} message(s) not delivered: refused by the broker or beyond its limits",
+            t.failed
+        );
+        return 1;
     }
     if unacked > 0 {
         errln!(
@@ -600,7 +631,7 @@ fn publish_repeat(
         if o.size.is_some() {
             number_payload(&mut payload, i);
         }
-        publish_wait(c, t, sig, &o.topic, &payload, o.qos, o.retain)?;
+        publish_wait(c, t, sig, o, &payload)?;
         if i % 256 == 255 {
             t.drain(c);
             if sig.take() {
@@ -620,7 +651,7 @@ fn publish_lines(c: &Client, t: &mut Tally, sig: &Signals, o: &PubOpts) -> Resul
     let mut r = LineReader::new(MAX_MESSAGE);
     loop {
         while let Some(line) = r.next_line() {
-            publish_wait(c, t, sig, &o.topic, line, o.qos, o.retain)?;
+            publish_wait(c, t, sig, o, line)?;
         }
         if r.eof {
             return Ok(());

@@ -1,5 +1,6 @@
 //! `qmqtt sub`: subscribe and print payloads one per line (`-v`: `topic payload`), like mosquitto_sub.
-//! `-C N` exits after N messages; `-W S` exits with code 27 after S seconds (as mosquitto_sub).
+//! `-C N` exits after N messages; `-W S` exits with code 27 after S seconds (as mosquitto_sub); `-F FORMAT`
+//! prints each message as mosquitto_sub's format says, MQTT 5 properties included ([`crate::format`]).
 //! The engine reconnects on its own and re-subscribes (or resumes the session with `-c`).
 use std::ffi::OsString;
 use std::io::Write;
@@ -20,6 +21,10 @@ Usage: qmqtt sub [connection] -t FILTER [-t FILTER…] [options]
   -C COUNT             exit after COUNT messages
   -W SECONDS           exit after SECONDS (counted from the connection); exit code 27
   -v                   print 'topic payload' instead of just the payload
+  -F FORMAT            print each message as FORMAT says (mosquitto_sub's codes): %t topic, %p payload,
+                       %q QoS, %r retain, %l length, %x/%X hex payload; MQTT 5 properties (-V 5): %E message
+                       expiry, %C content type, %D correlation data, %F payload format, %R response topic,
+                       %P user properties (name:value …), %S subscription ids; %% and \n \t \\ escapes
   -N                   no newline after each payload
   -c                   no clean session: resume the broker's session for -i ID (needs -i)
   --help               this help
@@ -40,6 +45,8 @@ struct SubOpts {
     timeout: Option<Duration>,
     verbose: bool,
     newline: bool,
+    /// `-F FORMAT`.
+    format: Option<String>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
@@ -56,6 +63,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         timeout: None,
         verbose: false,
         newline: true,
+        format: None,
     };
     while let Some(f) = a.next_flag()? {
         match f.as_str() {
@@ -83,6 +91,11 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
                 o.timeout = Some(s)
             }
             "-v" | "--verbose" => o.verbose = true,
+            "-F" => {
+                let f = a.value(&f)?;
+                crate::format::check(&f).map_err(|m| a.err(format!("-F '{f}': {m}")))?;
+                o.format = Some(f)
+            }
             "-N" => o.newline = false,
             "-c" | "--disable-clean-session" => conn.clean = false,
             _ => {
@@ -152,17 +165,34 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let done = |n: u64| o.count.is_some_and(|c| n >= c);
     let code = loop {
         client.poll_events(1024, &mut |ev| match ev {
-            Event::Message { topic, payload, .. } => {
+            Event::Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+            } => {
                 if done(received) || write_err.is_some() {
                     return;
                 }
                 received += 1;
                 let r = (|| {
-                    if o.verbose {
-                        out.write_all(topic.as_bytes())?;
-                        out.write_all(b" ")?;
+                    if let Some(f) = &o.format {
+                        let m = crate::format::Message {
+                            topic,
+                            payload,
+                            qos,
+                            retain,
+                            properties,
+                        };
+                        crate::format::write(&mut out, f.as_bytes(), &m)?;
+                    } else {
+                        if o.verbose {
+                            out.write_all(topic.as_bytes())?;
+                            out.write_all(b" ")?;
+                        }
+                        out.write_all(payload)?;
                     }
-                    out.write_all(payload)?;
                     if o.newline {
                         out.write_all(b"\n")?;
                     }
