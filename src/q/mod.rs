@@ -466,7 +466,13 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
             close_conn(&old, Duration::ZERO);
         }
     }
-    let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
+    // Several brokers: each may take its connectTimeout before the next is tried.
+    let brokers = uri.split(',').count() as u32;
+    let timeout = spec
+        .cfg
+        .connect_timeout
+        .saturating_mul(brokers)
+        .saturating_add(CONNECT_GRACE);
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
         info!("conn {shown}: {t}");

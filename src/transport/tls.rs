@@ -588,6 +588,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_files_change_when_a_file_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (ca, dir) = (d.path().join("ca.pem"), d.path().join("cas"));
+        std::fs::write(&ca, "one").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.pem"), "a").unwrap();
+        let opts = TlsOptions {
+            ca_file: Some(ca.clone()),
+            ca_dir: Some(dir.clone()),
+            cert_file: Some(d.path().join("missing.pem")),
+            ..TlsOptions::default()
+        };
+        let first = TlsFiles::of(&opts);
+        assert_eq!(first, TlsFiles::of(&opts));
+        // Renamed over (a new inode), same size.
+        std::fs::write(d.path().join("new"), "two").unwrap();
+        std::fs::rename(d.path().join("new"), &ca).unwrap();
+        let second = TlsFiles::of(&opts);
+        assert_ne!(first, second);
+        // A file added to the CA directory; the missing certificate appearing.
+        std::fs::write(dir.join("b.pem"), "b").unwrap();
+        let third = TlsFiles::of(&opts);
+        assert_ne!(second, third);
+        std::fs::write(d.path().join("missing.pem"), "c").unwrap();
+        assert_ne!(third, TlsFiles::of(&opts));
+    }
+
+    #[test]
     fn suite_names() {
         let all = rustls::crypto::ring::default_provider().cipher_suites;
         for n in [

@@ -557,6 +557,34 @@ mod tests {
     }
 
     #[test]
+    fn failover_and_proxy() {
+        let o = parse(&[
+            "-L",
+            "tcp://a:1",
+            "--failover",
+            "wss://b/mqtt",
+            "--failover",
+            "ssl://c:2",
+            "--proxy",
+            "http://p:3",
+            "--cafile",
+            "ca.pem",
+        ]);
+        // --cafile makes the first broker TLS too.
+        let o = o.unwrap();
+        assert_eq!(o.uri(), "ssl://a:1,wss://b/mqtt,ssl://c:2");
+        let c = o.config("x");
+        assert_eq!(
+            (c.http_proxy.as_deref(), c.https_proxy.as_deref()),
+            (Some("http://p:3"), Some("http://p:3"))
+        );
+        // TLS flags are for the TLS brokers of the list.
+        assert!(parse(&["-L", "tcp://a:1", "--failover", "ssl://b:2", "--insecure"]).is_ok());
+        let e = parse(&["--failover", "tcp://a:1,tcp://b:2"]).unwrap_err().0;
+        assert!(e.contains("repeat --failover"), "{e}");
+    }
+
+    #[test]
     fn key_password() {
         let o = parse(&["--cert", "c", "--key", "k", "--keypass", "pw"]).unwrap();
         let t = o.tls_options();
