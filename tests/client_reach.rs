@@ -100,6 +100,11 @@ fn http_and_https_proxy_options_and_reconnects_through_the_proxy() {
     let mut k = Config::new(b.tcp_uri(), "reach-proxy-wrong");
     k.http_proxy = Some(p.url_as(common::hops::PROXY_USER, "not-it"));
     k.reconnect = false;
+    let shown = format!("{k:?}");
+    assert!(
+        !shown.contains("not-it") && shown.contains(":***@"),
+        "{shown}"
+    );
     let c = Client::connect(k).unwrap();
     let e = c
         .wait_connected(slow(Duration::from_secs(10)))

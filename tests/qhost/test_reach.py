@@ -1,15 +1,16 @@
 """Reaching the broker from q (issue 12): KX's httpProxy/httpsProxy options and proxy environment through a
 real tinyproxy to mosquitto (plain and mutual TLS inside the tunnel), the proxy's failures as short q
 errors, several brokers for one connection (a list of symbols: the first that answers; `.mqtt.stats[]`
-names it)."""
+names it), certificate rotation without a new conn."""
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 
 import pytest
 
-from broker import free_port
+from broker import Broker, Certs, free_port
 from qhost import NIL, KRaw, QError, Sym
 
 S = Sym
@@ -216,3 +217,47 @@ def test_ws_and_wss_from_q(engine, broker, proxy, clean_env):
         q.call("disconnect", 0)
     finally:
         a.close()
+
+
+def replace(src, dst):
+    """As rotation tools do: a new file beside `dst`, renamed over it."""
+    shutil.copy(src, dst + ".new")
+    os.rename(dst + ".new", dst)
+
+
+def test_certificate_rotation_without_a_new_conn(engine, capfd):
+    """The broker's CA and chain and the client's CA, certificate and key replaced on disk, the broker restarted:
+    the same connection comes back (files read again). Then a broken certificate: the previous material stays
+    in use, and the log says why."""
+    q = engine
+    b = Broker()
+    try:
+        mine = tempfile.mkdtemp(prefix="qhost-rotate-")
+        ca, cert, key = (os.path.join(mine, n) for n in ("ca.pem", "client.pem", "client.key"))
+        for s, d in ((b.certs.ca, ca), (b.certs.client_cert, cert), (b.certs.client_key, key)):
+            shutil.copy(s, d)
+        q.conn(b.mtls_uri, "rotate", {S("trustStore"): S(ca), S("keyStore"): S(cert), S("privateKey"): S(key)})
+        roundtrip(q, "reach/rot/1")
+        new = Certs(tempfile.mkdtemp(prefix="qhost-rotate-new-"))
+        for s, d in ((new.ca, b.certs.ca), (new.server_cert, b.certs.server_cert),
+                     (new.server_key, b.certs.server_key), (new.ca, ca), (new.client_cert, cert),
+                     (new.client_key, key)):
+            replace(s, d)
+        b.restart()
+
+        def back(n):
+            st = q.call("stats", NIL)
+            return st["reconnects"] >= n and st["connected"] is True
+        q.loop_until(lambda: back(1), 20)
+        roundtrip(q, "reach/rot/2")
+        with open(cert + ".new", "w") as f:
+            f.write("not a certificate\n")
+        os.rename(cert + ".new", cert)
+        b.restart()
+        q.loop_until(lambda: back(2), 20)
+        roundtrip(q, "reach/rot/3")
+        q.call("disconnect", 0)
+        err = capfd.readouterr().err
+        assert "TLS files changed but cannot be used" in err and "previous certificates and keys" in err, err
+    finally:
+        b.close()
