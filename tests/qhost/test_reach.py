@@ -22,8 +22,9 @@ ENV = ("PAHO_C_CLIENT_USE_HTTP_PROXY", "http_proxy", "https_proxy", "no_proxy", 
 class Tinyproxy:
     """tinyproxy on 127.0.0.1 requiring Basic authentication; its log counts the CONNECTs."""
 
-    def __init__(self):
+    def __init__(self, connect_ports=()):
         self.dir = tempfile.mkdtemp(prefix="qhost-tinyproxy-")
+        rules = "".join(f"ConnectPort {p}\n" for p in connect_ports)
         for attempt in range(5):
             self.port = free_port()
             conf = os.path.join(self.dir, "tinyproxy.conf")
@@ -31,7 +32,7 @@ class Tinyproxy:
             with open(conf, "w") as f:
                 f.write(f"Port {self.port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 16\nAllow 127.0.0.1\n"
                         f"LogLevel Info\nLogFile \"{self.dir}/tinyproxy.log\"\n{user}"
-                        f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}\n")
+                        f"BasicAuth {PROXY_USER} {PROXY_PASSWORD}\n{rules}")
             self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.time() + 10
@@ -143,6 +144,16 @@ def test_proxy_failures_are_short_q_errors(engine, broker, proxy, clean_env):
     with pytest.raises(QError) as e:
         q.conn(broker.tcp_uri, "noproxy", {S("httpProxy"): S(f"http://127.0.0.1:{free_port()}")})
     assert e.value.msg == "proxy: unreachable"
+    # A ConnectPort rule that does not allow the broker's port: the proxy's 403, named in lastError.
+    strict = Tinyproxy(connect_ports=(443,))
+    try:
+        with pytest.raises(QError) as e:
+            q.conn(broker.tcp_uri, "port", {S("httpProxy"): S(strict.url())})
+        assert e.value.msg == "proxy: connect refused"
+        last = q.call("stats", NIL)["lastError"]
+        assert f"127.0.0.1:{strict.port}" in last and "403" in last, last
+    finally:
+        strict.close()
     with pytest.raises(QError) as e:
         q.conn(broker.tcp_uri, "badurl", {S("httpProxy"): S("socks5://127.0.0.1:1")})
     assert e.value.msg == "httpProxy invalid"
