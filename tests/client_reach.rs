@@ -421,3 +421,41 @@ fn without_rotation_the_new_chain_is_refused() {
         !s.connected && matches!(&s.last_error, Some(qmqtt::Error::Tls(_)))
     });
 }
+
+#[test]
+fn qmqtt_pub_through_the_proxy_and_to_the_broker_that_answers() {
+    let b = Broker::start();
+    let p = Tinyproxy::start(ProxyOptions::default());
+    let sub = Sub::start(&b, "reach/cli/#", 1, &[]);
+    let dead = format!("tcp://127.0.0.1:{}", free_port());
+    let before = p.connects();
+    let out = common::qmqtt_run(
+        &[
+            "pub",
+            "-L",
+            &dead,
+            "--failover",
+            &b.tcp_uri(),
+            "--proxy",
+            &p.url(),
+            "-t",
+            "reach/cli/x",
+            "-q",
+            "1",
+            "-m",
+            "via",
+        ],
+        b"",
+        slow(Duration::from_secs(30)),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sub.wait_for(1, slow(Duration::from_secs(10))), 1);
+    assert_eq!(sub.take(), ["via"]);
+    // Both brokers were asked for through the proxy: the dead one (refused) and the one that answered.
+    assert_eq!(p.connects(), before + 2, "{}", p.log());
+}
