@@ -8,7 +8,7 @@ use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::error::{ConfigError, Error};
 use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
-use qmqtt::transport::{proxy, tls_config, Conn, Endpoint, TlsInfo};
+use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
 use crate::der;
@@ -166,7 +166,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
     };
     let env = |k: &str| std::env::var(k).ok();
     let p = o.conn.proxy.as_deref();
-    let proxy = proxy::select(p, p, ep.scheme.tls(), &ep.host, ep.port, &env)
+    let proxy = qmqtt::transport::proxy::select(p, p, ep.scheme.tls(), &ep.host, ep.port, &env)
         .map_err(|e| fail("proxy")(Error::Proxy(e)))?;
     if let Some(c) = &proxy {
         outln!("  through the HTTP proxy {} ({})", c.proxy, c.source);
