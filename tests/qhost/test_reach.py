@@ -187,7 +187,8 @@ class Aedes:
 
     def __init__(self, certs):
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-        cache = os.environ.get("QMQTT_CACHE", os.path.join(root, ".cache"))
+        # tests/qhost/run sources tools/env.sh, which says where the tools cache is.
+        cache = os.environ.get("QMQTT_CACHE") or os.environ["QM_CACHE"]
         env = dict(os.environ, NODE_PATH=os.path.join(cache, "npm", "node_modules"))
         self.log = tempfile.NamedTemporaryFile(prefix="qhost-aedes-", suffix=".log", delete=False)
         for attempt in range(5):
