@@ -87,7 +87,7 @@ use crate::codec::{Properties, Property, Protocol, QoS, SubscriptionOptions};
 use crate::error::{ConfigError, DeliveryError, Doing, Error, Fault, Key};
 use crate::session::{Mqtt5Config, ServerInfo, SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::transport::{Endpoint, TlsOptions};
+use crate::transport::{proxy, Endpoint, TlsFiles, TlsOptions};
 
 mod events;
 mod io;
@@ -113,8 +113,19 @@ pub enum FullPolicy {
 /// `reliable=1` allows one message in flight).
 #[derive(Clone)]
 pub struct Config {
-    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` `host[:port]`.
+    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://`, `ws://`, `wss://` `host[:port]`; several brokers of one
+    /// service (an HA pair, cluster nodes: paho's `serverURIs`) separated by commas. Each connect tries them
+    /// in order and stays with the first that answers (its CONNACK); a failed attempt moves on to the next at
+    /// once, the reconnect backoff is between rounds. Unacknowledged QoS 1/2 messages are resent to whichever
+    /// broker is reached (`Stats::broker` says which).
     pub uri: String,
+    /// KX `httpProxy`: the HTTP proxy for plain brokers (`tcp://`, `ws://`), `http://[user:password@]host:port`;
+    /// `None`: the environment decides (`$http_proxy` and KX's rules, see [`crate::transport::proxy::select`]);
+    /// `Some("")`: no proxy.
+    pub http_proxy: Option<String>,
+    /// KX `httpsProxy`: the same for TLS brokers (`ssl://`, `wss://`; `$https_proxy`). TLS runs inside the
+    /// tunnel.
+    pub https_proxy: Option<String>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
@@ -179,6 +190,20 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("uri", &crate::transport::redacted_uri(&self.uri))
+            .field(
+                "http_proxy",
+                &self
+                    .http_proxy
+                    .as_deref()
+                    .map(crate::transport::redacted_uri),
+            )
+            .field(
+                "https_proxy",
+                &self
+                    .https_proxy
+                    .as_deref()
+                    .map(crate::transport::redacted_uri),
+            )
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -211,6 +236,8 @@ impl Config {
     pub fn new(uri: impl Into<String>, client_id: impl Into<String>) -> Config {
         Config {
             uri: uri.into(),
+            http_proxy: None,
+            https_proxy: None,
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -397,6 +424,9 @@ pub struct Stats {
     /// maximum, maximum packet size, topic alias maximum, maximum QoS…), assigned client id, server
     /// keep-alive. `None` before the first connection.
     pub server: Option<ServerInfo>,
+    /// The broker of the current (or last) connection, as `scheme://host:port` — one of `Config::uri`'s list.
+    /// `None` before the first connection.
+    pub broker: Option<String>,
 }
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
@@ -420,8 +450,15 @@ fn check_filter(f: &str) -> Result<(), ClientError> {
     })
 }
 
-/// Check a configuration; returns the broker address and, for TLS, the rustls configuration.
-fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>), ConfigError> {
+/// What [`validate`] hands the I/O thread: the brokers (each with its proxy) and, when one of them is TLS,
+/// the rustls configuration and the state of the files it was read from.
+type Checked = (
+    Vec<io::Target>,
+    Option<(Arc<rustls::ClientConfig>, TlsFiles)>,
+);
+
+/// Check a configuration; returns the brokers and, for TLS, the rustls configuration.
+fn validate(cfg: &Config) -> Result<Checked, ConfigError> {
     let bad = |key: Key, m: String| Err(ConfigError::invalid(key, m));
     let id = &cfg.client_id;
     if id.len() > 65535 {
@@ -535,13 +572,34 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
             return bad(Key::Will, "will payload: longer than 65535 bytes".into());
         }
     }
-    let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
-    let tls = if ep.scheme.tls() {
-        Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
+    let env = |k: &str| std::env::var(k).ok();
+    let mut targets = Vec::new();
+    for uri in cfg.uri.split(',') {
+        let ep = Endpoint::parse(uri).map_err(|e| e.within("uri"))?;
+        let tls = ep.scheme.tls();
+        let proxy = proxy::select(
+            cfg.http_proxy.as_deref(),
+            cfg.https_proxy.as_deref(),
+            tls,
+            &ep.host,
+            ep.port,
+            &env,
+        )
+        .map_err(|e| {
+            let key = if tls { Key::HttpsProxy } else { Key::HttpProxy };
+            ConfigError::invalid(key, e.to_string())
+        })?;
+        targets.push(io::Target { ep, proxy });
+    }
+    let tls = if targets.iter().any(|t| t.ep.scheme.tls()) {
+        // The files' state first: a file replaced while it is read shows as changed at the next reconnect.
+        let files = TlsFiles::of(&cfg.tls);
+        let c = crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?;
+        Some((c, files))
     } else {
         None
     };
-    Ok((ep, tls))
+    Ok((targets, tls))
 }
 
 /// A connection: the handle to its I/O thread.
@@ -556,7 +614,7 @@ pub struct Client {
 impl Client {
     /// Validate the config, build TLS, spawn the I/O thread and start connecting. Returns at once.
     pub fn connect(cfg: Config) -> Result<Client, ClientError> {
-        let (ep, tls) = validate(&cfg).map_err(ClientError::Config)?;
+        let (targets, tls) = validate(&cfg).map_err(ClientError::Config)?;
         // Opened here, on the caller's thread, so that a locked or unusable directory is reported now; then
         // moved into the I/O thread, the only one that touches it.
         let spool = match &cfg.spool {
@@ -602,6 +660,7 @@ impl Client {
             last_error: Mutex::new(None),
             last_spool_error: Mutex::new(None),
             server: Mutex::new(None),
+            broker: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
@@ -615,9 +674,11 @@ impl Client {
             cfg.connect_timeout
                 .min(keep_alive.max(Duration::from_secs(1)))
         };
+        let (tls, tls_files) = tls.unzip();
         let params = io::Params {
-            ep,
+            targets,
             tls,
+            tls_files,
             tls_opts: cfg.tls.clone(),
             session: SessionConfig {
                 client_id: cfg.client_id.clone(),
@@ -928,6 +989,7 @@ impl Client {
             topic_aliased: c.aliased.load(Relaxed),
             topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
             server: lock(&self.sh.server).clone(),
+            broker: lock(&self.sh.broker).clone(),
         }
     }
 

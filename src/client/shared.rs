@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub last_spool_error: Mutex<Option<String>>,
     /// The broker's CONNACK of the current (or last) connection.
     pub server: Mutex<Option<ServerInfo>>,
+    /// The broker of the current (or last) connection (`Stats::broker`).
+    pub broker: Mutex<Option<String>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), Error>>>,
     pub first_cv: Condvar,

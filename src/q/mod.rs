@@ -310,6 +310,31 @@ fn text_arg<'a>(x: K, ty: QErr) -> Result<&'a str, QErr> {
     std::str::from_utf8(b).map_err(|_| c"Invalid UTF8 string")
 }
 
+/// `conn`'s address: a symbol or string (several brokers separated by commas, paho's serverURIs), or a
+/// list of symbols, one broker each (joined with commas for `Config::uri`).
+fn addr_arg(x: K) -> Result<String, QErr> {
+    let ty = c"addr type";
+    let r = arg(x).ok_or(ty)?;
+    if r.t() != k::KS {
+        return text_arg(x, ty).map(str::to_string).map_err(|_| ty);
+    }
+    let n = r.len().ok_or(ty)?;
+    if n == 0 {
+        return Err(ty);
+    }
+    let mut uris = String::new();
+    for i in 0..n {
+        let Some(Val::Sym(b)) = r.item(i) else {
+            return Err(ty);
+        };
+        if i > 0 {
+            uris.push(',');
+        }
+        uris.push_str(std::str::from_utf8(b).map_err(|_| ty)?);
+    }
+    Ok(uris)
+}
+
 fn topic_arg<'a>(x: K) -> Result<&'a str, QErr> {
     text_arg(x, c"topic type")
 }
@@ -414,13 +439,8 @@ fn set_last_error(msg: String) {
 /// connection; otherwise a new handle is allocated.
 fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     ensure_init();
-    let uri = text_arg(addr, c"addr type").map_err(|e| {
-        if e == c"Invalid UTF8 string" {
-            c"addr type"
-        } else {
-            e
-        }
-    })?;
+    let uris = addr_arg(addr)?;
+    let uri = uris.as_str();
     let id = text_arg(client, c"client type").map_err(|e| {
         if e == c"Invalid UTF8 string" {
             c"client type"
@@ -452,7 +472,13 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
             close_conn(&old, Duration::ZERO);
         }
     }
-    let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
+    // Several brokers: each may take its connectTimeout before the next is tried.
+    let brokers = uri.split(',').count() as u32;
+    let timeout = spec
+        .cfg
+        .connect_timeout
+        .saturating_mul(brokers)
+        .saturating_add(CONNECT_GRACE);
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
         info!("conn {shown}: {t}");
@@ -871,6 +897,8 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
     mqtt5_stats(s, &mut keys, &mut vals);
     keys.push(c"connected");
     vals.push(k::kb(s.connected));
+    keys.push(c"broker");
+    vals.push(k::kvec(s.broker.as_deref().unwrap_or("").as_bytes(), false));
     keys.push(c"lastError");
     vals.push(k::kvec(last.as_bytes(), false));
     Ok(k::kdict(&keys, &vals))

@@ -163,16 +163,24 @@ fn qos(v: Val<'_>, k: &Key) -> Result<QoS, QErr> {
 }
 
 /// Schemes the engine accepts; anything else is KX's (paho's) `Invalid protocol scheme`.
-pub fn scheme_ok(uri: &str) -> bool {
-    ["tcp://", "ssl://", "mqtt://", "mqtts://"]
-        .iter()
-        .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+/// Every broker of the (comma-separated) list has a scheme qmqtt speaks.
+pub fn scheme_ok(uris: &str) -> bool {
+    uris.split(',').all(|uri| {
+        let uri = uri.trim();
+        ["tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"]
+            .iter()
+            .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+    })
 }
 
-pub fn is_tls(uri: &str) -> bool {
-    ["ssl://", "mqtts://"]
-        .iter()
-        .any(|s| uri.len() >= s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+/// A broker of the (comma-separated) list is reached over TLS.
+pub fn is_tls(uris: &str) -> bool {
+    uris.split(',').any(|uri| {
+        let uri = uri.trim();
+        ["ssl://", "mqtts://", "wss://"]
+            .iter()
+            .any(|s| uri.len() >= s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+    })
 }
 
 /// Build the connection's configuration from the URI, the client id and the options dictionary.
@@ -265,15 +273,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 }
             }
             b"cleanstart" => clean_start = Some(flag(v, k)?),
-            b"httpProxy" | b"httpsProxy" => {
-                if !text(v, k)?.is_empty() {
-                    return Err(if k.name == b"httpProxy" {
-                        c"httpProxy unsupported"
-                    } else {
-                        c"httpsProxy unsupported"
-                    });
-                }
-            }
+            b"httpProxy" => cfg.http_proxy = Some(text(v, k)?.to_string()),
+            b"httpsProxy" => cfg.https_proxy = Some(text(v, k)?.to_string()),
             b"lastWillTopic" => {
                 let s = text(v, k)?;
                 will_topic = (!s.is_empty()).then(|| s.to_string());

@@ -5,7 +5,8 @@
 //!   8883) URIs into host and port, IPv6 literals in brackets (`ssl://[::1]:8883`). Errors say what is wrong.
 //! - [`tls_config`] turns [`TlsOptions`] into a rustls `ClientConfig` (ring provider, chosen versions and
 //!   cipher suites, CA file / directory or the Mozilla roots, client certificate for mutual TLS). Build it
-//!   once per connection configuration and reuse it across reconnects.
+//!   once per connection configuration and reuse it across reconnects; [`TlsFiles`] tells cheaply whether
+//!   its files changed on disk since (certificate rotation), so that it is built again only then.
 //! - [`Conn`] is the non-blocking stream: a mio `TcpStream`, optionally wrapped in a rustls
 //!   `ClientConnection`. [`Conn::write`] only queues plaintext in a buffer that is reused; [`Conn::flush`]
 //!   encrypts everything queued in as few TLS records as possible (up to 16 KiB each) and writes them with
@@ -47,7 +48,7 @@ mod tls;
 pub mod ws;
 
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
-pub use tls::{supported_cipher_suites, tls_config};
+pub use tls::{supported_cipher_suites, tls_config, TlsFiles};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
 /// `ws://` MQTT over a WebSocket (80), `wss://` over a WebSocket in TLS (443).

@@ -7,8 +7,9 @@
 //! verified against the CAs); with `verify_certificate = false` it accepts any certificate (the handshake
 //! signatures are still checked with the provider's algorithms).
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -130,6 +131,47 @@ fn select_suites(
         ));
     }
     Ok(out)
+}
+
+/// The state of the files a TLS configuration is read from — the CA file, the CA directory and each of its
+/// entries, the client certificate and key: device, inode, size and modification time of each (following
+/// links; `None` for one that cannot be read). Cheap to take (a `stat` per file); two differ when a file was
+/// replaced (renamed over, rewritten, its link retargeted), so the driver reads the files again before a
+/// reconnect only when this changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles(Vec<(PathBuf, Option<Stamp>)>);
+
+/// Device, inode, size, modification time.
+type Stamp = (u64, u64, u64, SystemTime);
+
+impl TlsFiles {
+    pub fn of(opts: &TlsOptions) -> TlsFiles {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            })
+        };
+        let mut v: Vec<_> = [&opts.ca_file, &opts.ca_dir, &opts.cert_file, &opts.key_file]
+            .into_iter()
+            .flatten()
+            .map(|p| (p.clone(), stamp(p)))
+            .collect();
+        if let Some(Ok(rd)) = opts.ca_dir.as_ref().map(std::fs::read_dir) {
+            let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            v.extend(entries.into_iter().map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            }));
+        }
+        TlsFiles(v)
+    }
 }
 
 /// Build the rustls client configuration once per connection config (reused across reconnects).
@@ -499,6 +541,34 @@ pub(crate) fn tls_failure(e: rustls::Error, cx: &ErrCtx<'_>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_files_change_when_a_file_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (ca, dir) = (d.path().join("ca.pem"), d.path().join("cas"));
+        std::fs::write(&ca, "one").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.pem"), "a").unwrap();
+        let opts = TlsOptions {
+            ca_file: Some(ca.clone()),
+            ca_dir: Some(dir.clone()),
+            cert_file: Some(d.path().join("missing.pem")),
+            ..TlsOptions::default()
+        };
+        let first = TlsFiles::of(&opts);
+        assert_eq!(first, TlsFiles::of(&opts));
+        // Renamed over (a new inode), same size.
+        std::fs::write(d.path().join("new"), "two").unwrap();
+        std::fs::rename(d.path().join("new"), &ca).unwrap();
+        let second = TlsFiles::of(&opts);
+        assert_ne!(first, second);
+        // A file added to the CA directory; the missing certificate appearing.
+        std::fs::write(dir.join("b.pem"), "b").unwrap();
+        let third = TlsFiles::of(&opts);
+        assert_ne!(second, third);
+        std::fs::write(d.path().join("missing.pem"), "c").unwrap();
+        assert_ne!(third, TlsFiles::of(&opts));
+    }
 
     #[test]
     fn suite_names() {

@@ -151,6 +151,10 @@ pub struct ConnOpts {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub keypass: Option<String>,
+    /// `--proxy`: the HTTP proxy for every broker (blank: none, the environment not read).
+    pub proxy: Option<String>,
+    /// `--failover`: more brokers, tried in order after the first (paho's serverURIs).
+    pub failover: Vec<String>,
     pub insecure: bool,
     pub tls_version: Option<TlsVersion>,
     pub alpn: Vec<Vec<u8>>,
@@ -183,6 +187,11 @@ Connection:
   -L URL               mqtt[s]://[USER[:PASS]@]HOST[:PORT][/TOPIC] (also tcp://, ssl://), or
                        ws[s]://[USER[:PASS]@]HOST[:PORT][/PATH]: MQTT over a WebSocket (ports 80/443,
                        path /mqtt)
+  --failover URI       another broker of the same service (tcp://, ssl://, ws://, wss://), tried when the
+                       ones before do not answer (repeatable; unacknowledged messages go to the one reached)
+  --proxy URL          reach the broker through this HTTP proxy: http://[USER:PASS@]HOST:PORT (CONNECT);
+                       without it $http_proxy/$https_proxy apply when PAHO_C_CLIENT_USE_HTTP_PROXY=TRUE
+                       (mqtt_http_proxy, mqtt_https_proxy, mqtt_no_proxy override them); '' for none
   -i ID                client id (default qmqtt-<cmd>-<pid>)
   -u USER, -P PASS     username and password
   -k SECONDS           keep-alive interval (default 60; 0 turns it off)
@@ -221,6 +230,8 @@ impl ConnOpts {
                     ))
                 })?;
             }
+            "--failover" => self.failover.push(a.value(flag)?),
+            "--proxy" => self.proxy = Some(a.value(flag)?),
             "-i" | "--id" => self.id = Some(a.value(flag)?),
             "-u" | "--username" => self.user = Some(a.value(flag)?),
             "-P" | "--pw" => self.pass = Some(a.value_bytes(flag)?),
@@ -450,9 +461,19 @@ impl ConnOpts {
             })
     }
 
-    /// The engine's URI: `ssl://host:port`, `tcp://host:port` or `ws[s]://host:port/path` (IPv6 literals
-    /// bracketed).
+    /// The engine's URI: the broker's, then the `--failover` ones, comma-separated.
     pub fn uri(&self) -> String {
+        let mut u = self.first_uri();
+        for f in &self.failover {
+            u.push(',');
+            u.push_str(f);
+        }
+        u
+    }
+
+    /// The first broker: `ssl://host:port`, `tcp://host:port` or `ws[s]://host:port/path` (IPv6 literals
+    /// bracketed).
+    fn first_uri(&self) -> String {
         let host = self.host();
         let host = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
@@ -498,6 +519,12 @@ impl ConnOpts {
         if self.keypass.is_some() && self.key.is_none() {
             return Err(a.err("--keypass is the password of --key: give --key too".into()));
         }
+        if let Some(f) = self.failover.iter().find(|f| f.contains(',')) {
+            return Err(a.err(format!(
+                "--failover '{}': one URI each (repeat --failover for more)",
+                qmqtt::transport::redacted_uri(f)
+            )));
+        }
         if self.pass.is_some() && self.user.is_none() {
             return Err(a.err("-P needs -u USER as well".into()));
         }
@@ -521,7 +548,14 @@ impl ConnOpts {
                 a.err("-D publish: properties of published messages go with qmqtt pub".into())
             );
         }
+        let failover_tls = self.failover.iter().any(|f| {
+            let f = f.to_ascii_lowercase();
+            ["ssl://", "mqtts://", "wss://"]
+                .iter()
+                .any(|s| f.starts_with(s))
+        });
         if !self.tls()
+            && !failover_tls
             && (self.insecure
                 || !self.alpn.is_empty()
                 || self.sni.is_some()
@@ -543,6 +577,8 @@ impl ConnOpts {
     pub fn config(&self, default_id: &str) -> Config {
         let id = self.id.clone().unwrap_or_else(|| default_id.to_string());
         let mut c = Config::new(self.uri(), id);
+        c.http_proxy = self.proxy.clone();
+        c.https_proxy = self.proxy.clone();
         c.username = self.user.clone();
         c.password = self.pass.clone();
         if let Some(k) = self.keepalive {
@@ -621,6 +657,34 @@ mod tests {
         assert_eq!(o.uri(), "wss://b:8443/ws/mqtt");
         let o = parse(&["-L", "wss://b", "--cafile", "c.pem"]).unwrap();
         assert_eq!(o.uri(), "wss://b:443/mqtt");
+    }
+
+    #[test]
+    fn failover_and_proxy() {
+        let o = parse(&[
+            "-L",
+            "tcp://a:1",
+            "--failover",
+            "wss://b/mqtt",
+            "--failover",
+            "ssl://c:2",
+            "--proxy",
+            "http://p:3",
+            "--cafile",
+            "ca.pem",
+        ]);
+        // --cafile makes the first broker TLS too.
+        let o = o.unwrap();
+        assert_eq!(o.uri(), "ssl://a:1,wss://b/mqtt,ssl://c:2");
+        let c = o.config("x");
+        assert_eq!(
+            (c.http_proxy.as_deref(), c.https_proxy.as_deref()),
+            (Some("http://p:3"), Some("http://p:3"))
+        );
+        // TLS flags are for the TLS brokers of the list.
+        assert!(parse(&["-L", "tcp://a:1", "--failover", "ssl://b:2", "--insecure"]).is_ok());
+        let e = parse(&["--failover", "tcp://a:1,tcp://b:2"]).unwrap_err().0;
+        assert!(e.contains("repeat --failover"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ subjects and expiry, ALPN) and the MQTT CONNACK, or exactly why the connection f
 
 Usage: qmqtt check -L mqtts://HOST:PORT [TLS flags] [-u USER -P PASS]
        qmqtt check -h HOST -p PORT [TLS flags] [-u USER -P PASS]
+       [--proxy URL] shows the HTTP proxy's answer to CONNECT, a ws:// or wss:// URL the WebSocket upgrade;
+       with --failover URI the brokers are tried in order and the one that answered is named.
 
   --timeout SECONDS    give up after SECONDS (default 10)
   --help               this help
@@ -98,22 +100,41 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
-    let uri = o.conn.uri();
-    outln!("checking {uri}");
-    match check(&o, &uri) {
-        Ok(()) => {
-            outln!("OK: {uri} accepts MQTT connections with these settings");
-            0
+    let uris = o.conn.uri();
+    let list: Vec<&str> = uris.split(',').collect();
+    let n = list.len();
+    for (i, uri) in list.iter().enumerate() {
+        if n > 1 {
+            outln!("checking {uri} (broker {} of {n})", i + 1);
+        } else {
+            outln!("checking {uri}");
         }
-        Err(f) => {
-            outln!("FAILED at {}: {}", f.step, f.what());
-            let h = f.hint();
-            if !h.is_empty() {
-                outln!("  what to do: {h}");
+        match check(&o, uri) {
+            Ok(()) => {
+                if n > 1 {
+                    outln!(
+                        "OK: {uri} (broker {} of {n}) answered and accepts MQTT connections with these \
+                         settings",
+                        i + 1
+                    );
+                } else {
+                    outln!("OK: {uri} accepts MQTT connections with these settings");
+                }
+                return 0;
             }
-            1
+            Err(f) => {
+                outln!("FAILED at {}: {}", f.step, f.what());
+                let h = f.hint();
+                if !h.is_empty() {
+                    outln!("  what to do: {h}");
+                }
+            }
         }
     }
+    if n > 1 {
+        outln!("FAILED: none of the {n} brokers answered");
+    }
+    1
 }
 
 fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
@@ -137,15 +158,22 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
     };
     let ep = Endpoint::parse(uri).map_err(config("address"))?;
     let tls_opts = o.conn.tls_options();
-    let tls = if o.conn.tls() {
+    let tls = if ep.scheme.tls() {
         Some(tls_config(&tls_opts).map_err(config("TLS configuration"))?)
     } else {
         None
     };
+    let env = |k: &str| std::env::var(k).ok();
+    let p = o.conn.proxy.as_deref();
+    let proxy = qmqtt::transport::proxy::select(p, p, ep.scheme.tls(), &ep.host, ep.port, &env)
+        .map_err(|e| fail("proxy")(Error::Proxy(e)))?;
+    if let Some(c) = &proxy {
+        outln!("  through the HTTP proxy {} ({})", c.proxy, c.source);
+    }
     let deadline = Instant::now() + o.timeout;
     let started = Instant::now();
-    let mut conn =
-        Conn::connect(&ep, tls.clone().map(|c| (c, &tls_opts))).map_err(fail("TCP connect"))?;
+    let mut conn = Conn::connect_via(&ep, proxy.as_ref(), tls.clone().map(|c| (c, &tls_opts)))
+        .map_err(fail("TCP connect"))?;
     let mut poll = Poll::new().map_err(|e| other("setup")(format!("mio poll: {e}")))?;
     // Through the Conn, so that a fallback to the next resolved address is registered too.
     conn.register(poll.registry(), Token(0))
@@ -243,6 +271,13 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                     ep.port,
                     conn.peer()
                 ),
+            }
+            let hops = conn.hops();
+            if let Some((p, status)) = &hops.proxy {
+                outln!("  HTTP proxy: {p} answered CONNECT: {status}");
+            }
+            if let Some(ws) = &hops.websocket {
+                outln!("  WebSocket: upgrade of {} answered: {ws}", ep.path);
             }
             session.handle_connected(Instant::now());
         }

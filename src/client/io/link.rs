@@ -5,6 +5,16 @@
 //! `ConnectionLost` (and for the very first attempt); with `reconnect` the next attempt is scheduled and
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
 //! messages and resends them on the next connection.
+//!
+//! Several brokers (`Config::uri` a list): each round of attempts starts with the first; an attempt that
+//! fails before its CONNACK moves on to the next broker at once (no event, `last_error` says why); only a
+//! round that reached none counts as a failed attempt (events, backoff). A connection that was up and is lost
+//! starts a new round, so the first broker is preferred again once it is back. The session is the same
+//! whichever broker is reached: unacknowledged messages are resent there.
+//!
+//! TLS files (CA, client certificate, key) whose inode, size or modification time changed are read again
+//! before each attempt; a replacement that cannot be used (unreadable, invalid) leaves the previous
+//! material in use and says why in the log.
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +26,7 @@ use crate::client::Event;
 use crate::clock::later;
 use crate::error::{Doing, Error, Timeout};
 use crate::session::SessionError;
-use crate::transport::Conn;
+use crate::transport::{tls_config, Conn, TlsFiles};
 
 /// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one that died sooner
 /// (a broker that accepts and drops at once) keeps the backoff growing. Short enough that a flaky link
@@ -36,6 +46,8 @@ pub(super) struct Link {
     attempt: u32,
     /// When the current connection's CONNACK came.
     up_since: Option<Instant>,
+    /// The broker of `Params::targets` tried now (or connected).
+    pub target: usize,
     /// Jitter (xorshift64).
     rng: u64,
     /// Lost without reconnect: nothing more to do.
@@ -57,6 +69,7 @@ impl Link {
             ever_up: false,
             attempt: 0,
             up_since: None,
+            target: 0,
             rng: (t ^ ((std::process::id() as u64) << 32) ^ (Arc::as_ptr(sh) as u64)) | 1,
             dead: false,
             writes_base: 0,
@@ -120,14 +133,26 @@ impl Io {
     }
 
     pub(super) fn start_connect(&mut self, now: Instant) {
+        self.reload_tls();
+        let n = self.p.targets.len();
+        let t = &self.p.targets[self.link.target];
         log::info!(
-            "qmqtt: connecting to {}:{} (attempt {})",
-            self.p.ep.host,
-            self.p.ep.port,
-            self.link.attempt + 1
+            "qmqtt: connecting to {}:{} (attempt {}{}{})",
+            t.ep.host,
+            t.ep.port,
+            self.link.attempt + 1,
+            if n > 1 {
+                format!(", broker {} of {n}", self.link.target + 1)
+            } else {
+                String::new()
+            },
+            match &t.proxy {
+                Some(c) => format!(", through the HTTP proxy {} ({})", c.proxy, c.source),
+                None => String::new(),
+            }
         );
         let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
-        match Conn::connect(&self.p.ep, tls) {
+        match Conn::connect_via(&t.ep, t.proxy.as_ref(), tls) {
             Ok(mut c) => {
                 if let Err(e) = c.register(self.poll.registry(), SOCK) {
                     let e = Error::System {
@@ -147,10 +172,34 @@ impl Io {
         }
     }
 
+    /// TLS files changed since they were read: read them again; keep what was in use if they cannot be used.
+    fn reload_tls(&mut self) {
+        let Some(old) = &self.p.tls_files else {
+            return;
+        };
+        // The state first: a file replaced while it is read shows as changed next time.
+        let files = TlsFiles::of(&self.p.tls_opts);
+        if files == *old {
+            return;
+        }
+        match tls_config(&self.p.tls_opts) {
+            Ok(c) => {
+                log::info!("qmqtt: TLS files changed: certificates and keys read again");
+                self.p.tls = Some(c);
+            }
+            Err(e) => log::warn!(
+                "qmqtt: TLS files changed but cannot be used ({e}); the previous certificates and keys \
+                 stay in use"
+            ),
+        }
+        self.p.tls_files = Some(files);
+    }
+
     pub(super) fn connect_timed_out(&mut self, now: Instant) {
+        let ep = &self.p.targets[self.link.target].ep;
         let e = Error::Timeout(Timeout::Connect {
-            host: self.p.ep.host.clone(),
-            port: self.p.ep.port,
+            host: ep.host.clone(),
+            port: ep.port,
             limit: self.p.connect_timeout,
         });
         self.lost(now, e);
@@ -176,6 +225,7 @@ impl Io {
         self.link.up_since = Some(now);
         self.sh.ctr.connected.store(true, Relaxed);
         *lock(&self.sh.server) = Some(self.session.server().clone());
+        *lock(&self.sh.broker) = Some(self.p.targets[self.link.target].ep.to_string());
         self.sh.set_first(Ok(()));
         self.sh
             .events
@@ -184,7 +234,8 @@ impl Io {
 
     /// After the session's events of a CONNACK were forwarded.
     pub(super) fn after_connected(&mut self, now: Instant) {
-        log::info!("qmqtt: connected to {}:{}", self.p.ep.host, self.p.ep.port);
+        let ep = &self.p.targets[self.link.target].ep;
+        log::info!("qmqtt: connected to {}:{}", ep.host, ep.port);
         self.run_pending(now);
     }
 
@@ -223,6 +274,13 @@ impl Io {
             log::error!("qmqtt: connect failed: {cause}");
         }
         *lock(&self.sh.last_error) = Some(cause.clone());
+        // Several brokers: on to the next one at once; a round ends after the last one.
+        if !was_up && self.link.target + 1 < self.p.targets.len() {
+            self.link.target += 1;
+            self.timers.set(Timer::Reconnect, now);
+            return;
+        }
+        self.link.target = 0;
         self.sh.set_first(Err(cause.clone()));
         // Reported once per loss (and for the very first attempt), not for every failed reconnect attempt:
         // those show as `Reconnecting` and in `last_error` (KX calls `disconn` once per lost connection).
