@@ -862,6 +862,21 @@ impl Client {
         self.sh.ctr.connected.load(Relaxed)
     }
 
+    /// The connection is connected or will reconnect by itself: not disconnected by its owner, the I/O
+    /// thread still running (it ends after a loss only without `reconnect`).
+    pub fn is_alive(&self) -> bool {
+        self.thread.is_some() && !*lock(&self.sh.exited) && !lock(&self.sh.pubq).closed
+    }
+
+    /// Ask the I/O thread to make its next reconnect attempt now instead of after the backoff delay (a
+    /// no-op while connected or connecting). Returns a [`LinkWatch`] to wait for the connection without
+    /// holding the client.
+    pub fn reconnect_now(&self) -> LinkWatch {
+        lock(&self.sh.cmds).push(Cmd::ReconnectNow);
+        let _ = self.sh.waker.wake();
+        LinkWatch(self.sh.clone())
+    }
+
     /// Stop: wait up to `timeout` for queued and in-flight messages to finish, send DISCONNECT, join the thread.
     /// Publishes are refused from now on. Calling it again does nothing.
     pub fn disconnect(&mut self, timeout: Duration) {
@@ -970,6 +985,24 @@ impl Drop for Client {
     /// Same as `disconnect(0)`: DISCONNECT is sent if the socket takes it at once; never waits on the network.
     fn drop(&mut self) {
         self.disconnect(Duration::ZERO);
+    }
+}
+
+/// Waits for a connection's link to be up (from [`Client::reconnect_now`]); holds no lock of the client.
+pub struct LinkWatch(Arc<Shared>);
+
+impl LinkWatch {
+    /// Block until the connection is up (true), or `timeout` passes or the I/O thread ends (false).
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let sh = &self.0;
+        let g = lock(&sh.first);
+        let (_g, _) = sh
+            .first_cv
+            .wait_timeout_while(g, timeout, |_| {
+                !sh.ctr.connected.load(Relaxed) && !*lock(&sh.exited)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        sh.ctr.connected.load(Relaxed)
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) enum Cmd {
     /// The filter, its options and an MQTT 5 Subscription Identifier.
     Subscribe(String, SubscriptionOptions, Option<u32>),
     Unsubscribe(String),
+    /// Try to connect now if waiting for the next reconnect attempt (the owner asked to connect again).
+    ReconnectNow,
     /// Drain until this instant at the latest, then send DISCONNECT and exit.
     Stop(Instant),
 }
@@ -68,6 +70,7 @@ pub(crate) struct Shared {
     pub server: Mutex<Option<ServerInfo>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), Error>>>,
+    /// Notified (under `first`) when the first outcome is set, on every CONNACK and when the thread ends.
     pub first_cv: Condvar,
     /// The I/O thread stopped feeding the session because the event queue had no room for the
     /// acknowledgements; the next `poll_events` that frees room wakes it.
@@ -87,7 +90,7 @@ impl Shared {
         let mut f = lock(&self.first);
         if f.is_none() {
             *f = Some(r);
-            self.first_cv.notify_all();
         }
+        self.first_cv.notify_all();
     }
 }

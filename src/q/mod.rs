@@ -42,6 +42,9 @@ use crate::transport::ws::WsError;
 const EVENT_BATCH: usize = 1024;
 /// Extra time `conn` waits beyond `connectTimeout` for the engine to report its own verdict.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How long `conn` lets a connected default connection it replaces (other broker or client id) deliver what
+/// it holds before closing it.
+const REPLACE_DRAIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------------------
 // connections
@@ -52,6 +55,9 @@ struct Conn {
     handle: i64,
     client: Mutex<Option<Client>>,
     fd: RawFd,
+    /// The broker address and client id it was made with (`conn` keeps a default connection with the same).
+    uri: String,
+    client_id: String,
     /// Received payloads as byte vectors (`rcvPayload` `byte).
     rcv_bytes: bool,
     callback_errors: AtomicU64,
@@ -438,12 +444,11 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     if let Some(l) = spec.log_level {
         qlog::set(l);
     }
-    // KX's connX replaces the one connection it has: never two default connections.
+    // KX's connX replaces the one connection it has: never two default connections. The same broker and
+    // client id keep it (KX's reconnect idiom).
     if default {
-        let old = reg().take(0);
-        if let Some(old) = old {
-            info!("conn: closing the previous default connection");
-            close_conn(&old, Duration::ZERO);
+        if let Some(r) = rejoin(uri, id, spec.cfg.connect_timeout) {
+            return r.map(|()| 0);
         }
     }
     let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
@@ -473,6 +478,8 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         handle,
         client: Mutex::new(Some(client)),
         fd,
+        uri: uri.to_string(),
+        client_id: id.to_string(),
         rcv_bytes: spec.rcv_bytes,
         callback_errors: AtomicU64::new(0),
     });
@@ -488,6 +495,47 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     info!("connected to {shown} as {id} (handle {handle}, event fd {fd})");
     reg().conns.push(conn);
     Ok(handle)
+}
+
+/// `conn` while a default connection exists. KX programs reconnect from `.z.ts`: `if[not .mqtt.isConnected[];
+/// .mqtt.conn[…]]`. For the same broker address and client id the existing connection is kept — its queue,
+/// in-flight window, spool and subscriptions; the options of this `conn` are not applied — and `conn`
+/// succeeds once it is connected (asked to try at once), or signals `'Failure` after `wait` while it keeps
+/// reconnecting and `pub` keeps queueing. A connection that will not reconnect (`autoReconnect 0b`, lost),
+/// another address or another client id: the old one is closed — after up to `REPLACE_DRAIN` for what it
+/// holds if it is connected — and `None` says to connect anew.
+fn rejoin(uri: &str, id: &str, wait: Duration) -> Option<Result<(), QErr>> {
+    let old = reg().find(0).cloned()?;
+    let (watch, drain) = {
+        let g = lock_client(&old);
+        match g.as_ref() {
+            Some(c) if old.uri == uri && old.client_id == id && c.is_alive() => {
+                (Some(c.reconnect_now()), Duration::ZERO)
+            }
+            Some(c) if c.is_connected() => (None, REPLACE_DRAIN),
+            _ => (None, Duration::ZERO),
+        }
+    };
+    let Some(watch) = watch else {
+        let old = reg().take(0)?;
+        info!("conn: closing the previous default connection (waiting up to {drain:?} for what it holds)");
+        close_conn(&old, drain);
+        return None;
+    };
+    if watch.wait_connected(wait) {
+        debug!(
+            "conn: the default connection to {} is up; kept",
+            old.client_id
+        );
+        return Some(Ok(()));
+    }
+    let t = format!(
+        "not connected within connectTimeout ({wait:?}); the connection keeps reconnecting and pub \
+         keeps queueing"
+    );
+    info!("conn: {t}");
+    set_last_error(t);
+    Some(Err(c"Failure"))
 }
 
 // ---------------------------------------------------------------------------------------------------------

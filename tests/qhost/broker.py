@@ -221,3 +221,84 @@ def pub(broker, topic, msg, qos=0, retain=False):
     if retain:
         args.append("-r")
     subprocess.run(args, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Gate:
+    """A TCP relay on a loopback port of its own in front of the broker's plain listener, to take the broker
+    away from a client without touching the broker (independent subscribers stay connected): `shut()` cuts
+    the connections it carries and closes its listener (connects are refused), `open()` listens again on the
+    same port."""
+
+    def __init__(self, broker):
+        import threading
+        self.target = broker.tcp_port
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.socks = []
+        self.listener = None
+        self.open()
+
+    @property
+    def uri(self):
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def open(self):
+        import threading
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(16)
+        ls.settimeout(0.05)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls):
+        import threading
+        while self.listener is ls:
+            try:
+                a, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                a.close()
+                continue
+            with self.lock:
+                self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def shut(self):
+        ls, self.listener = self.listener, None
+        if ls:
+            ls.close()
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.shut()

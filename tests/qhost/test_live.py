@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from broker import PASSWORD, USER, Sub, pub
+from broker import PASSWORD, USER, Gate, Sub, pub
 from qhost import NIL, ST_K_WRONG, QError, Sym
 
 S = Sym
@@ -499,18 +499,21 @@ def test_reconnect_from_the_disconn_callback(engine, broker):
 
     def on_disconn(cause):
         attempts.append(cause)
-        conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})  # broker down: signals 'Failure
+        with pytest.raises(QError, match="^Failure$"):  # broker down: signals 'Failure after connectTimeout
+            conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})
 
     q.handlers[".mqtt.disconn"] = on_disconn
     broker.stop()
     try:
         q.loop_until(lambda: attempts, 10)
         q.loop(300)
+        # the same broker and client id: the failed conn kept the connection (never two), still reconnecting
+        assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 1
     finally:
         broker.start()
     assert len(attempts) == 1
-    # the failed conn closed the old connection (never two): nothing reconnects by itself now
-    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    assert q.h.qhost_nfds() == 1
     conn(q, broker.tcp_uri, "fromcb")
     assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
 
@@ -619,3 +622,67 @@ def test_spool_options_store_and_forward(engine, broker, tmp_path):
     assert q.loop_until(lambda: len(q.callbacks(".mqtt.msgsent")) >= n, 30)
     assert sorted(a[0] for a in q.callbacks(".mqtt.msgsent")) == toks
     assert q.call("stats", NIL)["spooled"] == 0
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
+def test_kx_reconnect_idiom_loses_nothing(engine, broker, tmp_path, spool):
+    """KX's reconnect idiom: numbered QoS 1 messages every 5 ms, .z.ts (every 100 ms) calls .mqtt.conn again
+    while .mqtt.isConnected[] is false, connections refused for 3 s (a relay in front of the broker shut;
+    an independent subscriber stays connected). The connection is kept across those conn calls: pub never
+    refuses, and every message it accepted arrives."""
+    q = engine
+    gate = Gate(broker)
+    opts = {S("connectTimeout"): 1, S("backoffMin"): 100, S("backoffMax"): 500}
+    if spool:
+        opts.update({S("spoolDir"): S(str(tmp_path / "spool")), S("spoolSync"): S("never")})
+    outside = Sub(broker, "idiom/#", qos=1)
+    state = {"n": 0, "refused": 0, "failures": 0, "accepted": []}
+
+    def tick():  # .z.ts:{if[not .mqtt.isConnected[];.mqtt.conn[addr;`idiom;opts]]}
+        if not q.call("isConnected", NIL):
+            try:
+                conn(q, gate.uri, "idiom", opts)
+            except QError as e:
+                assert e.msg == "Failure"
+                state["failures"] += 1
+
+    def publish_for(seconds):
+        end, next_tick = time.time() + seconds, 0.0
+        while time.time() < end:
+            state["n"] += 1
+            n = state["n"]
+            try:
+                q.call("pubx", S("idiom/t"), str(n), 1, 0)
+                state["accepted"].append(n)
+            except QError as e:
+                assert e.msg == "not connected"
+                state["refused"] += 1
+            q.loop(5)
+            if time.time() >= next_tick:
+                tick()
+                next_tick = time.time() + 0.1
+
+    try:
+        conn(q, gate.uri, "idiom", opts)
+        publish_for(1)
+        gate.shut()
+        publish_for(3)
+        gate.open()
+        publish_for(2)
+        assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+        st = lambda: q.call("stats", NIL)  # noqa: E731
+        assert q.loop_until(lambda: st()["queued"] == 0 and st()["inflight"] == 0 and st()["spooled"] == 0, 30)
+        accepted = state["accepted"]
+        lines = outside.wait_for(len(accepted), timeout=20)
+        q.loop(500)
+        got = {int(line.split()[1]) for line in outside.lines if line.startswith("idiom/t ")}
+        missing = sorted(set(accepted) - got)
+        print(f"\n{len(accepted)} accepted, {state['refused']} refused, {len(missing)} lost, "
+              f"{state['failures']} conn failures, {len(lines)} received")
+        assert state["failures"] >= 1  # conn did run while the broker was away
+        assert state["refused"] == 0 and missing == []
+        assert q.h.qhost_nfds() == 1
+    finally:
+        outside.close()
+        gate.close()
+

@@ -92,6 +92,11 @@ impl Io {
         for c in cmds {
             match c {
                 Cmd::Stop(at) => self.timers.set_earliest(Timer::Stop, at),
+                Cmd::ReconnectNow => {
+                    if self.timers.is_set(Timer::Reconnect) {
+                        self.timers.set(Timer::Reconnect, now);
+                    }
+                }
                 c => self.pending.push_back(c),
             }
         }
@@ -105,7 +110,7 @@ impl Io {
             let r = match &c {
                 Cmd::Subscribe(f, o, id) => self.session.subscribe_with(f, *o, *id, now),
                 Cmd::Unsubscribe(f) => self.session.unsubscribe(f, now),
-                Cmd::Stop(_) => Ok(()),
+                Cmd::Stop(_) | Cmd::ReconnectNow => Ok(()),
             };
             match r {
                 Ok(()) => {}

@@ -102,10 +102,11 @@ struct ExitGuard(Arc<Shared>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ctr.connected.store(false, Relaxed);
-        self.0.set_first(Err(Error::Stopped));
         lock(&self.0.pubq).closed = true;
         *lock(&self.0.exited) = true;
         self.0.exited_cv.notify_all();
+        // After `exited`: `LinkWatch` waiters check it.
+        self.0.set_first(Err(Error::Stopped));
     }
 }
 
