@@ -686,3 +686,30 @@ def test_kx_reconnect_idiom_loses_nothing(engine, broker, tmp_path, spool):
         outside.close()
         gate.close()
 
+
+def test_tight_qos1_loop_without_pumping(engine, broker):
+    """KX programs publish a table row by row without returning to q's event loop: 300,000 QoS 1 pubs of
+    64 B in a C loop, never pumping, into a queue that holds them all. Delivery completions wait compactly
+    (runs of tokens) until q drains them, so the acknowledgements keep coming and the window keeps moving
+    (before: completions took 24 bytes each of the 4 MiB event queue, and at ~175,000 of them the I/O
+    thread stopped sending); then one msgsent per token."""
+    q = engine
+    conn(q, broker.tcp_uri, "tight", {S("queueBytes"): 64 << 20, S("queueMessages"): 1_000_000})
+    n = 300_000
+    args = [q.k(S("tight/t")), q.k("x" * 64), q.k(1), q.k(False)]
+    out = (ctypes.c_double * 4)()
+    try:
+        refused = q.h.qhost_bench_pub(q.fns["pubx"], *args, n, 0, out)
+    finally:
+        for x in args:
+            q.r0(x)
+    accepted = n - refused
+    # still not pumping: everything accepted gets acknowledged
+    deadline = time.time() + 60
+    while time.time() < deadline and q.call("stats", NIL)["acked"] < accepted:
+        time.sleep(0.05)
+    st = q.call("stats", NIL)
+    print(f"\n{accepted} accepted, {refused} refused; acked {st['acked']} before q drained; {st}")
+    assert refused == 0 and st["acked"] == accepted
+    sent = wait_calls(q, ".mqtt.msgsent", accepted, timeout=60)
+    assert len(sent) == accepted and len({a[0] for a in sent}) == accepted
