@@ -64,6 +64,10 @@ disconnecth:`mqttkdb 2:(`disconnecth;2);
 msgrcvdh:{[h;topic;msg].mqtt.msgrcvd[topic;msg]};
 msgsenth:{[h;token].mqtt.msgsent token};
 disconnh:{[h;cause].mqtt.disconn cause};
+/ subrefused[topic]: the broker refused a subscription made while the link was down (sub signals 'sub refused
+/ when connected); counted in stats' subRefused.
+subrefused:{-2"mqtt: the broker refused the subscription to ",x;};
+subrefusedh:{[h;topic].mqtt.subrefused topic};
 
 / Batch publish: one call queues many messages (far cheaper per message than pub in a loop).
 / topic: a symbol/string for all, or a list with one topic per message; msgs: a list of strings or byte
@@ -73,7 +77,7 @@ pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
 / droppedIncoming rxPaused received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
-/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten connected lastError.
+/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten subRefused connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

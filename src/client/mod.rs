@@ -95,7 +95,7 @@ mod queue;
 mod ring;
 mod shared;
 
-use shared::{lock, Cmd, Counters, Shared};
+use shared::{lock, AckWait, Cmd, Counters, Shared};
 
 /// What happens when the publish queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -403,6 +403,8 @@ pub struct Stats {
     pub last_spool_error: Option<String>,
     /// Messages reported [`Event::Failed`] (refused by the broker, or beyond its limits).
     pub failed: u64,
+    /// Subscriptions the broker refused (SUBACK failure), or the session could not send.
+    pub sub_refused: u64,
     /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
     pub topic_aliased: u64,
     pub topic_alias_bytes_saved: u64,
@@ -618,6 +620,8 @@ impl Client {
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
+            acks: Mutex::new(shared::AckBoard::default()),
+            acks_cv: Condvar::new(),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
@@ -851,6 +855,48 @@ impl Client {
         self.command(Cmd::Subscribe(filter.to_string(), opts, id))
     }
 
+    /// [`Client::subscribe`], and when connected a waiter for the broker's SUBACK: `None` when not connected
+    /// (the subscription goes out at the next connection; its outcome arrives as [`Event::Subscribed`]).
+    /// An outcome a waiter takes is not also sent as an event.
+    pub fn subscribe_acked(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(false, filter);
+        let cmd = Cmd::Subscribe(filter.to_string(), SubscriptionOptions::new(qos), None);
+        self.command(cmd).map(|()| w)
+    }
+
+    /// [`Client::unsubscribe`] with a waiter for the UNSUBACK when connected (as [`Client::subscribe_acked`]).
+    pub fn unsubscribe_acked(&self, filter: &str) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(true, filter);
+        self.command(Cmd::Unsubscribe(filter.to_string()))
+            .map(|()| w)
+    }
+
+    /// Register a waiter before the command goes out, so that no acknowledgement can come first.
+    fn await_ack(&self, unsub: bool, filter: &str) -> Option<AckWaiter> {
+        if !self.is_connected() {
+            return None;
+        }
+        let mut b = lock(&self.sh.acks);
+        b.next_id += 1;
+        let id = b.next_id;
+        b.waiting.push(AckWait {
+            id,
+            unsub,
+            filter: filter.to_string(),
+            outcome: None,
+        });
+        Some(AckWaiter {
+            sh: self.sh.clone(),
+            id,
+        })
+    }
+
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
     pub fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
         check_filter(filter)?;
@@ -952,6 +998,7 @@ impl Client {
             spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
             failed: c.failed.load(Relaxed),
+            sub_refused: c.sub_refused.load(Relaxed),
             topic_aliased: c.aliased.load(Relaxed),
             topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
             server: lock(&self.sh.server).clone(),
@@ -1003,6 +1050,47 @@ impl LinkWatch {
             })
             .unwrap_or_else(|e| e.into_inner());
         sh.ctr.connected.load(Relaxed)
+    }
+}
+
+/// Waits for one SUBACK/UNSUBACK (from [`Client::subscribe_acked`]); holds no lock of the client. Dropping
+/// it stops waiting (an outcome that comes later is sent as an event).
+pub struct AckWaiter {
+    sh: Arc<Shared>,
+    id: u64,
+}
+
+impl AckWaiter {
+    /// The broker's answer within `timeout`: `Some(qos)` granted (any `Some` for an UNSUBACK), `None`
+    /// refused; [`ClientError::Timeout`] when it did not come.
+    pub fn wait(&self, timeout: Duration) -> Result<Option<QoS>, ClientError> {
+        let b = lock(&self.sh.acks);
+        let pending = |b: &mut shared::AckBoard| {
+            b.waiting
+                .iter()
+                .any(|w| w.id == self.id && w.outcome.is_none())
+        };
+        let (mut b, _) = self
+            .sh
+            .acks_cv
+            .wait_timeout_while(b, timeout, |b| pending(b) && !*lock(&self.sh.exited))
+            .unwrap_or_else(|e| e.into_inner());
+        match b.waiting.iter().find(|w| w.id == self.id) {
+            Some(AckWait {
+                outcome: Some(o), ..
+            }) => {
+                let o = *o;
+                b.waiting.retain(|w| w.id != self.id);
+                Ok(o)
+            }
+            _ => Err(ClientError::Timeout),
+        }
+    }
+}
+
+impl Drop for AckWaiter {
+    fn drop(&mut self) {
+        lock(&self.sh.acks).waiting.retain(|w| w.id != self.id);
     }
 }
 

@@ -42,6 +42,8 @@ use crate::transport::ws::WsError;
 const EVENT_BATCH: usize = 1024;
 /// Extra time `conn` waits beyond `connectTimeout` for the engine to report its own verdict.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How long `sub`/`unsub` wait for the broker's SUBACK/UNSUBACK when connected (paho's, so KX's, 10 s).
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `conn` lets a connected default connection it replaces (other broker or client id) deliver what
 /// it holds before closing it.
 const REPLACE_DRAIN: Duration = Duration::from_secs(10);
@@ -547,6 +549,8 @@ enum Pending {
     Rcvd(K, K),
     Sent(Token),
     Disconn(K),
+    /// A subscription the broker refused after `sub` returned (it was queued while the link was down).
+    SubRefused(K),
 }
 
 thread_local! {
@@ -606,7 +610,10 @@ fn drain(fd: RawFd) {
             ),
             Event::Subscribed { filter, granted } => match granted {
                 Some(q) => debug!("subscribed to {filter} with {q:?}"),
-                None => warn!("the broker refused the subscription to {filter}"),
+                None => {
+                    warn!("the broker refused the subscription to {filter}");
+                    pending.push(Pending::SubRefused(k::kvec(filter.as_bytes(), false)))
+                }
             },
             Event::Unsubscribed { filter } => debug!("unsubscribed from {filter}"),
         });
@@ -634,6 +641,10 @@ fn drain(fd: RawFd) {
                 (Pending::Disconn(c), 0) => native::k(0, c".mqtt.disconn".as_ptr(), c, nil),
                 (Pending::Disconn(c), h) => {
                     native::k(0, c".mqtt.disconnh".as_ptr(), k::kj(h), c, nil)
+                }
+                (Pending::SubRefused(t), 0) => native::k(0, c".mqtt.subrefused".as_ptr(), t, nil),
+                (Pending::SubRefused(t), h) => {
+                    native::k(0, c".mqtt.subrefusedh".as_ptr(), k::kj(h), t, nil)
                 }
             }
         };
@@ -684,27 +695,48 @@ fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
         return Err(c"not connected");
     }
     let qos = qos_arg(qos)?;
-    with_client(handle, |c| {
-        c.subscribe(topic, qos).map_err(|e| {
+    let waiter = with_client(handle, |c| {
+        c.subscribe_acked(topic, qos).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("sub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    // Connected: wait for the SUBACK, holding no lock (KX waits too). Not connected: queued for the next
+    // connection; a refusal then calls .mqtt.subrefused.
+    if let Some(w) = waiter {
+        match w.wait(ACK_TIMEOUT) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                warn!("sub {topic}: the broker refused the subscription");
+                return Err(c"sub refused");
+            }
+            Err(e) => {
+                warn!("sub {topic}: no SUBACK within {ACK_TIMEOUT:?}");
+                return Err(client_error(&e));
+            }
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
 fn do_unsub(handle: i64, topic: K) -> Result<K, QErr> {
     let topic = topic_arg(topic)?;
-    with_client(handle, |c| {
-        c.unsubscribe(topic).map_err(|e| {
+    let waiter = with_client(handle, |c| {
+        c.unsubscribe_acked(topic).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("unsub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    if let Some(w) = waiter {
+        if let Err(e) = w.wait(ACK_TIMEOUT) {
+            warn!("unsub {topic}: no UNSUBACK within {ACK_TIMEOUT:?}");
+            return Err(client_error(&e));
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
@@ -820,7 +852,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
     let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 24] = [
+    let longs: [(&CStr, u64); 25] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -848,6 +880,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
             s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
         ),
         (c"spoolBytesWritten", s.spool_bytes_written),
+        (c"subRefused", s.sub_refused),
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();

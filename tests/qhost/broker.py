@@ -68,8 +68,11 @@ class Certs:
 class Broker:
     """mosquitto with its own directory, ports and certificates; killed by stop()/kill()."""
 
-    def __init__(self, persistence=False):
+    def __init__(self, persistence=False, deny_subscribe=()):
+        """`deny_subscribe`: topic filters the plain TCP listener refuses subscriptions to (SUBACK 0x80), through
+        mosquitto's dynamic security plugin (its acl_file never refuses a SUBSCRIBE)."""
         self.dir = tempfile.mkdtemp(prefix="qhost-broker-")
+        self.deny_subscribe = list(deny_subscribe)
         self.certs = Certs(os.path.join(self.dir, "certs"))
         self.persistence = persistence
         self.proc = None
@@ -108,12 +111,26 @@ class Broker:
         open(pw, "w").close()
         _run("mosquitto_passwd", "-b", pw, USER, PASSWORD)
         user = "user root\n" if os.geteuid() == 0 else ""
+        acl = ""
+        if self.deny_subscribe:
+            import json
+            sec = os.path.join(d, "dynsec.json")
+            allow = dict.fromkeys(["publishClientSend", "publishClientReceive", "subscribe", "unsubscribe"], True)
+            deny = [{"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": False}
+                    for t in self.deny_subscribe]
+            with open(sec, "w") as f:
+                json.dump({"defaultACLAccess": allow, "clients": [], "anonymousGroup": "anon",
+                           "groups": [{"groupname": "anon", "roles": [{"rolename": "anon"}]}],
+                           "roles": [{"rolename": "anon", "acls": deny}]}, f)
+            lib = next((p for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")
+                        if os.path.exists(f"{p}/mosquitto_dynamic_security.so")), "/usr/lib")
+            acl = f"plugin {lib}/mosquitto_dynamic_security.so\nplugin_opt_config_file {sec}\n"
         conf = (
             f"{user}per_listener_settings true\n"
             f"persistence {'true' if self.persistence else 'false'}\npersistence_location {d}/\n"
             f"log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n"
             "max_queued_messages 1000000\nmax_inflight_messages 0\n"
-            f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n{acl}"
             f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n"
             f"cafile {c.ca}\ncertfile {c.server_cert}\nkeyfile {c.server_key}\n"
             f"listener {self.mtls_port} 127.0.0.1\nallow_anonymous true\n"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from broker import PASSWORD, USER, Gate, Sub, pub
+from broker import PASSWORD, USER, Broker, Gate, Sub, pub
 from qhost import NIL, ST_K_WRONG, QError, Sym
 
 S = Sym
@@ -713,3 +713,38 @@ def test_tight_qos1_loop_without_pumping(engine, broker):
     assert refused == 0 and st["acked"] == accepted
     sent = wait_calls(q, ".mqtt.msgsent", accepted, timeout=60)
     assert len(sent) == accepted and len({a[0] for a in sent}) == accepted
+
+
+def test_sub_waits_for_the_broker_and_raises_on_refusal(engine):
+    """KX's sub/unsub wait for SUBACK/UNSUBACK (paho: up to 10 s) and fail on a refusal. Connected: the same
+    ('sub refused, counted in subRefused). Link down: queued as before, and a refusal after the reconnect
+    calls .mqtt.subrefused[topic] and is counted (mosquitto with its dynamic security plugin denying
+    subscriptions to forbidden/#)."""
+    q = engine
+    b = Broker(deny_subscribe=["forbidden/#"])
+    try:
+        conn(q, b.tcp_uri, "acl", {S("backoffMin"): 100, S("backoffMax"): 300})
+        assert q.call("subx", S("allowed/t"), 1) == NIL
+        # the SUBACK came before sub returned: a message published right now is delivered to us
+        pub(b, "allowed/t", "hello", qos=1)
+        assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["allowed/t", "hello"]]
+        with pytest.raises(QError, match="^sub refused$"):
+            q.call("subx", S("forbidden/t"), 1)
+        assert q.call("stats", NIL)["subRefused"] == 1
+        assert q.call("unsub", S("allowed/t")) == NIL
+        with pytest.raises(QError, match="^sub refused$"):
+            q.call("subx", S("forbidden/t2"), 2)
+        q.loop(200)
+        assert q.callbacks(".mqtt.subrefused") == []  # refusals reported to a waiting sub are not called back
+        b.stop()
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        assert q.call("subx", S("forbidden/later"), 1) == NIL  # queued for the next connection
+        assert q.call("subx", S("allowed/later"), 1) == NIL
+        b.start()
+        assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+        assert wait_calls(q, ".mqtt.subrefused", 1) == [["forbidden/later"]]
+        assert q.call("stats", NIL)["subRefused"] == 3
+        pub(b, "allowed/later", "again", qos=1)
+        assert q.loop_until(lambda: ["allowed/later", "again"] in q.callbacks(".mqtt.msgrcvd"), 10)
+    finally:
+        b.close()

@@ -119,7 +119,18 @@ impl Io {
                     self.pending.push_front(c);
                     break;
                 }
-                Err(e) => log::error!("qmqtt: subscription command refused: {e}"),
+                Err(e) => {
+                    log::error!("qmqtt: subscription command refused: {e}");
+                    if let Cmd::Subscribe(f, ..) = &c {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                        if !self.sh.resolve_ack(false, f, None) {
+                            self.sh.events.push_control(Control::Subscribed {
+                                filter: f,
+                                granted: None,
+                            });
+                        }
+                    }
+                }
             }
         }
     }

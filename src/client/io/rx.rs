@@ -14,6 +14,7 @@ use super::spool::SPOOL_TOKEN;
 use super::Io;
 use crate::client::events::{Control, EV_HDR};
 use crate::client::shared::Shared;
+use crate::codec::QoS;
 use crate::session::Event as SEvent;
 
 /// Reads per turn before giving writes a chance (the rest is read on the next turn).
@@ -246,15 +247,23 @@ impl Io {
                         log::error!("qmqtt: event queue full, Delivered for token {token} lost");
                     }
                 }
+                // An owner waiting for the outcome gets it directly, and no event.
                 SEvent::Subscribed { filter, granted } => {
-                    self.sh
-                        .events
-                        .push_control(Control::Subscribed { filter, granted });
+                    if granted.is_none() {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                    }
+                    if !self.sh.resolve_ack(false, filter, granted) {
+                        self.sh
+                            .events
+                            .push_control(Control::Subscribed { filter, granted });
+                    }
                 }
                 SEvent::Unsubscribed { filter } => {
-                    self.sh
-                        .events
-                        .push_control(Control::Unsubscribed { filter });
+                    if !self.sh.resolve_ack(true, filter, Some(QoS::AtMostOnce)) {
+                        self.sh
+                            .events
+                            .push_control(Control::Unsubscribed { filter });
+                    }
                 }
             }
         }
