@@ -154,6 +154,7 @@ pub fn scheme_ok(uri: &str) -> bool {
     ["tcp://", "ssl://", "mqtt://", "mqtts://"]
         .iter()
         .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+        || crate::transport::is_host_port(uri)
 }
 
 pub fn is_tls(uri: &str) -> bool {

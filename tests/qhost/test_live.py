@@ -748,3 +748,16 @@ def test_sub_waits_for_the_broker_and_raises_on_refusal(engine):
         assert q.loop_until(lambda: ["allowed/later", "again"] in q.callbacks(".mqtt.msgrcvd"), 10)
     finally:
         b.close()
+
+
+def test_host_port_without_scheme_is_plain_tcp(engine, broker):
+    """paho (so KX) accepts `host:port` without a scheme as plain TCP; a bare host or a path still needs one."""
+    q = engine
+    conn(q, f"127.0.0.1:{broker.tcp_port}", "noscheme")
+    assert q.call("isConnected", NIL) is True
+    q.call("subx", S("noscheme/t"), 1)
+    q.call("pubx", S("noscheme/t"), "plain", 1, 0)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["noscheme/t", "plain"]]
+    for bad in ("127.0.0.1", f"127.0.0.1:{broker.tcp_port}/x", "tcp:/"):
+        with pytest.raises(QError, match="^Invalid protocol scheme$"):
+            conn(q, bad, "noscheme2")
