@@ -694,7 +694,14 @@ fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
     if reg().find(handle).is_none() {
         return Err(c"not connected");
     }
-    let qos = qos_arg(qos)?;
+    // KX's sub leaves the value to paho, whose error this is (pub checks it itself: 'invalid qos).
+    let qos = qos_arg(qos).map_err(|e| {
+        if e == c"invalid qos" {
+            c"Invalid QoS value"
+        } else {
+            e
+        }
+    })?;
     let waiter = with_client(handle, |c| {
         c.subscribe_acked(topic, qos).map_err(|e| {
             if let ClientError::Config(m) = &e {

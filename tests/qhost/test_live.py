@@ -761,3 +761,23 @@ def test_host_port_without_scheme_is_plain_tcp(engine, broker):
     for bad in ("127.0.0.1", f"127.0.0.1:{broker.tcp_port}/x", "tcp:/"):
         with pytest.raises(QError, match="^Invalid protocol scheme$"):
             conn(q, bad, "noscheme2")
+
+
+def test_qos0_tokens_and_sub_qos_error(engine, broker):
+    """Deliberate differences from KX, pinned: pub returns a token for QoS 0 too (KX: 0) — the same increasing
+    counter as QoS 1/2, and pubbatch's tokens likewise — with no msgsent for it; sub with a QoS outside 0..2
+    signals KX's (paho's) 'Invalid QoS value, pub KX's own 'invalid qos."""
+    q = engine
+    conn(q, broker.tcp_uri, "qos0")
+    t0 = q.call("pubx", S("qos0/t"), "a", 0, 0)
+    t1 = q.call("pubx", S("qos0/t"), "b", 1, 0)
+    batch = q.call("pubbatch", S("qos0/t"), ["c", "d"], 0, 0)
+    t2 = q.call("pubx", S("qos0/t"), "e", 0, 0)
+    assert 0 < t0 < t1 < batch[0] < batch[1] < t2
+    assert wait_calls(q, ".mqtt.msgsent", 1) == [[t1]]
+    q.loop(200)
+    assert q.callbacks(".mqtt.msgsent") == [[t1]]
+    with pytest.raises(QError, match="^Invalid QoS value$"):
+        q.call("subx", S("qos0/t"), 3)
+    with pytest.raises(QError, match="^invalid qos$"):
+        q.call("pubx", S("qos0/t"), "x", 3, 0)
