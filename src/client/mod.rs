@@ -157,6 +157,9 @@ pub struct Config {
     /// Emit [`Event::Delivered`] for QoS 0 messages when they are handed to the socket. Default false (the
     /// q layer never reports QoS 0 deliveries, as KX).
     pub qos0_delivery_events: bool,
+    /// With `protocol` V311: when the broker refuses it ("unacceptable protocol version"), try MQTT 3.1 at
+    /// once (paho's `MQTTVersion` 0, the q layer's default). Default false.
+    pub protocol_fallback: bool,
     /// Batching delay. Zero (default): a publish into an empty queue wakes the I/O thread at once (lowest
     /// latency; one `eventfd` write per burst when the thread is idle). Non-zero: while messages keep
     /// coming (one within the last `max(10·linger, 10 ms)`), the I/O thread collects them for up to `linger`
@@ -199,6 +202,7 @@ impl std::fmt::Debug for Config {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("qos0_delivery_events", &self.qos0_delivery_events)
+            .field("protocol_fallback", &self.protocol_fallback)
             .field("linger", &self.linger)
             .field("batch_scheduling", &self.batch_scheduling)
             .field("spool", &self.spool)
@@ -231,6 +235,7 @@ impl Config {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             qos0_delivery_events: false,
+            protocol_fallback: false,
             linger: Duration::ZERO,
             batch_scheduling: true,
             spool: None,
@@ -654,6 +659,7 @@ impl Client {
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
+            protocol_fallback: cfg.protocol_fallback,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
         };

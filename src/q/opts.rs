@@ -183,6 +183,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     }
 
     let mut cfg = Config::new(uri, client_id);
+    // KX's MQTTVersion 0 (the default): 3.1.1 with paho's fallback to 3.1.
+    cfg.protocol_fallback = true;
     let mut spec_rcv_bytes = false;
     let mut log_level = None;
     let mut reliable: Option<bool> = None;
@@ -235,7 +237,10 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 }
             }
             b"MQTTVersion" => {
-                cfg.protocol = match int(v, k)? {
+                let v = int(v, k)?;
+                // 0 (KX's default): 3.1.1, then 3.1 if the broker refuses it, as paho.
+                cfg.protocol_fallback = v == 0;
+                cfg.protocol = match v {
                     0 | 4 => Protocol::V311,
                     3 => Protocol::V31,
                     5 => return Err(c"MQTTVersion: 5 unsupported"),

@@ -598,6 +598,16 @@ impl Session {
     /// The transport went down. In-flight QoS 1/2 messages are kept for resending on the next connection
     /// (with DUP when the broker kept the session, as new publishes otherwise); subscriptions are replayed
     /// when it did not.
+    /// Speak MQTT 3.1 from the next connection on, if speaking 3.1.1 (paho's `MQTTVersion` 0 fallback after
+    /// the broker refused 3.1.1). False otherwise.
+    pub fn fall_back_to_v31(&mut self) -> bool {
+        if self.cfg.protocol != Protocol::V311 {
+            return false;
+        }
+        self.cfg.protocol = Protocol::V31;
+        true
+    }
+
     pub fn handle_disconnected(&mut self) {
         self.state = State::Disconnected;
         self.tx.clear();

@@ -781,3 +781,71 @@ def test_qos0_tokens_and_sub_qos_error(engine, broker):
         q.call("subx", S("qos0/t"), 3)
     with pytest.raises(QError, match="^invalid qos$"):
         q.call("pubx", S("qos0/t"), "x", 3, 0)
+
+
+def _old_broker():
+    """A broker that speaks MQTT 3.1 only: CONNACK 1 (unacceptable protocol version) to anything else, then
+    accepts 3.1 and answers PINGREQ. Returns (port, the protocol levels of the CONNECTs it saw)."""
+    import socket
+    import threading
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    seen = []
+
+    def serve(c):
+        with c:
+            data = c.recv(4096)
+            if len(data) < 2 or data[0] >> 4 != 1:
+                return
+            i = 1  # remaining length (varint), then the protocol name and level
+            while data[i] & 0x80:
+                i += 1
+            i += 1
+            name_len = int.from_bytes(data[i:i + 2], "big")
+            level = data[i + 2 + name_len]
+            seen.append(level)
+            if level != 3:
+                c.sendall(b"\x20\x02\x00\x01")
+                return
+            c.sendall(b"\x20\x02\x00\x00")
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    return
+                if d[0] == 0xC0:
+                    c.sendall(b"\xd0\x00")
+
+    def accept():
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, seen
+
+
+def test_mqttversion_0_falls_back_to_3_1(engine):
+    """paho's MQTTVersion 0 (KX's default): MQTT 3.1.1, then 3.1 when the broker refuses the protocol level.
+    MQTTVersion 4 given explicitly: no fallback."""
+    q = engine
+    ls, seen = _old_broker()
+    uri = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    try:
+        conn(q, uri, "old")  # MQTTVersion not given: 0
+        assert q.call("isConnected", NIL) is True
+        assert seen == [4, 3]
+        q.call("disconnect", 0)
+        seen.clear()
+        conn(q, uri, "old0", {S("MQTTVersion"): 0})
+        assert q.call("isConnected", NIL) is True and seen == [4, 3]
+        q.call("disconnect", 0)
+        seen.clear()
+        with pytest.raises(QError, match="^conn refused: unacceptable protocol version$"):
+            conn(q, uri, "old4", {S("MQTTVersion"): 4, S("autoReconnect"): 0})
+        assert seen[0] == 4 and 3 not in seen
+    finally:
+        ls.close()

@@ -14,6 +14,7 @@ use super::{Io, SOCK};
 use crate::client::events::Control;
 use crate::client::shared::{lock, Cmd, Shared};
 use crate::clock::later;
+use crate::codec::ConnectReturnCode;
 use crate::error::{Doing, Error, Timeout};
 use crate::session::SessionError;
 use crate::transport::Conn;
@@ -232,6 +233,20 @@ impl Io {
         self.rx.reset(now, &self.sh);
         self.sh.ctr.connected.store(false, Relaxed);
         self.tx.stalled = false;
+        if self.p.protocol_fallback
+            && matches!(
+                cause,
+                Error::Refused {
+                    code: ConnectReturnCode::UnacceptableProtocolVersion,
+                    ..
+                }
+            )
+            && self.session.fall_back_to_v31()
+        {
+            log::warn!("qmqtt: the broker refused MQTT 3.1.1; trying MQTT 3.1 (MQTTVersion 0)");
+            self.timers.set(Timer::Reconnect, now);
+            return;
+        }
         if was_up {
             // The owner reports it (its ConnectionLost event): the log says it only in detail.
             log::info!("qmqtt: connection lost: {cause}");

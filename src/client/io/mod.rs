@@ -60,6 +60,7 @@ pub(crate) struct Params {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub qos0_events: bool,
+    pub protocol_fallback: bool,
     pub linger: Duration,
     pub batch_scheduling: bool,
 }
