@@ -40,6 +40,8 @@ msgrcvd:{0N!(`msgrecvd;x;y);};
 /   alpn sni                   TLS ALPN protocol(s) (symbol or symbols) and server name
 /   rcvPayload                 `char (default) or `byte: type of msg in msgrcvd
 /   linger                     ms the I/O thread may collect messages before sending (default 0)
+/   maxMessageSize             largest incoming message in bytes (default 1048576); a bigger one is acknowledged,
+/                              discarded and counted (stats' droppedTooLarge), the connection stays up
 /   batchScheduling            1b (default): the I/O thread never preempts q's main thread
 /   logLevel                   as .mqtt.loglevel (process-wide)
 /   spoolDir                   store-and-forward: a directory for this connection's disk spool (off unless
@@ -77,7 +79,7 @@ pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
 / droppedIncoming rxPaused received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
-/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten subRefused connected lastError.
+/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten subRefused droppedTooLarge connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

@@ -142,9 +142,11 @@ pub struct Config {
     /// could never fit (its record larger than `event_queue_bytes`) is dropped and counted
     /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
-    /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
-    /// the connection. Default 1 MiB. MQTT 5 sends it to the broker (Maximum Packet Size), which then does
-    /// not send bigger ones.
+    /// Largest incoming packet accepted (whole packet, bytes). Default 1 MiB. Under MQTT 3.1.1/3.1 a bigger
+    /// PUBLISH is read past without being kept (only its topic and packet id are buffered), acknowledged so
+    /// that the broker does not resend it, logged and counted (`Stats::dropped_oversize`); the connection
+    /// stays up. Any other bigger packet is a protocol error. MQTT 5 sends it to the broker (Maximum Packet
+    /// Size), which then does not send bigger ones.
     pub max_packet_size: usize,
     /// MQTT 5 settings: session expiry, receive maximum, topic aliases, CONNECT's user properties (errors
     /// under MQTT 3.1.1 unless left at their defaults).
@@ -410,6 +412,9 @@ pub struct Stats {
     pub failed: u64,
     /// Subscriptions the broker refused (SUBACK failure), or the session could not send.
     pub sub_refused: u64,
+    /// Incoming messages over `max_packet_size` read past, discarded and acknowledged (MQTT 3.1.1/3.1; the
+    /// connection stays up).
+    pub dropped_oversize: u64,
     /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
     pub topic_aliased: u64,
     pub topic_alias_bytes_saved: u64,
@@ -1005,6 +1010,7 @@ impl Client {
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
             failed: c.failed.load(Relaxed),
             sub_refused: c.sub_refused.load(Relaxed),
+            dropped_oversize: c.dropped_oversize.load(Relaxed),
             topic_aliased: c.aliased.load(Relaxed),
             topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
             server: lock(&self.sh.server).clone(),

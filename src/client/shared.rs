@@ -43,6 +43,7 @@ pub(crate) struct Counters {
     pub spool_delivered_previous: AtomicU64,
     pub failed: AtomicU64,
     pub sub_refused: AtomicU64,
+    pub dropped_oversize: AtomicU64,
     pub aliased: AtomicU64,
     pub alias_saved: AtomicU64,
 }

@@ -858,8 +858,12 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .map(|e| e.to_string())
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
-    let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 25] = [
+    let dropped = s.dropped_oldest
+        + s.dropped_newest
+        + s.refused_full
+        + s.dropped_incoming
+        + s.dropped_oversize;
+    let longs: [(&CStr, u64); 26] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -870,6 +874,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"droppedNewest", s.dropped_newest),
         (c"refusedFull", s.refused_full),
         (c"droppedIncoming", s.dropped_incoming),
+        (c"droppedTooLarge", s.dropped_oversize),
         (c"rxPaused", s.rx_paused),
         (c"received", s.received),
         (c"reconnects", s.reconnects),

@@ -97,6 +97,7 @@ const KEYS: &[Key] = &[
     key!("rcvPayload"),
     key!("logLevel"),
     key!("linger"),
+    key!("maxMessageSize"),
     key!("batchScheduling"),
     key!("spoolDir"),
     key!("spoolBytes"),
@@ -401,6 +402,12 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             }
             b"linger" => {
                 cfg.linger = Duration::from_millis(in_range(int(v, k)?, 0, 10_000, k)? as u64)
+            }
+            b"maxMessageSize" => {
+                // The largest incoming message (whole packet); the event queue grows to hold one.
+                let m = in_range(int(v, k)?, 1024, 256 << 20, k)? as usize;
+                cfg.max_packet_size = m;
+                cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
             }
             b"batchScheduling" => cfg.batch_scheduling = flag(v, k)?,
             b"spoolDir" => spool = path(v, k)?.map(SpoolConfig::new),

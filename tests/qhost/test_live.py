@@ -849,3 +849,34 @@ def test_mqttversion_0_falls_back_to_3_1(engine):
         assert seen[0] == 4 and 3 not in seen
     finally:
         ls.close()
+
+
+def test_oversize_message_is_discarded_and_the_connection_stays(engine, broker, tmp_path):
+    """A message over the limit (1 MiB by default; `maxMessageSize`) is read, discarded, acknowledged, counted
+    (droppedTooLarge) and logged; the connection stays up and the next message arrives. Raising the limit
+    lets it through."""
+    q = engine
+    big = tmp_path / "big"
+    big.write_bytes(b"\x05" * (1536 << 10))
+
+    def send_big():
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.tcp_port), "-t", "big/t", "-q", "1",
+                        "-f", str(big)], check=True, capture_output=True)
+
+    conn(q, broker.tcp_uri, "big", {S("rcvPayload"): S("byte")})
+    q.call("subx", S("big/t"), 1)
+    send_big()
+    pub(broker, "big/t", "after", qos=1)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["big/t", b"after"]]
+    q.loop(300)
+    st = q.call("stats", NIL)
+    assert st["droppedTooLarge"] == 1 and st["connected"] is True and st["reconnects"] == 0
+    assert q.callbacks(".mqtt.disconn") == [] and len(q.callbacks(".mqtt.msgrcvd")) == 1
+    q.call("disconnect", 0)
+    q.calls.clear()
+    conn(q, broker.tcp_uri, "big2", {S("rcvPayload"): S("byte"), S("maxMessageSize"): 2 << 20})
+    q.call("subx", S("big/t"), 1)
+    send_big()
+    got = wait_calls(q, ".mqtt.msgrcvd", 1, timeout=20)
+    assert len(got) == 1 and got[0][1] == big.read_bytes()
+    assert q.call("stats", NIL)["droppedTooLarge"] == 0

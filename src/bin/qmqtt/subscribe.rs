@@ -22,6 +22,9 @@ Usage: qmqtt sub [connection] -t FILTER [-t FILTER…] [options]
   -v                   print 'topic payload' instead of just the payload
   -N                   no newline after each payload
   -c                   no clean session: resume the broker's session for -i ID (needs -i)
+  --max-message-size BYTES
+                       largest message taken (default 1048576); a bigger one is acknowledged,
+                       discarded and reported on stderr, and the connection stays up
   --help               this help
 
 Exit codes: 0 done (also on SIGINT/SIGTERM: disconnects cleanly), 1 connection error, 2 bad command
@@ -40,6 +43,7 @@ struct SubOpts {
     timeout: Option<Duration>,
     verbose: bool,
     newline: bool,
+    max_message: Option<usize>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
@@ -56,6 +60,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         timeout: None,
         verbose: false,
         newline: true,
+        max_message: None,
     };
     while let Some(f) = a.next_flag()? {
         match f.as_str() {
@@ -83,6 +88,13 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
                 o.timeout = Some(s)
             }
             "-v" | "--verbose" => o.verbose = true,
+            "--max-message-size" => {
+                let n: usize = a.number(&f)?;
+                if !(1024..=256 << 20).contains(&n) {
+                    return Err(a.err(format!("{f} must be 1024 to 268435456 bytes")));
+                }
+                o.max_message = Some(n)
+            }
             "-N" => o.newline = false,
             "-c" | "--disable-clean-session" => conn.clean = false,
             _ => {
@@ -112,7 +124,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
-    let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
+    let mut cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
+    if let Some(m) = o.max_message {
+        cfg.max_packet_size = m;
+        cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
+    }
     let uri = cfg.uri.clone();
     let wait = cfg.connect_timeout + Duration::from_secs(1);
     // Before the I/O thread exists, so that it inherits the blocked signals.

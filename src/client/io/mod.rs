@@ -161,6 +161,10 @@ impl Io {
                 .ctr
                 .inflight
                 .store(self.session.inflight() as u64, Relaxed);
+            self.sh
+                .ctr
+                .dropped_oversize
+                .store(self.session.oversize_dropped(), Relaxed);
             let (aliased, saved) = self.session.alias_stats();
             self.sh.ctr.aliased.store(aliased, Relaxed);
             self.sh.ctr.alias_saved.store(saved, Relaxed);
