@@ -21,7 +21,8 @@
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
 //! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
 //! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
-//! in flight, and a drain wakes it again.
+//! in flight, and a drain wakes it again. Completions of consecutive tokens share one record (a run), so an
+//! owner that does not drain only pauses sending when they are out of order or of mixed QoS.
 //!
 //! Received messages are never acknowledged and then dropped for lack of room (receive backpressure): when
 //! the event queue cannot take the next incoming PUBLISH (any QoS), the I/O thread stops reading the socket

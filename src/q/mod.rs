@@ -8,8 +8,10 @@
 //!
 //! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
 //! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
-//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent` and `.mqtt.disconn` (and the handle
-//! forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches.
+//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent`, `.mqtt.disconn` and `.mqtt.subrefused`
+//! (and the handle forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches. `sub`/`unsub`
+//! wait for the broker's answer on q's thread (a condvar the I/O thread signals), never calling into q
+//! from another thread; `conn` for the default connection's own broker and client id keeps it (see `rejoin`).
 //!
 //! Failure: no panic crosses into q (each export catches unwinds → `'internal error`); every string handed
 //! to `krr` is static. Long explanations (why a TLS handshake failed, …) go to the log on stderr and to the
