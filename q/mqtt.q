@@ -40,6 +40,8 @@ msgrcvd:{0N!(`msgrecvd;x;y);};
 /   alpn sni                   TLS ALPN protocol(s) (symbol or symbols) and server name
 /   rcvPayload                 `char (default) or `byte: type of msg in msgrcvd
 /   linger                     ms the I/O thread may collect messages before sending (default 0)
+/   maxMessageSize             largest incoming message in bytes (default 1048576); a bigger one is acknowledged,
+/                              discarded and counted (stats' droppedTooLarge), the connection stays up
 /   batchScheduling            1b (default): the I/O thread never preempts q's main thread
 /   logLevel                   as .mqtt.loglevel (process-wide)
 /   spoolDir                   store-and-forward: a directory for this connection's disk spool (off unless
@@ -64,6 +66,10 @@ disconnecth:`mqttkdb 2:(`disconnecth;2);
 msgrcvdh:{[h;topic;msg].mqtt.msgrcvd[topic;msg]};
 msgsenth:{[h;token].mqtt.msgsent token};
 disconnh:{[h;cause].mqtt.disconn cause};
+/ subrefused[topic]: the broker refused a subscription made while the link was down (sub signals 'sub refused
+/ when connected); counted in stats' subRefused.
+subrefused:{-2"mqtt: the broker refused the subscription to ",x;};
+subrefusedh:{[h;topic].mqtt.subrefused topic};
 
 / Batch publish: one call queues many messages (far cheaper per message than pub in a loop).
 / topic: a symbol/string for all, or a list with one topic per message; msgs: a list of strings or byte
@@ -73,10 +79,10 @@ pubbatchh:`mqttkdb 2:(`pubbatchh;5);
 
 / Counters: queued queuedBytes inflight sent acked dropped droppedOldest droppedNewest refusedFull
 / droppedIncoming rxPaused received reconnects bytesIn bytesOut callbackErrors wakeups socketWrites spooled spooledBytes
-/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten failed topicAliased topicAliasBytesSaved
-/ serverReceiveMaximum serverMaximumPacketSize serverTopicAliasMaximum serverMaximumQos serverKeepAlive
-/ (what the broker's CONNACK set, MQTT's defaults where it said nothing: 65535 0N 0 2 0N) assignedClientId
-/ connected lastError.
+/ spoolOldestAgeMs spilled spoolDropped spoolBytesWritten subRefused droppedTooLarge failed topicAliased
+/ topicAliasBytesSaved serverReceiveMaximum serverMaximumPacketSize serverTopicAliasMaximum serverMaximumQos
+/ serverKeepAlive (what the broker's CONNACK set, MQTT's defaults where it said nothing: 65535 0N 0 2 0N)
+/ assignedClientId connected lastError.
 stats :`mqttkdb 2:(`stats;1);
 statsh:`mqttkdb 2:(`statsh;1);
 

@@ -45,7 +45,15 @@ fn help_exits_zero_and_lists_the_flags() {
         ),
         (
             "sub",
-            &["-C COUNT", "-W SECONDS", "-v", "-c", "27", "--cert"][..],
+            &[
+                "-C COUNT",
+                "-W SECONDS",
+                "-v",
+                "-c",
+                "27",
+                "--cert",
+                "--max-message-size BYTES",
+            ][..],
         ),
         ("check", &["-L mqtts://", "--cafile", "-u USER"][..]),
     ] {
@@ -115,6 +123,10 @@ fn errors_name_the_bad_flag() {
             "unknown scheme",
         ),
         (&["sub", "-t", "a", "-c"], "-c needs a fixed client id"),
+        (
+            &["sub", "-t", "a", "--max-message-size", "10"],
+            "qmqtt sub: --max-message-size must be 1024 to 268435456 bytes (see qmqtt sub --help)",
+        ),
         (&["pub", "stray"], "unexpected argument 'stray'"),
         (&["frob"], "qmqtt: unknown command 'frob'"),
     ];

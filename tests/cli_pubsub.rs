@@ -1183,3 +1183,41 @@ fn mqtt5_check_shows_the_connack_properties() {
         text(&o.stdout)
     );
 }
+
+#[test]
+fn sub_discards_a_message_over_max_message_size_and_stays_connected() {
+    // Retained, so both arrive on subscribing: the one over --max-message-size is acknowledged, discarded
+    // and reported on stderr; the connection stays up and the next one is printed.
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    let big = "x".repeat(5000);
+    for (topic, msg) in [("cli/big/a", big.as_str()), ("cli/big/b", "small")] {
+        mosquitto_pub("127.0.0.1", &p, &["-t", topic, "-q", "1", "-r", "-m", msg]);
+    }
+    let o = qmqtt_run(
+        &[
+            "sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli/big/#",
+            "-q",
+            "1",
+            "--max-message-size",
+            "2048",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+        b"",
+        T,
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(text(&o.stdout), "small\n");
+    assert!(err.contains("discarded an incoming message of"), "{err}");
+    assert!(!err.contains("lost"), "{err}");
+}

@@ -209,6 +209,9 @@ fn acks_are_never_dropped_when_the_owner_stops_draining() {
     for i in 0..n {
         c.publish("bp/x", &(i as u32).to_be_bytes(), QoS::AtLeastOnce, false)
             .unwrap();
+        // A QoS 0 message between them takes a token: the QoS 1 completions are not consecutive, so each
+        // needs a record of its own (consecutive ones share one: see the next test).
+        c.publish("bp/y", b"", QoS::AtMostOnce, false).unwrap();
     }
     // Nobody drains: the client must stop feeding the session before the event queue overflows.
     std::thread::sleep(Duration::from_secs(1));
@@ -225,6 +228,38 @@ fn acks_are_never_dropped_when_the_owner_stops_draining() {
     let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
     assert_eq!(toks.len(), n as usize);
     assert_eq!(c.stats().acked, n);
+}
+
+#[test]
+fn consecutive_completions_never_pause_sending() {
+    // A tight QoS 1 loop whose owner does not drain (q publishing a table row by row): the completions are
+    // consecutive tokens, kept as one run, so even a 1 KiB event queue never stops the window.
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "tightowner");
+    k.event_queue_bytes = 1024;
+    k.max_inflight = 10;
+    let c = connect(k);
+    let n = 6000;
+    for i in 0..n {
+        c.publish("bp/z", &(i as u32).to_be_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    let deadline = Instant::now() + slow(Duration::from_secs(20));
+    while c.stats().acked < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        c.stats().acked,
+        n,
+        "nobody drained, yet every message was acknowledged"
+    );
+    let mut seen = Seen::default();
+    assert!(
+        seen.until(&c, slow(Duration::from_secs(5)), |s| s.delivered.len()
+            == n as usize)
+    );
+    let toks: Vec<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(toks, (1..=n).collect::<Vec<u64>>());
 }
 
 #[test]

@@ -207,10 +207,11 @@ fn configuration_errors() {
 fn uri_errors() {
     let e = |u: &str| config_error(cfg(u));
     assert_eq!(
-        e("127.0.0.1:1883"),
-        "invalid configuration: uri: Invalid protocol scheme: no scheme in broker URI '127.0.0.1:1883': \
+        e("127.0.0.1"),
+        "invalid configuration: uri: Invalid protocol scheme: no scheme in broker URI '127.0.0.1': \
          write it as scheme://host[:port] with scheme tcp://, mqtt:// (plain TCP, port 1883), ssl://, \
-         mqtts:// (TLS, port 8883), ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)"
+         mqtts:// (TLS, port 8883), ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443) (or \
+         host:port for plain TCP)"
     );
     assert_eq!(
         e("quic://h:80"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use qmqtt::codec::{ConnectReturnCode, Protocol, QoS};
 use qmqtt::error::Timeout;
-use qmqtt::session::{Event, Session, SessionConfig};
+use qmqtt::session::{Event, Session, SessionConfig, State};
 use qmqtt::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,23 +496,33 @@ fn broker_restart_that_loses_the_session_resubscribes_and_resends() {
 }
 
 #[test]
-fn oversize_incoming_message_is_a_protocol_error_naming_max_packet_size() {
+fn oversize_incoming_message_is_acknowledged_discarded_and_counted() {
+    // MQTT 3.1.1: a PUBLISH over max_packet_size is read past and acknowledged (a broker would resend it for
+    // ever otherwise); the connection stays up and the next message arrives. (Other oversize packets stay
+    // protocol errors naming max_packet_size: see session_flows.)
     let b = common::Broker::start();
     let mut c = cfg("qmqtt-oversize");
     c.max_packet_size = 1024;
     let (mut d, _) = Driver::connected(b.tcp_port, c);
-    d.s.subscribe("qm/big", QoS::AtMostOnce, Instant::now())
+    d.s.subscribe("qm/big", QoS::AtLeastOnce, Instant::now())
         .unwrap();
     d.until(5, |e| !e.is_empty());
-    let big = "x".repeat(2000);
-    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "qm/big", "-m", &big]);
-    let end = Instant::now() + Duration::from_secs(5);
-    let e = loop {
-        assert!(Instant::now() < end, "no error for an oversize packet");
-        if let Err(e) = d.turn() {
-            break e;
-        }
-    };
-    assert!(matches!(&e, Error::Protocol(_)), "{e:?}");
-    assert!(e.to_string().contains("raise max_packet_size"), "{e}");
+    for (msg, qos) in [
+        ("x".repeat(2000), "1"),
+        ("y".repeat(5000), "2"),
+        ("small".to_string(), "1"),
+    ] {
+        common::mosquitto_pub(
+            "127.0.0.1",
+            b.tcp_port,
+            &["-t", "qm/big", "-q", qos, "-m", &msg],
+        );
+    }
+    let ev = d.until(5, |e| !e.is_empty());
+    assert_eq!(
+        ev,
+        [E::Msg("qm/big".into(), b"small".to_vec(), QoS::AtLeastOnce)]
+    );
+    assert_eq!(d.s.oversize_dropped(), 2);
+    assert_eq!(d.s.state(), State::Connected);
 }

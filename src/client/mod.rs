@@ -21,7 +21,8 @@
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
 //! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
 //! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
-//! in flight, and a drain wakes it again.
+//! in flight, and a drain wakes it again. Completions of consecutive tokens share one record (a run), so an
+//! owner that does not drain only pauses sending when they are out of order or of mixed QoS.
 //!
 //! Received messages are never acknowledged and then dropped for lack of room (receive backpressure): when
 //! the event queue cannot take the next incoming PUBLISH (any QoS), the I/O thread stops reading the socket
@@ -95,7 +96,7 @@ mod queue;
 mod ring;
 mod shared;
 
-use shared::{lock, Cmd, Counters, Shared};
+use shared::{lock, AckWait, Cmd, Counters, Shared};
 
 /// What happens when the publish queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,9 +154,11 @@ pub struct Config {
     /// could never fit (its record larger than `event_queue_bytes`) is dropped and counted
     /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
-    /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
-    /// the connection. Default 1 MiB. MQTT 5 sends it to the broker (Maximum Packet Size), which then does
-    /// not send bigger ones.
+    /// Largest incoming packet accepted (whole packet, bytes). Default 1 MiB. Under MQTT 3.1.1/3.1 a bigger
+    /// PUBLISH is read past without being kept (only its topic and packet id are buffered), acknowledged so
+    /// that the broker does not resend it, logged and counted (`Stats::dropped_oversize`); the connection
+    /// stays up. Any other bigger packet is a protocol error. MQTT 5 sends it to the broker (Maximum Packet
+    /// Size), which then does not send bigger ones.
     pub max_packet_size: usize,
     /// MQTT 5 settings: session expiry, receive maximum, topic aliases, CONNECT's user properties (errors
     /// under MQTT 3.1.1 unless left at their defaults).
@@ -168,6 +171,9 @@ pub struct Config {
     /// Emit [`Event::Delivered`] for QoS 0 messages when they are handed to the socket. Default false (the
     /// q layer never reports QoS 0 deliveries, as KX).
     pub qos0_delivery_events: bool,
+    /// With `protocol` V311: when the broker refuses it ("unacceptable protocol version"), try MQTT 3.1 at
+    /// once (paho's `MQTTVersion` 0, the q layer's default). Default false.
+    pub protocol_fallback: bool,
     /// Batching delay. Zero (default): a publish into an empty queue wakes the I/O thread at once (lowest
     /// latency; one `eventfd` write per burst when the thread is idle). Non-zero: while messages keep
     /// coming (one within the last `max(10·linger, 10 ms)`), the I/O thread collects them for up to `linger`
@@ -224,6 +230,7 @@ impl std::fmt::Debug for Config {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("qos0_delivery_events", &self.qos0_delivery_events)
+            .field("protocol_fallback", &self.protocol_fallback)
             .field("linger", &self.linger)
             .field("batch_scheduling", &self.batch_scheduling)
             .field("spool", &self.spool)
@@ -258,6 +265,7 @@ impl Config {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             qos0_delivery_events: false,
+            protocol_fallback: false,
             linger: Duration::ZERO,
             batch_scheduling: true,
             spool: None,
@@ -417,6 +425,11 @@ pub struct Stats {
     pub last_spool_error: Option<String>,
     /// Messages reported [`Event::Failed`] (refused by the broker, or beyond its limits).
     pub failed: u64,
+    /// Subscriptions the broker refused (SUBACK failure), or the session could not send.
+    pub sub_refused: u64,
+    /// Incoming messages over `max_packet_size` read past, discarded and acknowledged (MQTT 3.1.1/3.1; the
+    /// connection stays up).
+    pub dropped_oversize: u64,
     /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
     pub topic_aliased: u64,
     pub topic_alias_bytes_saved: u64,
@@ -664,6 +677,8 @@ impl Client {
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
+            acks: Mutex::new(shared::AckBoard::default()),
+            acks_cv: Condvar::new(),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
@@ -698,6 +713,7 @@ impl Client {
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
+            protocol_fallback: cfg.protocol_fallback,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
         };
@@ -900,6 +916,48 @@ impl Client {
         self.command(Cmd::Subscribe(filter.to_string(), opts, id))
     }
 
+    /// [`Client::subscribe`], and when connected a waiter for the broker's SUBACK: `None` when not connected
+    /// (the subscription goes out at the next connection; its outcome arrives as [`Event::Subscribed`]).
+    /// An outcome a waiter takes is not also sent as an event.
+    pub fn subscribe_acked(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(false, filter);
+        let cmd = Cmd::Subscribe(filter.to_string(), SubscriptionOptions::new(qos), None);
+        self.command(cmd).map(|()| w)
+    }
+
+    /// [`Client::unsubscribe`] with a waiter for the UNSUBACK when connected (as [`Client::subscribe_acked`]).
+    pub fn unsubscribe_acked(&self, filter: &str) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(true, filter);
+        self.command(Cmd::Unsubscribe(filter.to_string()))
+            .map(|()| w)
+    }
+
+    /// Register a waiter before the command goes out, so that no acknowledgement can come first.
+    fn await_ack(&self, unsub: bool, filter: &str) -> Option<AckWaiter> {
+        if !self.is_connected() {
+            return None;
+        }
+        let mut b = lock(&self.sh.acks);
+        b.next_id += 1;
+        let id = b.next_id;
+        b.waiting.push(AckWait {
+            id,
+            unsub,
+            filter: filter.to_string(),
+            outcome: None,
+        });
+        Some(AckWaiter {
+            sh: self.sh.clone(),
+            id,
+        })
+    }
+
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
     pub fn unsubscribe(&self, filter: &str) -> Result<(), ClientError> {
         check_filter(filter)?;
@@ -909,6 +967,21 @@ impl Client {
     /// Connected to the broker now (CONNACK accepted).
     pub fn is_connected(&self) -> bool {
         self.sh.ctr.connected.load(Relaxed)
+    }
+
+    /// The connection is connected or will reconnect by itself: not disconnected by its owner, the I/O
+    /// thread still running (it ends after a loss only without `reconnect`).
+    pub fn is_alive(&self) -> bool {
+        self.thread.is_some() && !*lock(&self.sh.exited) && !lock(&self.sh.pubq).closed
+    }
+
+    /// Ask the I/O thread to make its next reconnect attempt now instead of after the backoff delay (a
+    /// no-op while connected or connecting). Returns a [`LinkWatch`] to wait for the connection without
+    /// holding the client.
+    pub fn reconnect_now(&self) -> LinkWatch {
+        lock(&self.sh.cmds).push(Cmd::ReconnectNow);
+        let _ = self.sh.waker.wake();
+        LinkWatch(self.sh.clone())
     }
 
     /// Stop: wait up to `timeout` for queued and in-flight messages to finish, send DISCONNECT, join the thread.
@@ -986,6 +1059,8 @@ impl Client {
             spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
             failed: c.failed.load(Relaxed),
+            sub_refused: c.sub_refused.load(Relaxed),
+            dropped_oversize: c.dropped_oversize.load(Relaxed),
             topic_aliased: c.aliased.load(Relaxed),
             topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
             server: lock(&self.sh.server).clone(),
@@ -1020,6 +1095,65 @@ impl Drop for Client {
     /// Same as `disconnect(0)`: DISCONNECT is sent if the socket takes it at once; never waits on the network.
     fn drop(&mut self) {
         self.disconnect(Duration::ZERO);
+    }
+}
+
+/// Waits for a connection's link to be up (from [`Client::reconnect_now`]); holds no lock of the client.
+pub struct LinkWatch(Arc<Shared>);
+
+impl LinkWatch {
+    /// Block until the connection is up (true), or `timeout` passes or the I/O thread ends (false).
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let sh = &self.0;
+        let g = lock(&sh.first);
+        let (_g, _) = sh
+            .first_cv
+            .wait_timeout_while(g, timeout, |_| {
+                !sh.ctr.connected.load(Relaxed) && !*lock(&sh.exited)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        sh.ctr.connected.load(Relaxed)
+    }
+}
+
+/// Waits for one SUBACK/UNSUBACK (from [`Client::subscribe_acked`]); holds no lock of the client. Dropping
+/// it stops waiting (an outcome that comes later is sent as an event).
+pub struct AckWaiter {
+    sh: Arc<Shared>,
+    id: u64,
+}
+
+impl AckWaiter {
+    /// The broker's answer within `timeout`: `Some(qos)` granted (any `Some` for an UNSUBACK), `None`
+    /// refused; [`ClientError::Timeout`] when it did not come.
+    pub fn wait(&self, timeout: Duration) -> Result<Option<QoS>, ClientError> {
+        let b = lock(&self.sh.acks);
+        let pending = |b: &mut shared::AckBoard| {
+            b.waiting
+                .iter()
+                .any(|w| w.id == self.id && w.outcome.is_none())
+        };
+        let (mut b, _) = self
+            .sh
+            .acks_cv
+            .wait_timeout_while(b, timeout, |b| pending(b) && !*lock(&self.sh.exited))
+            .unwrap_or_else(|e| e.into_inner());
+        match b.waiting.iter().find(|w| w.id == self.id) {
+            Some(AckWait {
+                outcome: Some(o), ..
+            }) => {
+                let o = *o;
+                b.waiting.retain(|w| w.id != self.id);
+                Ok(o)
+            }
+            _ => Err(ClientError::Timeout),
+        }
+    }
+}
+
+impl Drop for AckWaiter {
+    fn drop(&mut self) {
+        lock(&self.sh.acks).waiting.retain(|w| w.id != self.id);
     }
 }
 

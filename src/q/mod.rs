@@ -11,8 +11,10 @@
 //!
 //! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
 //! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
-//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent` and `.mqtt.disconn` (and the handle
-//! forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches.
+//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent`, `.mqtt.disconn` and `.mqtt.subrefused`
+//! (and the handle forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches. `sub`/`unsub`
+//! wait for the broker's answer on q's thread (a condvar the I/O thread signals), never calling into q
+//! from another thread; `conn` for the default connection's own broker and client id keeps it (see `rejoin`).
 //!
 //! Failure: no panic crosses into q (each export catches unwinds → `'internal error`); every string handed
 //! to `krr` is static. Long explanations (why a TLS handshake failed, …) go to the log on stderr and to the
@@ -46,6 +48,11 @@ use crate::transport::ws::WsError;
 const EVENT_BATCH: usize = 1024;
 /// Extra time `conn` waits beyond `connectTimeout` for the engine to report its own verdict.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How long `sub`/`unsub` wait for the broker's SUBACK/UNSUBACK when connected (paho's, so KX's, 10 s).
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `conn` lets a connected default connection it replaces (other broker or client id) deliver what
+/// it holds before closing it.
+const REPLACE_DRAIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------------------
 // connections
@@ -56,6 +63,9 @@ struct Conn {
     handle: i64,
     client: Mutex<Option<Client>>,
     fd: RawFd,
+    /// The broker address and client id it was made with (`conn` keeps a default connection with the same).
+    uri: String,
+    client_id: String,
     /// Received payloads as byte vectors (`rcvPayload` `byte).
     rcv_bytes: bool,
     /// Received messages go to `msgrcvdp` with their properties (`rcvProperties` 1b).
@@ -464,12 +474,11 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     if let Some(l) = spec.log_level {
         qlog::set(l);
     }
-    // KX's connX replaces the one connection it has: never two default connections.
+    // KX's connX replaces the one connection it has: never two default connections. The same broker and
+    // client id keep it (KX's reconnect idiom).
     if default {
-        let old = reg().take(0);
-        if let Some(old) = old {
-            info!("conn: closing the previous default connection");
-            close_conn(&old, Duration::ZERO);
+        if let Some(r) = rejoin(uri, id, spec.cfg.connect_timeout) {
+            return r.map(|()| 0);
         }
     }
     // Several brokers: each may take its connectTimeout before the next is tried.
@@ -505,6 +514,8 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         handle,
         client: Mutex::new(Some(client)),
         fd,
+        uri: uri.to_string(),
+        client_id: id.to_string(),
         rcv_bytes: spec.rcv_bytes,
         rcv_props: spec.rcv_props,
         callback_errors: AtomicU64::new(0),
@@ -523,6 +534,47 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     Ok(handle)
 }
 
+/// `conn` while a default connection exists. KX programs reconnect from `.z.ts`: `if[not .mqtt.isConnected[];
+/// .mqtt.conn[…]]`. For the same broker address and client id the existing connection is kept — its queue,
+/// in-flight window, spool and subscriptions; the options of this `conn` are not applied — and `conn`
+/// succeeds once it is connected (asked to try at once), or signals `'Failure` after `wait` while it keeps
+/// reconnecting and `pub` keeps queueing. A connection that will not reconnect (`autoReconnect 0b`, lost),
+/// another address or another client id: the old one is closed — after up to `REPLACE_DRAIN` for what it
+/// holds if it is connected — and `None` says to connect anew.
+fn rejoin(uri: &str, id: &str, wait: Duration) -> Option<Result<(), QErr>> {
+    let old = reg().find(0).cloned()?;
+    let (watch, drain) = {
+        let g = lock_client(&old);
+        match g.as_ref() {
+            Some(c) if old.uri == uri && old.client_id == id && c.is_alive() => {
+                (Some(c.reconnect_now()), Duration::ZERO)
+            }
+            Some(c) if c.is_connected() => (None, REPLACE_DRAIN),
+            _ => (None, Duration::ZERO),
+        }
+    };
+    let Some(watch) = watch else {
+        let old = reg().take(0)?;
+        info!("conn: closing the previous default connection (waiting up to {drain:?} for what it holds)");
+        close_conn(&old, drain);
+        return None;
+    };
+    if watch.wait_connected(wait) {
+        debug!(
+            "conn: the default connection to {} is up; kept",
+            old.client_id
+        );
+        return Some(Ok(()));
+    }
+    let t = format!(
+        "not connected within connectTimeout ({wait:?}); the connection keeps reconnecting and pub \
+         keeps queueing"
+    );
+    info!("conn: {t}");
+    set_last_error(t);
+    Some(Err(c"Failure"))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // events → q callbacks
 
@@ -536,6 +588,8 @@ enum Pending {
     /// MQTT 5: the token and the reason.
     Failed(Token, K),
     Disconn(K),
+    /// A subscription the broker refused after `sub` returned (it was queued while the link was down).
+    SubRefused(K),
 }
 
 thread_local! {
@@ -609,7 +663,10 @@ fn drain(fd: RawFd) {
             ),
             Event::Subscribed { filter, granted } => match granted {
                 Some(q) => debug!("subscribed to {filter} with {q:?}"),
-                None => warn!("the broker refused the subscription to {filter}"),
+                None => {
+                    warn!("the broker refused the subscription to {filter}");
+                    pending.push(Pending::SubRefused(k::kvec(filter.as_bytes(), false)))
+                }
             },
             Event::Unsubscribed { filter } => debug!("unsubscribed from {filter}"),
         });
@@ -654,6 +711,10 @@ fn drain(fd: RawFd) {
                 (Pending::Disconn(c), 0) => native::k(0, c".mqtt.disconn".as_ptr(), c, nil),
                 (Pending::Disconn(c), h) => {
                     native::k(0, c".mqtt.disconnh".as_ptr(), k::kj(h), c, nil)
+                }
+                (Pending::SubRefused(t), 0) => native::k(0, c".mqtt.subrefused".as_ptr(), t, nil),
+                (Pending::SubRefused(t), h) => {
+                    native::k(0, c".mqtt.subrefusedh".as_ptr(), k::kj(h), t, nil)
                 }
             }
         };
@@ -718,28 +779,56 @@ fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
     if reg().find(handle).is_none() {
         return Err(c"not connected");
     }
-    let qos = qos_arg(qos)?;
-    with_client(handle, |c| {
-        c.subscribe(topic, qos).map_err(|e| {
+    // KX's sub leaves the value to paho, whose error this is (pub checks it itself: 'invalid qos).
+    let qos = qos_arg(qos).map_err(|e| {
+        if e == c"invalid qos" {
+            c"Invalid QoS value"
+        } else {
+            e
+        }
+    })?;
+    let waiter = with_client(handle, |c| {
+        c.subscribe_acked(topic, qos).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("sub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    // Connected: wait for the SUBACK, holding no lock (KX waits too). Not connected: queued for the next
+    // connection; a refusal then calls .mqtt.subrefused.
+    if let Some(w) = waiter {
+        match w.wait(ACK_TIMEOUT) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                warn!("sub {topic}: the broker refused the subscription");
+                return Err(c"sub refused");
+            }
+            Err(e) => {
+                warn!("sub {topic}: no SUBACK within {ACK_TIMEOUT:?}");
+                return Err(client_error(&e));
+            }
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
 fn do_unsub(handle: i64, topic: K) -> Result<K, QErr> {
     let topic = topic_arg(topic)?;
-    with_client(handle, |c| {
-        c.unsubscribe(topic).map_err(|e| {
+    let waiter = with_client(handle, |c| {
+        c.unsubscribe_acked(topic).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("unsub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    if let Some(w) = waiter {
+        if let Err(e) = w.wait(ACK_TIMEOUT) {
+            warn!("unsub {topic}: no UNSUBACK within {ACK_TIMEOUT:?}");
+            return Err(client_error(&e));
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
@@ -862,8 +951,12 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .map(|e| e.to_string())
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
-    let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 24] = [
+    let dropped = s.dropped_oldest
+        + s.dropped_newest
+        + s.refused_full
+        + s.dropped_incoming
+        + s.dropped_oversize;
+    let longs: [(&CStr, u64); 26] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -874,6 +967,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"droppedNewest", s.dropped_newest),
         (c"refusedFull", s.refused_full),
         (c"droppedIncoming", s.dropped_incoming),
+        (c"droppedTooLarge", s.dropped_oversize),
         (c"rxPaused", s.rx_paused),
         (c"received", s.received),
         (c"reconnects", s.reconnects),
@@ -891,6 +985,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
             s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
         ),
         (c"spoolBytesWritten", s.spool_bytes_written),
+        (c"subRefused", s.sub_refused),
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();

@@ -102,6 +102,7 @@ const KEYS: &[Key] = &[
     key!("rcvPayload"),
     key!("logLevel"),
     key!("linger"),
+    key!("maxMessageSize"),
     key!("batchScheduling"),
     key!("spoolDir"),
     key!("spoolBytes"),
@@ -163,13 +164,14 @@ fn qos(v: Val<'_>, k: &Key) -> Result<QoS, QErr> {
 }
 
 /// Schemes the engine accepts; anything else is KX's (paho's) `Invalid protocol scheme`.
-/// Every broker of the (comma-separated) list has a scheme qmqtt speaks.
+/// Every broker of the (comma-separated) list has a scheme qmqtt speaks, or is `host:port` (plain TCP, as paho).
 pub fn scheme_ok(uris: &str) -> bool {
     uris.split(',').all(|uri| {
         let uri = uri.trim();
         ["tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"]
             .iter()
             .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+            || crate::transport::is_host_port(uri)
     })
 }
 
@@ -203,6 +205,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     }
 
     let mut cfg = Config::new(uri, client_id);
+    // KX's MQTTVersion 0 (the default): 3.1.1 with paho's fallback to 3.1.
+    cfg.protocol_fallback = true;
     let mut spec_rcv_bytes = false;
     let mut log_level = None;
     let mut reliable: Option<bool> = None;
@@ -259,7 +263,10 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 }
             }
             b"MQTTVersion" => {
-                cfg.protocol = match int(v, k)? {
+                let v = int(v, k)?;
+                // 0 (KX's default): 3.1.1, then 3.1 if the broker refuses it, as paho.
+                cfg.protocol_fallback = v == 0;
+                cfg.protocol = match v {
                     0 | 4 => Protocol::V311,
                     3 => Protocol::V31,
                     5 => Protocol::V5,
@@ -410,6 +417,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             b"linger" => {
                 cfg.linger = Duration::from_millis(in_range(int(v, k)?, 0, 10_000, k)? as u64)
             }
+            b"maxMessageSize" => max_incoming(&mut cfg, v, k)?,
             b"batchScheduling" => cfg.batch_scheduling = flag(v, k)?,
             b"spoolDir" => spool = path(v, k)?.map(SpoolConfig::new),
             // Applied once spoolDir is known (keys may come in any order).
@@ -524,6 +532,15 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     })
 }
 
+/// `maxMessageSize` (KX style) and `maximumPacketSize` (MQTT 5's name, which the broker is told): one bound,
+/// the largest incoming packet; the event queue grows to hold one.
+fn max_incoming(cfg: &mut Config, v: Val<'_>, k: &Key) -> Result<(), &'static CStr> {
+    let m = in_range(int(v, k)?, 64, 256 << 20, k)? as usize;
+    cfg.max_packet_size = m;
+    cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
+    Ok(())
+}
+
 /// The MQTT 5 keys: `sessionExpiryInterval` (seconds), `receiveMaximum` (1-65535), `maximumPacketSize`
 /// (bytes; also the incoming limit under 3.1.1), `topicAliases` (aliases this client uses, 0: none),
 /// `topicAliasMaximum` (aliases the broker may use), `userProperties` (CONNECT's, a dictionary of
@@ -541,9 +558,7 @@ fn mqtt5_key(cfg: &mut Config, rcv_props: &mut bool, k: &Key, v: Val<'_>) -> Res
             }
         }
         b"receiveMaximum" => m.receive_maximum = in_range(int(v, k)?, 1, 65535, k)? as u16,
-        b"maximumPacketSize" => {
-            cfg.max_packet_size = in_range(int(v, k)?, 64, 268_435_460, k)? as usize
-        }
+        b"maximumPacketSize" => max_incoming(cfg, v, k)?,
         b"topicAliases" => m.topic_aliases = in_range(int(v, k)?, 0, 65535, k)? as u16,
         b"topicAliasMaximum" => m.topic_alias_maximum = in_range(int(v, k)?, 0, 65535, k)? as u16,
         b"userProperties" => m.user_properties = string_pairs(v, k)?,

@@ -92,6 +92,20 @@ impl Scheme {
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
+/// `host:port` with no scheme (and no path), which paho takes as `tcp://host:port`.
+pub fn is_host_port(uri: &str) -> bool {
+    let uri = uri.trim();
+    match uri.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !uri.contains('/')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 pub const ACCEPTED_SCHEMES: &str =
     "tcp://, mqtt:// (plain TCP, port 1883), ssl://, mqtts:// (TLS, port 8883), \
      ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)";
@@ -129,16 +143,22 @@ impl Endpoint {
     ///
     /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) is not, nor a path
     /// except for WebSockets (`ws://host/mqtt`, the default; a query stays part of it).
+    /// `scheme://host[:port]`, or `host:port` (plain TCP, as paho).
     pub fn parse(uri: &str) -> Result<Endpoint, ConfigError> {
         let raw = uri.trim();
         // Messages show the URI without its password (a URI with user info is refused below).
         let shown = redacted_uri(raw);
         let uri = &*shown;
-        let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(ConfigError::invalid(Key::UriScheme, format!(
-                "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
-                 with scheme {ACCEPTED_SCHEMES}"
-            )));
+        let (scheme, rest) = match raw.split_once("://") {
+            Some(sr) => sr,
+            // paho (so KX) takes `host:port` without a scheme as plain TCP.
+            None if is_host_port(raw) => ("tcp", raw),
+            None => {
+                return Err(ConfigError::invalid(Key::UriScheme, format!(
+                    "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as \
+                     scheme://host[:port] with scheme {ACCEPTED_SCHEMES} (or host:port for plain TCP)"
+                )))
+            }
         };
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "tcp" | "mqtt" => Scheme::Tcp,

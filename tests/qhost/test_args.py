@@ -120,7 +120,9 @@ def expected(fn, args, connected=False):
                      qos_check(qo), retain_check(r), None if connected else nc)
     if fn == "subx":
         t, qo = args
-        return first(text_check(t, "topic type"), None if connected else nc, qos_check(qo))
+        e = qos_check(qo)  # KX's sub leaves the value to paho: 'Invalid QoS value
+        return first(text_check(t, "topic type"), None if connected else nc,
+                     "Invalid QoS value" if e == "invalid qos" else e)
     if fn == "unsub":
         return first(text_check(args[0], "topic type"), None if connected else nc)
     if fn in ("pubxh", "subxh", "unsubh"):

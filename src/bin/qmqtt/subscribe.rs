@@ -27,6 +27,9 @@ Usage: qmqtt sub [connection] -t FILTER [-t FILTER…] [options]
                        %P user properties (name:value …), %S subscription ids; %% and \n \t \\ escapes
   -N                   no newline after each payload
   -c                   no clean session: resume the broker's session for -i ID (needs -i)
+  --max-message-size BYTES
+                       largest message taken (default 1048576); a bigger one is acknowledged,
+                       discarded and reported on stderr, and the connection stays up
   --help               this help
 
 Exit codes: 0 done (also on SIGINT/SIGTERM: disconnects cleanly), 1 connection error, 2 bad command
@@ -47,6 +50,7 @@ struct SubOpts {
     newline: bool,
     /// `-F FORMAT`.
     format: Option<String>,
+    max_message: Option<usize>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
@@ -64,6 +68,7 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         verbose: false,
         newline: true,
         format: None,
+        max_message: None,
     };
     while let Some(f) = a.next_flag()? {
         match f.as_str() {
@@ -96,6 +101,13 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
                 crate::format::check(&f).map_err(|m| a.err(format!("-F '{f}': {m}")))?;
                 o.format = Some(f)
             }
+            "--max-message-size" => {
+                let n: usize = a.number(&f)?;
+                if !(1024..=256 << 20).contains(&n) {
+                    return Err(a.err(format!("{f} must be 1024 to 268435456 bytes")));
+                }
+                o.max_message = Some(n)
+            }
             "-N" => o.newline = false,
             "-c" | "--disable-clean-session" => conn.clean = false,
             _ => {
@@ -122,7 +134,11 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
-    let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
+    let mut cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
+    if let Some(m) = o.max_message {
+        cfg.max_packet_size = m;
+        cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
+    }
     let Started {
         mut client,
         sig,

@@ -24,6 +24,7 @@ use super::{Io, SOCK};
 use crate::client::shared::{lock, Cmd, Shared};
 use crate::client::Event;
 use crate::clock::later;
+use crate::codec::ConnectReturnCode;
 use crate::error::{Doing, Error, Timeout};
 use crate::session::SessionError;
 use crate::transport::{tls_config, Conn, TlsFiles};
@@ -105,6 +106,11 @@ impl Io {
         for c in cmds {
             match c {
                 Cmd::Stop(at) => self.timers.set_earliest(Timer::Stop, at),
+                Cmd::ReconnectNow => {
+                    if self.timers.is_set(Timer::Reconnect) {
+                        self.timers.set(Timer::Reconnect, now);
+                    }
+                }
                 c => self.pending.push_back(c),
             }
         }
@@ -118,7 +124,7 @@ impl Io {
             let r = match &c {
                 Cmd::Subscribe(f, o, id) => self.session.subscribe_with(f, *o, *id, now),
                 Cmd::Unsubscribe(f) => self.session.unsubscribe(f, now),
-                Cmd::Stop(_) => Ok(()),
+                Cmd::Stop(_) | Cmd::ReconnectNow => Ok(()),
             };
             match r {
                 Ok(()) => {}
@@ -127,7 +133,18 @@ impl Io {
                     self.pending.push_front(c);
                     break;
                 }
-                Err(e) => log::error!("qmqtt: subscription command refused: {e}"),
+                Err(e) => {
+                    log::error!("qmqtt: subscription command refused: {e}");
+                    if let Cmd::Subscribe(f, ..) = &c {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                        if !self.sh.resolve_ack(false, f, None) {
+                            self.sh.events.push_event(Event::Subscribed {
+                                filter: f,
+                                granted: None,
+                            });
+                        }
+                    }
+                }
             }
         }
     }
@@ -267,6 +284,20 @@ impl Io {
         self.rx.reset(now, &self.sh);
         self.sh.ctr.connected.store(false, Relaxed);
         self.tx.stalled = false;
+        if self.p.protocol_fallback
+            && matches!(
+                cause,
+                Error::Refused {
+                    code: ConnectReturnCode::UnacceptableProtocolVersion,
+                    ..
+                }
+            )
+            && self.session.fall_back_to_v31()
+        {
+            log::warn!("qmqtt: the broker refused MQTT 3.1.1; trying MQTT 3.1 (MQTTVersion 0)");
+            self.timers.set(Timer::Reconnect, now);
+            return;
+        }
         if was_up {
             // The owner reports it (its ConnectionLost event): the log says it only in detail.
             log::info!("qmqtt: connection lost: {cause}");

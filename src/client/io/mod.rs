@@ -71,6 +71,7 @@ pub(crate) struct Params {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub qos0_events: bool,
+    pub protocol_fallback: bool,
     pub linger: Duration,
     pub batch_scheduling: bool,
 }
@@ -113,10 +114,11 @@ struct ExitGuard(Arc<Shared>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ctr.connected.store(false, Relaxed);
-        self.0.set_first(Err(Error::Stopped));
         lock(&self.0.pubq).closed = true;
         *lock(&self.0.exited) = true;
         self.0.exited_cv.notify_all();
+        // After `exited`: `LinkWatch` waiters check it.
+        self.0.set_first(Err(Error::Stopped));
     }
 }
 
@@ -170,6 +172,10 @@ impl Io {
                 .ctr
                 .inflight
                 .store(self.session.inflight() as u64, Relaxed);
+            self.sh
+                .ctr
+                .dropped_oversize
+                .store(self.session.oversize_dropped(), Relaxed);
             let (aliased, saved) = self.session.alias_stats();
             self.sh.ctr.aliased.store(aliased, Relaxed);
             self.sh.ctr.alias_saved.store(saved, Relaxed);

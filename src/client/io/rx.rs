@@ -15,6 +15,7 @@ use super::Io;
 use crate::client::events::EV_HDR;
 use crate::client::shared::Shared;
 use crate::client::Event;
+use crate::codec::QoS;
 use crate::session::Event as SEvent;
 
 /// Reads per turn before giving writes a chance (the rest is read on the next turn).
@@ -243,13 +244,21 @@ impl Io {
                         log::error!("qmqtt: event queue full, Delivered for token {token} lost");
                     }
                 }
+                // An owner waiting for the outcome gets it directly, and no event.
                 SEvent::Subscribed { filter, granted } => {
-                    self.sh
-                        .events
-                        .push_event(Event::Subscribed { filter, granted });
+                    if granted.is_none() {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                    }
+                    if !self.sh.resolve_ack(false, filter, granted) {
+                        self.sh
+                            .events
+                            .push_event(Event::Subscribed { filter, granted });
+                    }
                 }
                 SEvent::Unsubscribed { filter } => {
-                    self.sh.events.push_event(Event::Unsubscribed { filter });
+                    if !self.sh.resolve_ack(true, filter, Some(QoS::AtMostOnce)) {
+                        self.sh.events.push_event(Event::Unsubscribed { filter });
+                    }
                 }
             }
         }
