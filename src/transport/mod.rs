@@ -47,7 +47,7 @@ mod tls;
 pub mod ws;
 
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
-pub use tls::{supported_cipher_suites, tls_config};
+pub use tls::{suite_order, supported_cipher_suites, tls_config, CpuAes, SuiteOrder};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
 /// `ws://` MQTT over a WebSocket (80), `wss://` over a WebSocket in TLS (443).
