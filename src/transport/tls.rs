@@ -646,6 +646,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cpu_aes_is_detected_on_the_platforms_that_say() {
+        let cpu = CpuAes::detect();
+        // Shown with --nocapture: under qemu-user, QEMU_CPU picks the emulated core (e.g. cortex-a15 for
+        // armv7: no AES instructions, ChaCha20 first).
+        eprintln!("{cpu:?}: {}", suite_order(&TlsOptions::default(), cpu));
+        if cfg!(any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            all(
+                target_os = "linux",
+                any(target_arch = "aarch64", target_arch = "arm")
+            )
+        )) {
+            assert_ne!(cpu, CpuAes::Unknown);
+        }
+    }
+
     fn names(s: &[SupportedCipherSuite]) -> Vec<&'static str> {
         s.iter().map(suite_name).collect()
     }
