@@ -38,6 +38,7 @@ use std::path::PathBuf;
 use crate::error::{ConfigError, Key};
 use crate::secret::Secret;
 
+mod cipher;
 mod conn;
 pub mod der;
 mod http;
@@ -46,8 +47,9 @@ pub mod proxy;
 mod tls;
 pub mod ws;
 
+pub use cipher::{suite_order, CpuAes, SuiteOrder};
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
-pub use tls::{suite_order, supported_cipher_suites, tls_config, CpuAes, SuiteOrder};
+pub use tls::{supported_cipher_suites, tls_config};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
 /// `ws://` MQTT over a WebSocket (80), `wss://` over a WebSocket in TLS (443).
