@@ -8,7 +8,7 @@ use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::error::{ConfigError, Error};
 use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
-use qmqtt::transport::{der, suite_order, tls_config, Conn, CpuAes, Endpoint, TlsInfo, TlsOptions};
+use qmqtt::transport::{der, tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
 use crate::util::{config_hint, hint};
@@ -292,12 +292,12 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
 }
 
 /// Print version, suite, ALPN and the broker's chain.
-fn print_tls(info: &TlsInfo, opts: &TlsOptions) {
+fn print_tls(info: &TlsInfo, opts: &qmqtt::transport::TlsOptions) {
     outln!("  TLS version: {}", pretty_version(&info.version));
     outln!("  cipher suite: {}", info.cipher_suite);
     outln!(
         "  cipher order offered: {}",
-        suite_order(opts, CpuAes::detect())
+        qmqtt::transport::suite_order(opts, qmqtt::transport::CpuAes::detect())
     );
     match &info.alpn {
         Some(p) => outln!("  ALPN: {}", String::from_utf8_lossy(p)),
