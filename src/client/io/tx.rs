@@ -139,9 +139,14 @@ impl Io {
         }
     }
 
-    /// Messages in the publish queue or staged (not yet in the session).
-    fn queued(&self) -> usize {
-        self.sh.ctr.queued.load(Relaxed) as usize
+    /// QoS 1/2 messages waiting to enter the session, for [`Io::window_room`]: those in the publish queue or
+    /// staged; with a spool backlog, more than any window.
+    fn waiting(&self) -> usize {
+        if self.sp.as_deref().is_some_and(|sp| sp.has_backlog()) {
+            usize::MAX
+        } else {
+            self.sh.ctr.queued.load(Relaxed) as usize
+        }
     }
 
     /// Queued QoS 1/2 messages may enter the session now ([`Io::window_room`]). While they wait for more
@@ -150,8 +155,7 @@ impl Io {
     ///
     /// [`Conn::ack_now`]: crate::transport::Conn::ack_now
     fn window_open(&self) -> bool {
-        let backlog = self.sp.as_deref().is_some_and(|sp| sp.has_backlog());
-        let open = self.window_room(if backlog { usize::MAX } else { self.queued() }) > 0;
+        let open = self.window_room(self.waiting()) > 0;
         if !open {
             if let Some(c) = self.link.conn.as_ref() {
                 c.ack_now();
@@ -223,13 +227,8 @@ impl Io {
         if live_empty {
             self.tx.staged.clear();
         }
-        let backlog = self
-            .sp
-            .as_deref()
-            .is_some_and(|sp| sp.backlog_ready(now, &self.timers));
-        let pending = if backlog { usize::MAX } else { self.queued() };
         let mut reliable = self
-            .window_room(pending)
+            .window_room(self.waiting())
             .min(self.delivered_room(QoS::AtLeastOnce));
         let mut fire = self.delivered_room(QoS::AtMostOnce);
         if let Some(sp) = self.sp.as_deref_mut() {
