@@ -567,6 +567,17 @@ fn check_reports_tls_and_connack() {
     }
     // TLS 1.2 when asked for... by the broker? We only set the minimum; 1.3 still wins. ALPN not set.
     assert!(out.contains("ALPN: none"), "{out}");
+    // The cipher order and why: this CPU's AES support (x86_64 machines have AES-NI and PCLMULQDQ).
+    assert!(out.contains("cipher order offered: "), "{out}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq")
+    {
+        assert!(
+            out.contains("cipher order offered: AES-GCM first: this CPU has AES-NI"),
+            "{out}"
+        );
+    }
 
     // The wrong CA: unknown issuer, and the advice names --cafile.
     let (code, out) = run(&["-L", &tls, "--cafile", b.certs.other_ca.to_str().unwrap()]);
@@ -920,6 +931,10 @@ fn check_with_tls12_cipher_suites() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("TLS version: TLSv1.2"), "{out}");
     assert!(out.contains(&format!("cipher suite: {suite}")), "{out}");
+    assert!(
+        out.contains("cipher order offered: as enabledCipherSuites (--ciphers) gives them"),
+        "{out}"
+    );
     // A suite name rustls does not know: a configuration error that names it, before any connection.
     let o = qmqtt_run(
         &["check", "-L", &url, "--cafile", ca, "--ciphers", "RC4-MD5"],

@@ -587,3 +587,39 @@ fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
     );
     p.stall(false);
 }
+
+#[test]
+fn the_window_is_refilled_in_batches_and_a_lone_message_leaves_at_once() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "batches");
+    k.max_inflight = 10;
+    let c = connect(k);
+    b.freeze();
+    let wait_sent = |n: u64| {
+        let end = Instant::now() + slow(t());
+        while c.stats().sent < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        c.stats().sent
+    };
+    // While all that is queued fits in the window, each message leaves without waiting for an
+    // acknowledgement, even with more than half the window in flight.
+    for i in 1..=8u64 {
+        c.publish("wb/x", b"m", QoS::AtLeastOnce, false).unwrap();
+        assert_eq!(wait_sent(i), i);
+    }
+    // Three at once do not fit in the 2 free slots: they wait until at most half the window is in flight,
+    // then go together.
+    let mut toks = Vec::new();
+    let three: [(&str, &[u8]); 3] = [("wb/x", b"a"), ("wb/x", b"b"), ("wb/x", b"c")];
+    c.publish_batch(three, QoS::AtLeastOnce, false, &mut toks)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let st = c.stats();
+    assert_eq!((st.sent, st.inflight, st.queued), (8, 8, 3), "{st:?}");
+    b.thaw();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, slow(t()), |s| s.delivered.len() == 11));
+    let st = c.stats();
+    assert_eq!((st.sent, st.acked, st.inflight), (11, 11, 0), "{st:?}");
+}

@@ -269,10 +269,10 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
         cfg.queue_bytes = 256 << 10;
         cfg.event_queue_bytes = 64 << 10;
     }
-    let qos = if job.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+    let qos = match job.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     };
     let mut c = Client::connect(cfg).map_err(|e| format!("qmqtt connect: {e}"))?;
     c.wait_connected(Duration::from_secs(10))

@@ -39,6 +39,7 @@ use std::path::PathBuf;
 use crate::error::{ConfigError, Key};
 use crate::secret::Secret;
 
+mod cipher;
 mod conn;
 pub mod der;
 mod http;
@@ -47,6 +48,7 @@ pub mod proxy;
 mod tls;
 pub mod ws;
 
+pub use cipher::{suite_order, CpuAes, SuiteOrder};
 pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config, TlsFiles};
 

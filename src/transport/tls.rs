@@ -59,7 +59,7 @@ const OPENSSL_NAMES: &[(&str, &str)] = &[
     ),
 ];
 
-fn suite_name(s: &SupportedCipherSuite) -> &'static str {
+pub(super) fn suite_name(s: &SupportedCipherSuite) -> &'static str {
     s.suite().as_str().unwrap_or("unknown")
 }
 
@@ -94,7 +94,7 @@ pub fn supported_cipher_suites() -> Vec<&'static str> {
         .collect()
 }
 
-fn select_suites(
+pub(super) fn select_suites(
     all: &[SupportedCipherSuite],
     wanted: &[String],
 ) -> Result<Vec<SupportedCipherSuite>, ConfigError> {
@@ -183,6 +183,8 @@ pub fn tls_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ConfigError> {
     if !opts.cipher_suites.is_empty() {
         provider.cipher_suites = select_suites(&provider.cipher_suites, &opts.cipher_suites)?;
     }
+    let order = super::cipher::suite_order(opts, super::cipher::CpuAes::detect());
+    super::cipher::order_suites(&mut provider.cipher_suites, &order);
     let provider = Arc::new(provider);
     let versions: &[&'static rustls::SupportedProtocolVersion] = match opts.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],

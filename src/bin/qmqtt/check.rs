@@ -263,7 +263,7 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                         ep.port,
                         conn.peer()
                     );
-                    print_tls(&info);
+                    print_tls(&info, &tls_opts);
                 }
                 None => outln!(
                     "  TCP: connected to {}:{} ({}) in {ms:.1} ms (plain, no TLS)",
@@ -371,9 +371,13 @@ fn print_connack(i: &ServerInfo) {
 }
 
 /// Print version, suite, ALPN and the broker's chain.
-fn print_tls(info: &TlsInfo) {
+fn print_tls(info: &TlsInfo, opts: &qmqtt::transport::TlsOptions) {
     outln!("  TLS version: {}", pretty_version(&info.version));
     outln!("  cipher suite: {}", info.cipher_suite);
+    outln!(
+        "  cipher order offered: {}",
+        qmqtt::transport::suite_order(opts, qmqtt::transport::CpuAes::detect())
+    );
     match &info.alpn {
         Some(p) => outln!("  ALPN: {}", String::from_utf8_lossy(p)),
         None => outln!("  ALPN: none negotiated"),

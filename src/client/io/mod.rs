@@ -14,8 +14,9 @@
 //!   queue from here.
 //! - [`tx`] — the send side: as many queued messages as the window, the event queue's room (for their
 //!   Delivered events) and the socket allow, encoded into one buffer handed to the transport in one write
-//!   (many messages per TLS record and per syscall); `linger`; the publish queue's `io_waiting` handshake
-//!   (publishers wake the thread only when it sleeps on an empty queue).
+//!   (many messages per TLS record and per syscall); the QoS 1/2 window refilled in batches; `linger`; the
+//!   publish queue's `io_waiting` handshake (publishers wake the thread only when it sleeps on an empty
+//!   queue).
 //! - [`spool`] — with `Config::spool`, [`SpoolSide`](spool::SpoolSide): spilling what cannot be sent,
 //!   feeding the backlog, acknowledgements, flushes, the spool's stats (the client module's
 //!   "Store-and-forward" section).

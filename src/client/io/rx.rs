@@ -120,6 +120,10 @@ impl Io {
             if !self.feed(now) {
                 return;
             }
+            if self.link.conn.as_ref().is_some_and(|c| c.drained()) {
+                // Nothing more until the next readiness event: no read that would find nothing.
+                break;
+            }
         }
         if !self.link.attached && self.link.conn.as_ref().is_some_and(|c| c.is_established()) {
             self.attach(now);

@@ -3,6 +3,11 @@
 //! the queue as the [`DrainScheduler`](crate::spool::DrainScheduler) splits the room — and hand the encoded
 //! bytes to the transport in one write.
 //!
+//! QoS 1/2 messages enter the session in batches ([`Io::window_room`]): once the window has been full, it is
+//! refilled when at most half of it is in flight (or when all that is queued fits), so that under load each
+//! refill is half a window of PUBLISH packets in one write and one TLS record, not one message per
+//! acknowledgement; while the window has more room than that, a message leaves at once.
+//!
 //! Before sleeping the thread marks the publish queue `io_waiting` if the queue is empty, so the first
 //! publish wakes it; while it is busy, or blocked by a full window, publishers make no syscall. With
 //! `linger`, an active stream is collected every `linger` instead.
@@ -90,6 +95,7 @@ impl Io {
             return false;
         }
         let now = Instant::now();
+        let mut queued = false;
         let front = if let Some(h) = self.sp.as_deref().and_then(|sp| sp.front()) {
             Some(h)
         } else if self
@@ -97,7 +103,8 @@ impl Io {
             .as_deref()
             .is_some_and(|sp| sp.backlog_ready(now, &self.timers))
         {
-            return self.session.can_publish(QoS::AtLeastOnce)
+            return self.window_open()
+                && self.session.can_publish(QoS::AtLeastOnce)
                 && self.delivered_room(QoS::AtLeastOnce) > 0;
         } else if self.sp.as_deref().is_some_and(|sp| sp.live_waits()) {
             // Strict order: queued messages wait for the backlog (which waits for a retry).
@@ -111,6 +118,7 @@ impl Io {
                 !linger.is_zero() && self.tx.last_take.is_some_and(|t| t.elapsed() < window);
             let mut q = lock(&self.sh.pubq);
             let f = q.front();
+            queued = true;
             if f.is_none() {
                 // While a stream is active with `linger`, come back after `linger` instead of having every
                 // burst wake us.
@@ -123,7 +131,49 @@ impl Io {
         };
         match front {
             None => false,
-            Some(h) => self.session.can_publish(h.qos) && self.delivered_room(h.qos) > 0,
+            Some(h) => {
+                self.session.can_publish(h.qos)
+                    && (!queued || h.qos == QoS::AtMostOnce || self.window_open())
+                    && self.delivered_room(h.qos) > 0
+            }
+        }
+    }
+
+    /// QoS 1/2 messages waiting to enter the session, for [`Io::window_room`]: those in the publish queue or
+    /// staged; with a spool backlog, more than any window.
+    fn waiting(&self) -> usize {
+        if self.sp.as_deref().is_some_and(|sp| sp.has_backlog()) {
+            usize::MAX
+        } else {
+            self.sh.ctr.queued.load(Relaxed) as usize
+        }
+    }
+
+    /// Queued QoS 1/2 messages may enter the session now ([`Io::window_room`]). While they wait for more
+    /// acknowledgements, the ones received are acknowledged at once ([`Conn::ack_now`]): a broker with Nagle's
+    /// algorithm would otherwise hold the next ones back until the delayed-ACK timeout.
+    ///
+    /// [`Conn::ack_now`]: crate::transport::Conn::ack_now
+    fn window_open(&self) -> bool {
+        let open = self.window_room(self.waiting()) > 0;
+        if !open {
+            if let Some(c) = self.link.conn.as_ref() {
+                c.ack_now();
+            }
+        }
+        open
+    }
+
+    /// How many QoS 1/2 messages may enter the session now, `pending` being how many wait: the whole free
+    /// window when at most half of it is in flight or when all `pending` fit, else none (the window is
+    /// refilled in batches, not one message per acknowledgement; see the module docs).
+    pub(super) fn window_room(&self, pending: usize) -> usize {
+        let free = self.session.inflight_free();
+        let window = free + self.session.inflight();
+        if free >= window - window / 2 || pending <= free {
+            free
+        } else {
+            0
         }
     }
 
@@ -178,8 +228,7 @@ impl Io {
             self.tx.staged.clear();
         }
         let mut reliable = self
-            .session
-            .inflight_free()
+            .window_room(self.waiting())
             .min(self.delivered_room(QoS::AtLeastOnce));
         let mut fire = self.delivered_room(QoS::AtMostOnce);
         if let Some(sp) = self.sp.as_deref_mut() {
