@@ -131,6 +131,9 @@ pub enum Timeout {
     ConnAck,
     /// No PINGRESP within the response timeout.
     PingResp,
+    /// The broker took none of the `unsent` bytes owed to it (acknowledgements beyond
+    /// `Config::max_unsent_bytes`, so the client stopped reading) for `limit` (the keep-alive).
+    Unread { unsent: usize, limit: Duration },
 }
 
 /// How the broker broke the protocol.
@@ -694,6 +697,12 @@ impl fmt::Display for Error {
                 f,
                 "no MQTT connection to {host}:{port} within the connect timeout ({limit:?}); is the broker up \
                  and reachable? (raise connectTimeout for slow links)"
+            ),
+            Error::Timeout(Timeout::Unread { unsent, limit }) => write!(
+                f,
+                "timeout: the broker read nothing for {limit:?} (the keep-alive) while {unsent} bytes owed to \
+                 it waited unsent: it sends but does not read (a stalled or misbehaving broker); the \
+                 connection is dropped and made again"
             ),
             Error::Timeout(t) => write!(
                 f,

@@ -146,6 +146,13 @@ pub struct Config {
     /// the connection. Default 1 MiB. MQTT 5 sends it to the broker (Maximum Packet Size), which then does
     /// not send bigger ones.
     pub max_packet_size: usize,
+    /// Bytes owed to the broker (acknowledgements of what it sends, PINGREQ, …) held unsent at most: beyond
+    /// this the client stops reading from the broker until the socket takes them (every PUBLISH and PUBREL
+    /// read adds an acknowledgement, so a broker that sends but does not read would otherwise grow this
+    /// buffer without bound), and drops the connection with [`Timeout::Unread`](crate::error::Timeout) when
+    /// the broker takes nothing for the keep-alive. Queued messages stop being encoded earlier (at 256 KiB
+    /// unsent). Default 1 MiB; 0 reads only when everything owed is out.
+    pub max_unsent_bytes: usize,
     /// MQTT 5 settings: session expiry, receive maximum, topic aliases, CONNECT's user properties (errors
     /// under MQTT 3.1.1 unless left at their defaults).
     pub mqtt5: Mqtt5Config,
@@ -194,6 +201,7 @@ impl std::fmt::Debug for Config {
             .field("full_policy", &self.full_policy)
             .field("event_queue_bytes", &self.event_queue_bytes)
             .field("max_packet_size", &self.max_packet_size)
+            .field("max_unsent_bytes", &self.max_unsent_bytes)
             .field("mqtt5", &self.mqtt5)
             .field("reconnect", &self.reconnect)
             .field("backoff_min", &self.backoff_min)
@@ -226,6 +234,7 @@ impl Config {
             full_policy: FullPolicy::Error,
             event_queue_bytes: 4 << 20,
             max_packet_size: 1 << 20,
+            max_unsent_bytes: 1 << 20,
             mqtt5: Mqtt5Config::default(),
             reconnect: true,
             backoff_min: Duration::from_secs(1),
@@ -652,6 +661,7 @@ impl Client {
             qos0_events: cfg.qos0_delivery_events,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
+            max_unsent: cfg.max_unsent_bytes,
         };
         crate::session::Session::check_config(&params.session).map_err(ClientError::Config)?;
         let thread = io::start(sh.clone(), poll, params, spool).map_err(sys(Doing::StartThread))?;

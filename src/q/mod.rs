@@ -165,7 +165,7 @@ fn connect_error(e: &Error) -> QErr {
         Error::Tcp { attempts, .. } if attempts.iter().any(|a| a.cause.kind() == TimedOut) => {
             c"timeout"
         }
-        Error::Timeout(Timeout::ConnAck | Timeout::PingResp) => c"timeout",
+        Error::Timeout(Timeout::ConnAck | Timeout::PingResp | Timeout::Unread { .. }) => c"timeout",
         // KX (paho) says 'Failure when the connect timeout passes, as for the rest.
         Error::Timeout(Timeout::Connect { .. })
         | Error::Config(_)

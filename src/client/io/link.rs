@@ -213,6 +213,7 @@ impl Io {
             }
         }
         self.timers.stop(Timer::Connect);
+        self.timers.stop(Timer::Unread);
         self.rx.reset(now, &self.sh);
         self.sh.ctr.connected.store(false, Relaxed);
         self.tx.stalled = false;

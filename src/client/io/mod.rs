@@ -11,6 +11,9 @@
 //!   room for what it produces; otherwise the rest stays unfed, the socket unread (TCP flow control holds
 //!   the broker back), and the owner's next drain wakes the thread. The session's events go to the event
 //!   queue from here.
+//!   It also stops reading while more than `max_unsent_bytes` owed to the broker wait unsent (each PUBLISH
+//!   and PUBREL read owes an acknowledgement), and drops a connection whose broker reads nothing for the
+//!   keep-alive meanwhile.
 //! - [`tx`] — the send side: as many queued messages as the window, the event queue's room (for their
 //!   Delivered events) and the socket allow, encoded into one buffer handed to the transport in one write
 //!   (many messages per TLS record and per syscall); `linger`; the publish queue's `io_waiting` handshake
@@ -62,6 +65,8 @@ pub(crate) struct Params {
     pub qos0_events: bool,
     pub linger: Duration,
     pub batch_scheduling: bool,
+    /// `Config::max_unsent_bytes`.
+    pub max_unsent: usize,
 }
 
 /// Build the driver on the caller's thread (the spool's counters are in the stats when this returns) and
@@ -144,7 +149,10 @@ impl Io {
                     self.lost(now, e);
                 }
             }
-            if self.rx.read_more || self.rx_room() {
+            if self.timers.take_expired(Timer::Unread, now) {
+                self.unread_expired(now);
+            }
+            if self.rx.read_more || self.rx_room() || self.unsent_room() {
                 self.rx.read_more = false;
                 self.on_socket(now);
             }
@@ -165,7 +173,8 @@ impl Io {
             if self.link.dead || (self.timers.is_set(Timer::Stop) && self.should_stop(now)) {
                 break;
             }
-            let busy = self.rx.read_more || self.can_send_more() || self.rx_room();
+            let busy =
+                self.rx.read_more || self.can_send_more() || self.rx_room() || self.unsent_room();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {
