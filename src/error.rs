@@ -352,6 +352,8 @@ pub enum Fault {
     Unsupported,
     /// What it names is in use (a spool directory another client owns).
     Locked,
+    /// The memory it asks for is more than the machine has, or than the allocator gives.
+    TooLarge,
 }
 
 /// A configuration that cannot work: the setting, what is wrong with it, and the sentence saying so and

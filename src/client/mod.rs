@@ -131,7 +131,9 @@ pub struct Config {
     pub will: Option<Will>,
     /// TLS options, used when the URI scheme is `ssl://` / `mqtts://`.
     pub tls: TlsOptions,
-    /// Publish queue bound in bytes (topic + payload + a small header per message). Default 4 MiB.
+    /// Publish queue bound in bytes (topic + payload + a small header per message). Default 4 MiB. Allocated
+    /// at connect (pages touched on use): at most the machine's physical memory, more (or what the allocator
+    /// refuses) is a [`ConfigError`] with [`Fault::TooLarge`]; the same for `event_queue_bytes`.
     pub queue_bytes: usize,
     /// Publish queue bound in messages. Default 100 000.
     pub queue_messages: usize,
@@ -566,6 +568,19 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
     Ok((ep, tls))
 }
 
+/// A queue of `bytes` (the `key` setting, named `name`) cannot be allocated.
+fn too_large(key: Key, name: &str, bytes: usize) -> ClientError {
+    ClientError::Config(ConfigError::new(
+        key,
+        Fault::TooLarge,
+        format!(
+            "{name} {bytes}: more memory than this machine can give (at most its physical memory, {} \
+             bytes; the default is 4 MiB)",
+            ring::physical_memory()
+        ),
+    ))
+}
+
 /// A connection: the handle to its I/O thread.
 pub struct Client {
     sh: Arc<Shared>,
@@ -609,14 +624,21 @@ impl Client {
         // Control reserve: a Delivered record per possible in-flight message (twice, for resends), plus room
         // for connection events.
         let reserve = 2 * cfg.max_inflight as usize * events::EV_HDR + (64 << 10);
-        let evq = events::EventQueue::new(cfg.event_queue_bytes, reserve)
-            .map_err(sys(Doing::CreateEventQueue))?;
+        let evq = events::EventQueue::new(cfg.event_queue_bytes, reserve).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                too_large(
+                    Key::EventQueueBytes,
+                    "event_queue_bytes",
+                    cfg.event_queue_bytes,
+                )
+            } else {
+                sys(Doing::CreateEventQueue)(e)
+            }
+        })?;
+        let pubq = queue::PubQueue::new(cfg.queue_bytes, cfg.queue_messages, cfg.full_policy)
+            .ok_or_else(|| too_large(Key::QueueBytes, "queue_bytes", cfg.queue_bytes))?;
         let sh = Arc::new(Shared {
-            pubq: Mutex::new(queue::PubQueue::new(
-                cfg.queue_bytes,
-                cfg.queue_messages,
-                cfg.full_policy,
-            )),
+            pubq: Mutex::new(pubq),
             waker,
             cmds: Mutex::new(Vec::new()),
             events: evq,

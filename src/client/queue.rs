@@ -108,9 +108,14 @@ pub(crate) struct PubQueue {
 }
 
 impl PubQueue {
-    pub(crate) fn new(queue_bytes: usize, queue_messages: usize, policy: FullPolicy) -> PubQueue {
-        PubQueue {
-            ring: ByteRing::new(queue_bytes),
+    /// `None` when `queue_bytes` cannot be allocated (see [`ByteRing::new`]).
+    pub(crate) fn new(
+        queue_bytes: usize,
+        queue_messages: usize,
+        policy: FullPolicy,
+    ) -> Option<PubQueue> {
+        Some(PubQueue {
+            ring: ByteRing::new(queue_bytes)?,
             max_messages: queue_messages,
             policy,
             next_token: 1,
@@ -119,7 +124,7 @@ impl PubQueue {
             spill_watch: false,
             hw_bytes: queue_bytes - queue_bytes / 4,
             hw_messages: (queue_messages - queue_messages / 4).max(1),
-        }
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -285,7 +290,7 @@ mod tests {
     use super::*;
 
     fn q(bytes: usize, msgs: usize, p: FullPolicy) -> (PubQueue, Counters) {
-        (PubQueue::new(bytes, msgs, p), Counters::default())
+        (PubQueue::new(bytes, msgs, p).unwrap(), Counters::default())
     }
 
     #[test]

@@ -246,6 +246,7 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::KeepAlive, _) => c"keepAliveInterval invalid",
         (Key::Will, _) => c"lastWillTopic invalid",
         (Key::MaxInflight, _) => c"maxInflightMessages invalid",
+        (Key::QueueBytes | Key::EventQueueBytes, Fault::TooLarge) => c"queueBytes too large",
         (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
         (Key::TopicFilter, _) => c"topic",
         (

@@ -237,3 +237,14 @@ def test_uri_passwords_never_shown(q, broker, capfd):
         q.call("loglevel", S("warn"))
     logs = capfd.readouterr().err
     assert "gw1:***@" in logs and "hunter2" not in logs, logs
+
+
+def test_huge_sizes_are_errors_not_aborts(q):
+    """A publish queue larger than the machine's memory (`queueBytes 0W`, 1 PiB) is refused with
+    'queueBytes too large' instead of an allocation failure that would abort q; q carries on. A huge
+    `queueMessages` allocates nothing (it is a count): accepted."""
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    for n in [2**63 - 1, 1 << 50]:
+        assert conn_error(q, closed, {S("queueBytes"): n}) == "queueBytes too large", n
+        assert f"queue_bytes {n}: more memory than this machine can give" in last_error(q), n
+    assert conn_error(q, closed, {S("queueMessages"): 2**63 - 1}) == "Failure"

@@ -155,6 +155,11 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
             "-t '{topic}': a topic to publish to must be non-empty, without + or #"
         )));
     }
+    if let Some(n) = size.filter(|&n| n > MAX_MESSAGE) {
+        return Err(a.err(format!(
+            "--size {n}: larger than the largest MQTT message ({MAX_MESSAGE} bytes)"
+        )));
+    }
     let source =
         match (source, size) {
             (Some(s), _) => s,
