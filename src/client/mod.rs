@@ -788,11 +788,13 @@ impl Client {
         Ok(())
     }
 
-    /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`; on an error the
-    /// messages before it stay queued.
+    /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`. All or nothing:
+    /// every topic and size is checked, and (with [`FullPolicy::Error`]) room for the whole batch, before
+    /// any message is queued — on an error nothing was queued and `tokens` is unchanged, so the caller can
+    /// retry the whole batch without duplicating a prefix. (The drop policies take every message.)
     pub fn publish_batch<'a>(
         &self,
-        msgs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        msgs: impl IntoIterator<Item = (&'a str, &'a [u8]), IntoIter: Clone>,
         qos: QoS,
         retain: bool,
         tokens: &mut Vec<Token>,
@@ -803,7 +805,7 @@ impl Client {
     /// [`Client::publish_batch`], every message with the same MQTT 5 properties.
     pub fn publish_batch_with<'a>(
         &self,
-        msgs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        msgs: impl IntoIterator<Item = (&'a str, &'a [u8]), IntoIter: Clone>,
         qos: QoS,
         retain: bool,
         properties: Properties<'_>,
@@ -811,19 +813,19 @@ impl Client {
     ) -> Result<(), PublishError> {
         self.check_properties(properties)?;
         let props = properties.as_bytes();
+        let msgs = msgs.into_iter();
         let (r, wake) = {
             let mut q = lock(&self.sh.pubq);
-            let mut r = Ok(());
-            for (topic, payload) in msgs {
-                if !valid_topic(topic) {
-                    r = Err(PublishError::TopicInvalid);
-                    break;
-                }
-                match q.push_with(topic, props, payload, qos, retain, &self.sh.ctr) {
-                    Ok(t) => tokens.push(t),
-                    Err(e) => {
-                        r = Err(e);
-                        break;
+            let mut r = Self::check_batch(&mut q, msgs.clone(), props, &self.sh.ctr);
+            if r.is_ok() {
+                for (topic, payload) in msgs {
+                    // Each fits after the check (the queue stays locked): no error mid-batch.
+                    match q.push_with(topic, props, payload, qos, retain, &self.sh.ctr) {
+                        Ok(t) => tokens.push(t),
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
                     }
                 }
             }
@@ -834,6 +836,24 @@ impl Client {
             let _ = self.sh.waker.wake();
         }
         r
+    }
+
+    /// Every topic and size of a batch, then room for all of it (see [`Client::publish_batch`]).
+    fn check_batch<'a>(
+        q: &mut queue::PubQueue,
+        msgs: impl Iterator<Item = (&'a str, &'a [u8])>,
+        props: &[u8],
+        ctr: &Counters,
+    ) -> Result<(), PublishError> {
+        let (mut need, mut count) = (0usize, 0usize);
+        for (topic, payload) in msgs {
+            if !valid_topic(topic) {
+                return Err(PublishError::TopicInvalid);
+            }
+            need = need.saturating_add(q.record_len(topic, props, payload)?.0);
+            count += 1;
+        }
+        q.check_batch(need, count, ctr)
     }
 
     fn command(&self, c: Cmd) -> Result<(), ClientError> {

@@ -731,17 +731,9 @@ fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, Q
     let res = with_client(handle, |c| {
         let msgs =
             (0..n).filter_map(|i| Some((topic_of(&topics, i).ok()?, payload_of(list, i).ok()?)));
+        // All or nothing: on an error none of the batch was queued (q may retry it whole).
         c.publish_batch(msgs, qos, retain, &mut tokens)
-            .map_err(|e| {
-                if !tokens.is_empty() {
-                    warn!(
-                        "pubbatch: {} of {n} messages queued before '{}'",
-                        tokens.len(),
-                        publish_error(&e).to_string_lossy()
-                    );
-                }
-                publish_error(&e)
-            })
+            .map_err(|e| publish_error(&e))
     });
     let out = res.map(|()| k::kjs(&tokens));
     TOKENS.with(|t| *t.borrow_mut() = tokens);
