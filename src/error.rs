@@ -332,6 +332,14 @@ pub enum Key {
     PrivateKeyPassword,
     /// The TLS server name (SNI).
     ServerName,
+    /// The ALPN protocols.
+    Alpn,
+    /// The lowest TLS version.
+    TlsVersion,
+    /// Whether the broker's certificate is verified.
+    VerifyCertificate,
+    /// Whether the broker's host name is checked against its certificate.
+    VerifyHostname,
     /// The HTTP proxy for plain brokers (`httpProxy`, `$http_proxy`).
     HttpProxy,
     /// The HTTP proxy for TLS brokers (`httpsProxy`, `$https_proxy`).
@@ -354,6 +362,8 @@ pub enum Fault {
     Locked,
     /// The memory it asks for is more than the machine has, or than the allocator gives.
     TooLarge,
+    /// It is a TLS setting and the broker's address is not a TLS one.
+    NeedsTls,
 }
 
 /// A configuration that cannot work: the setting, what is wrong with it, and the sentence saying so and

@@ -560,12 +560,67 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
         }
     }
     let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
+    if !ep.scheme.tls() {
+        if let Some((key, name)) = tls_setting(&cfg.tls) {
+            // Credentials would travel in clear text while the user believes in TLS.
+            return Err(ConfigError::new(
+                key,
+                Fault::NeedsTls,
+                format!(
+                    "{name} is a TLS setting but {} is not a TLS address: use ssl:// or mqtts:// \
+                     (wss:// over WebSocket) for it to apply, or leave it out",
+                    crate::transport::redacted_uri(&cfg.uri)
+                ),
+            ));
+        }
+    }
     let tls = if ep.scheme.tls() {
         Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
     } else {
         None
     };
     Ok((ep, tls))
+}
+
+/// The first TLS setting that differs from its default, with its names (q option, `qmqtt` flag).
+fn tls_setting(t: &TlsOptions) -> Option<(Key, &'static str)> {
+    let d = TlsOptions::default();
+    [
+        (t.ca_file.is_some(), Key::CaFile, "trustStore (--cafile)"),
+        (t.ca_dir.is_some(), Key::CaDir, "CApath (--capath)"),
+        (t.cert_file.is_some(), Key::ClientCert, "keyStore (--cert)"),
+        (t.key_file.is_some(), Key::PrivateKey, "privateKey (--key)"),
+        (
+            t.key_password.is_some(),
+            Key::PrivateKeyPassword,
+            "privateKeyPassword (--keypass)",
+        ),
+        (t.server_name.is_some(), Key::ServerName, "sni (--sni)"),
+        (!t.alpn.is_empty(), Key::Alpn, "alpn (--alpn)"),
+        (
+            t.min_version != d.min_version,
+            Key::TlsVersion,
+            "sslVersion (--tls-version)",
+        ),
+        (
+            !t.cipher_suites.is_empty(),
+            Key::CipherSuites,
+            "enabledCipherSuites (--ciphers)",
+        ),
+        (
+            !t.verify_certificate,
+            Key::VerifyCertificate,
+            "enableServerCertAuth",
+        ),
+        (
+            !t.verify_hostname,
+            Key::VerifyHostname,
+            "verify (--insecure)",
+        ),
+    ]
+    .into_iter()
+    .find(|s| s.0)
+    .map(|(_, k, n)| (k, n))
 }
 
 /// A queue of `bytes` (the `key` setting, named `name`) cannot be allocated.

@@ -216,8 +216,25 @@ fn tls_error(t: &TlsError) -> QErr {
 }
 
 /// The q error for a configuration the engine refused (the q layer checked types and file presence already).
-fn config_error(c: &ConfigError) -> QErr {
+pub(super) fn config_error(c: &ConfigError) -> QErr {
     match (c.key, c.fault) {
+        (Key::CaFile, Fault::NeedsTls) => c"trustStore needs an ssl:// or mqtts:// address",
+        (Key::CaDir, Fault::NeedsTls) => c"CApath needs an ssl:// or mqtts:// address",
+        (Key::ClientCert, Fault::NeedsTls) => c"keyStore needs an ssl:// or mqtts:// address",
+        (Key::PrivateKey, Fault::NeedsTls) => c"privateKey needs an ssl:// or mqtts:// address",
+        (Key::PrivateKeyPassword, Fault::NeedsTls) => {
+            c"privateKeyPassword needs an ssl:// or mqtts:// address"
+        }
+        (Key::ServerName, Fault::NeedsTls) => c"sni needs an ssl:// or mqtts:// address",
+        (Key::Alpn, Fault::NeedsTls) => c"alpn needs an ssl:// or mqtts:// address",
+        (Key::TlsVersion, Fault::NeedsTls) => c"sslVersion needs an ssl:// or mqtts:// address",
+        (Key::CipherSuites, Fault::NeedsTls) => {
+            c"enabledCipherSuites needs an ssl:// or mqtts:// address"
+        }
+        (Key::VerifyCertificate, Fault::NeedsTls) => {
+            c"enableServerCertAuth needs an ssl:// or mqtts:// address"
+        }
+        (Key::VerifyHostname, Fault::NeedsTls) => c"verify needs an ssl:// or mqtts:// address",
         (Key::Spool, Fault::Locked) => c"spool locked",
         (Key::Spool, _) => c"spoolDir invalid",
         (Key::UriScheme, _) => c"Invalid protocol scheme",
@@ -240,6 +257,9 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::CaDir, _) => c"CApath invalid",
         (Key::CaFile, _) => c"trustStore invalid",
         (Key::ServerName, _) => c"sni invalid",
+        (Key::Alpn, _) => c"alpn invalid",
+        (Key::TlsVersion, _) => c"sslVersion invalid",
+        (Key::VerifyCertificate | Key::VerifyHostname, _) => c"options",
         (Key::HttpProxy, _) => c"httpProxy invalid",
         (Key::HttpsProxy, _) => c"httpsProxy invalid",
         (Key::ClientId, _) => c"client invalid",

@@ -248,3 +248,15 @@ def test_huge_sizes_are_errors_not_aborts(q):
         assert conn_error(q, closed, {S("queueBytes"): n}) == "queueBytes too large", n
         assert f"queue_bytes {n}: more memory than this machine can give" in last_error(q), n
     assert conn_error(q, closed, {S("queueMessages"): 2**63 - 1}) == "Failure"
+
+
+def test_tls_options_on_a_plain_address_fail(q):
+    """A TLS option on a tcp:// or mqtt:// address fails `conn` naming the option and the schemes to use
+    (it used to be a warning: credentials then went in clear text) — also at its default value."""
+    closed = free_port()
+    for uri, opts, want in [
+            (f"tcp://127.0.0.1:{closed}", {S("trustStore"): S("/nonexistent/ca.pem")}, "trustStore"),
+            (f"mqtt://127.0.0.1:{closed}", {S("verify"): 1}, "verify"),
+            (f"tcp://127.0.0.1:{closed}", {S("sslVersion"): 4}, "sslVersion"),
+            (f"tcp://127.0.0.1:{closed}", {S("privateKeyPassword"): S("pw")}, "privateKeyPassword")]:
+        assert conn_error(q, uri, opts) == f"{want} needs an ssl:// or mqtts:// address", (uri, opts)
