@@ -676,6 +676,7 @@ impl Client {
         };
         let poll = mio::Poll::new().map_err(sys(Doing::CreatePoller))?;
         let waker = mio::Waker::new(poll.registry(), io::WAKE).map_err(sys(Doing::CreateWaker))?;
+        let waker = Arc::new(waker);
         // Control reserve: a Delivered record per possible in-flight message (twice, for resends), plus room
         // for connection events.
         let reserve = 2 * cfg.max_inflight as usize * events::EV_HDR + (64 << 10);

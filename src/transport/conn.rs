@@ -192,6 +192,11 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// The addresses of `host` (`getaddrinfo`: blocks, and cannot be interrupted).
+pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
 fn attempt(addr: SocketAddr, e: io::Error) -> Attempt {
     Attempt {
         addr,
@@ -228,8 +233,8 @@ impl Conn {
             addr: c.proxy.to_string(),
             source: c.source,
         });
-        let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-            Ok(a) => a.collect(),
+        let addrs: Vec<SocketAddr> = match resolve(host, port) {
+            Ok(a) => a,
             Err(e) => {
                 return Err(match name {
                     Some(proxy) => Error::Proxy(ProxyError::Dns {
@@ -248,7 +253,28 @@ impl Conn {
                 return Err(Error::Proxy(ProxyError::Dns { proxy, cause: None }));
             }
         }
-        let mut c = match Conn::connect_addrs(&addrs, &ep.host, tls) {
+        Conn::start(ep, &addrs, proxy, name, tls)
+    }
+
+    /// As [`Conn::connect`], with the broker's addresses already resolved (e.g. by [`resolve`] on a thread
+    /// of its own, so that a stuck name lookup cannot hold the caller).
+    pub fn connect_resolved(
+        ep: &Endpoint,
+        addrs: &[SocketAddr],
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, Error> {
+        Conn::start(ep, addrs, None, None, tls)
+    }
+
+    /// Connect to `addrs` (the proxy's when `proxy` is given) and set up the hops.
+    fn start(
+        ep: &Endpoint,
+        addrs: &[SocketAddr],
+        proxy: Option<&Choice>,
+        name: Option<ProxyName>,
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, Error> {
+        let mut c = match Conn::connect_addrs(addrs, &ep.host, tls) {
             Ok(c) => c,
             Err(Error::Tcp { attempts, .. }) if name.is_some() => {
                 return Err(Error::Proxy(ProxyError::Tcp {

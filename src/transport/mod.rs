@@ -24,7 +24,8 @@
 //!
 //! How the driver uses it (one I/O thread, a `mio::Poll`):
 //! 1. `let cfg = tls_config(&opts)?` once per connection configuration (TLS only);
-//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking),
+//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking;
+//!    the client resolves with [`resolve`] on a thread of its own and uses [`Conn::connect_resolved`]),
 //!    then `conn.register(poll.registry(), token)` — with this registration a failed connect moves on to
 //!    the next resolved address by itself;
 //! 3. on WRITABLE call [`Conn::flush`]; on READABLE call [`Conn::read`] until it returns `Ok(0)` (for TLS it
@@ -45,7 +46,7 @@ pub mod proxy;
 mod tls;
 pub mod ws;
 
-pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
+pub use conn::{resolve, Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),

@@ -1,12 +1,18 @@
 //! The connection's life: connect, the CONNACK, loss, reconnect with exponential backoff and jitter, and the
 //! stop (DISCONNECT pushed out until the stop deadline); commands that wait for a connection.
 //!
+//! A host name is resolved on a thread of its own (`getaddrinfo` blocks and cannot be interrupted) which
+//! wakes the I/O thread with the addresses: the connect timeout covers the lookup, and a stuck lookup
+//! holds neither the connect timeout nor `disconnect` (the attempt, and with it the lookup's answer, is
+//! abandoned; the thread ends when `getaddrinfo` returns).
+//!
 //! A lost connection (transport error, protocol error, refusal, timeout) is reported once per loss as
 //! `ConnectionLost` (and for the very first attempt); with `reconnect` the next attempt is scheduled and
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
 //! messages and resends them on the next connection.
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::timer::Timer;
@@ -42,6 +48,8 @@ pub(super) struct Link {
     pub dead: bool,
     /// Socket writes of earlier connections.
     pub writes_base: u64,
+    /// The broker's host name being resolved on its own thread: its answer comes here.
+    pub resolving: Option<mpsc::Receiver<std::io::Result<Vec<SocketAddr>>>>,
 }
 
 impl Link {
@@ -60,6 +68,7 @@ impl Link {
             rng: (t ^ ((std::process::id() as u64) << 32) ^ (Arc::as_ptr(sh) as u64)) | 1,
             dead: false,
             writes_base: 0,
+            resolving: None,
         }
     }
 
@@ -126,8 +135,62 @@ impl Io {
             self.p.ep.port,
             self.link.attempt + 1
         );
+        // The timeout covers the name lookup too.
+        self.timers
+            .set(Timer::Connect, later(now, self.p.connect_timeout));
+        let (host, port) = (self.p.ep.host.clone(), self.p.ep.port);
+        if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+            return self.connect_to(now, None);
+        }
+        let (tx, rx) = mpsc::channel();
+        let waker = self.sh.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qmqtt-dns".into())
+            .spawn(move || {
+                if tx.send(crate::transport::resolve(&host, port)).is_ok() {
+                    let _ = waker.wake();
+                }
+            });
+        match spawned {
+            Ok(_) => self.link.resolving = Some(rx),
+            // No thread to spare: resolve here, as the transport does.
+            Err(_) => self.connect_to(now, None),
+        }
+    }
+
+    /// The name lookup answered: connect to the addresses (or report it). Nothing while it has not.
+    pub(super) fn resolved(&mut self, now: Instant) {
+        let Some(rx) = &self.link.resolving else {
+            return;
+        };
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Ok(Vec::new()),
+        };
+        self.link.resolving = None;
+        match r {
+            Ok(addrs) if addrs.is_empty() => {
+                let host = self.p.ep.host.clone();
+                self.lost(now, Error::Dns { host, cause: None })
+            }
+            Ok(addrs) => self.connect_to(now, Some(&addrs)),
+            Err(e) => {
+                let host = self.p.ep.host.clone();
+                let cause = Some(e.into());
+                self.lost(now, Error::Dns { host, cause })
+            }
+        }
+    }
+
+    /// Start the transport connection (to `addrs`, or resolving the host here when `None`).
+    fn connect_to(&mut self, now: Instant, addrs: Option<&[SocketAddr]>) {
         let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
-        match Conn::connect(&self.p.ep, tls) {
+        let r = match addrs {
+            Some(a) => Conn::connect_resolved(&self.p.ep, a, tls),
+            None => Conn::connect(&self.p.ep, tls),
+        };
+        match r {
             Ok(mut c) => {
                 if let Err(e) = c.register(self.poll.registry(), SOCK) {
                     let e = Error::System {
@@ -138,8 +201,6 @@ impl Io {
                     return;
                 }
                 self.link.conn = Some(c);
-                self.timers
-                    .set(Timer::Connect, later(now, self.p.connect_timeout));
                 // A loopback connect may already be complete.
                 self.on_socket(now);
             }
@@ -148,6 +209,15 @@ impl Io {
     }
 
     pub(super) fn connect_timed_out(&mut self, now: Instant) {
+        if self.link.resolving.is_some() {
+            let host = self.p.ep.host.clone();
+            let why = format!(
+                "no answer within the connect timeout ({:?})",
+                self.p.connect_timeout
+            );
+            let cause = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, why).into());
+            return self.lost(now, Error::Dns { host, cause });
+        }
         let e = Error::Timeout(Timeout::Connect {
             host: self.p.ep.host.clone(),
             port: self.p.ep.port,
@@ -212,6 +282,8 @@ impl Io {
                 l.attempt = 0;
             }
         }
+        // A lookup still running is abandoned (its thread ends when getaddrinfo returns).
+        l.resolving = None;
         self.timers.stop(Timer::Connect);
         self.timers.stop(Timer::Unread);
         self.rx.reset(now, &self.sh);

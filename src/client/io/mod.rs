@@ -140,6 +140,7 @@ impl Io {
             if self.timers.take_expired(Timer::Reconnect, now) {
                 self.start_connect(now);
             }
+            self.resolved(now);
             if self.timers.is_expired(Timer::Connect, now) {
                 self.connect_timed_out(now);
             }
