@@ -120,7 +120,10 @@ pub struct Config {
     pub password: Option<Vec<u8>>,
     /// KX `keepAliveInterval`, 60 s.
     pub keep_alive: Duration,
-    /// KX `cleansession`, true.
+    /// KX `cleansession`, true. With `false` across a restart of the process, packet identifiers start at
+    /// 1 again while the broker may still hold one for a QoS 2 message of the previous process awaiting
+    /// its PUBREL: mosquitto takes the new PUBLISH as a new message and delivers it; the old one, never
+    /// released, is not delivered (messages cross a restart in the spool, not in the broker's session).
     pub clean_session: bool,
     /// KX `connectTimeout`, 30 s: TCP + TLS + CONNACK.
     pub connect_timeout: Duration,
