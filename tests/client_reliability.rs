@@ -577,7 +577,20 @@ fn a_qos2_packet_id_held_from_a_previous_process_does_not_swallow_a_new_message(
     let id = b"pid-reuse";
     {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", b.tcp_port)).unwrap();
-        let mut connect = vec![0x10, 12 + id.len() as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60];
+        let mut connect = vec![
+            0x10,
+            12 + id.len() as u8,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            4,
+            0,
+            0,
+            60,
+        ];
         connect.extend([0, id.len() as u8]);
         connect.extend(id);
         s.write_all(&connect).unwrap();
