@@ -3,7 +3,7 @@
 #
 #   tar xzf qmqtt-<version>-<target>.tar.gz && ./qmqtt-<version>-<target>/install.sh
 #
-# Installs into $QHOME:  <platform>/mqttkdb.so   (platform: l64, l64arm or l32arm)
+# Installs into $QHOME:  <platform>/mqttkdb.so   (platform: l64, l64arm or l32arm; also as mqttkdb_ssl.so)
 #                        mqtt.q                  (the .mqtt namespace; loads the library with 2:)
 #                        qmqtt/examples/*        (example q scripts)
 #                        qmqtt/systemd/*         (qmqtt-telemetry.service, its env file, setup.sh)
@@ -126,6 +126,9 @@ put() { # put <mode> <source> <destination>
   echo "$3" >>"$new_manifest"
 }
 put 0755 "$here/$pkgplat/mqttkdb.so" "$QHOME/$pkgplat/mqttkdb.so"
+# KX ships TLS as a second library, mqttkdb_ssl, and tells TLS users to edit mqtt.q to load it: ours has TLS
+# built in, installed under that name too so that such an edited mqtt.q works unchanged.
+put 0755 "$here/$pkgplat/mqttkdb.so" "$QHOME/$pkgplat/mqttkdb_ssl.so"
 put 0644 "$here/q/mqtt.q" "$QHOME/mqtt.q"
 if [ -d "$here/q/examples" ]; then
   (cd "$here/q/examples" && find . -type f | sort) | while IFS= read -r f; do

@@ -6,8 +6,8 @@
 //! 2. [`session`] — the sans-I/O protocol state machine of one connection: fed received bytes, commands and
 //!    the current time; emits bytes to send, the next deadline and events. No sockets, threads or clocks.
 //! 3. [`transport`] — URIs, TCP and TLS (rustls with the ring provider), HTTP proxies, WebSockets: turns
-//!    options into a connected, non-blocking stream, and failures into [`Error`] values. Beside it, [`spool`] — the bounded,
-//!    crash-safe disk store-and-forward (no knowledge of sockets).
+//!    options into a connected, non-blocking stream, and failures into [`Error`] values. Beside it,
+//!    [`spool`] — the bounded, crash-safe disk store-and-forward (no knowledge of sockets).
 //! 4. [`client`] — the driver: one I/O thread per connection that owns the socket and the session, drains a
 //!    bounded publish queue into few large TLS writes, reconnects with backoff and hands events to the owner
 //!    through a bounded queue signalled on a file descriptor. [`Client`] is the Rust API.

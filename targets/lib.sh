@@ -79,7 +79,7 @@ qm_rustflags() {
 }
 
 # qm_env [zig|gnu]: export the environment for building/running this target (after qm_load_target).
-#   zig (default): cargo-zigbuild, target "$TRIPLE.$GLIBC_MAX", qemu root = bullseye runtime (.cache/sysroot)
+#   zig (default): cargo-zigbuild, target "$TRIPLE.$GLIBC_MAX", qemu root = bullseye runtime ($QM_CACHE/sysroot)
 #   gnu: plain cargo with Debian's cross gcc (glibc 2.36), qemu root = $GNU_ROOT. Dev only; never shipped.
 # Sets QM_TARGET_ARG and QM_RUNNER; then call qm_cargo.
 qm_env() {

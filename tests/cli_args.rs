@@ -45,7 +45,15 @@ fn help_exits_zero_and_lists_the_flags() {
         ),
         (
             "sub",
-            &["-C COUNT", "-W SECONDS", "-v", "-c", "27", "--cert"][..],
+            &[
+                "-C COUNT",
+                "-W SECONDS",
+                "-v",
+                "-c",
+                "27",
+                "--cert",
+                "--max-message-size BYTES",
+            ][..],
         ),
         ("check", &["-L mqtts://", "--cafile", "-u USER"][..]),
     ] {
@@ -118,6 +126,10 @@ fn errors_name_the_bad_flag() {
         (
             &["pub", "-t", "a", "--repeat", "1", "--size", "100000000000"],
             "--size 100000000000: larger than the largest MQTT message (268369919 bytes)",
+        ),
+        (
+            &["sub", "-t", "a", "--max-message-size", "10"],
+            "qmqtt sub: --max-message-size must be 1024 to 268435456 bytes (see qmqtt sub --help)",
         ),
         (&["pub", "stray"], "unexpected argument 'stray'"),
         (&["frob"], "qmqtt: unknown command 'frob'"),

@@ -312,17 +312,10 @@ fn check_failures() {
 #[test]
 fn pub_reports_a_lost_connection() {
     let mut b = Broker::start();
-    let mut child = common::qmqtt_cmd()
-        .args([
-            "pub",
-            "-L",
-            &format!("mqtt://127.0.0.1:{}/lines", b.tcp_port),
-            "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    use std::process::Stdio;
+    let uri = format!("mqtt://127.0.0.1:{}/lines", b.tcp_port);
+    let mut child =
+        common::qmqtt_spawn(["pub", "-L", &uri, "-l"], Stdio::piped(), Stdio::inherit());
     let mut stdin = child.stdin.take().unwrap();
     use std::io::Write;
     writeln!(stdin, "one").unwrap();

@@ -4,64 +4,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Broker, BrokerOptions, Sub};
+use common::{mosquitto_pub, qmqtt_run, read_all, wait_timeout, Broker, BrokerOptions, Sub};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Wait for `child` at most `t`; kill it and fail the test when it overstays.
-fn wait_timeout(child: &mut Child, t: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {t:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Run `qmqtt ARGS` with `input` on stdin; at most `t`.
-fn qmqtt_run(args: &[&str], input: &[u8], t: Duration) -> Output {
-    let mut child = common::qmqtt_cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let ro = std::thread::spawn(move || read_all(out));
-    let re = std::thread::spawn(move || read_all(err));
-    let status = wait_timeout(&mut child, t, &format!("qmqtt {args:?}"));
-    w.join().unwrap();
-    Output {
-        status,
-        stdout: ro.join().unwrap(),
-        stderr: re.join().unwrap(),
-    }
-}
-
-fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
-    v
 }
 
 /// `qmqtt sub -d …` in the background: stdout lines collected; ready once it logged its SUBACK.
@@ -96,15 +47,11 @@ impl QSub {
 
     /// Started and subscribed, but nobody reads its stdout yet (a slow consumer) until `start_reading`.
     fn start_unread(args: &[&str]) -> QSub {
-        let mut child = common::qmqtt_cmd()
-            .arg("sub")
-            .arg("-d")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::qmqtt_spawn(
+            ["sub", "-d"].iter().chain(args),
+            Stdio::null(),
+            Stdio::piped(),
+        );
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let ready = Arc::new(AtomicBool::new(false));
@@ -161,15 +108,6 @@ impl Drop for QSub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn mosquitto_pub(args: &[&str]) {
-    let o = Command::new("mosquitto_pub").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "mosquitto_pub {args:?}: {}",
-        text(&o.stderr)
-    );
 }
 
 fn port(p: u16) -> String {
@@ -251,20 +189,20 @@ fn mosquitto_pub_to_qmqtt_sub_over_tls() {
         "-v",
     ]);
     for q in 0..3 {
-        mosquitto_pub(&[
-            "-h",
+        mosquitto_pub(
             "localhost",
-            "-p",
-            &port(b.tls_port),
-            "--cafile",
-            &ca,
-            "-t",
-            "cli/tls/m",
-            "-q",
-            &q.to_string(),
-            "-m",
-            &format!("msg qos{q}"),
-        ]);
+            b.tls_port,
+            &[
+                "--cafile",
+                &ca,
+                "-t",
+                "cli/tls/m",
+                "-q",
+                &q.to_string(),
+                "-m",
+                &format!("msg qos{q}"),
+            ],
+        );
     }
     let st = s.wait(T);
     assert!(st.success(), "qmqtt sub: {st}: {}", s.stderr());
@@ -375,22 +313,22 @@ fn username_password_and_a_wrong_password() {
         "1",
     ]);
     // mosquitto_pub with the same credentials reaches qmqtt sub.
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-u",
-        common::USER,
-        "-P",
-        common::PASSWORD,
-        "-t",
-        "cli/auth",
-        "-q",
-        "1",
-        "-m",
-        "authorised",
-    ]);
+        &[
+            "-u",
+            common::USER,
+            "-P",
+            common::PASSWORD,
+            "-t",
+            "cli/auth",
+            "-q",
+            "1",
+            "-m",
+            "authorised",
+        ],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["authorised"]);
 
@@ -795,34 +733,16 @@ fn sub_resumes_its_session_with_c() {
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "1"]);
     let mut s = QSub::start(&args);
-    mosquitto_pub(&[
-        "-h",
+    mosquitto_pub(
         "127.0.0.1",
-        "-p",
         &p,
-        "-t",
-        "cli/session",
-        "-q",
-        "1",
-        "-m",
-        "live",
-    ]);
+        &["-t", "cli/session", "-q", "1", "-m", "live"],
+    );
     assert!(s.wait(T).success(), "{}", s.stderr());
     assert_eq!(s.lines(), vec!["live"]);
     // While it is away, the broker queues for the session.
     for m in ["queued 1", "queued 2"] {
-        mosquitto_pub(&[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p,
-            "-t",
-            "cli/session",
-            "-q",
-            "1",
-            "-m",
-            m,
-        ]);
+        mosquitto_pub("127.0.0.1", &p, &["-t", "cli/session", "-q", "1", "-m", m]);
     }
     let mut args = base.to_vec();
     args.extend_from_slice(&["-C", "2", "-W", "10"]);
@@ -839,8 +759,8 @@ fn sub_resumes_its_session_with_c() {
 fn interrupt_stops_cleanly_with_a_summary() {
     let b = Broker::start();
     let sub = Sub::start(&b, "cli/int", 1, &[]);
-    let mut child = common::qmqtt_cmd()
-        .args([
+    let mut child = common::qmqtt_spawn(
+        [
             "pub",
             "-h",
             "127.0.0.1",
@@ -851,12 +771,10 @@ fn interrupt_stops_cleanly_with_a_summary() {
             "-q",
             "1",
             "-l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        Stdio::piped(),
+        Stdio::null(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"a\nb\nc\n").unwrap();
     assert_eq!(sub.wait_for(3, Duration::from_secs(10)), 3);
@@ -875,8 +793,8 @@ fn interrupt_stops_cleanly_with_a_summary() {
 
     // A frozen broker never answers CONNECT: SIGINT still ends the wait for it at once.
     b.freeze();
-    let mut child = common::qmqtt_cmd()
-        .args([
+    let mut child = common::qmqtt_spawn(
+        [
             "pub",
             "-h",
             "127.0.0.1",
@@ -886,11 +804,10 @@ fn interrupt_stops_cleanly_with_a_summary() {
             "cli/int",
             "-m",
             "x",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        Stdio::inherit(),
+        Stdio::null(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = wait_timeout(
@@ -982,9 +899,9 @@ fn last_will_and_protocol_version() {
     assert_eq!(sub.take(), vec!["cli/will/v31 old"]);
     // mosquitto logs the protocol level of each client: p1 is MQTT 3.1.
     assert!(b.log().contains("(p1, "), "{}", b.log());
-    let o = qmqtt_run(&["pub", "-V", "mqttv5", "-t", "x", "-m", "x"], b"", T);
+    let o = qmqtt_run(&["pub", "-V", "mqttv6", "-t", "x", "-m", "x"], b"", T);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("MQTT 5 is not supported"));
+    assert!(text(&o.stderr).contains("unknown version 'mqttv6'"));
 }
 
 #[test]
@@ -1089,4 +1006,218 @@ fn slow_reader_loses_no_qos1_messages() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// MQTT 5 properties the way mosquitto_sub prints them with -F: expiry, content type, payload format,
+/// response topic, correlation data, user properties, then topic and payload (probes end the line).
+const FMT5: &str = "%E|%C|%F|%R|%D|%P|%t %p";
+
+#[test]
+fn mqtt5_pub_properties_under_the_brokers_limits() {
+    // mosquitto with Receive Maximum 2, Topic Alias Maximum 2, Maximum Packet Size 256: a client that
+    // breaks one is disconnected (the summary would show reconnects, the lines would be short).
+    let b = Broker::start_with(BrokerOptions {
+        mqtt5_limits: true,
+        ..Default::default()
+    });
+    let sub = Sub::start(&b, "cli5/#", 1, &["-V", "5", "-F", FMT5]);
+    let p = port(b.tcp_port);
+    let topic = "cli5/site-0001/gateway-0001/t1";
+    let input: String = (0..50).map(|i| format!("{i:04}\n")).collect();
+    #[rustfmt::skip]
+    let props = [
+        "-D", "publish", "message-expiry-interval", "60",
+        "-D", "publish", "content-type", "text/plain",
+        "-D", "publish", "payload-format-indicator", "1",
+        "-D", "publish", "response-topic", "cli5/reply",
+        "-D", "publish", "correlation-data", "c1",
+        "-D", "publish", "user-property", "unit", "C",
+        "-D", "publish", "user-property", "id", "t1",
+    ];
+    let mut args = vec![
+        "pub",
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        topic,
+        "-q",
+        "1",
+    ];
+    args.extend(props);
+    args.extend([
+        "-D",
+        "connect",
+        "session-expiry-interval",
+        "60",
+        "-i",
+        "cli5-pub",
+        "-l",
+    ]);
+    let o = qmqtt_run(&args, input.as_bytes(), T);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let s = summary(&err);
+    assert_eq!(
+        (s["sent"].as_str(), s["acked"].as_str()),
+        ("50", "50"),
+        "{err}"
+    );
+    assert_eq!(s["reconnects"], "0", "{err}");
+    assert_eq!(sub.wait_for(50, Duration::from_secs(10)), 50);
+    for (i, line) in sub.take().iter().enumerate() {
+        let (expiry, rest) = line.split_once('|').unwrap();
+        assert!((1..=60).contains(&expiry.parse::<u32>().unwrap()), "{line}");
+        assert_eq!(
+            rest,
+            format!("text/plain|1|cli5/reply|c1|unit:C id:t1|{topic} {i:04}")
+        );
+    }
+    // Larger than the broker's Maximum Packet Size: not sent, named, counted; exit 1.
+    let big = "x".repeat(300);
+    let o = qmqtt_run(
+        &[
+            "pub",
+            "-V",
+            "mqttv5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli5/big",
+            "-q",
+            "1",
+            "-m",
+            &big,
+        ],
+        b"",
+        T,
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("Maximum Packet Size"), "{err}");
+    assert_eq!(summary(&err)["failed"], "1", "{err}");
+    assert!(!err.contains("unacked"), "{err}");
+}
+
+#[test]
+fn mqtt5_sub_format_prints_what_mosquitto_sub_prints() {
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    // Everything but %E (the broker counts the expiry down: two readers may see different seconds); the
+    // line ends in the payload, so that the reference reader can tell its probes.
+    let fmt = "%q|%r|%l|%C|%F|%R|%D|%P|%x|%t %p";
+    let reference = Sub::start(&b, "f5/#", 1, &["-V", "5", "-F", fmt]);
+    let mut ours = QSub::start(&[
+        "-V",
+        "5",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "f5/#",
+        "-q",
+        "1",
+        "-F",
+        fmt,
+        "-C",
+        "2",
+    ]);
+    #[rustfmt::skip]
+    mosquitto_pub("127.0.0.1", &p, &[
+        "-V", "5", "-t", "f5/a", "-q", "1", "-m", "hello",
+        "-D", "publish", "message-expiry-interval", "300", "-D", "publish", "content-type", "text/x",
+        "-D", "publish", "payload-format-indicator", "1", "-D", "publish", "response-topic", "f5/r",
+        "-D", "publish", "correlation-data", "xyz",
+        "-D", "publish", "user-property", "unit", "C", "-D", "publish", "user-property", "unit", "K",
+    ]);
+    mosquitto_pub(
+        "127.0.0.1",
+        &p,
+        &["-V", "5", "-t", "f5/b", "-q", "1", "-m", "plain"],
+    );
+    assert_eq!(reference.wait_for(2, Duration::from_secs(10)), 2);
+    assert!(ours.wait(T).success(), "{}", ours.stderr());
+    let want = reference.take();
+    assert_eq!(ours.lines(), want);
+    assert!(want[0].contains("|unit:C unit:K|"), "{want:?}");
+}
+
+#[test]
+fn mqtt5_check_shows_the_connack_properties() {
+    let b = Broker::start_with(BrokerOptions {
+        mqtt5_limits: true,
+        ..Default::default()
+    });
+    let url = format!("mqtt://127.0.0.1:{}", b.tcp_port);
+    #[rustfmt::skip]
+    let o = qmqtt_run(
+        &["check", "-V", "5", "-L", &url, "-i", "",
+          "-D", "connect", "session-expiry-interval", "3600", "-D", "connect", "user-property", "site", "gw1"],
+        b"",
+        T,
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    for want in [
+        "CONNACK accepted (MQTT 5, session present: no)",
+        "receive maximum: 2\n",
+        "maximum packet size: 256 bytes\n",
+        "topic alias maximum: 2\n",
+        "server keep alive: 10 s\n",
+        "assigned client identifier: ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in\n{out}");
+    }
+    // MQTT 3.1.1 shows none of it.
+    let o = qmqtt_run(&["check", "-L", &url], b"", T);
+    assert!(o.status.success());
+    assert!(
+        !text(&o.stdout).contains("MQTT 5 CONNACK"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn sub_discards_a_message_over_max_message_size_and_stays_connected() {
+    // Retained, so both arrive on subscribing: the one over --max-message-size is acknowledged, discarded
+    // and reported on stderr; the connection stays up and the next one is printed.
+    let b = Broker::start();
+    let p = port(b.tcp_port);
+    let big = "x".repeat(5000);
+    for (topic, msg) in [("cli/big/a", big.as_str()), ("cli/big/b", "small")] {
+        mosquitto_pub("127.0.0.1", &p, &["-t", topic, "-q", "1", "-r", "-m", msg]);
+    }
+    let o = qmqtt_run(
+        &[
+            "sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "cli/big/#",
+            "-q",
+            "1",
+            "--max-message-size",
+            "2048",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+        b"",
+        T,
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(text(&o.stdout), "small\n");
+    assert!(err.contains("discarded an incoming message of"), "{err}");
+    assert!(!err.contains("lost"), "{err}");
 }

@@ -35,24 +35,12 @@ fn start_publisher(
     id: &str,
     extra: &[&str],
 ) -> (Child, JoinHandle<()>, JoinHandle<String>) {
-    let mut child = common::qmqtt_cmd()
-        .args([
-            "pub",
-            "-h",
-            "localhost",
-            "-p",
-            &port.to_string(),
-            "--cafile",
-        ])
-        .arg(&b.certs.ca)
-        .args(["-t", "restart/n", "-q", "1", "-l", "-i", id, "-k", "5"])
-        .args(["--drain-timeout", "60"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (port, ca) = (port.to_string(), b.certs.ca.to_str().unwrap());
+    let mut args = vec!["pub", "-h", "localhost", "-p", &port, "--cafile", ca];
+    args.extend(["-t", "restart/n", "-q", "1", "-l", "-i", id, "-k", "5"]);
+    args.extend(["--drain-timeout", "60"]);
+    args.extend(extra);
+    let mut child = common::qmqtt_spawn(args, Stdio::piped(), Stdio::null());
     let mut stdin = child.stdin.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let err_reader = std::thread::spawn(move || {
@@ -258,30 +246,23 @@ fn qmqtt_sub_survives_a_broker_restart() {
         persistence: true,
         ..BrokerOptions::default()
     });
-    let mut sub = common::qmqtt_cmd()
-        .args([
-            "sub",
-            "-h",
-            "localhost",
-            "-p",
-            &b.tls_port.to_string(),
-            "--cafile",
-        ])
-        .arg(&b.certs.ca)
-        .args([
-            "-t",
-            "restart/#",
-            "-q",
-            "1",
-            "-c",
-            "-i",
-            "qsub-restart",
-            "-d",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (port, ca) = (b.tls_port.to_string(), b.certs.ca.to_str().unwrap());
+    let mut sub = common::qmqtt_spawn(
+        ["sub", "-h", "localhost", "-p", &port, "--cafile", ca]
+            .into_iter()
+            .chain([
+                "-t",
+                "restart/#",
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                "qsub-restart",
+                "-d",
+            ]),
+        Stdio::inherit(),
+        Stdio::piped(),
+    );
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let l2 = lines.clone();
     let out = sub.stdout.take().unwrap();

@@ -1,11 +1,10 @@
 //! `publish` and `publish_batch` allocate nothing on the caller's thread (a counting global allocator
 //! watches this thread only), and neither does draining events with `poll_events` once warm.
-mod client_support;
 mod common;
 
 use std::time::Duration;
 
-use client_support::{cfg, connect, Seen};
+use common::client::{cfg, connect, Seen};
 use qmqtt::QoS;
 
 #[global_allocator]

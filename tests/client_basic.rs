@@ -1,11 +1,10 @@
 //! The Rust client against a real mosquitto over plain TCP: publish at every QoS, subscribe, retained
 //! messages, credentials, keep-alive, the event descriptor, config validation and a clean disconnect.
-mod client_support;
 mod common;
 
 use std::time::{Duration, Instant};
 
-use client_support::{cfg, connect, readable, Seen};
+use common::client::{cfg, connect, readable, Seen};
 use qmqtt::client::{Client, ClientError, Event, PublishError};
 use qmqtt::codec::ConnectReturnCode;
 use qmqtt::{Error, QoS};
@@ -67,13 +66,18 @@ fn subscribe_receives_qos_0_1_2_through_the_event_fd() {
         "drained: fd must not be readable"
     );
     for q in 0..3 {
-        let st = std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
-            .args(["-t", &format!("in/q{q}"), "-m", &format!("m{q}")])
-            .args(["-q", &q.to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::mosquitto_pub(
+            "127.0.0.1",
+            b.tcp_port,
+            &[
+                "-t",
+                &format!("in/q{q}"),
+                "-m",
+                &format!("m{q}"),
+                "-q",
+                &q.to_string(),
+            ],
+        );
     }
     // Level-triggered: readable while events wait, until drained.
     let deadline = Instant::now() + T;

@@ -1,14 +1,16 @@
 //! The client when things go wrong: a cut link (last will, reconnect), a frozen broker (the publish queue
 //! fills without blocking the caller, then the full policy applies), a broker restart in the middle of a
 //! QoS 1 stream (nothing lost), an owner that stops draining events (backpressure, no ack dropped).
-//! Time bounds are for native speed, scaled by `common::slow` under emulation (targets/test).
-mod client_support;
+//! Waiting is counted, not timed (tests/common/calls.rs); timeouts scale by `common::slow` under emulation.
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use client_support::{cfg, connect, Seen};
+use calls::{voluntary_switches, Calls};
+use common::client::{cfg, connect, Seen};
 use common::proxy::Proxy;
 use common::slow;
 use qmqtt::client::{Client, FullPolicy, PublishError};
@@ -71,26 +73,20 @@ fn clean_disconnect_sends_no_will() {
     );
 }
 
-/// Publish into a client whose broker is frozen until the queue refuses; returns (accepted, max call time,
-/// 99.9th percentile call time).
-fn fill(c: &Client, limit: usize) -> (usize, Duration, Duration) {
+/// Publish into a client whose broker is frozen until the queue refuses; returns how many were accepted
+/// and the calls made.
+fn fill(c: &Client, limit: usize) -> (usize, Calls) {
     let payload = [b'f'; 64];
-    let mut times = Vec::with_capacity(limit);
+    let mut calls = Calls::default();
     let mut ok = 0;
     for _ in 0..limit {
-        let t0 = Instant::now();
-        let r = c.publish("frozen/t", &payload, QoS::AtLeastOnce, false);
-        times.push(t0.elapsed());
-        match r {
+        match calls.call(|| c.publish("frozen/t", &payload, QoS::AtLeastOnce, false)) {
             Ok(_) => ok += 1,
             Err(PublishError::QueueFull) => break,
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    times.sort();
-    let max = *times.last().unwrap();
-    let p999 = times[times.len() * 999 / 1000];
-    (ok, max, p999)
+    (ok, calls)
 }
 
 #[test]
@@ -104,17 +100,13 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     k.keep_alive = Duration::from_secs(60);
     let c = connect(k.clone());
     b.freeze();
-    let (ok, max, p999) = fill(&c, 5000);
-    eprintln!("frozen broker: {ok} accepted, publish max {max:?}, p99.9 {p999:?}");
+    let (ok, calls) = fill(&c, 5000);
+    eprintln!("frozen broker: {ok} accepted; {calls:?}");
     assert!(
         (1000..=1000 + 10).contains(&ok),
         "queue 1000 + window 10, accepted {ok}"
     );
-    assert!(p999 < slow(Duration::from_millis(1)), "p99.9 {p999:?}");
-    assert!(
-        max < slow(Duration::from_millis(50)),
-        "a publish waited {max:?} on a frozen broker"
-    );
+    calls.assert_rarely_blocked("publish on a frozen broker");
     let st = c.stats();
     assert_eq!(st.refused_full, 1);
     assert!(st.queued <= 1000, "{st:?}");
@@ -129,17 +121,12 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let co = connect(k.clone());
     b.freeze();
     for (cl, name) in [(&cn, "newest"), (&co, "oldest")] {
-        let mut max = Duration::ZERO;
+        let mut calls = Calls::default();
         for i in 0..3000u32 {
-            let t0 = Instant::now();
-            cl.publish(
-                "frozen/p",
-                i.to_string().as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .unwrap();
-            max = max.max(t0.elapsed());
+            let m = i.to_string();
+            calls
+                .call(|| cl.publish("frozen/p", m.as_bytes(), QoS::AtLeastOnce, false))
+                .unwrap();
         }
         let st = cl.stats();
         let dropped = st.dropped_newest + st.dropped_oldest;
@@ -147,7 +134,7 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
             (1990..=2000).contains(&dropped),
             "{name}: 3000 into 1000 + window 10 should drop ~2000: {st:?}"
         );
-        assert!(max < slow(Duration::from_millis(50)), "{name}: max {max:?}");
+        calls.assert_rarely_blocked(name);
     }
     b.thaw();
     // After the thaw everything still queued goes out: 1010 per client (plus the first client's).
@@ -222,6 +209,9 @@ fn acks_are_never_dropped_when_the_owner_stops_draining() {
     for i in 0..n {
         c.publish("bp/x", &(i as u32).to_be_bytes(), QoS::AtLeastOnce, false)
             .unwrap();
+        // A QoS 0 message between them takes a token: the QoS 1 completions are not consecutive, so each
+        // needs a record of its own (consecutive ones share one: see the next test).
+        c.publish("bp/y", b"", QoS::AtMostOnce, false).unwrap();
     }
     // Nobody drains: the client must stop feeding the session before the event queue overflows.
     std::thread::sleep(Duration::from_secs(1));
@@ -238,6 +228,38 @@ fn acks_are_never_dropped_when_the_owner_stops_draining() {
     let toks: HashSet<u64> = seen.delivered.iter().map(|d| d.0).collect();
     assert_eq!(toks.len(), n as usize);
     assert_eq!(c.stats().acked, n);
+}
+
+#[test]
+fn consecutive_completions_never_pause_sending() {
+    // A tight QoS 1 loop whose owner does not drain (q publishing a table row by row): the completions are
+    // consecutive tokens, kept as one run, so even a 1 KiB event queue never stops the window.
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "tightowner");
+    k.event_queue_bytes = 1024;
+    k.max_inflight = 10;
+    let c = connect(k);
+    let n = 6000;
+    for i in 0..n {
+        c.publish("bp/z", &(i as u32).to_be_bytes(), QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    let deadline = Instant::now() + slow(Duration::from_secs(20));
+    while c.stats().acked < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        c.stats().acked,
+        n,
+        "nobody drained, yet every message was acknowledged"
+    );
+    let mut seen = Seen::default();
+    assert!(
+        seen.until(&c, slow(Duration::from_secs(5)), |s| s.delivered.len()
+            == n as usize)
+    );
+    let toks: Vec<u64> = seen.delivered.iter().map(|d| d.0).collect();
+    assert_eq!(toks, (1..=n).collect::<Vec<u64>>());
 }
 
 #[test]
@@ -272,14 +294,17 @@ fn enqueue_cost() {
     let payload = [0x5au8; 64];
     let n = 100_000;
     let t0 = Instant::now();
+    let v0 = voluntary_switches();
     for _ in 0..n {
         c.publish("gw/1/temp", &payload, QoS::AtMostOnce, false)
             .unwrap();
     }
     let per = t0.elapsed() / n;
+    let waits = voluntary_switches() - v0;
     let st = c.stats();
     eprintln!(
-        "enqueue: {per:?} per 64-byte QoS 0 publish ({n} messages; I/O thread woke {} times, {} socket writes)",
+        "enqueue: {per:?} per 64-byte QoS 0 publish ({n} messages; the caller waited {waits} times; I/O \
+         thread woke {} times, {} socket writes)",
         st.wakeups, st.socket_writes
     );
     assert!(st.wakeups < n as u64 / 2, "a wake-up per message: {st:?}");
@@ -307,16 +332,22 @@ fn enqueue_cost() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let t2 = Instant::now();
+    let v2 = voluntary_switches();
     for _ in 0..n {
         c2.publish("gw/1/temp", &payload, QoS::AtLeastOnce, false)
             .unwrap();
     }
+    let idle_waits = voluntary_switches() - v2;
     let idle = t2.elapsed() / n;
-    eprintln!("enqueue (I/O thread idle): {idle:?} per message");
+    eprintln!(
+        "enqueue (I/O thread idle): {idle:?} per message, the caller waited {idle_waits} times"
+    );
     b.thaw();
-    // Generous for unoptimised builds on a shared machine; release numbers are in the report.
-    assert!(per < Duration::from_micros(20), "{per:?}");
-    assert!(idle < Duration::from_micros(20), "{idle:?}");
+    // The copy alone never waits (timings are in the benchmark report, not asserted: the machine is shared).
+    assert!(
+        idle_waits * 1000 < n as i64,
+        "{idle_waits} waits in {n} publishes"
+    );
 }
 
 #[test]
@@ -506,12 +537,7 @@ fn a_flat_out_producer_does_not_starve_reading() {
         w1 - w0
     );
     let t0 = Instant::now();
-    let st = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &b.tcp_port.to_string()])
-        .args(["-t", "ctl/go", "-m", "now"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub("127.0.0.1", b.tcp_port, &["-t", "ctl/go", "-m", "now"]);
     let got = seen.until(&c, slow(Duration::from_secs(5)), |s| !s.msgs.is_empty());
     let latency = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -534,12 +560,10 @@ fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
     let c = connect(k);
     p.stall(true);
     let payload = [b's'; 100];
-    let mut max = Duration::ZERO;
+    let mut calls = Calls::default();
     let mut refused_at = None;
     for i in 0..500_000u32 {
-        let t0 = Instant::now();
-        let r = c.publish("st/x", &payload, QoS::AtMostOnce, false);
-        max = max.max(t0.elapsed());
+        let r = calls.call(|| c.publish("st/x", &payload, QoS::AtMostOnce, false));
         if r == Err(qmqtt::PublishError::QueueFull) {
             refused_at = Some(i);
             break;
@@ -556,7 +580,7 @@ fn qos0_on_a_stalled_link_fills_the_queue_instead_of_memory() {
         "50 MB went into a stalled link: {st:?}"
     );
     assert!(st.bytes_out < 32 << 20, "{st:?}");
-    assert!(max < Duration::from_millis(50), "a publish took {max:?}");
+    calls.assert_rarely_blocked("publish on a stalled link");
     eprintln!(
         "stalled link: queue full after {:?} messages, {} bytes handed to the transport",
         refused_at, st.bytes_out

@@ -2,13 +2,12 @@
 //! client stops reading the socket while its event queue is full (the broker queues the rest), keeps the
 //! connection alive meanwhile (keep-alive 1 s, paused for several seconds), does not buffer the stream in its
 //! own memory, and delivers every message exactly once and in order when the owner drains again.
-mod client_support;
 mod common;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use client_support::{cfg, connect, Seen};
+use common::client::{cfg, connect, Seen};
 use qmqtt::client::{Config, Event, PublishError};
 use qmqtt::QoS;
 
@@ -132,7 +131,7 @@ fn slow_owner(
     let mut other = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while next < n && Instant::now() < deadline {
-        if !client_support::readable(c.event_fd(), 100) {
+        if !common::client::readable(c.event_fd(), 100) {
             continue;
         }
         c.poll_events(1000, &mut |e| match e {

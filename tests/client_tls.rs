@@ -1,10 +1,9 @@
 //! The Rust client over TLS and mutual TLS against mosquitto with the fixture's generated certificates.
-mod client_support;
 mod common;
 
 use std::time::Duration;
 
-use client_support::{cfg, connect, Seen};
+use common::client::{cfg, connect, Seen};
 use qmqtt::client::{Client, ClientError};
 use qmqtt::{Error, QoS};
 

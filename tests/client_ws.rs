@@ -125,7 +125,13 @@ fn under_load(
     load.run(&c, &mut log, |el, log| fault(el, &p, &mut a, &sub, log));
     p.refuse(false);
     // What a killed broker acknowledged and lost never reaches the subscriber: do not wait for it.
-    let settled = fault::settle(&c, &mut log, &sub, &broker_lost.borrow(), Duration::from_secs(30));
+    let settled = fault::settle(
+        &c,
+        &mut log,
+        &sub,
+        &broker_lost.borrow(),
+        Duration::from_secs(30),
+    );
     let n = log.published();
     let lost_by_broker = broker_lost.borrow().len();
     let missing: Vec<u64> = sub

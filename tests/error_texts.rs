@@ -208,10 +208,11 @@ fn configuration_errors() {
 fn uri_errors() {
     let e = |u: &str| config_error(cfg(u));
     assert_eq!(
-        e("127.0.0.1:1883"),
-        "invalid configuration: uri: Invalid protocol scheme: no scheme in broker URI '127.0.0.1:1883': \
+        e("127.0.0.1"),
+        "invalid configuration: uri: Invalid protocol scheme: no scheme in broker URI '127.0.0.1': \
          write it as scheme://host[:port] with scheme tcp://, mqtt:// (plain TCP, port 1883), ssl://, \
-         mqtts:// (TLS, port 8883), ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)"
+         mqtts:// (TLS, port 8883), ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443) (or \
+         host:port for plain TCP)"
     );
     assert_eq!(
         e("quic://h:80"),
@@ -755,6 +756,25 @@ fn tls_settings_on_a_plain_address_fail() {
         c.tls.min_version = TlsVersion::Tls13
     });
     assert_eq!((e.key, e.fault), (Key::TlsVersion, Fault::NeedsTls));
+    // A list with no TLS broker fails too; one with a TLS broker takes them (for that one).
+    let e = err("tcp://127.0.0.1:1883,mqtt://localhost", &|c| {
+        c.tls.ca_file = Some("ca.pem".into())
+    });
+    assert_eq!((e.key, e.fault), (Key::CaFile, Fault::NeedsTls));
+    assert!(
+        e.to_string().contains(
+            "trustStore (--cafile) is a TLS setting but no broker of tcp://127.0.0.1:1883,mqtt://localhost \
+             has a TLS address"
+        ),
+        "{e}"
+    );
+    let mut c = cfg(&format!(
+        "tcp://127.0.0.1:{},ssl://127.0.0.1:{}",
+        common::free_port(),
+        common::free_port()
+    ));
+    c.tls.verify_hostname = false;
+    assert!(Client::connect(c).is_ok());
     // The same settings on a TLS address are taken.
     let mut c = cfg(&format!("ssl://127.0.0.1:{}", common::free_port()));
     c.tls.verify_hostname = false;

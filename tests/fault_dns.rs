@@ -1,5 +1,6 @@
 //! A name lookup that never answers must not hold the client: the connect timeout covers it (the loss says
-//! the host did not resolve) and `disconnect` returns while the lookup is still waiting.
+//! the host did not resolve) and `disconnect` returns while the lookup is still waiting. The same for the
+//! name of an HTTP proxy (then the only name the client looks up).
 //!
 //! The host is this test binary re-executed by `unshare -rmn` (user, mount and network namespaces of its
 //! own), with /etc/resolv.conf bind-mounted to name 127.0.0.1 as the DNS server and to keep glibc waiting
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qmqtt::client::{Client, Config, Event};
+use qmqtt::transport::proxy::ProxyError;
 use qmqtt::Error;
 
 const ENV: &str = "QMQTT_DNS_CHILD";
@@ -31,7 +33,29 @@ fn dns_child_host() {
             q.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let mut k = Config::new("tcp://broker.qmqtt-dns-test.example:1883", "dns-host");
+    let lost = hang("tcp://broker.qmqtt-dns-test.example:1883", None);
+    assert!(
+        matches!(lost, Error::Dns { cause: Some(_), .. }),
+        "{lost:?}"
+    );
+    assert!(queries.load(Ordering::Relaxed) > 0, "no DNS query was sent");
+    println!("lost: {lost}");
+    // Through an HTTP proxy only the proxy's name is looked up (the proxy resolves the broker's).
+    let lost = hang(
+        "tcp://127.0.0.1:1883",
+        Some("http://proxy.qmqtt-dns-test.example:3128"),
+    );
+    assert!(
+        matches!(lost, Error::Proxy(ProxyError::Dns { cause: Some(_), .. })),
+        "{lost:?}"
+    );
+    println!("lost via proxy: {lost}");
+}
+
+/// Connect to `uri` (through `proxy`) while the lookup hangs: the loss reported; `disconnect` returns.
+fn hang(uri: &str, proxy: Option<&str>) -> Error {
+    let mut k = Config::new(uri, "dns-host");
+    k.http_proxy = proxy.map(String::from);
     k.connect_timeout = Duration::from_secs(1);
     k.backoff_min = Duration::from_secs(5);
     k.backoff_max = Duration::from_secs(5);
@@ -48,14 +72,9 @@ fn dns_child_host() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let lost = lost.expect("no loss reported while the name lookup hung");
-    assert!(
-        matches!(lost, Error::Dns { cause: Some(_), .. }),
-        "{lost:?}"
-    );
-    assert!(queries.load(Ordering::Relaxed) > 0, "no DNS query was sent");
-    println!("lost: {lost}");
     c.disconnect(Duration::ZERO);
-    println!("disconnected");
+    println!("disconnected {uri}");
+    lost
 }
 
 #[test]
@@ -91,5 +110,19 @@ fn a_name_lookup_that_never_answers_holds_neither_the_timeout_nor_disconnect() {
         ),
         "{stdout}"
     );
-    assert!(stdout.contains("disconnected"), "{stdout}");
+    assert!(
+        stdout.contains("disconnected tcp://broker.qmqtt-dns-test.example:1883"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "lost via proxy: cannot resolve the HTTP proxy proxy.qmqtt-dns-test.example:3128 (httpProxy/httpsProxy (--proxy)): \
+             no answer within the connect timeout (1s)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("disconnected tcp://127.0.0.1:1883"),
+        "{stdout}"
+    );
 }

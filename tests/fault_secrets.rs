@@ -255,17 +255,10 @@ fn fault_secrets_config_debug_redacts_the_password() {
     let bytes = format!("{:?}", pw.as_bytes());
     let inner = bytes.trim_matches(['[', ']']);
     let s = qmqtt::session::SessionConfig {
-        client_id: "dbg".into(),
-        protocol: qmqtt::codec::Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
         username: Some("u".into()),
         password: Some(pw.as_bytes().to_vec()),
-        will: None,
-        max_inflight: 10,
         max_packet_size: 1 << 20,
-        mqtt5: Default::default(),
+        ..common::session::config("dbg", qmqtt::codec::Protocol::V311)
     };
     for text in [format!("{k:?}"), format!("{s:?}")] {
         assert!(

@@ -7,16 +7,11 @@ use std::time::Duration;
 fn broker_starts_and_relays() {
     let b = common::Broker::start();
     let sub = common::Sub::start(&b, "fixture/#", 1, &["-v"]);
-    let st = Command::new("mosquitto_pub")
-        .args(["-h", "localhost", "-p", &b.tls_port.to_string(), "--cafile"])
-        .arg(&b.certs.ca)
-        .args(["-t", "fixture/a", "-m", "hello", "-q", "1"])
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "TLS publish with the test CA failed: {}",
-        b.log()
+    let ca = b.certs.ca.to_str().unwrap();
+    common::mosquitto_pub(
+        "localhost",
+        b.tls_port,
+        &["--cafile", ca, "-t", "fixture/a", "-m", "hello", "-q", "1"],
     );
     assert_eq!(sub.wait_for(1, Duration::from_secs(5)), 1);
     assert_eq!(sub.take(), vec!["fixture/a hello".to_string()]);

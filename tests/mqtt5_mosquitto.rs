@@ -4,7 +4,6 @@
 //! limits the broker enforces — Receive Maximum 2, Topic Alias Maximum 2, Maximum Packet Size 256, Server
 //! Keep Alive 10 — kept by the client (a raw client breaking each is disconnected, so the test would see
 //! it), and the client's own limits kept by the broker towards it.
-mod client_support;
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -12,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client_support::{connect, Seen};
+use common::client::{connect, Seen};
 use qmqtt::client::{Client, Config};
 use qmqtt::codec::{
     self, decode, DecodeOptions, Packet, PropertiesBuf, Property, Protocol, QoS, ReasonCode,
@@ -23,7 +22,7 @@ use qmqtt::session::{Event as SEvent, Session, SessionConfig};
 const PUBLISH: codec::PropertyScope = codec::PropertyScope::Packet(codec::PacketType::Publish);
 
 fn cfg5(uri: &str, id: &str) -> Config {
-    let mut c = client_support::cfg(uri, id);
+    let mut c = common::client::cfg(uri, id);
     c.protocol = Protocol::V5;
     c
 }
@@ -154,26 +153,41 @@ fn properties_round_trip_with_mosquitto_sub_and_pub_plain_and_tls() {
     .unwrap();
     let mut seen = Seen::default();
     assert!(seen.until(&c, Duration::from_secs(5), |s| !s.subscribed.is_empty()));
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &b.tcp_port.to_string(),
+    common::mosquitto_pub(
+        "127.0.0.1",
+        b.tcp_port,
+        &[
             "-V",
             "5",
             "-q",
             "1",
-        ])
-        .args(["-t", "v5/in/x", "-m", "hello"])
-        .args(["-D", "publish", "user-property", "site", "north"])
-        .args(["-D", "publish", "content-type", "application/json"])
-        .args(["-D", "publish", "message-expiry-interval", "60"])
-        .args(["-D", "publish", "correlation-data", "abc"])
-        .args(["-D", "publish", "response-topic", "v5/back"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+            "-t",
+            "v5/in/x",
+            "-m",
+            "hello",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "north",
+            "-D",
+            "publish",
+            "content-type",
+            "application/json",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "60",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+            "-D",
+            "publish",
+            "response-topic",
+            "v5/back",
+        ],
+    );
     assert!(seen.until(&c, Duration::from_secs(5), |s| !s.msgs.is_empty()));
     let raw = &seen.msg_props[0];
     let got = codec::Properties::parse(raw, PUBLISH).unwrap();
@@ -303,17 +317,8 @@ fn the_clients_receive_maximum_and_packet_size_are_kept_by_the_broker() {
     let b = common::Broker::start();
     // Receive Maximum 2: mosquitto sends no third QoS 1 message before a PUBACK.
     let mut s = SessionConfig {
-        client_id: "v5-rm".into(),
-        protocol: Protocol::V5,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
-        max_inflight: 10,
         max_packet_size: 128,
-        mqtt5: Default::default(),
+        ..common::session::config("v5-rm", Protocol::V5)
     };
     s.mqtt5.receive_maximum = 2;
     let mut d = Driver::connect(b.tcp_port, s);
@@ -466,30 +471,23 @@ fn a_broker_of_mqtt311_only_is_named_as_such() {
 // ---- helpers: publishing with mosquitto_pub, a raw client, a minimal session driver ----
 
 fn pub_(port: u16, topic: &str, msg: &str, qos: u8) {
-    let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "5"])
-        .args(["-q", &qos.to_string(), "-t", topic, "-m", msg])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub(
+        "127.0.0.1",
+        port,
+        &["-V", "5", "-q", &qos.to_string(), "-t", topic, "-m", msg],
+    );
 }
 
 fn pub_retained(port: u16, topic: &str, msg: &str) {
-    let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "5", "-r"])
-        .args(["-q", "1", "-t", topic, "-m", msg])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub(
+        "127.0.0.1",
+        port,
+        &["-V", "5", "-r", "-q", "1", "-t", topic, "-m", msg],
+    );
 }
 
 fn clear_retained(port: u16, topic: &str) {
-    let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-r", "-n"])
-        .args(["-t", topic])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::mosquitto_pub("127.0.0.1", port, &["-r", "-n", "-t", topic]);
 }
 
 /// A client writing packets with the codec, to break the rules on purpose.

@@ -2,10 +2,10 @@
 //! publishes with their acknowledgements, incoming QoS 0/1/2 messages, codec decode/encode and event polling.
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qmqtt::codec::{self, decode, encode_publish, DecodeOptions, Packet, Protocol, QoS};
-use qmqtt::session::{Event, Session, SessionConfig};
+use qmqtt::session::{Event, Session};
 
 #[global_allocator]
 static A: common::alloc::Counting = common::alloc::Counting;
@@ -93,19 +93,7 @@ fn round(
 
 #[test]
 fn warm_paths_do_not_allocate() {
-    let cfg = SessionConfig {
-        client_id: "alloc".into(),
-        protocol: Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
-        max_inflight: 10,
-        max_packet_size: 4096,
-        mqtt5: Default::default(),
-    };
+    let cfg = common::session::config("alloc", Protocol::V311);
     let now = Instant::now();
     let mut s = Session::new(cfg);
     s.handle_connected(now);
@@ -139,19 +127,7 @@ fn warm_paths_do_not_allocate() {
 #[test]
 fn warm_mqtt5_paths_with_aliases_and_properties_do_not_allocate() {
     use qmqtt::codec::{PropertiesBuf, Property, Publish};
-    let mut cfg = SessionConfig {
-        client_id: "alloc5".into(),
-        protocol: Protocol::V5,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
-        max_inflight: 10,
-        max_packet_size: 4096,
-        mqtt5: Default::default(),
-    };
+    let mut cfg = common::session::config("alloc5", Protocol::V5);
     cfg.mqtt5.topic_alias_maximum = 4;
     let v5 = DecodeOptions {
         protocol: Protocol::V5,

@@ -1,5 +1,7 @@
 //! The sans-I/O session driven by byte vectors and a fake clock (an `Instant` base plus offsets): a scripted
 //! broker decodes what the session sends with the codec and answers with encoded packets.
+mod common;
+
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{self, decode, DecodeOptions, Packet, Protocol, QoS};
@@ -47,17 +49,9 @@ enum E {
 
 fn cfg() -> SessionConfig {
     SessionConfig {
-        client_id: "test".into(),
-        protocol: Protocol::V311,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
         max_inflight: 3,
         max_packet_size: 1024,
-        mqtt5: Default::default(),
+        ..common::session::config("test", Protocol::V311)
     }
 }
 
@@ -709,8 +703,9 @@ fn refused_subscription_reports_none_and_is_forgotten() {
 fn oversize_packet_is_refused_from_its_header() {
     let mut h = H::new(cfg()); // max_packet_size 1024
     h.connect(0.0, false);
-    // Header of a 2000-byte PUBLISH, no body.
-    let e = h.s.handle_read(&[0x30, 0xcd, 0x0f], h.at(1.0)).unwrap_err();
+    // Header of a 2000-byte SUBACK, no body (an oversize PUBLISH is skipped instead: see
+    // `oversize_publish_is_read_past_acknowledged_and_counted`).
+    let e = h.s.handle_read(&[0x90, 0xcd, 0x0f], h.at(1.0)).unwrap_err();
     assert!(
         matches!(
             &e,
@@ -723,6 +718,45 @@ fn oversize_packet_is_refused_from_its_header() {
     );
     assert!(e.to_string().contains("max_packet_size"), "{e}");
     assert_eq!(h.s.state(), State::Failed);
+}
+
+#[test]
+fn oversize_publish_is_read_past_acknowledged_and_counted() {
+    let mut h = H::new(cfg()); // max_packet_size 1024
+    h.connect(0.0, false);
+    let big = vec![7u8; 5000];
+    let mut bytes = Vec::new();
+    for (qos, id) in [
+        (QoS::AtLeastOnce, 11),
+        (QoS::ExactlyOnce, 12),
+        (QoS::AtMostOnce, 0),
+    ] {
+        publish("big/t", &big, qos, id, false)
+            .encode(Protocol::V311, &mut bytes)
+            .unwrap();
+    }
+    publish("small/t", b"ok", QoS::AtLeastOnce, 13, false)
+        .encode(Protocol::V311, &mut bytes)
+        .unwrap();
+    // in small pieces, as a socket gives them
+    for (i, chunk) in bytes.chunks(700).enumerate() {
+        h.s.handle_read(chunk, h.at(1.0 + i as f64 / 100.0))
+            .unwrap();
+    }
+    assert_eq!(h.s.state(), State::Connected);
+    assert_eq!(h.s.oversize_dropped(), 3);
+    assert_eq!(
+        h.events(),
+        [E::Msg(
+            "small/t".into(),
+            b"ok".to_vec(),
+            QoS::AtLeastOnce,
+            false
+        )]
+    );
+    assert_eq!(h.sent(), [P::PubAck(11), P::PubRec(12), P::PubAck(13)]);
+    h.feed(pubrel(12), 2.0).unwrap();
+    assert_eq!(h.sent(), [P::PubComp(12)]);
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! incoming QoS 2 message delivered at most once (exactly once when it reached PUBREC). At the end the
 //! connection is brought back and the broker acknowledges everything: every token is then delivered exactly
 //! once.
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -106,17 +108,11 @@ struct World {
 impl World {
     fn new(window: u16) -> World {
         let cfg = SessionConfig {
-            client_id: "model".into(),
-            protocol: Protocol::V311,
             keep_alive: Duration::from_secs(30),
             response_timeout: Duration::from_secs(10),
             clean_session: false,
-            username: None,
-            password: None,
-            will: None,
             max_inflight: window,
-            max_packet_size: 4096,
-            mqtt5: Default::default(),
+            ..common::session::config("model", Protocol::V311)
         };
         World {
             s: Session::new(cfg),

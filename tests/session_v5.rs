@@ -3,6 +3,8 @@
 //! Size, Maximum QoS, Retain Available, Topic Alias Maximum, Server Keep Alive, Assigned Client Identifier),
 //! topic aliases both ways, reason codes both ways (PUBACK/PUBREC refusals, the broker's DISCONNECT, ours),
 //! refusals, subscription options and identifiers, and the receive maximum this client sets.
+mod common;
+
 use std::time::{Duration, Instant};
 
 use qmqtt::codec::{
@@ -19,19 +21,7 @@ const V5: DecodeOptions = DecodeOptions {
 };
 
 fn cfg() -> SessionConfig {
-    SessionConfig {
-        client_id: "v5".into(),
-        protocol: Protocol::V5,
-        keep_alive: Duration::from_secs(60),
-        response_timeout: Duration::from_secs(5),
-        clean_session: true,
-        username: None,
-        password: None,
-        will: None,
-        max_inflight: 10,
-        max_packet_size: 4096,
-        mqtt5: Mqtt5Config::default(),
-    }
+    common::session::config("v5", Protocol::V5)
 }
 
 /// A packet the session sent, owned.

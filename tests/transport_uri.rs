@@ -15,6 +15,20 @@ fn err(uri: &str) -> String {
 }
 
 #[test]
+fn host_port_without_scheme_is_plain_tcp_as_paho() {
+    assert_eq!(ok("broker:1883"), (Scheme::Tcp, "broker".into(), 1883));
+    assert_eq!(
+        ok("127.0.0.1:1884"),
+        (Scheme::Tcp, "127.0.0.1".into(), 1884)
+    );
+    assert_eq!(ok("[::1]:1885"), (Scheme::Tcp, "::1".into(), 1885));
+    assert_eq!(
+        Endpoint::parse("localhost:1883").unwrap().to_string(),
+        "tcp://localhost:1883"
+    );
+}
+
+#[test]
 fn schemes_and_default_ports() {
     assert_eq!(ok("tcp://broker"), (Scheme::Tcp, "broker".into(), 1883));
     assert_eq!(ok("mqtt://broker"), (Scheme::Tcp, "broker".into(), 1883));
@@ -88,7 +102,14 @@ fn ipv6_literals() {
 
 #[test]
 fn unknown_scheme_says_invalid_protocol_scheme_and_lists_accepted() {
-    for uri in ["wss+unix://broker:80", "http://x", "broker:1883"] {
+    for uri in [
+        "wss+unix://broker:80",
+        "http://x",
+        "broker",
+        "broker:1883/x",
+        ":1883",
+        "broker:mqtt",
+    ] {
         let m = err(uri);
         assert!(m.starts_with("Invalid protocol scheme"), "{m}");
         for s in ["tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"] {

@@ -3,33 +3,35 @@
 # cheap when everything is there (one check per tool), so every script and every tests/run step calls it for
 # exactly what it uses, whatever ran before it. `tools/need TOOL...` does the same from a shell.
 #
-# What the project installs itself lives in the per-checkout cache $QM_CACHE (.cache/, gitignored; QMQTT_CACHE
-# moves it), never in the system's Python or ~/.cargo:
-#   .cache/venv/                Python venv for every Python tool (Debian's python3 refuses pip, PEP 668) → PATH
-#   .cache/cargo/               `cargo install --root` (pinned, --locked)                                  → PATH
-#   .cache/npm/                 `npm install --prefix` (pinned)                                            → PATH
-#   .cache/sysroot/<triple>/    Debian 11 (glibc 2.31) runtime roots for `qemu-<arch> -L`  (tools/bullseye-roots)
-#   .cache/libe/                KX's libe.so and k.h from the pinned pykx wheel              (tests/qhost/fetch-libe)
+# What the project installs itself lives in one cache per user, $QM_CACHE (${XDG_CACHE_HOME:-~/.cache}/qmqtt;
+# QMQTT_CACHE moves it), shared by every checkout (a fresh clone reuses it: CI's clones start warm), never in the
+# system's Python or ~/.cargo:
+#   venv/                Python venv for every Python tool (Debian's python3 refuses pip, PEP 668) → PATH
+#   cargo/               `cargo install --root` (pinned, --locked)                                  → PATH
+#   npm/                 `npm install --prefix` (pinned)                                            → PATH
+#   sysroot/<triple>/    Debian 11 (glibc 2.31) runtime roots for `qemu-<arch> -L`  (tools/bullseye-roots)
+#   libe/                KX's libe.so and k.h from the pinned pykx wheel              (tests/qhost/fetch-libe)
 # Debian packages (apt-get, as root) and rustup toolchains, targets and components are the system's.
 #
 # Adding a tool: one `qm_tool` line in the table below, then `qm_need NAME` in the script that uses it.
 
 # shellcheck shell=bash
 QM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-QM_CACHE=${QMQTT_CACHE:-$QM_ROOT/.cache}
+QM_CACHE=${QMQTT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qmqtt}
 QM_VENV=$QM_CACHE/venv
 QM_CARGO_ROOT=$QM_CACHE/cargo
 QM_NPM_PREFIX=$QM_CACHE/npm
 # shellcheck disable=SC2034 # read by the scripts that use KX's libe (tests/qhost)
 QM_LIBE=$QM_CACHE/libe
-export QM_ROOT QM_CACHE
+QMQTT_CACHE=$QM_CACHE   # for the tests that start a cached tool themselves (tests/common/hops.rs)
+export QM_ROOT QM_CACHE QMQTT_CACHE
 
 declare -gA QM_TOOL_KIND=() QM_TOOL_ARGS=()
 # qm_tool NAME KIND ARGS...: declare a tool (the table below). Kinds and their ARGS:
 #   apt PKG...              Debian packages (dpkg-query to check; one apt-get install for all missing)
 #   pip REQ==VER...         into the venv (a record of what was installed there to check)
-#   cargo CRATE@VER [ARGS]  cargo install --locked --root .cache/cargo (checked in its .crates.toml)
-#   npm PKG@VER...          npm install --prefix .cache/npm (checked in its package.json)
+#   cargo CRATE@VER [ARGS]  cargo install --locked --root $QM_CACHE/cargo (checked in its .crates.toml)
+#   npm PKG@VER...          npm install --prefix $QM_CACHE/npm (checked in its package.json)
 #   rustup-toolchain TC     rustup toolchain install --profile minimal
 #   rustup-target TRIPLE... rustup target add (default toolchain)
 #   rustup-component C...   rustup component add (default toolchain)

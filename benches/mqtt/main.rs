@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod broker;
+/// The tests' mosquitto fixture (certificates, free ports, start-up), with the broker's limits lifted.
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod contenders;
 mod sub;
 
@@ -112,7 +114,7 @@ struct Sample {
 
 struct Ctx {
     exe: PathBuf,
-    broker: broker::Broker,
+    broker: common::Broker,
     qmqtt_bin: Option<PathBuf>,
     seq: u64,
     cg_dir: PathBuf,
@@ -161,7 +163,7 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
     let job = Job {
         contender: s.contender.clone(),
         port: ctx.broker.tls_port,
-        ca: ctx.broker.ca.clone(),
+        ca: ctx.broker.certs.ca.clone(),
         topic: topic.clone(),
         qos: s.qos,
         size: s.size,
@@ -491,7 +493,15 @@ fn qmqtt_cli() -> Option<PathBuf> {
 fn orchestrate(opts: &Opts) -> Result<(), String> {
     let t0 = Instant::now();
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let broker = broker::Broker::start()?;
+    // Limits lifted, so that the broker never drops: unlimited queues (0) and in-flight towards the
+    // subscriber; no Nagle delay on the broker's sends, so that latency measures the publishers, not the
+    // broker's socket.
+    let broker = common::Broker::start_with(common::BrokerOptions {
+        extra: "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_bytes 0\nmemory_limit 0\n\
+                set_tcp_nodelay true\n"
+            .into(),
+        ..common::BrokerOptions::default()
+    });
     let cg_dir = broker.dir.path().join("callgrind");
     std::fs::create_dir_all(&cg_dir).map_err(|e| e.to_string())?;
     let qmqtt_bin = qmqtt_cli();

@@ -35,8 +35,8 @@ macro_rules! errln {
 mod args;
 #[path = "qmqtt/check.rs"]
 mod check;
-#[path = "qmqtt/der.rs"]
-mod der;
+#[path = "qmqtt/format.rs"]
+mod format;
 #[path = "qmqtt/publish.rs"]
 mod publish;
 #[path = "qmqtt/subscribe.rs"]

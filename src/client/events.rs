@@ -7,6 +7,12 @@
 //! reserve too. The I/O thread keeps enough room for the `Delivered` events its in-flight messages will
 //! produce (it stops feeding the session otherwise), so acknowledgements are never dropped.
 //!
+//! Delivery completions are kept as runs: a `Delivered` for the token after the last record's run (same QoS)
+//! extends that record instead of adding one. Tokens are increasing and brokers acknowledge in order, so a
+//! stream of QoS 1 publishes that the owner does not drain (a tight loop on q's thread) takes one record,
+//! not 24 bytes per message: completions never fill the queue, and neither the window nor reading stops
+//! for them. [`EventQueue::poll`] hands a run out as one `Delivered` per token, splitting it at `max`.
+//!
 //! The descriptor (an `eventfd`, a pipe elsewhere) is readable exactly while records are queued: it is
 //! written on the empty → non-empty transition and drained when a poll empties the queue, both under the
 //! queue's lock, so the two can never disagree.
@@ -79,6 +85,15 @@ fn body_len(h: &[u8]) -> usize {
     u32_at(h, 4) as usize + u32_at(h, 8) as usize + third
 }
 
+/// Events a record holds: a `K_DELIVERED` run one per token, any other record one.
+fn events_in(h: &[u8]) -> usize {
+    if h[0] == K_DELIVERED {
+        u32_at(h, 12) as usize
+    } else {
+        1
+    }
+}
+
 fn u32_at(h: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&h[at..at + 4]);
@@ -99,36 +114,6 @@ fn cut_text(s: &str) -> &[u8] {
         end -= 1;
     }
     &s.as_bytes()[..end]
-}
-
-/// A control event to queue (owned by the I/O thread's stack; copied in).
-pub(crate) enum Control<'a> {
-    Connected {
-        session_present: bool,
-    },
-    Delivered {
-        token: Token,
-        qos: QoS,
-    },
-    Failed {
-        token: Token,
-        qos: QoS,
-        cause: &'a DeliveryError,
-    },
-    ConnectionLost {
-        cause: &'a Error,
-    },
-    Reconnecting {
-        delay: Duration,
-        attempt: u32,
-    },
-    Subscribed {
-        filter: &'a str,
-        granted: Option<QoS>,
-    },
-    Unsubscribed {
-        filter: &'a str,
-    },
 }
 
 /// The readiness descriptor.
@@ -201,6 +186,11 @@ struct Inner {
     lost: VecDeque<Error>,
     /// The causes of the `K_FAILED` records, likewise.
     failed: VecDeque<DeliveryError>,
+    /// Where the last record starts (bytes after the read position) when it is a `K_DELIVERED` run that a
+    /// completion may extend.
+    run_at: Option<usize>,
+    /// Events waiting (a run holds `extra` of them).
+    events: usize,
 }
 
 /// Where `poll` copies a batch before calling back (only the owner's thread uses it).
@@ -232,6 +222,8 @@ impl EventQueue {
                 ring,
                 lost: VecDeque::new(),
                 failed: VecDeque::new(),
+                run_at: None,
+                events: 0,
             }),
             scratch: Mutex::new(Scratch::default()),
             signal: Signal::new()?,
@@ -259,11 +251,14 @@ impl EventQueue {
             return false;
         }
         let was_empty = g.ring.is_empty();
+        let at = g.ring.len();
         if r.s3.is_empty() {
             g.ring.push(&[&r.header(), r.s1, r.s2]);
         } else {
             g.ring.push(&[&r.header(), r.s1, r.s2, r.s3]);
         }
+        g.run_at = (r.kind == K_DELIVERED).then_some(at);
+        g.events += 1;
         then(&mut g);
         if was_empty {
             self.signal.raise();
@@ -296,10 +291,18 @@ impl EventQueue {
         )
     }
 
-    /// Queue a control event; false only when even the reserve is full.
-    pub(crate) fn push_control(&self, c: Control<'_>) -> bool {
-        let r = match c {
-            Control::Connected { session_present } => Rec {
+    /// Queue an event (the I/O thread's, copied in): a received message as [`push_message`](Self::push_message)
+    /// does; any other may use the reserve too, false only when even that is full.
+    pub(crate) fn push_event(&self, e: Event<'_>) -> bool {
+        let r = match e {
+            Event::Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+            } => return self.push_message(topic, payload, qos, retain, properties),
+            Event::Connected { session_present } => Rec {
                 kind: K_CONNECTED,
                 b1: 0,
                 b2: session_present as u8,
@@ -309,17 +312,22 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Delivered { token, qos } => Rec {
-                kind: K_DELIVERED,
-                b1: qos as u8,
-                b2: 0,
-                extra: 0,
-                n: token,
-                s1: &[],
-                s2: &[],
-                s3: &[],
-            },
-            Control::ConnectionLost { cause } => {
+            Event::Delivered { token, qos } => {
+                if self.extend_run(token, qos) {
+                    return true;
+                }
+                Rec {
+                    kind: K_DELIVERED,
+                    b1: qos as u8,
+                    b2: 0,
+                    extra: 1,
+                    n: token,
+                    s1: &[],
+                    s2: &[],
+                    s3: &[],
+                }
+            }
+            Event::ConnectionLost { cause } => {
                 let r = Rec {
                     kind: K_LOST,
                     b1: 0,
@@ -332,7 +340,7 @@ impl EventQueue {
                 };
                 return self.push_with(&r, usize::MAX, |g| g.lost.push_back(cause.clone()));
             }
-            Control::Failed { token, qos, cause } => {
+            Event::Failed { token, qos, cause } => {
                 let r = Rec {
                     kind: K_FAILED,
                     b1: qos as u8,
@@ -345,7 +353,7 @@ impl EventQueue {
                 };
                 return self.push_with(&r, usize::MAX, |g| g.failed.push_back(cause.clone()));
             }
-            Control::Reconnecting { delay, attempt } => Rec {
+            Event::Reconnecting { delay, attempt } => Rec {
                 kind: K_RECONNECTING,
                 b1: 0,
                 b2: 0,
@@ -355,7 +363,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Subscribed { filter, granted } => Rec {
+            Event::Subscribed { filter, granted } => Rec {
                 kind: K_SUBSCRIBED,
                 b1: granted.map(|q| q as u8).unwrap_or(0xff),
                 b2: 0,
@@ -365,7 +373,7 @@ impl EventQueue {
                 s2: &[],
                 s3: &[],
             },
-            Control::Unsubscribed { filter } => Rec {
+            Event::Unsubscribed { filter } => Rec {
                 kind: K_UNSUBSCRIBED,
                 b1: 0,
                 b2: 0,
@@ -377,6 +385,22 @@ impl EventQueue {
             },
         };
         self.push(&r, usize::MAX)
+    }
+
+    /// Add `token` to the last record when it is the run just before it (same QoS). Only the I/O thread
+    /// pushes, so the last record cannot change between this and a push that follows.
+    fn extend_run(&self, token: Token, qos: QoS) -> bool {
+        let mut g = self.lock();
+        let Some(at) = g.run_at else { return false };
+        let mut h = [0u8; EV_HDR];
+        g.ring.peek(at, &mut h);
+        let count = u32_at(&h, 12);
+        if h[1] != qos as u8 || count == u32::MAX || u64_at(&h, 16) + u64::from(count) != token {
+            return false;
+        }
+        g.ring.poke(at + 12, &(count + 1).to_le_bytes());
+        g.events += 1;
+        true
     }
 
     /// Bytes a received message may still take now (its record: `EV_HDR` + topic + payload). Only the I/O
@@ -400,7 +424,7 @@ impl EventQueue {
 
     /// Events waiting now.
     pub(crate) fn len(&self) -> usize {
-        self.lock().ring.count()
+        self.lock().events
     }
 
     /// Hand up to `max` events to `f`. Returns how many. A call from inside `f` returns 0.
@@ -416,22 +440,32 @@ impl EventQueue {
         if !scratch.failed.is_empty() {
             scratch.failed.clear();
         }
-        let mut n = 0;
+        // Records copied, events they hold.
+        let (mut recs, mut n) = (0, 0);
         {
             let mut g = self.lock();
             let mut bytes = 0usize;
             let (mut lost, mut failed) = (0, 0);
             let mut h = [0u8; EV_HDR];
+            // Events to take from the front of a run that does not fit whole.
+            let mut part = 0;
             while n < max && bytes < g.ring.len() {
                 g.ring.peek(bytes, &mut h);
+                let events = events_in(&h);
+                if n + events > max {
+                    part = max - n;
+                    break;
+                }
                 bytes += EV_HDR + body_len(&h);
                 lost += usize::from(h[0] == K_LOST);
                 failed += usize::from(h[0] == K_FAILED);
-                n += 1;
+                recs += 1;
+                n += events;
             }
-            if n > 0 {
+            if recs > 0 {
                 g.ring.copy_front(bytes, &mut scratch.bytes);
-                g.ring.consume(bytes, n);
+                g.ring.consume(bytes, recs);
+                g.run_at = g.run_at.and_then(|at| at.checked_sub(bytes));
                 if lost > 0 {
                     scratch.lost.extend(g.lost.drain(..lost));
                 }
@@ -439,6 +473,18 @@ impl EventQueue {
                     scratch.failed.extend(g.failed.drain(..failed));
                 }
             }
+            if part > 0 {
+                // The run now in front: its first `part` tokens go out, the rest stays.
+                let first = u64_at(&h, 16);
+                let left = u32_at(&h, 12) - part as u32;
+                h[12..16].copy_from_slice(&(part as u32).to_le_bytes());
+                scratch.bytes.extend_from_slice(&h);
+                g.ring.poke(12, &left.to_le_bytes());
+                g.ring.poke(16, &(first + part as u64).to_le_bytes());
+                recs += 1;
+                n += part;
+            }
+            g.events -= n;
             if g.ring.is_empty() {
                 self.signal.clear();
             }
@@ -446,7 +492,7 @@ impl EventQueue {
         let (buf, mut lost, mut failed) =
             (&scratch.bytes, scratch.lost.iter(), scratch.failed.iter());
         let mut off = 0;
-        for _ in 0..n {
+        for _ in 0..recs {
             let h = &buf[off..off + EV_HDR];
             let l1 = u32_at(h, 4) as usize;
             let l2 = u32_at(h, 8) as usize;
@@ -468,10 +514,13 @@ impl EventQueue {
                     // Copied from a decoded PUBLISH.
                     properties: Properties::from_validated(s3),
                 },
-                K_DELIVERED => Event::Delivered {
-                    token: u64_at(h, 16),
-                    qos,
-                },
+                K_DELIVERED => {
+                    let first = u64_at(h, 16);
+                    for token in first..first + u64::from(u32_at(h, 12)) {
+                        f(Event::Delivered { token, qos });
+                    }
+                    continue;
+                }
                 K_LOST => match lost.next() {
                     Some(cause) => Event::ConnectionLost { cause },
                     None => continue, // cannot be: one cause per record
@@ -520,7 +569,7 @@ mod tests {
         let q = EventQueue::new(1024, 256).unwrap();
         assert!(!readable(q.fd()));
         assert!(q.push_message("a/b", b"one", QoS::AtLeastOnce, true, Properties::EMPTY));
-        assert!(q.push_control(Control::Delivered {
+        assert!(q.push_event(Event::Delivered {
             token: 7,
             qos: QoS::ExactlyOnce
         }));
@@ -539,7 +588,7 @@ mod tests {
                 "Delivered { token: 7, qos: ExactlyOnce }".to_string()
             ]
         );
-        assert!(q.push_control(Control::Reconnecting {
+        assert!(q.push_event(Event::Reconnecting {
             delay: Duration::from_millis(1500),
             attempt: 3
         }));
@@ -561,8 +610,9 @@ mod tests {
         assert!(q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e)); // 85 bytes
         assert!(!q.push_message("t", &[0u8; 60], QoS::AtMostOnce, false, e));
         for i in 0..8 {
-            assert!(q.push_control(Control::Delivered {
-                token: i,
+            // Not consecutive: eight records (see `completions_are_kept_as_runs`).
+            assert!(q.push_event(Event::Delivered {
+                token: 2 * i,
                 qos: QoS::AtLeastOnce
             }));
         }
@@ -576,9 +626,48 @@ mod tests {
     }
 
     #[test]
+    fn completions_are_kept_as_runs() {
+        let q = EventQueue::new(100, 200).unwrap();
+        let d = |token, qos| Event::Delivered { token, qos };
+        // 100,000 consecutive QoS 1 completions take one record.
+        for t in 1..=100_000 {
+            assert!(q.push_event(d(t, QoS::AtLeastOnce)));
+        }
+        assert_eq!((q.free(), q.len()), (300 - EV_HDR, 100_000));
+        // another QoS, a gap, a message: new records; the message ends the run before it
+        assert!(q.push_event(d(100_001, QoS::ExactlyOnce)));
+        assert!(q.push_event(d(100_003, QoS::ExactlyOnce)));
+        assert!(q.push_event(d(100_004, QoS::ExactlyOnce)));
+        assert!(q.push_message("t", b"m", QoS::AtMostOnce, false, Properties::EMPTY));
+        assert!(q.push_event(d(100_005, QoS::ExactlyOnce)));
+        assert_eq!(q.free(), 300 - 5 * EV_HDR - 2);
+        // handed out one per token, in order, split at `max`; a split run still grows at its end
+        let mut seen = Vec::new();
+        let mut rec = |e: Event<'_>| {
+            seen.push(match e {
+                Event::Delivered { token, qos } => (token, qos as u8),
+                _ => (0, 9),
+            })
+        };
+        assert_eq!(q.poll(1000, &mut rec), 1000);
+        assert_eq!(q.len(), 99_005);
+        assert_eq!(q.poll(98_999, &mut rec), 98_999);
+        assert!(q.push_event(d(100_006, QoS::ExactlyOnce)));
+        assert_eq!(q.poll(usize::MAX, &mut rec), 7);
+        assert_eq!(q.len(), 0);
+        assert!(q.push_event(d(100_007, QoS::ExactlyOnce)));
+        assert_eq!(q.poll(usize::MAX, &mut rec), 1);
+        let mut want: Vec<(u64, u8)> = (1..=100_000).map(|t| (t, 1)).collect();
+        want.extend([(100_001, 2), (100_003, 2), (100_004, 2), (0, 9)]);
+        want.extend([(100_005, 2), (100_006, 2), (100_007, 2)]);
+        assert_eq!(seen, want);
+        assert_eq!(q.free(), 300);
+    }
+
+    #[test]
     fn reentrant_poll_returns_zero() {
         let q = EventQueue::new(1024, 256).unwrap();
-        q.push_control(Control::Connected {
+        q.push_event(Event::Connected {
             session_present: false,
         });
         let mut inner = usize::MAX;

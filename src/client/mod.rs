@@ -21,7 +21,8 @@
 //! Events flow back through a bounded queue; its file descriptor ([`Client::event_fd`]) is readable exactly
 //! while events are waiting (the q layer registers it with `sd1`). Acknowledgements are never dropped: the
 //! I/O thread stops feeding the session when the event queue could not take the acknowledgements of what is
-//! in flight, and a drain wakes it again.
+//! in flight, and a drain wakes it again. Completions of consecutive tokens share one record (a run), so an
+//! owner that does not drain only pauses sending when they are out of order or of mixed QoS.
 //!
 //! Received messages are never acknowledged and then dropped for lack of room (receive backpressure): when
 //! the event queue cannot take the next incoming PUBLISH (any QoS), the I/O thread stops reading the socket
@@ -87,7 +88,7 @@ use crate::codec::{Properties, Property, Protocol, QoS, SubscriptionOptions};
 use crate::error::{ConfigError, DeliveryError, Doing, Error, Fault, Key};
 use crate::session::{Mqtt5Config, ServerInfo, SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
-use crate::transport::{Endpoint, TlsOptions};
+use crate::transport::{proxy, Endpoint, TlsFiles, TlsOptions};
 
 mod events;
 mod io;
@@ -95,7 +96,7 @@ mod queue;
 mod ring;
 mod shared;
 
-use shared::{lock, Cmd, Counters, Shared};
+use shared::{lock, AckWait, Cmd, Counters, Shared};
 
 /// What happens when the publish queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,8 +114,19 @@ pub enum FullPolicy {
 /// `reliable=1` allows one message in flight).
 #[derive(Clone)]
 pub struct Config {
-    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://` `host[:port]`.
+    /// `tcp://`, `ssl://`, `mqtt://`, `mqtts://`, `ws://`, `wss://` `host[:port]`; several brokers of one
+    /// service (an HA pair, cluster nodes: paho's `serverURIs`) separated by commas. Each connect tries them
+    /// in order and stays with the first that answers (its CONNACK); a failed attempt moves on to the next at
+    /// once, the reconnect backoff is between rounds. Unacknowledged QoS 1/2 messages are resent to whichever
+    /// broker is reached (`Stats::broker` says which).
     pub uri: String,
+    /// KX `httpProxy`: the HTTP proxy for plain brokers (`tcp://`, `ws://`), `http://[user:password@]host:port`;
+    /// `None`: the environment decides (`$http_proxy` and KX's rules, see [`crate::transport::proxy::select`]);
+    /// `Some("")`: no proxy.
+    pub http_proxy: Option<String>,
+    /// KX `httpsProxy`: the same for TLS brokers (`ssl://`, `wss://`; `$https_proxy`). TLS runs inside the
+    /// tunnel.
+    pub https_proxy: Option<String>,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Vec<u8>>,
@@ -125,14 +137,16 @@ pub struct Config {
     /// its PUBREL: mosquitto takes the new PUBLISH as a new message and delivers it; the old one, never
     /// released, is not delivered (messages cross a restart in the spool, not in the broker's session).
     pub clean_session: bool,
-    /// KX `connectTimeout`, 30 s: TCP + TLS + CONNACK.
+    /// KX `connectTimeout`, 30 s: name lookup + TCP + TLS + CONNACK, per broker of a list.
     pub connect_timeout: Duration,
     /// KX `MQTTVersion` (3 → 3.1, 4 or 0 → 3.1.1, 5 → 5). Under MQTT 5 `clean_session` is Clean Start.
     pub protocol: Protocol,
     /// In-flight window for QoS 1/2 (KX `maxInflightMessages` / `reliable`); default 100.
     pub max_inflight: u16,
     pub will: Option<Will>,
-    /// TLS options, used when the URI scheme is `ssl://` / `mqtts://`.
+    /// TLS options, used when the URI scheme is `ssl://` / `mqtts://` / `wss://` (in a list, for its TLS
+    /// brokers). A setting that differs from its default fails `Client::connect` (`Fault::NeedsTls`) when no
+    /// broker of `uri` uses TLS.
     pub tls: TlsOptions,
     /// Publish queue bound in bytes (topic + payload + a small header per message). Default 4 MiB. Allocated
     /// at connect (pages touched on use): at most the machine's physical memory, more (or what the allocator
@@ -147,9 +161,11 @@ pub struct Config {
     /// could never fit (its record larger than `event_queue_bytes`) is dropped and counted
     /// (`Stats::dropped_incoming`); keep `max_packet_size` below this bound to rule that out.
     pub event_queue_bytes: usize,
-    /// Largest incoming packet accepted (whole packet, bytes); a bigger one is a protocol error that drops
-    /// the connection. Default 1 MiB. MQTT 5 sends it to the broker (Maximum Packet Size), which then does
-    /// not send bigger ones.
+    /// Largest incoming packet accepted (whole packet, bytes). Default 1 MiB. Under MQTT 3.1.1/3.1 a bigger
+    /// PUBLISH is read past without being kept (only its topic and packet id are buffered), acknowledged so
+    /// that the broker does not resend it, logged and counted (`Stats::dropped_oversize`); the connection
+    /// stays up. Any other bigger packet is a protocol error. MQTT 5 sends it to the broker (Maximum Packet
+    /// Size), which then does not send bigger ones.
     pub max_packet_size: usize,
     /// Bytes owed to the broker (acknowledgements of what it sends, PINGREQ, …) held unsent at most: beyond
     /// this the client stops reading from the broker until the socket takes them (every PUBLISH and PUBREL
@@ -169,6 +185,9 @@ pub struct Config {
     /// Emit [`Event::Delivered`] for QoS 0 messages when they are handed to the socket. Default false (the
     /// q layer never reports QoS 0 deliveries, as KX).
     pub qos0_delivery_events: bool,
+    /// With `protocol` V311: when the broker refuses it ("unacceptable protocol version"), try MQTT 3.1 at
+    /// once (paho's `MQTTVersion` 0, the q layer's default). Default false.
+    pub protocol_fallback: bool,
     /// Batching delay. Zero (default): a publish into an empty queue wakes the I/O thread at once (lowest
     /// latency; one `eventfd` write per burst when the thread is idle). Non-zero: while messages keep
     /// coming (one within the last `max(10·linger, 10 ms)`), the I/O thread collects them for up to `linger`
@@ -190,7 +209,21 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("uri", &crate::transport::redacted_uri(&self.uri))
+            .field("uri", &crate::transport::redacted_uris(&self.uri))
+            .field(
+                "http_proxy",
+                &self
+                    .http_proxy
+                    .as_deref()
+                    .map(crate::transport::redacted_uri),
+            )
+            .field(
+                "https_proxy",
+                &self
+                    .https_proxy
+                    .as_deref()
+                    .map(crate::transport::redacted_uri),
+            )
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -212,6 +245,7 @@ impl std::fmt::Debug for Config {
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("qos0_delivery_events", &self.qos0_delivery_events)
+            .field("protocol_fallback", &self.protocol_fallback)
             .field("linger", &self.linger)
             .field("batch_scheduling", &self.batch_scheduling)
             .field("spool", &self.spool)
@@ -224,6 +258,8 @@ impl Config {
     pub fn new(uri: impl Into<String>, client_id: impl Into<String>) -> Config {
         Config {
             uri: uri.into(),
+            http_proxy: None,
+            https_proxy: None,
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -245,6 +281,7 @@ impl Config {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             qos0_delivery_events: false,
+            protocol_fallback: false,
             linger: Duration::ZERO,
             batch_scheduling: true,
             spool: None,
@@ -252,7 +289,7 @@ impl Config {
     }
 }
 
-/// Why a publish was refused. Short `as_q_str` forms are the q error strings.
+/// Why a publish was refused (the q layer maps each to its short q error string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
     QueueFull,
@@ -268,19 +305,6 @@ pub enum PublishError {
     PropertyNotAllowed,
 }
 
-impl PublishError {
-    /// The q-style error string.
-    pub fn as_q_str(&self) -> &'static str {
-        match self {
-            PublishError::QueueFull => "queue full",
-            PublishError::NotConnected => "not connected",
-            PublishError::TopicInvalid => "topic",
-            PublishError::TooLarge => "payload size",
-            PublishError::NeedsMqtt5 => "properties need MQTTVersion 5",
-            PublishError::PropertyNotAllowed => "property not allowed",
-        }
-    }
-}
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -417,6 +441,11 @@ pub struct Stats {
     pub last_spool_error: Option<String>,
     /// Messages reported [`Event::Failed`] (refused by the broker, or beyond its limits).
     pub failed: u64,
+    /// Subscriptions the broker refused (SUBACK failure), or the session could not send.
+    pub sub_refused: u64,
+    /// Incoming messages over `max_packet_size` read past, discarded and acknowledged (MQTT 3.1.1/3.1; the
+    /// connection stays up).
+    pub dropped_oversize: u64,
     /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
     pub topic_aliased: u64,
     pub topic_alias_bytes_saved: u64,
@@ -424,6 +453,9 @@ pub struct Stats {
     /// maximum, maximum packet size, topic alias maximum, maximum QoS…), assigned client id, server
     /// keep-alive. `None` before the first connection.
     pub server: Option<ServerInfo>,
+    /// The broker of the current (or last) connection, as `scheme://host:port` — one of `Config::uri`'s list.
+    /// `None` before the first connection.
+    pub broker: Option<String>,
 }
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
@@ -447,8 +479,15 @@ fn check_filter(f: &str) -> Result<(), ClientError> {
     })
 }
 
-/// Check a configuration; returns the broker address and, for TLS, the rustls configuration.
-fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>), ConfigError> {
+/// What [`validate`] hands the I/O thread: the brokers (each with its proxy) and, when one of them is TLS,
+/// the rustls configuration and the state of the files it was read from.
+type Checked = (
+    Vec<io::Target>,
+    Option<(Arc<rustls::ClientConfig>, TlsFiles)>,
+);
+
+/// Check a configuration; returns the brokers and, for TLS, the rustls configuration.
+fn validate(cfg: &Config) -> Result<Checked, ConfigError> {
     let bad = |key: Key, m: String| Err(ConfigError::invalid(key, m));
     let id = &cfg.client_id;
     if id.len() > 65535 {
@@ -562,27 +601,58 @@ fn validate(cfg: &Config) -> Result<(Endpoint, Option<Arc<rustls::ClientConfig>>
             return bad(Key::Will, "will payload: longer than 65535 bytes".into());
         }
     }
-    let ep = Endpoint::parse(&cfg.uri).map_err(|e| e.within("uri"))?;
-    if !ep.scheme.tls() {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut targets = Vec::new();
+    for uri in cfg.uri.split(',') {
+        let ep = Endpoint::parse(uri).map_err(|e| e.within("uri"))?;
+        let tls = ep.scheme.tls();
+        let proxy = proxy::select(
+            cfg.http_proxy.as_deref(),
+            cfg.https_proxy.as_deref(),
+            tls,
+            &ep.host,
+            ep.port,
+            &env,
+        )
+        .map_err(|e| {
+            let key = if tls { Key::HttpsProxy } else { Key::HttpProxy };
+            ConfigError::invalid(key, e.to_string())
+        })?;
+        targets.push(io::Target { ep, proxy });
+    }
+    let any_tls = targets.iter().any(|t| t.ep.scheme.tls());
+    if !any_tls {
         if let Some((key, name)) = tls_setting(&cfg.tls) {
-            // Credentials would travel in clear text while the user believes in TLS.
+            // Credentials would travel in clear text while the user believes in TLS. In a list mixing
+            // plain and TLS brokers the TLS settings apply to the TLS ones.
+            let uri = crate::transport::redacted_uris(&cfg.uri);
+            let (what, one) = if targets.len() > 1 {
+                (
+                    format!("no broker of {uri} has"),
+                    " for at least one (the TLS ones of a list take it)",
+                )
+            } else {
+                (format!("{uri} is not"), "")
+            };
             return Err(ConfigError::new(
                 key,
                 Fault::NeedsTls,
                 format!(
-                    "{name} is a TLS setting but {} is not a TLS address: use ssl:// or mqtts:// \
-                     (wss:// over WebSocket) for it to apply, or leave it out",
-                    crate::transport::redacted_uri(&cfg.uri)
+                    "{name} is a TLS setting but {what} a TLS address: use ssl:// or mqtts:// \
+                     (wss:// over WebSocket){one} for it to apply, or leave it out"
                 ),
             ));
         }
     }
-    let tls = if ep.scheme.tls() {
-        Some(crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?)
+    let tls = if any_tls {
+        // The files' state first: a file replaced while it is read shows as changed at the next reconnect.
+        let files = TlsFiles::of(&cfg.tls);
+        let c = crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?;
+        Some((c, files))
     } else {
         None
     };
-    Ok((ep, tls))
+    Ok((targets, tls))
 }
 
 /// The first TLS setting that differs from its default, with its names (q option, `qmqtt` flag).
@@ -651,7 +721,7 @@ pub struct Client {
 impl Client {
     /// Validate the config, build TLS, spawn the I/O thread and start connecting. Returns at once.
     pub fn connect(cfg: Config) -> Result<Client, ClientError> {
-        let (ep, tls) = validate(&cfg).map_err(ClientError::Config)?;
+        let (targets, tls) = validate(&cfg).map_err(ClientError::Config)?;
         // Opened here, on the caller's thread, so that a locked or unusable directory is reported now; then
         // moved into the I/O thread, the only one that touches it.
         let spool = match &cfg.spool {
@@ -705,9 +775,12 @@ impl Client {
             last_error: Mutex::new(None),
             last_spool_error: Mutex::new(None),
             server: Mutex::new(None),
+            broker: Mutex::new(None),
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
+            acks: Mutex::new(shared::AckBoard::default()),
+            acks_cv: Condvar::new(),
             exited: Mutex::new(false),
             exited_cv: Condvar::new(),
         });
@@ -718,9 +791,11 @@ impl Client {
             cfg.connect_timeout
                 .min(keep_alive.max(Duration::from_secs(1)))
         };
+        let (tls, tls_files) = tls.unzip();
         let params = io::Params {
-            ep,
+            targets,
             tls,
+            tls_files,
             tls_opts: cfg.tls.clone(),
             session: SessionConfig {
                 client_id: cfg.client_id.clone(),
@@ -740,6 +815,7 @@ impl Client {
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
             qos0_events: cfg.qos0_delivery_events,
+            protocol_fallback: cfg.protocol_fallback,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
             max_unsent: cfg.max_unsent_bytes,
@@ -953,13 +1029,56 @@ impl Client {
                 "subscription options and identifiers need MQTT 5 (MQTTVersion 5)",
             )));
         }
-        if id.is_some_and(|i| i == 0 || i > crate::codec::properties::MAX_SUBSCRIPTION_ID) {
+        let max = crate::codec::properties::MAX_SUBSCRIPTION_ID;
+        if id.is_some_and(|i| i == 0 || i > max) {
             return Err(ClientError::Config(ConfigError::invalid(
                 Key::TopicFilter,
-                "subscription identifier: must be 1 to 268435455",
+                format!("subscription identifier: must be 1 to {max}"),
             )));
         }
         self.command(Cmd::Subscribe(filter.to_string(), opts, id))
+    }
+
+    /// [`Client::subscribe`], and when connected a waiter for the broker's SUBACK: `None` when not connected
+    /// (the subscription goes out at the next connection; its outcome arrives as [`Event::Subscribed`]).
+    /// An outcome a waiter takes is not also sent as an event.
+    pub fn subscribe_acked(
+        &self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(false, filter);
+        let cmd = Cmd::Subscribe(filter.to_string(), SubscriptionOptions::new(qos), None);
+        self.command(cmd).map(|()| w)
+    }
+
+    /// [`Client::unsubscribe`] with a waiter for the UNSUBACK when connected (as [`Client::subscribe_acked`]).
+    pub fn unsubscribe_acked(&self, filter: &str) -> Result<Option<AckWaiter>, ClientError> {
+        check_filter(filter)?;
+        let w = self.await_ack(true, filter);
+        self.command(Cmd::Unsubscribe(filter.to_string()))
+            .map(|()| w)
+    }
+
+    /// Register a waiter before the command goes out, so that no acknowledgement can come first.
+    fn await_ack(&self, unsub: bool, filter: &str) -> Option<AckWaiter> {
+        if !self.is_connected() {
+            return None;
+        }
+        let mut b = lock(&self.sh.acks);
+        b.next_id += 1;
+        let id = b.next_id;
+        b.waiting.push(AckWait {
+            id,
+            unsub,
+            filter: filter.to_string(),
+            outcome: None,
+        });
+        Some(AckWaiter {
+            sh: self.sh.clone(),
+            id,
+        })
     }
 
     /// Unsubscribe from `filter`; confirmed by [`Event::Unsubscribed`].
@@ -971,6 +1090,21 @@ impl Client {
     /// Connected to the broker now (CONNACK accepted).
     pub fn is_connected(&self) -> bool {
         self.sh.ctr.connected.load(Relaxed)
+    }
+
+    /// The connection is connected or will reconnect by itself: not disconnected by its owner, the I/O
+    /// thread still running (it ends after a loss only without `reconnect`).
+    pub fn is_alive(&self) -> bool {
+        self.thread.is_some() && !*lock(&self.sh.exited) && !lock(&self.sh.pubq).closed
+    }
+
+    /// Ask the I/O thread to make its next reconnect attempt now instead of after the backoff delay (a
+    /// no-op while connected or connecting). Returns a [`LinkWatch`] to wait for the connection without
+    /// holding the client.
+    pub fn reconnect_now(&self) -> LinkWatch {
+        lock(&self.sh.cmds).push(Cmd::ReconnectNow);
+        let _ = self.sh.waker.wake();
+        LinkWatch(self.sh.clone())
     }
 
     /// Stop: wait up to `timeout` for queued and in-flight messages to finish, send DISCONNECT, join the thread.
@@ -1048,9 +1182,12 @@ impl Client {
             spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
             failed: c.failed.load(Relaxed),
+            sub_refused: c.sub_refused.load(Relaxed),
+            dropped_oversize: c.dropped_oversize.load(Relaxed),
             topic_aliased: c.aliased.load(Relaxed),
             topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
             server: lock(&self.sh.server).clone(),
+            broker: lock(&self.sh.broker).clone(),
         }
     }
 
@@ -1081,6 +1218,65 @@ impl Drop for Client {
     /// Same as `disconnect(0)`: DISCONNECT is sent if the socket takes it at once; never waits on the network.
     fn drop(&mut self) {
         self.disconnect(Duration::ZERO);
+    }
+}
+
+/// Waits for a connection's link to be up (from [`Client::reconnect_now`]); holds no lock of the client.
+pub struct LinkWatch(Arc<Shared>);
+
+impl LinkWatch {
+    /// Block until the connection is up (true), or `timeout` passes or the I/O thread ends (false).
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let sh = &self.0;
+        let g = lock(&sh.first);
+        let (_g, _) = sh
+            .first_cv
+            .wait_timeout_while(g, timeout, |_| {
+                !sh.ctr.connected.load(Relaxed) && !*lock(&sh.exited)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        sh.ctr.connected.load(Relaxed)
+    }
+}
+
+/// Waits for one SUBACK/UNSUBACK (from [`Client::subscribe_acked`]); holds no lock of the client. Dropping
+/// it stops waiting (an outcome that comes later is sent as an event).
+pub struct AckWaiter {
+    sh: Arc<Shared>,
+    id: u64,
+}
+
+impl AckWaiter {
+    /// The broker's answer within `timeout`: `Some(qos)` granted (any `Some` for an UNSUBACK), `None`
+    /// refused; [`ClientError::Timeout`] when it did not come.
+    pub fn wait(&self, timeout: Duration) -> Result<Option<QoS>, ClientError> {
+        let b = lock(&self.sh.acks);
+        let pending = |b: &mut shared::AckBoard| {
+            b.waiting
+                .iter()
+                .any(|w| w.id == self.id && w.outcome.is_none())
+        };
+        let (mut b, _) = self
+            .sh
+            .acks_cv
+            .wait_timeout_while(b, timeout, |b| pending(b) && !*lock(&self.sh.exited))
+            .unwrap_or_else(|e| e.into_inner());
+        match b.waiting.iter().find(|w| w.id == self.id) {
+            Some(AckWait {
+                outcome: Some(o), ..
+            }) => {
+                let o = *o;
+                b.waiting.retain(|w| w.id != self.id);
+                Ok(o)
+            }
+            _ => Err(ClientError::Timeout),
+        }
+    }
+}
+
+impl Drop for AckWaiter {
+    fn drop(&mut self) {
+        lock(&self.sh.acks).waiting.retain(|w| w.id != self.id);
     }
 }
 

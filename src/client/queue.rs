@@ -13,15 +13,12 @@
 //! that clears it and wakes the thread — so a stream of publishes costs one wake-up, not one per message.
 use super::ring::ByteRing;
 use super::{Counters, FullPolicy, PublishError};
-use crate::codec::QoS;
+use crate::codec::{QoS, MAX_REMAINING_LENGTH};
 use crate::session::Token;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Bytes of the per-message header in the queue (counted against `queue_bytes`).
 pub(crate) const HDR: usize = 16;
-
-/// The largest remaining length MQTT can encode.
-const MAX_REMAINING: usize = 268_435_455;
 
 /// A queued message's header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +257,7 @@ impl PubQueue {
         };
         let need = HDR + topic.len() + body;
         // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
-        if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING {
+        if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING_LENGTH {
             return Err(PublishError::TooLarge);
         }
         Ok((need, body))

@@ -98,6 +98,21 @@ impl ByteRing {
         }
     }
 
+    /// Overwrite stored bytes starting `off` bytes after the read position (e.g. a record's header).
+    pub(crate) fn poke(&mut self, off: usize, data: &[u8]) {
+        debug_assert!(off + data.len() <= self.len);
+        let cap = self.buf.len();
+        let mut pos = self.head + off;
+        if pos >= cap {
+            pos -= cap;
+        }
+        let first = data.len().min(cap - pos);
+        self.buf[pos..pos + first].copy_from_slice(&data[..first]);
+        if first < data.len() {
+            self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        }
+    }
+
     /// Append the first `n` stored bytes to `out` (without consuming them).
     pub(crate) fn copy_front(&self, n: usize, out: &mut Vec<u8>) {
         debug_assert!(n <= self.len);

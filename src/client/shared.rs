@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{events, queue};
-use crate::codec::SubscriptionOptions;
+use crate::codec::{QoS, SubscriptionOptions};
 use crate::error::Error;
 use crate::session::ServerInfo;
 
@@ -42,6 +42,8 @@ pub(crate) struct Counters {
     pub spool_bytes_written: AtomicU64,
     pub spool_delivered_previous: AtomicU64,
     pub failed: AtomicU64,
+    pub sub_refused: AtomicU64,
+    pub dropped_oversize: AtomicU64,
     pub aliased: AtomicU64,
     pub alias_saved: AtomicU64,
 }
@@ -51,6 +53,8 @@ pub(crate) enum Cmd {
     /// The filter, its options and an MQTT 5 Subscription Identifier.
     Subscribe(String, SubscriptionOptions, Option<u32>),
     Unsubscribe(String),
+    /// Try to connect now if waiting for the next reconnect attempt (the owner asked to connect again).
+    ReconnectNow,
     /// Drain until this instant at the latest, then send DISCONNECT and exit.
     Stop(Instant),
 }
@@ -67,15 +71,36 @@ pub(crate) struct Shared {
     pub last_spool_error: Mutex<Option<String>>,
     /// The broker's CONNACK of the current (or last) connection.
     pub server: Mutex<Option<ServerInfo>>,
+    /// The broker of the current (or last) connection (`Stats::broker`).
+    pub broker: Mutex<Option<String>>,
     /// The outcome of the first connection attempt (for `wait_connected`), set once.
     pub first: Mutex<Option<Result<(), Error>>>,
+    /// Notified (under `first`) when the first outcome is set, on every CONNACK and when the thread ends.
     pub first_cv: Condvar,
     /// The I/O thread stopped feeding the session because the event queue had no room for the
     /// acknowledgements; the next `poll_events` that frees room wakes it.
     pub io_wants_room: AtomicBool,
+    /// Owners waiting for a SUBACK/UNSUBACK ([`AckWaiter`](super::AckWaiter)); entries live while they wait.
+    pub acks: Mutex<AckBoard>,
+    pub acks_cv: Condvar,
     /// Set when the I/O thread has finished (even by a panic).
     pub exited: Mutex<bool>,
     pub exited_cv: Condvar,
+}
+
+/// A SUBACK (`unsub` false) or UNSUBACK an owner waits for, and its outcome once the I/O thread has it:
+/// `Some(Some(qos))` granted (or unsubscribed), `Some(None)` refused.
+pub(crate) struct AckWait {
+    pub id: u64,
+    pub unsub: bool,
+    pub filter: String,
+    pub outcome: Option<Option<QoS>>,
+}
+
+#[derive(Default)]
+pub(crate) struct AckBoard {
+    pub next_id: u64,
+    pub waiting: Vec<AckWait>,
 }
 
 /// Lock, ignoring poisoning: every structure behind these locks stays consistent between statements.
@@ -84,11 +109,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Hand a SUBACK/UNSUBACK outcome to the oldest owner waiting for it; false when none waits.
+    pub(crate) fn resolve_ack(&self, unsub: bool, filter: &str, outcome: Option<QoS>) -> bool {
+        let mut b = lock(&self.acks);
+        let Some(w) = b
+            .waiting
+            .iter_mut()
+            .find(|w| w.outcome.is_none() && w.unsub == unsub && w.filter == filter)
+        else {
+            return false;
+        };
+        w.outcome = Some(outcome);
+        self.acks_cv.notify_all();
+        true
+    }
+
     pub(crate) fn set_first(&self, r: Result<(), Error>) {
         let mut f = lock(&self.first);
         if f.is_none() {
             *f = Some(r);
-            self.first_cv.notify_all();
         }
+        self.first_cv.notify_all();
     }
 }

@@ -345,7 +345,8 @@ impl fmt::Display for Error {
             }
             Error::PayloadTooLarge { size } => write!(
                 f,
-                "packet body of {size} bytes exceeds MQTT's limit of 268435455 bytes: send a smaller payload"
+                "packet body of {size} bytes exceeds MQTT's limit of {MAX_REMAINING_LENGTH} bytes: send a smaller \
+                 payload"
             ),
             Error::UnknownProperty { scope, id } => write!(
                 f,

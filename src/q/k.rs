@@ -52,6 +52,8 @@ pub enum Val<'a> {
     Bytes(&'a [u8]),
     /// A symbol vector.
     Syms(KRef<'a>),
+    /// A dictionary.
+    Dict(KRef<'a>),
     /// The generic null `(::)`.
     Nil,
     /// Anything else.
@@ -204,6 +206,7 @@ impl<'a> KRef<'a> {
             KC | -10 => self.bytes().map(Val::Chars).unwrap_or(Val::Other),
             KG => self.bytes().map(Val::Bytes).unwrap_or(Val::Other),
             KS if self.len().is_some() => Val::Syms(self),
+            XD | XD_SORTED => Val::Dict(self),
             GENERIC_NULL => Val::Nil,
             _ => Val::Other,
         }
@@ -327,4 +330,47 @@ pub fn error_text(x: K) -> Option<String> {
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default(),
     )
+}
+
+/// A dictionary of the first `n` (symbol key as bytes, owned value) pairs of `items`: keys interned with `sn`
+/// (MQTT strings hold no NUL), each value's ownership passes to the dictionary. No allocation besides q's.
+pub fn kdict_from<'a>(n: usize, items: impl Iterator<Item = (&'a [u8], K)>) -> K {
+    // SAFETY: ktn allocates n slots of each list; each is filled once (unused slots, should `items` run
+    // short, become empty symbols and generic nulls); xD takes both lists.
+    unsafe {
+        let ks = native::ktn(KS as i32, n as i64);
+        let vs = native::ktn(0, n as i64);
+        if ks.is_null() || vs.is_null() {
+            return std::ptr::null_mut();
+        }
+        let kd = std::ptr::addr_of_mut!((*ks).value.list.G0) as *mut *mut c_char;
+        let vd = std::ptr::addr_of_mut!((*vs).value.list.G0) as *mut K;
+        let mut items = items.take(n);
+        for i in 0..n {
+            let (key, v) = items
+                .next()
+                .unwrap_or((&b""[..], native::ka(GENERIC_NULL as i32)));
+            let len = i32::try_from(key.len()).unwrap_or(0);
+            *kd.add(i) = native::sn(key.as_ptr() as *mut c_char, len);
+            *vd.add(i) = v;
+        }
+        native::xD(ks, vs)
+    }
+}
+
+/// A long vector of the first `n` values of `v`.
+pub fn kjs_from(n: usize, v: impl Iterator<Item = i64>) -> K {
+    // SAFETY: ktn allocates n longs; each is written once (zeros should `v` run short).
+    unsafe {
+        let x = native::ktn(KJ as i32, n as i64);
+        if x.is_null() {
+            return x;
+        }
+        let d = std::ptr::addr_of_mut!((*x).value.list.G0) as *mut i64;
+        let mut v = v.take(n);
+        for i in 0..n {
+            *d.add(i) = v.next().unwrap_or(0);
+        }
+        x
+    }
 }

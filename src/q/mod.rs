@@ -4,12 +4,17 @@
 //! `init`/1, `pub`/4, `sub`/2, `unsub`/1, `isConnected`/1, `disconnect`/1 — so KX's own `mqtt.q` binds to this
 //! library unchanged. Additions (bound by our `q/mqtt.q`): several connections addressed by a handle
 //! (`connh`/3, `pubh`/5, `subh`/3, `unsubh`/2, `isConnectedh`/1, `disconnecth`/2, `statsh`/1), batch publish
-//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1).
+//! (`pubbatch`/4, `pubbatchh`/5), counters (`stats`/1) and the log level (`loglevel`/1). MQTT 5 (`MQTTVersion 5`,
+//! options in [`opts`]): publishing with properties (`pubp`/5, `pubph`/6, `pubbatchp`/5, `pubbatchph`/6; the
+//! dictionary is [`props`]'s), and the callbacks `.mqtt.msgrcvdp[topic;msg;props]` (with `rcvProperties`) and
+//! `.mqtt.msgfail[token;reason]` (a delivery the broker refused or its limits ruled out).
 //!
 //! Threads: q calls the exports on its main thread (publishing from q's secondary threads is also safe).
 //! Each connection's I/O thread signals its event queue on a file descriptor; `connX`/`connh` register that fd
-//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent` and `.mqtt.disconn` (and the handle
-//! forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches.
+//! with q's `sd1`, so the callbacks `.mqtt.msgrcvd`, `.mqtt.msgsent`, `.mqtt.disconn` and `.mqtt.subrefused`
+//! (and the handle forms `.mqtt.msgrcvdh[h;…]`…) run on q's main thread only, drained in batches. `sub`/`unsub`
+//! wait for the broker's answer on q's thread (a condvar the I/O thread signals), never calling into q
+//! from another thread; `conn` for the default connection's own broker and client id keeps it (see `rejoin`).
 //!
 //! Failure: no panic crosses into q (each export catches unwinds → `'internal error`); every string handed
 //! to `krr` is static. Long explanations (why a TLS handshake failed, …) go to the log on stderr and to the
@@ -27,12 +32,13 @@ use log::{debug, error, info, warn};
 
 mod k;
 mod opts;
+mod props;
 mod qlog;
 
 use self::k::{KRef, Val};
 use self::opts::QErr;
 use crate::client::{Client, ClientError, Event, PublishError};
-use crate::codec::{ConnectReturnCode, QoS};
+use crate::codec::{ConnectReturnCode, Properties, QoS};
 use crate::error::{ConfigError, Error, Fault, Key, Timeout, TlsError};
 use crate::session::Token;
 use crate::transport::proxy::ProxyError;
@@ -42,6 +48,11 @@ use crate::transport::ws::WsError;
 const EVENT_BATCH: usize = 1024;
 /// Extra time `conn` waits beyond `connectTimeout` for the engine to report its own verdict.
 const CONNECT_GRACE: Duration = Duration::from_secs(2);
+/// How long `sub`/`unsub` wait for the broker's SUBACK/UNSUBACK when connected (paho's, so KX's, 10 s).
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `conn` lets a connected default connection it replaces (other broker or client id) deliver what
+/// it holds before closing it.
+const REPLACE_DRAIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------------------
 // connections
@@ -52,8 +63,13 @@ struct Conn {
     handle: i64,
     client: Mutex<Option<Client>>,
     fd: RawFd,
+    /// The broker address and client id it was made with (`conn` keeps a default connection with the same).
+    uri: String,
+    client_id: String,
     /// Received payloads as byte vectors (`rcvPayload` `byte).
     rcv_bytes: bool,
+    /// Received messages go to `msgrcvdp` with their properties (`rcvProperties` 1b).
+    rcv_props: bool,
     callback_errors: AtomicU64,
 }
 
@@ -269,12 +285,12 @@ pub(super) fn config_error(c: &ConfigError) -> QErr {
         (Key::QueueBytes | Key::EventQueueBytes, Fault::TooLarge) => c"queueBytes too large",
         (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
         (Key::TopicFilter, _) => c"topic",
+        (Key::MaxPacketSize, _) => c"maximumPacketSize invalid",
         (
             Key::Protocol
             | Key::Username
             | Key::Password
             | Key::ConnectTimeout
-            | Key::MaxPacketSize
             | Key::Backoff
             | Key::Mqtt5
             | Key::Connect,
@@ -323,6 +339,31 @@ fn text_arg<'a>(x: K, ty: QErr) -> Result<&'a str, QErr> {
         _ => return Err(ty),
     };
     std::str::from_utf8(b).map_err(|_| c"Invalid UTF8 string")
+}
+
+/// `conn`'s address: a symbol or string (several brokers separated by commas, paho's serverURIs), or a
+/// list of symbols, one broker each (joined with commas for `Config::uri`).
+fn addr_arg(x: K) -> Result<String, QErr> {
+    let ty = c"addr type";
+    let r = arg(x).ok_or(ty)?;
+    if r.t() != k::KS {
+        return text_arg(x, ty).map(str::to_string).map_err(|_| ty);
+    }
+    let n = r.len().ok_or(ty)?;
+    if n == 0 {
+        return Err(ty);
+    }
+    let mut uris = String::new();
+    for i in 0..n {
+        let Some(Val::Sym(b)) = r.item(i) else {
+            return Err(ty);
+        };
+        if i > 0 {
+            uris.push(',');
+        }
+        uris.push_str(std::str::from_utf8(b).map_err(|_| ty)?);
+    }
+    Ok(uris)
 }
 
 fn topic_arg<'a>(x: K) -> Result<&'a str, QErr> {
@@ -429,13 +470,8 @@ fn set_last_error(msg: String) {
 /// connection; otherwise a new handle is allocated.
 fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     ensure_init();
-    let uri = text_arg(addr, c"addr type").map_err(|e| {
-        if e == c"Invalid UTF8 string" {
-            c"addr type"
-        } else {
-            e
-        }
-    })?;
+    let uris = addr_arg(addr)?;
+    let uri = uris.as_str();
     let id = text_arg(client, c"client type").map_err(|e| {
         if e == c"Invalid UTF8 string" {
             c"client type"
@@ -449,7 +485,7 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     }
     let spec = opts::parse(uri, id, opt)?;
     // Log lines show the address without a password in it.
-    let shown = crate::transport::redacted_uri(uri);
+    let shown = crate::transport::redacted_uris(uri);
     if !opts::scheme_ok(uri) {
         return Err(c"Invalid protocol scheme");
     }
@@ -459,15 +495,20 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     if let Some(l) = spec.log_level {
         qlog::set(l);
     }
-    // KX's connX replaces the one connection it has: never two default connections.
+    // KX's connX replaces the one connection it has: never two default connections. The same broker and
+    // client id keep it (KX's reconnect idiom).
     if default {
-        let old = reg().take(0);
-        if let Some(old) = old {
-            info!("conn: closing the previous default connection");
-            close_conn(&old, Duration::ZERO);
+        if let Some(r) = rejoin(uri, id, spec.cfg.connect_timeout) {
+            return r.map(|()| 0);
         }
     }
-    let timeout = spec.cfg.connect_timeout + CONNECT_GRACE;
+    // Several brokers: each may take its connectTimeout before the next is tried.
+    let brokers = uri.split(',').count() as u32;
+    let timeout = spec
+        .cfg
+        .connect_timeout
+        .saturating_mul(brokers)
+        .saturating_add(CONNECT_GRACE);
     let mut client = Client::connect(spec.cfg).map_err(|e| {
         let t = client_error_text(&e);
         info!("conn {shown}: {t}");
@@ -494,7 +535,10 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
         handle,
         client: Mutex::new(Some(client)),
         fd,
+        uri: uri.to_string(),
+        client_id: id.to_string(),
         rcv_bytes: spec.rcv_bytes,
+        rcv_props: spec.rcv_props,
         callback_errors: AtomicU64::new(0),
     });
     // SAFETY: on_events is a plain extern "C" fn; fd stays open until close_conn removes it (sd0x).
@@ -511,6 +555,47 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     Ok(handle)
 }
 
+/// `conn` while a default connection exists. KX programs reconnect from `.z.ts`: `if[not .mqtt.isConnected[];
+/// .mqtt.conn[…]]`. For the same broker address and client id the existing connection is kept — its queue,
+/// in-flight window, spool and subscriptions; the options of this `conn` are not applied — and `conn`
+/// succeeds once it is connected (asked to try at once), or signals `'Failure` after `wait` while it keeps
+/// reconnecting and `pub` keeps queueing. A connection that will not reconnect (`autoReconnect 0b`, lost),
+/// another address or another client id: the old one is closed — after up to `REPLACE_DRAIN` for what it
+/// holds if it is connected — and `None` says to connect anew.
+fn rejoin(uri: &str, id: &str, wait: Duration) -> Option<Result<(), QErr>> {
+    let old = reg().find(0).cloned()?;
+    let (watch, drain) = {
+        let g = lock_client(&old);
+        match g.as_ref() {
+            Some(c) if old.uri == uri && old.client_id == id && c.is_alive() => {
+                (Some(c.reconnect_now()), Duration::ZERO)
+            }
+            Some(c) if c.is_connected() => (None, REPLACE_DRAIN),
+            _ => (None, Duration::ZERO),
+        }
+    };
+    let Some(watch) = watch else {
+        let old = reg().take(0)?;
+        info!("conn: closing the previous default connection (waiting up to {drain:?} for what it holds)");
+        close_conn(&old, drain);
+        return None;
+    };
+    if watch.wait_connected(wait) {
+        debug!(
+            "conn: the default connection to {} is up; kept",
+            old.client_id
+        );
+        return Some(Ok(()));
+    }
+    let t = format!(
+        "not connected within connectTimeout ({wait:?}); the connection keeps reconnecting and pub \
+         keeps queueing"
+    );
+    info!("conn: {t}");
+    set_last_error(t);
+    Some(Err(c"Failure"))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // events → q callbacks
 
@@ -518,8 +603,14 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
 /// back into the library: publish, disconnect, …).
 enum Pending {
     Rcvd(K, K),
+    /// `rcvProperties`: topic, message, properties.
+    Rcvdp(K, K, K),
     Sent(Token),
+    /// MQTT 5: the token and the reason.
+    Failed(Token, K),
     Disconn(K),
+    /// A subscription the broker refused after `sub` returned (it was queued while the link was down).
+    SubRefused(K),
 }
 
 thread_local! {
@@ -545,12 +636,24 @@ fn drain(fd: RawFd) {
         let Some(client) = guard.as_ref() else {
             return;
         };
-        let rcv_bytes = conn.rcv_bytes;
+        let (rcv_bytes, rcv_props) = (conn.rcv_bytes, conn.rcv_props);
         client.poll_events(EVENT_BATCH, &mut |ev| match ev {
-            Event::Message { topic, payload, .. } => pending.push(Pending::Rcvd(
-                k::kvec(topic.as_bytes(), false),
-                k::kvec(payload, rcv_bytes),
-            )),
+            Event::Message {
+                topic,
+                payload,
+                properties,
+                ..
+            } => {
+                let (t, m) = (
+                    k::kvec(topic.as_bytes(), false),
+                    k::kvec(payload, rcv_bytes),
+                );
+                pending.push(if rcv_props {
+                    Pending::Rcvdp(t, m, props::received(properties))
+                } else {
+                    Pending::Rcvd(t, m)
+                })
+            }
             Event::Delivered { token, qos } => {
                 if qos != QoS::AtMostOnce {
                     pending.push(Pending::Sent(token))
@@ -560,7 +663,9 @@ fn drain(fd: RawFd) {
                 warn!(
                     "connection {}: message {token} failed: {cause}",
                     conn.handle
-                )
+                );
+                let reason = props::failure_reason(cause);
+                pending.push(Pending::Failed(token, k::kvec(reason.as_bytes(), false)))
             }
             Event::ConnectionLost { cause } => {
                 let cause = cause.to_string();
@@ -579,7 +684,10 @@ fn drain(fd: RawFd) {
             ),
             Event::Subscribed { filter, granted } => match granted {
                 Some(q) => debug!("subscribed to {filter} with {q:?}"),
-                None => warn!("the broker refused the subscription to {filter}"),
+                None => {
+                    warn!("the broker refused the subscription to {filter}");
+                    pending.push(Pending::SubRefused(k::kvec(filter.as_bytes(), false)))
+                }
             },
             Event::Unsubscribed { filter } => debug!("unsubscribed from {filter}"),
         });
@@ -594,6 +702,23 @@ fn drain(fd: RawFd) {
                 (Pending::Rcvd(t, m), h) => {
                     native::k(0, c".mqtt.msgrcvdh".as_ptr(), k::kj(h), t, m, nil)
                 }
+                (Pending::Rcvdp(t, m, p), 0) => {
+                    native::k(0, c".mqtt.msgrcvdp".as_ptr(), t, m, p, nil)
+                }
+                (Pending::Rcvdp(t, m, p), h) => {
+                    native::k(0, c".mqtt.msgrcvdph".as_ptr(), k::kj(h), t, m, p, nil)
+                }
+                (Pending::Failed(tok, r), 0) => {
+                    native::k(0, c".mqtt.msgfail".as_ptr(), k::kj(tok as i64), r, nil)
+                }
+                (Pending::Failed(tok, r), h) => native::k(
+                    0,
+                    c".mqtt.msgfailh".as_ptr(),
+                    k::kj(h),
+                    k::kj(tok as i64),
+                    r,
+                    nil,
+                ),
                 (Pending::Sent(tok), 0) => {
                     native::k(0, c".mqtt.msgsent".as_ptr(), k::kj(tok as i64), nil)
                 }
@@ -607,6 +732,10 @@ fn drain(fd: RawFd) {
                 (Pending::Disconn(c), 0) => native::k(0, c".mqtt.disconn".as_ptr(), c, nil),
                 (Pending::Disconn(c), h) => {
                     native::k(0, c".mqtt.disconnh".as_ptr(), k::kj(h), c, nil)
+                }
+                (Pending::SubRefused(t), 0) => native::k(0, c".mqtt.subrefused".as_ptr(), t, nil),
+                (Pending::SubRefused(t), h) => {
+                    native::k(0, c".mqtt.subrefusedh".as_ptr(), k::kj(h), t, nil)
                 }
             }
         };
@@ -651,33 +780,76 @@ fn do_pub(handle: i64, topic: K, msg: K, qos: K, retain: K) -> Result<K, QErr> {
     Ok(k::kj(tok as i64))
 }
 
+/// `pubp`: `pub` with MQTT 5 properties (a q dictionary, see [`props`]).
+fn do_pubp(handle: i64, topic: K, msg: K, qos: K, retain: K, props: K) -> Result<K, QErr> {
+    let topic = topic_arg(topic)?;
+    let msg = payload_arg(msg)?;
+    let qos = qos_arg(qos)?;
+    let retain = retain_arg(retain)?;
+    let tok = props::with_props(props, |p| {
+        with_client(handle, |c| {
+            c.publish_with(topic, msg, qos, retain, p)
+                .map_err(|e| publish_error(&e))
+        })
+    })?;
+    Ok(k::kj(tok as i64))
+}
+
 fn do_sub(handle: i64, topic: K, qos: K) -> Result<K, QErr> {
     let topic = topic_arg(topic)?;
     if reg().find(handle).is_none() {
         return Err(c"not connected");
     }
-    let qos = qos_arg(qos)?;
-    with_client(handle, |c| {
-        c.subscribe(topic, qos).map_err(|e| {
+    // KX's sub leaves the value to paho, whose error this is (pub checks it itself: 'invalid qos).
+    let qos = qos_arg(qos).map_err(|e| {
+        if e == c"invalid qos" {
+            c"Invalid QoS value"
+        } else {
+            e
+        }
+    })?;
+    let waiter = with_client(handle, |c| {
+        c.subscribe_acked(topic, qos).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("sub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    // Connected: wait for the SUBACK, holding no lock (KX waits too). Not connected: queued for the next
+    // connection; a refusal then calls .mqtt.subrefused.
+    if let Some(w) = waiter {
+        match w.wait(ACK_TIMEOUT) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                warn!("sub {topic}: the broker refused the subscription");
+                return Err(c"sub refused");
+            }
+            Err(e) => {
+                warn!("sub {topic}: no SUBACK within {ACK_TIMEOUT:?}");
+                return Err(client_error(&e));
+            }
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
 fn do_unsub(handle: i64, topic: K) -> Result<K, QErr> {
     let topic = topic_arg(topic)?;
-    with_client(handle, |c| {
-        c.unsubscribe(topic).map_err(|e| {
+    let waiter = with_client(handle, |c| {
+        c.unsubscribe_acked(topic).map_err(|e| {
             if let ClientError::Config(m) = &e {
                 warn!("unsub {topic}: {m}");
             }
             client_error(&e)
         })
     })?;
+    if let Some(w) = waiter {
+        if let Err(e) = w.wait(ACK_TIMEOUT) {
+            warn!("unsub {topic}: no UNSUBACK within {ACK_TIMEOUT:?}");
+            return Err(client_error(&e));
+        }
+    }
     Ok(std::ptr::null_mut())
 }
 
@@ -720,7 +892,15 @@ fn payload_of<'a>(list: KRef<'a>, i: usize) -> Result<&'a [u8], QErr> {
     list.child(i).and_then(|x| x.bytes()).ok_or(c"payload type")
 }
 
-fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, QErr> {
+/// `pubbatch` (`props` `Properties::EMPTY`) and `pubbatchp` (the same properties on every message).
+fn do_pubbatch(
+    handle: i64,
+    topic: K,
+    msgs: K,
+    qos: K,
+    retain: K,
+    props: Properties<'_>,
+) -> Result<K, QErr> {
     let t = arg(topic).ok_or(c"topic type")?;
     let list = arg(msgs).ok_or(c"payload type")?;
     // A list of payloads: a mixed list of char/byte vectors (a single char vector is one message per char
@@ -752,7 +932,7 @@ fn do_pubbatch(handle: i64, topic: K, msgs: K, qos: K, retain: K) -> Result<K, Q
         let msgs =
             (0..n).filter_map(|i| Some((topic_of(&topics, i).ok()?, payload_of(list, i).ok()?)));
         // All or nothing: on an error none of the batch was queued (q may retry it whole).
-        c.publish_batch(msgs, qos, retain, &mut tokens)
+        c.publish_batch_with(msgs, qos, retain, props, &mut tokens)
             .map_err(|e| publish_error(&e))
     });
     let out = res.map(|()| k::kjs(&tokens));
@@ -784,8 +964,12 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .map(|e| e.to_string())
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
-    let dropped = s.dropped_oldest + s.dropped_newest + s.refused_full + s.dropped_incoming;
-    let longs: [(&CStr, u64); 24] = [
+    let dropped = s.dropped_oldest
+        + s.dropped_newest
+        + s.refused_full
+        + s.dropped_incoming
+        + s.dropped_oversize;
+    let longs: [(&CStr, u64); 26] = [
         (c"queued", s.queued),
         (c"queuedBytes", s.queued_bytes),
         (c"inflight", s.inflight),
@@ -796,6 +980,7 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         (c"droppedNewest", s.dropped_newest),
         (c"refusedFull", s.refused_full),
         (c"droppedIncoming", s.dropped_incoming),
+        (c"droppedTooLarge", s.dropped_oversize),
         (c"rxPaused", s.rx_paused),
         (c"received", s.received),
         (c"reconnects", s.reconnects),
@@ -813,14 +998,66 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
             s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
         ),
         (c"spoolBytesWritten", s.spool_bytes_written),
+        (c"subRefused", s.sub_refused),
     ];
     let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
     let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();
+    mqtt5_stats(s, &mut keys, &mut vals);
     keys.push(c"connected");
     vals.push(k::kb(s.connected));
+    keys.push(c"broker");
+    vals.push(k::kvec(s.broker.as_deref().unwrap_or("").as_bytes(), false));
     keys.push(c"lastError");
     vals.push(k::kvec(last.as_bytes(), false));
     Ok(k::kdict(&keys, &vals))
+}
+
+/// MQTT 5 entries of `.mqtt.stats[]`: failed deliveries, topic alias use, and the limits the broker's CONNACK
+/// set — MQTT's defaults where it said nothing (under 3.1.1 it says nothing): receive maximum 65535, topic
+/// alias maximum 0, maximum QoS 2, and `0N` for no maximum packet size or server keep-alive; all `0N` before
+/// the first connection.
+fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K>) {
+    let srv = s.server.as_ref();
+    let null = i64::MIN;
+    let said = |v: Option<i64>| k::kj(v.unwrap_or(null));
+    let entries: [(&CStr, K); 9] = [
+        (c"failed", k::kj(s.failed as i64)),
+        (c"topicAliased", k::kj(s.topic_aliased as i64)),
+        (
+            c"topicAliasBytesSaved",
+            k::kj(s.topic_alias_bytes_saved as i64),
+        ),
+        (
+            c"serverReceiveMaximum",
+            said(srv.map(|i| i64::from(i.receive_maximum))),
+        ),
+        (
+            c"serverMaximumPacketSize",
+            said(srv.and_then(|i| i.maximum_packet_size).map(i64::from)),
+        ),
+        (
+            c"serverTopicAliasMaximum",
+            said(srv.map(|i| i64::from(i.topic_alias_maximum))),
+        ),
+        (c"serverMaximumQos", said(srv.map(|i| i.maximum_qos as i64))),
+        (
+            c"serverKeepAlive",
+            said(srv.and_then(|i| i.server_keep_alive).map(i64::from)),
+        ),
+        (
+            c"assignedClientId",
+            k::kvec(
+                srv.and_then(|i| i.assigned_client_identifier.as_deref())
+                    .unwrap_or_default()
+                    .as_bytes(),
+                false,
+            ),
+        ),
+    ];
+    for (key, v) in entries {
+        keys.push(key);
+        vals.push(v);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -955,7 +1192,7 @@ pub unsafe extern "C" fn disconnecth(h: K, timeout: K) -> K {
 /// Called by q with valid K arguments.
 #[no_mangle]
 pub unsafe extern "C" fn pubbatch(topic: K, msgs: K, qos: K, retain: K) -> K {
-    guard(|| do_pubbatch(0, topic, msgs, qos, retain))
+    guard(|| do_pubbatch(0, topic, msgs, qos, retain, Properties::EMPTY))
 }
 
 /// `pubbatchh[h;topic or topics;payloads;qos;retain]` → tokens.
@@ -964,7 +1201,7 @@ pub unsafe extern "C" fn pubbatch(topic: K, msgs: K, qos: K, retain: K) -> K {
 /// Called by q with valid K arguments.
 #[no_mangle]
 pub unsafe extern "C" fn pubbatchh(h: K, topic: K, msgs: K, qos: K, retain: K) -> K {
-    guard(|| do_pubbatch(handle_arg(h)?, topic, msgs, qos, retain))
+    guard(|| do_pubbatch(handle_arg(h)?, topic, msgs, qos, retain, Properties::EMPTY))
 }
 
 /// `stats[x]` → the default connection's counters (a dictionary; argument ignored).
@@ -1002,5 +1239,47 @@ pub unsafe extern "C" fn loglevel(x: K) -> K {
             _ => return Err(c"level type"),
         }
         Ok(k::ksym(qlog::name(qlog::current())))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// exports: MQTT 5
+
+/// `pubp[topic;msg;qos;retain;props]` → token: `pub` with MQTT 5 properties (a dictionary, see `props`).
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubp(topic: K, msg: K, qos: K, retain: K, props: K) -> K {
+    guard(|| do_pubp(0, topic, msg, qos, retain, props))
+}
+
+/// `pubph[h;topic;msg;qos;retain;props]` → token.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubph(h: K, topic: K, msg: K, qos: K, retain: K, props: K) -> K {
+    guard(|| do_pubp(handle_arg(h)?, topic, msg, qos, retain, props))
+}
+
+/// `pubbatchp[topic or topics;payloads;qos;retain;props]` → tokens; every message with `props`.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatchp(topic: K, msgs: K, qos: K, retain: K, props: K) -> K {
+    guard(|| props::with_props(props, |p| do_pubbatch(0, topic, msgs, qos, retain, p)))
+}
+
+/// `pubbatchph[h;topic or topics;payloads;qos;retain;props]` → tokens.
+///
+/// # Safety
+/// Called by q with valid K arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pubbatchph(h: K, topic: K, msgs: K, qos: K, retain: K, props: K) -> K {
+    guard(|| {
+        let h = handle_arg(h)?;
+        props::with_props(props, |p| do_pubbatch(h, topic, msgs, qos, retain, p))
     })
 }

@@ -41,6 +41,8 @@ pub struct ConnSpec {
     pub rcv_bytes: bool,
     /// `logLevel` given: applied (globally) when the connection is made.
     pub log_level: Option<log::LevelFilter>,
+    /// `rcvProperties` 1b: received messages go to `msgrcvdp[topic;msg;props]` with their MQTT 5 properties.
+    pub rcv_props: bool,
 }
 
 /// One option key: its name and its two error strings.
@@ -48,6 +50,8 @@ struct Key {
     name: &'static [u8],
     ty: QErr,
     bad: QErr,
+    /// The error when an MQTT 5 key comes without `MQTTVersion 5`.
+    v5: QErr,
 }
 
 macro_rules! key {
@@ -56,6 +60,7 @@ macro_rules! key {
             name: $n.as_bytes(),
             ty: cs!($n, " type incorrect"),
             bad: cs!($n, " invalid"),
+            v5: cs!($n, ": MQTT 5 only"),
         }
     };
 }
@@ -98,12 +103,21 @@ const KEYS: &[Key] = &[
     key!("rcvPayload"),
     key!("logLevel"),
     key!("linger"),
+    key!("maxMessageSize"),
     key!("batchScheduling"),
     key!("spoolDir"),
     key!("spoolBytes"),
     key!("spoolFull"),
     key!("spoolSync"),
     key!("drainRate"),
+    // MQTT 5 (with MQTTVersion 5)
+    key!("sessionExpiryInterval"),
+    key!("receiveMaximum"),
+    key!("maximumPacketSize"),
+    key!("topicAliases"),
+    key!("topicAliasMaximum"),
+    key!("userProperties"),
+    key!("rcvProperties"),
 ];
 
 pub const E_OPTIONS: QErr = c"options";
@@ -151,16 +165,25 @@ fn qos(v: Val<'_>, k: &Key) -> Result<QoS, QErr> {
 }
 
 /// Schemes the engine accepts; anything else is KX's (paho's) `Invalid protocol scheme`.
-pub fn scheme_ok(uri: &str) -> bool {
-    ["tcp://", "ssl://", "mqtt://", "mqtts://"]
-        .iter()
-        .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+/// Every broker of the (comma-separated) list has a scheme qmqtt speaks, or is `host:port` (plain TCP, as paho).
+pub fn scheme_ok(uris: &str) -> bool {
+    uris.split(',').all(|uri| {
+        let uri = uri.trim();
+        ["tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"]
+            .iter()
+            .any(|s| uri.len() > s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+            || crate::transport::is_host_port(uri)
+    })
 }
 
-pub fn is_tls(uri: &str) -> bool {
-    ["ssl://", "mqtts://"]
-        .iter()
-        .any(|s| uri.len() >= s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+/// A broker of the (comma-separated) list is reached over TLS.
+pub fn is_tls(uris: &str) -> bool {
+    uris.split(',').any(|uri| {
+        let uri = uri.trim();
+        ["ssl://", "mqtts://", "wss://"]
+            .iter()
+            .any(|s| uri.len() >= s.len() && uri[..s.len()].eq_ignore_ascii_case(s))
+    })
 }
 
 /// Build the connection's configuration from the URI, the client id and the options dictionary.
@@ -183,6 +206,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     }
 
     let mut cfg = Config::new(uri, client_id);
+    // KX's MQTTVersion 0 (the default): 3.1.1 with paho's fallback to 3.1.
+    cfg.protocol_fallback = true;
     let mut spec_rcv_bytes = false;
     let mut log_level = None;
     let mut reliable: Option<bool> = None;
@@ -198,6 +223,10 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     let mut tls_key = None;
     let mut spool: Option<SpoolConfig> = None;
     let mut spool_extra: Vec<(&Key, Val<'_>)> = Vec::new();
+    let mut clean_start: Option<bool> = None;
+    let mut rcv_props = false;
+    // The first MQTT 5 key given (checked against MQTTVersion once every key is read).
+    let mut v5_key: Option<&Key> = None;
 
     for i in 0..n {
         let name = match keys.item(i) {
@@ -236,10 +265,13 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 }
             }
             b"MQTTVersion" => {
-                cfg.protocol = match int(v, k)? {
+                let v = int(v, k)?;
+                // 0 (KX's default): 3.1.1, then 3.1 if the broker refuses it, as paho.
+                cfg.protocol_fallback = v == 0;
+                cfg.protocol = match v {
                     0 | 4 => Protocol::V311,
                     3 => Protocol::V31,
-                    5 => return Err(c"MQTTVersion: 5 unsupported"),
+                    5 => Protocol::V5,
                     _ => return Err(k.bad),
                 }
             }
@@ -249,20 +281,9 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     max_inflight = Some(in_range(m, 1, u16::MAX as i64, k)? as u16);
                 }
             }
-            b"cleanstart" => {
-                if flag(v, k)? {
-                    return Err(c"cleanstart: MQTT 5 only");
-                }
-            }
-            b"httpProxy" | b"httpsProxy" => {
-                if !text(v, k)?.is_empty() {
-                    return Err(if k.name == b"httpProxy" {
-                        c"httpProxy unsupported"
-                    } else {
-                        c"httpsProxy unsupported"
-                    });
-                }
-            }
+            b"cleanstart" => clean_start = Some(flag(v, k)?),
+            b"httpProxy" => cfg.http_proxy = Some(text(v, k)?.to_string()),
+            b"httpsProxy" => cfg.https_proxy = Some(text(v, k)?.to_string()),
             b"lastWillTopic" => {
                 let s = text(v, k)?;
                 will_topic = (!s.is_empty()).then(|| s.to_string());
@@ -398,6 +419,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             b"linger" => {
                 cfg.linger = Duration::from_millis(in_range(int(v, k)?, 0, 10_000, k)? as u64)
             }
+            b"maxMessageSize" => max_incoming(&mut cfg, v, k)?,
             b"batchScheduling" => cfg.batch_scheduling = flag(v, k)?,
             b"spoolDir" => spool = path(v, k)?.map(SpoolConfig::new),
             // Applied once spoolDir is known (keys may come in any order).
@@ -413,8 +435,30 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     .ok_or(k.bad)?,
                 )
             }
+            b"sessionExpiryInterval"
+            | b"receiveMaximum"
+            | b"maximumPacketSize"
+            | b"topicAliases"
+            | b"topicAliasMaximum"
+            | b"userProperties"
+            | b"rcvProperties" => {
+                mqtt5_key(&mut cfg, &mut rcv_props, k, v)?;
+                if k.name != b"maximumPacketSize" {
+                    v5_key = v5_key.or(Some(k));
+                }
+            }
             _ => return Err(E_UNSUPPORTED),
         }
+    }
+    if cfg.protocol == Protocol::V5 {
+        // MQTT 5 has Clean Start where 3.1.1 has Clean Session: `cleanstart` (KX's key), else `cleansession`.
+        if let Some(c) = clean_start {
+            cfg.clean_session = c;
+        }
+    } else if clean_start == Some(true) {
+        return Err(c"cleanstart: MQTT 5 only");
+    } else if let Some(k) = v5_key {
+        return Err(k.v5);
     }
 
     if let Some(sp) = spool.as_mut() {
@@ -480,8 +524,11 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     cfg.tls.key_file = private_key.or_else(|| key_store.clone());
     cfg.tls.cert_file = key_store;
     // Also for a TLS option given at its default value (the engine sees only values that differ).
-    // (An address that does not parse is the engine's to report.)
-    let tls_uri = crate::transport::Endpoint::parse(uri).map_or(true, |e| e.scheme.tls());
+    // (An address that does not parse is the engine's to report.) A list of brokers takes them when one
+    // of its brokers uses TLS (they apply to those).
+    let tls_uri = uri
+        .split(',')
+        .any(|u| crate::transport::Endpoint::parse(u).map_or(true, |e| e.scheme.tls()));
     if let Some(key) = tls_key.filter(|_| !tls_uri) {
         return Err(super::config_error(&ConfigError::new(
             key,
@@ -493,5 +540,64 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
         cfg,
         rcv_bytes: spec_rcv_bytes,
         log_level,
+        rcv_props,
     })
+}
+
+/// `maxMessageSize` (KX style) and `maximumPacketSize` (MQTT 5's name, which the broker is told): one bound,
+/// the largest incoming packet; the event queue grows to hold one.
+fn max_incoming(cfg: &mut Config, v: Val<'_>, k: &Key) -> Result<(), &'static CStr> {
+    let m = in_range(int(v, k)?, 64, 256 << 20, k)? as usize;
+    cfg.max_packet_size = m;
+    cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
+    Ok(())
+}
+
+/// The MQTT 5 keys: `sessionExpiryInterval` (seconds), `receiveMaximum` (1-65535), `maximumPacketSize`
+/// (bytes; also the incoming limit under 3.1.1), `topicAliases` (aliases this client uses, 0: none),
+/// `topicAliasMaximum` (aliases the broker may use), `userProperties` (CONNECT's, a dictionary of
+/// strings), `rcvProperties` (1b: `msgrcvdp` with the received properties).
+fn mqtt5_key(cfg: &mut Config, rcv_props: &mut bool, k: &Key, v: Val<'_>) -> Result<(), QErr> {
+    let m = &mut cfg.mqtt5;
+    match k.name {
+        b"sessionExpiryInterval" => {
+            // -1 (or 0W), as u32::MAX, means the session never expires.
+            let s = int(v, k)?;
+            m.session_expiry = if s == -1 || s == i64::MAX {
+                u32::MAX
+            } else {
+                in_range(s, 0, u32::MAX as i64, k)? as u32
+            }
+        }
+        b"receiveMaximum" => m.receive_maximum = in_range(int(v, k)?, 1, 65535, k)? as u16,
+        b"maximumPacketSize" => max_incoming(cfg, v, k)?,
+        b"topicAliases" => m.topic_aliases = in_range(int(v, k)?, 0, 65535, k)? as u16,
+        b"topicAliasMaximum" => m.topic_alias_maximum = in_range(int(v, k)?, 0, 65535, k)? as u16,
+        b"userProperties" => m.user_properties = string_pairs(v, k)?,
+        _ => *rcv_props = flag(v, k)?,
+    }
+    Ok(())
+}
+
+/// A dictionary of symbols to strings (or symbols) as name/value pairs: user properties.
+fn string_pairs(v: Val<'_>, k: &Key) -> Result<Vec<(String, String)>, QErr> {
+    let Val::Dict(d) = v else { return Err(k.ty) };
+    let (names, vals) = d.dict().ok_or(k.ty)?;
+    let n = names.len().ok_or(k.ty)?;
+    if vals.len() != Some(n) {
+        return Err(k.ty);
+    }
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| k.bad)
+    };
+    (0..n)
+        .map(|i| match (names.item(i), vals.item(i)) {
+            (Some(Val::Sym(a) | Val::Chars(a)), Some(Val::Sym(b) | Val::Chars(b))) => {
+                Ok((utf8(a)?, utf8(b)?))
+            }
+            _ => Err(k.ty),
+        })
+        .collect()
 }

@@ -18,7 +18,8 @@
 //! - the receive buffer holds at most one partial packet (≤ `max_packet_size`, checked from the fixed header
 //!   before the body is buffered) plus the packets of the current `handle_read`, whose events borrow it. It is
 //!   compacted at the next `handle_read`; bytes of events not yet polled are kept, so poll every event before
-//!   feeding more bytes to keep it small.
+//!   feeding more bytes to keep it small. Under MQTT 3.1.1/3.1 a PUBLISH over `max_packet_size` is read past
+//!   (only its topic and packet id are buffered), acknowledged and counted ([`Session::oversize_dropped`]).
 //!
 //! Receive backpressure: [`Session::handle_read_bounded`] takes a budget for the events it produces and stops
 //! before a PUBLISH whose event would not fit, returning how many input bytes it took, so that the owner never
@@ -439,6 +440,15 @@ enum Ev {
     },
 }
 
+/// An incoming PUBLISH over `max_packet_size` being read past: its fixed header and head stay in `rx`.
+struct Skip {
+    header_len: usize,
+    /// Body bytes not yet read.
+    left: usize,
+    qos: QoS,
+    size: usize,
+}
+
 /// One connection's protocol state.
 pub struct Session {
     cfg: SessionConfig,
@@ -455,6 +465,10 @@ pub struct Session {
     rx: Vec<u8>,
     /// End of the complete packets in `rx`; `rx[rx_done..]` is a partial packet.
     rx_done: usize,
+    /// An incoming PUBLISH over `max_packet_size` being read past (MQTT 3.1.1/3.1).
+    skip: Option<Skip>,
+    /// Such messages discarded (and acknowledged) so far.
+    oversize_dropped: u64,
     events: VecDeque<Ev>,
     ev_text: String,
     /// Incoming QoS 2 identifiers delivered and awaiting PUBREL.
@@ -510,6 +524,8 @@ impl Session {
             ping_deadline: None,
             rx: Vec::new(),
             rx_done: 0,
+            skip: None,
+            oversize_dropped: 0,
             events: VecDeque::new(),
             ev_text: String::new(),
             awaiting_rel: IdSet::new(),
@@ -556,11 +572,6 @@ impl Session {
         self.state
     }
 
-    /// The session-present flag of the last accepted CONNACK.
-    pub fn session_present(&self) -> bool {
-        self.session_present
-    }
-
     /// What the broker's last accepted CONNACK said (MQTT 3.1.1: the defaults).
     pub fn server(&self) -> &ServerInfo {
         &self.server
@@ -569,6 +580,70 @@ impl Session {
     /// PUBLISHes sent with a topic alias in place of their topic, and the topic bytes that saved.
     pub fn alias_stats(&self) -> (u64, u64) {
         (self.aliased, self.alias_saved)
+    }
+
+    /// Incoming messages over `max_packet_size` read past, discarded and acknowledged (MQTT 3.1.1/3.1).
+    pub fn oversize_dropped(&self) -> u64 {
+        self.oversize_dropped
+    }
+
+    /// Take bytes of the oversize PUBLISH being skipped from `input`: its head (topic length, topic, packet
+    /// id: at most 65 539 bytes) into `rx` after its fixed header, the rest discarded. Once it is all read,
+    /// acknowledge it as if delivered (a broker would resend it for ever otherwise) and count it.
+    fn skip_publish(&mut self, input: &mut &[u8], now: Instant) -> Result<(), Error> {
+        let Some(s) = self.skip.as_mut() else {
+            return Ok(());
+        };
+        let head = &self.rx[self.rx_done + s.header_len..];
+        let want = match (s.qos, head.len()) {
+            (QoS::AtMostOnce, _) => 0,
+            (_, 0 | 1) => 2,
+            _ => 2 + u16::from_be_bytes([head[0], head[1]]) as usize + 2,
+        };
+        let take = if head.len() < want {
+            (want - head.len()).min(input.len()).min(s.left)
+        } else {
+            s.left.min(input.len())
+        };
+        if head.len() < want {
+            self.rx.extend_from_slice(&input[..take]);
+        }
+        *input = &input[take..];
+        s.left -= take;
+        if s.left > 0 {
+            return Ok(());
+        }
+        let (qos, size) = (s.qos, s.size);
+        let head = &self.rx[self.rx_done + s.header_len..];
+        let pkid = (want > 0 && head.len() >= want)
+            .then(|| u16::from_be_bytes([head[want - 2], head[want - 1]]));
+        self.skip = None;
+        self.rx.truncate(self.rx_done);
+        let pkid = match (qos, pkid) {
+            (QoS::AtMostOnce, _) => 0,
+            (_, Some(id)) if id != 0 => id,
+            _ => {
+                return Err(self.fail_protocol(codec::Error::Malformed {
+                    packet: PacketType::Publish,
+                    what: "no packet identifier",
+                }))
+            }
+        };
+        self.oversize_dropped += 1;
+        log::warn!(
+            "qmqtt: discarded an incoming message of {size} bytes (over the maximum of {} bytes; \
+             acknowledged so that the broker does not resend it)",
+            self.cfg.max_packet_size
+        );
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(PacketType::PubAck, pkid, now),
+            QoS::ExactlyOnce => {
+                self.awaiting_rel.insert(pkid);
+                self.ack(PacketType::PubRec, pkid, now);
+            }
+        }
+        Ok(())
     }
 
     /// The transport is up: queues CONNECT and starts the CONNACK timer.
@@ -598,8 +673,19 @@ impl Session {
     /// The transport went down. In-flight QoS 1/2 messages are kept for resending on the next connection
     /// (with DUP when the broker kept the session, as new publishes otherwise); subscriptions are replayed
     /// when it did not.
+    /// Speak MQTT 3.1 from the next connection on, if speaking 3.1.1 (paho's `MQTTVersion` 0 fallback after
+    /// the broker refused 3.1.1). False otherwise.
+    pub fn fall_back_to_v31(&mut self) -> bool {
+        if self.cfg.protocol != Protocol::V311 {
+            return false;
+        }
+        self.cfg.protocol = Protocol::V31;
+        true
+    }
+
     pub fn handle_disconnected(&mut self) {
         self.state = State::Disconnected;
+        self.skip = None;
         self.tx.clear();
         self.rx.truncate(self.rx_done);
         self.connack_deadline = None;
@@ -640,13 +726,43 @@ impl Session {
         let mut budget = budget;
         let mut input = data;
         loop {
+            if self.skip.is_some() {
+                while self.skip.is_some() && !input.is_empty() {
+                    self.skip_publish(&mut input, now)?;
+                }
+                if self.skip.is_some() {
+                    break; // input used up
+                }
+                continue;
+            }
             let partial = &self.rx[self.rx_done..];
+            // MQTT 3.1.1/3.1: a PUBLISH over the limit is skipped, so its header is read without the limit.
             let opts = DecodeOptions {
                 protocol: self.cfg.protocol,
-                max_packet_size: self.cfg.max_packet_size,
+                max_packet_size: if self.cfg.protocol == Protocol::V5 {
+                    self.cfg.max_packet_size
+                } else {
+                    codec::MAX_REMAINING_LENGTH + 5
+                },
             };
             match parse_fixed_header(partial, &opts) {
                 Err(e) => return Err(self.fail_protocol(e)),
+                Ok(Some(h)) if h.packet_len() > self.cfg.max_packet_size => {
+                    let max = self.cfg.max_packet_size;
+                    let size = h.packet_len();
+                    if h.packet_type != PacketType::Publish || self.state != State::Connected {
+                        return Err(self.fail_protocol(codec::Error::PacketTooLarge { size, max }));
+                    }
+                    let Some(qos) = QoS::from_u8((h.flags >> 1) & 3) else {
+                        return Err(self.fail_protocol(codec::Error::InvalidQoS));
+                    };
+                    self.skip = Some(Skip {
+                        header_len: h.header_len,
+                        left: h.remaining_len - (partial.len() - h.header_len),
+                        qos,
+                        size,
+                    });
+                }
                 Ok(Some(h)) => {
                     let need = h.packet_len() - partial.len();
                     if need == 0 {
@@ -1042,18 +1158,6 @@ impl Session {
                 filter: &self.ev_text[filter],
             },
         })
-    }
-
-    /// Tokens of the QoS 1/2 messages in flight, oldest first (e.g. to report them as lost when giving up).
-    pub fn inflight_tokens(&self) -> impl Iterator<Item = Token> + '_ {
-        let mut v: Vec<(u64, Token)> = self
-            .slots
-            .iter()
-            .filter(|s| s.state != SlotState::Free)
-            .map(|s| (s.seq, s.token))
-            .collect();
-        v.sort_unstable();
-        v.into_iter().map(|(_, t)| t)
     }
 
     // ----- internals -----

@@ -62,12 +62,6 @@ impl TokenBucket {
         n
     }
 
-    /// Tokens available at `now` (without taking them).
-    pub fn available(&mut self, now: Instant) -> u32 {
-        self.refill(now);
-        self.tokens
-    }
-
     /// When the next token will be available, if none is now.
     pub fn next_token_at(&mut self, now: Instant) -> Option<Instant> {
         self.refill(now);

@@ -66,26 +66,25 @@
 //!
 //! # How the driver uses it
 //!
+//! (`client/io/spool.rs`; when it spills and how it splits the window is the client module's
+//! "Store-and-forward" section.)
+//!
 //! 1. **Open** in `Client::connect` on the caller's thread (so [`SpoolError::Locked`] or a bad directory is
 //!    reported at once), then move the [`Spool`] into the I/O thread (it is `Send`); only that thread uses it.
-//! 2. **Spill** (I/O thread): when the in-memory queue passes a high-water mark (say ¾ of its bytes) while
-//!    the messages cannot be sent (disconnected, or the window is full), take the *oldest* queued messages,
-//!    up to a batch of e.g. 256 KiB, and [`append_batch`](Spool::append_batch) them (tag = their token);
-//!    on `Ok` pop them from the queue. On `Err` (spool full with `Refuse`, disk full) they stay in memory and
-//!    the queue's own `FullPolicy` applies. q's thread never touches the disk. On `disconnect`, spill what is
-//!    left in memory so it survives the restart.
-//! 3. **Send** (each turn, when connected): [`DrainScheduler::plan`] with the free window room, the
-//!    backlog ([`Spool::unread`]) and the live queue length; [`read_batch`](Spool::read_batch) `from_spool`
-//!    records into the session (remember each packet id → seq, and [`AckTracker::sent`]), then `from_live`
-//!    from memory.
+//! 2. **Spill**: [`append_batch`](Spool::append_batch) the *oldest* in-memory messages, up to 64 KiB (one
+//!    send batch, at most `segment_bytes`) per append, tag = their token. On `Ok` they leave memory; on
+//!    `Err` (spool full with `Refuse`, disk full) they stay there and the spill is retried a second later.
+//! 3. **Send**: [`DrainScheduler::plan`] with the free window room and the backlog ([`Spool::unread`]);
+//!    [`read_batch`](Spool::read_batch) `from_spool` records into the session (remembering packet → seq,
+//!    [`AckTracker::sent`]), then `from_live` from memory.
 //! 4. **Acks**: on PUBACK (QoS 1) / PUBCOMP (QoS 2) of a spooled message, or once a spooled QoS 0 message is
 //!    written to the socket: [`AckTracker::complete`]`(seq)`, and when it returns `Some(a)`,
-//!    [`Spool::ack`]`(a)`. Acks are cumulative and idempotent; acks below the current position (after a
-//!    drop or a rewind) are ignored. The tag of a record appended by *this* process (seq ≥ the
-//!    [`Spool::next_seq`] seen at open) is its token: report `Delivered { token }` as usual; records from a
-//!    previous run carry stale tokens — count them in stats instead.
-//! 5. **Connection lost**: unless the session will retransmit its in-flight messages (session present),
-//!    [`Spool::rewind`] and [`AckTracker::clear`] — the unacknowledged ones are read again.
+//!    [`Spool::ack`]`(a)`. Acks are cumulative and idempotent; acks below the current position are ignored.
+//!    The tag of a record appended by *this* process (seq ≥ the [`Spool::next_seq`] seen at open) is its
+//!    token: report `Delivered { token }` as usual; records from a previous run carry stale tokens — count
+//!    them in stats instead.
+//! 5. **Connection lost**: nothing — the session keeps spooled QoS 1/2 messages in its window and resends
+//!    them on reconnect. ([`Spool::rewind`] is for a reader that drops what it had in flight.)
 //! 6. **Every loop iteration**: [`Spool::flush`]`(now)`; add the deadline it returns to the poll timeout.
 //!    Report [`Spool::stats`] in the client's stats.
 pub mod drain;

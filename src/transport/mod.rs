@@ -5,7 +5,8 @@
 //!   8883) URIs into host and port, IPv6 literals in brackets (`ssl://[::1]:8883`). Errors say what is wrong.
 //! - [`tls_config`] turns [`TlsOptions`] into a rustls `ClientConfig` (ring provider, chosen versions and
 //!   cipher suites, CA file / directory or the Mozilla roots, client certificate for mutual TLS). Build it
-//!   once per connection configuration and reuse it across reconnects.
+//!   once per connection configuration and reuse it across reconnects; [`TlsFiles`] tells cheaply whether
+//!   its files changed on disk since (certificate rotation), so that it is built again only then.
 //! - [`Conn`] is the non-blocking stream: a mio `TcpStream`, optionally wrapped in a rustls
 //!   `ClientConnection`. [`Conn::write`] only queues plaintext in a buffer that is reused; [`Conn::flush`]
 //!   encrypts everything queued in as few TLS records as possible (up to 16 KiB each) and writes them with
@@ -17,7 +18,7 @@
 //! The hops a connection can also go through, each sans-I/O (request bytes out, the peer's answer in,
 //! typed errors): [`proxy`] (HTTP `CONNECT`, KX's proxy options and environment), [`ws`] (the WebSocket
 //! upgrade and RFC 6455 framing, in place in the caller's buffers); [`keys`] reads PEM private keys,
-//! encrypted ones included.
+//! encrypted ones included; [`der`] reads the few certificate fields that messages and `qmqtt check` show.
 //!
 //! Verification of the server certificate and of its host name is on unless turned off explicitly; turning
 //! either off logs a warning when the configuration is built.
@@ -40,6 +41,7 @@ use crate::error::{ConfigError, Key};
 use crate::secret::Secret;
 
 mod conn;
+pub mod der;
 mod http;
 pub mod keys;
 pub mod proxy;
@@ -47,7 +49,7 @@ mod tls;
 pub mod ws;
 
 pub use conn::{resolve, Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
-pub use tls::{supported_cipher_suites, tls_config};
+pub use tls::{supported_cipher_suites, tls_config, TlsFiles};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
 /// `ws://` MQTT over a WebSocket (80), `wss://` over a WebSocket in TLS (443).
@@ -91,6 +93,20 @@ impl Scheme {
 }
 
 /// The schemes [`Endpoint::parse`] accepts, for error messages.
+/// `host:port` with no scheme (and no path), which paho takes as `tcp://host:port`.
+pub fn is_host_port(uri: &str) -> bool {
+    let uri = uri.trim();
+    match uri.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !uri.contains('/')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 pub const ACCEPTED_SCHEMES: &str =
     "tcp://, mqtt:// (plain TCP, port 1883), ssl://, mqtts:// (TLS, port 8883), \
      ws:// (WebSocket, port 80) or wss:// (WebSocket over TLS, port 443)";
@@ -113,10 +129,19 @@ pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
         None => ("", uri),
     };
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@').and_then(|at| Some((at, authority[..at].find(':')?))) {
+    match authority
+        .rfind('@')
+        .and_then(|at| Some((at, authority[..at].find(':')?)))
+    {
         Some((at, colon)) => format!("{scheme}{}:***{}", &rest[..colon], &rest[at..]).into(),
         None => uri.into(),
     }
+}
+
+/// A comma-separated list of brokers (`Config::uri`) for a message: each URI as [`redacted_uri`] shows it.
+pub fn redacted_uris(list: &str) -> String {
+    let shown: Vec<_> = list.split(',').map(redacted_uri).collect();
+    shown.join(",")
 }
 
 impl Endpoint {
@@ -125,16 +150,22 @@ impl Endpoint {
     ///
     /// Schemes are case-insensitive; a trailing `/` is allowed; user info (`user@host`) is not, nor a path
     /// except for WebSockets (`ws://host/mqtt`, the default; a query stays part of it).
+    /// `scheme://host[:port]`, or `host:port` (plain TCP, as paho).
     pub fn parse(uri: &str) -> Result<Endpoint, ConfigError> {
         let raw = uri.trim();
         // Messages show the URI without its password (a URI with user info is refused below).
         let shown = redacted_uri(raw);
         let uri = &*shown;
-        let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(ConfigError::invalid(Key::UriScheme, format!(
-                "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as scheme://host[:port] \
-                 with scheme {ACCEPTED_SCHEMES}"
-            )));
+        let (scheme, rest) = match raw.split_once("://") {
+            Some(sr) => sr,
+            // paho (so KX) takes `host:port` without a scheme as plain TCP.
+            None if is_host_port(raw) => ("tcp", raw),
+            None => {
+                return Err(ConfigError::invalid(Key::UriScheme, format!(
+                    "Invalid protocol scheme: no scheme in broker URI '{uri}': write it as \
+                     scheme://host[:port] with scheme {ACCEPTED_SCHEMES} (or host:port for plain TCP)"
+                )))
+            }
         };
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "tcp" | "mqtt" => Scheme::Tcp,
@@ -328,12 +359,22 @@ pub struct TlsInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted_uri;
+    use super::{redacted_uri, redacted_uris};
 
     #[test]
     fn only_passwords_are_hidden() {
-        assert_eq!(redacted_uri("mqtt://u:hunter2@h:1883"), "mqtt://u:***@h:1883");
-        assert_eq!(redacted_uri("http://u:a@b:c@proxy:3128"), "http://u:***@proxy:3128");
+        assert_eq!(
+            redacted_uri("mqtt://u:hunter2@h:1883"),
+            "mqtt://u:***@h:1883"
+        );
+        assert_eq!(
+            redacted_uri("http://u:a@b:c@proxy:3128"),
+            "http://u:***@proxy:3128"
+        );
+        assert_eq!(
+            redacted_uris("tcp://gw1:pw1@a:1883,ssl://b:8883,ws://gw2:pw2@c/mqtt"),
+            "tcp://gw1:***@a:1883,ssl://b:8883,ws://gw2:***@c/mqtt"
+        );
         assert_eq!(redacted_uri("mqtt://u@h"), "mqtt://u@h");
         assert_eq!(redacted_uri("mqtt://h:1883"), "mqtt://h:1883");
         assert_eq!(redacted_uri("ws://h:80/p@x:y"), "ws://h:80/p@x:y");

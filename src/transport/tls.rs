@@ -7,8 +7,9 @@
 //! verified against the CAs); with `verify_certificate = false` it accepts any certificate (the handshake
 //! signatures are still checked with the provider's algorithms).
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -20,6 +21,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use super::der::is_self_issued;
 use super::keys::{self, KeyError};
 use super::{TlsOptions, TlsVersion};
 use crate::error::{ConfigError, Error, Fault, Key, TlsError};
@@ -129,6 +131,47 @@ fn select_suites(
         ));
     }
     Ok(out)
+}
+
+/// The state of the files a TLS configuration is read from — the CA file, the CA directory and each of its
+/// entries, the client certificate and key: device, inode, size and modification time of each (following
+/// links; `None` for one that cannot be read). Cheap to take (a `stat` per file); two differ when a file was
+/// replaced (renamed over, rewritten, its link retargeted), so the driver reads the files again before a
+/// reconnect only when this changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles(Vec<(PathBuf, Option<Stamp>)>);
+
+/// Device, inode, size, modification time.
+type Stamp = (u64, u64, u64, SystemTime);
+
+impl TlsFiles {
+    pub fn of(opts: &TlsOptions) -> TlsFiles {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            })
+        };
+        let mut v: Vec<_> = [&opts.ca_file, &opts.ca_dir, &opts.cert_file, &opts.key_file]
+            .into_iter()
+            .flatten()
+            .map(|p| (p.clone(), stamp(p)))
+            .collect();
+        if let Some(Ok(rd)) = opts.ca_dir.as_ref().map(std::fs::read_dir) {
+            let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            v.extend(entries.into_iter().map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            }));
+        }
+        TlsFiles(v)
+    }
 }
 
 /// Build the rustls client configuration once per connection config (reused across reconnects).
@@ -458,52 +501,6 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// One DER element: its tag, the whole element, its content, and what follows it.
-type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-fn der_tlv(b: &[u8]) -> Option<Tlv<'_>> {
-    let tag = *b.first()?;
-    let l0 = *b.get(1)? as usize;
-    let (len, hdr) = if l0 < 0x80 {
-        (l0, 2)
-    } else {
-        let n = l0 & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *b.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let end = hdr.checked_add(len)?;
-    if end > b.len() {
-        return None;
-    }
-    Some((tag, &b[..end], &b[hdr..end], &b[end..]))
-}
-
-/// Is the certificate's issuer name the same as its subject name (a self-signed certificate)?
-fn is_self_issued(cert: &[u8]) -> bool {
-    fn names(cert: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (_, _, c, _) = der_tlv(cert)?;
-        let (_, _, tbs, _) = der_tlv(c)?;
-        let mut r = tbs;
-        let (tag, _, _, rest) = der_tlv(r)?;
-        if tag == 0xa0 {
-            r = rest; // version
-        }
-        let (_, _, _, r) = der_tlv(r)?; // serial
-        let (_, _, _, r) = der_tlv(r)?; // signature algorithm
-        let (_, issuer, _, r) = der_tlv(r)?;
-        let (_, _, _, r) = der_tlv(r)?; // validity
-        let (_, subject, _, _) = der_tlv(r)?;
-        Some((issuer, subject))
-    }
-    matches!(names(cert), Some((i, s)) if i == s)
-}
-
 /// What the error mapping needs to know about the connection.
 pub(crate) struct ErrCtx<'a> {
     /// The name the certificate was checked against (SNI / server name or the URI's host).
@@ -546,6 +543,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_files_change_when_a_file_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let (ca, dir) = (d.path().join("ca.pem"), d.path().join("cas"));
+        std::fs::write(&ca, "one").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.pem"), "a").unwrap();
+        let opts = TlsOptions {
+            ca_file: Some(ca.clone()),
+            ca_dir: Some(dir.clone()),
+            cert_file: Some(d.path().join("missing.pem")),
+            ..TlsOptions::default()
+        };
+        let first = TlsFiles::of(&opts);
+        assert_eq!(first, TlsFiles::of(&opts));
+        // Renamed over (a new inode), same size.
+        std::fs::write(d.path().join("new"), "two").unwrap();
+        std::fs::rename(d.path().join("new"), &ca).unwrap();
+        let second = TlsFiles::of(&opts);
+        assert_ne!(first, second);
+        // A file added to the CA directory; the missing certificate appearing.
+        std::fs::write(dir.join("b.pem"), "b").unwrap();
+        let third = TlsFiles::of(&opts);
+        assert_ne!(second, third);
+        std::fs::write(d.path().join("missing.pem"), "c").unwrap();
+        assert_ne!(third, TlsFiles::of(&opts));
+    }
+
+    #[test]
     fn suite_names() {
         let all = rustls::crypto::ring::default_provider().cipher_suites;
         for n in [
@@ -563,22 +588,5 @@ mod tests {
             m.contains("'RC4-MD5'") && m.contains("TLS13_AES_256_GCM_SHA384"),
             "{m}"
         );
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn der_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
-            let _ = is_self_issued(&b);
-            let mut v = vec![0x30, 0x82, 0x00, b.len() as u8];
-            v.extend_from_slice(&b);
-            let _ = is_self_issued(&v);
-        }
-    }
-
-    #[test]
-    fn der_garbage_is_not_self_issued() {
-        assert!(!is_self_issued(&[]));
-        assert!(!is_self_issued(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
-        assert!(!is_self_issued(&[0x30, 0x03, 0x30, 0x01]));
     }
 }

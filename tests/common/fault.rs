@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,17 +68,7 @@ pub fn ms(d: Option<Duration>) -> String {
     }
 }
 
-/// poll(2) one descriptor for readability.
-pub fn readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    r == 1 && p.revents & libc::POLLIN != 0
-}
+pub use crate::common::client::readable;
 
 /// A config with fast, realistic reconnects for fault tests.
 pub fn cfg(uri: &str, id: &str) -> Config {
@@ -316,13 +305,16 @@ impl Load {
 
     /// Publish for `duration` from this thread, draining the publisher's events, calling `tick` with the
     /// elapsed time about every millisecond (faults are injected there). Every publish must be accepted.
+    /// Time spent inside `tick` (a broker killed and restarted: seconds under emulation) does not count as
+    /// load time, so every fault scheduled within `duration` happens at any speed.
     pub fn run(&self, c: &Client, log: &mut PubLog, mut tick: impl FnMut(Duration, &mut PubLog)) {
         let mut payload = vec![b'.'; self.len.max(8)];
         let start = Instant::now();
+        let mut in_tick = Duration::ZERO;
         let mut seq = log.published();
         let base = seq;
         loop {
-            let el = start.elapsed();
+            let el = start.elapsed().saturating_sub(in_tick);
             if el >= self.duration {
                 break;
             }
@@ -340,7 +332,9 @@ impl Load {
                 seq += 1;
             }
             log.drain(c);
+            let t = Instant::now();
             tick(el, log);
+            in_tick += t.elapsed();
             std::thread::sleep(Duration::from_millis(1));
         }
     }

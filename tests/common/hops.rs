@@ -150,11 +150,13 @@ impl Drop for Tinyproxy {
     }
 }
 
-/// Where `tools/env.sh` installs node packages.
+/// Where `tools/env.sh` installs node packages: `$QMQTT_CACHE` (which it exports), else its default.
 fn node_modules() -> PathBuf {
     let cache = std::env::var_os("QMQTT_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache"));
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("qmqtt")))
+        .or_else(|| std::env::var_os("HOME").map(|d| Path::new(&d).join(".cache/qmqtt")))
+        .expect("HOME is not set: set QMQTT_CACHE to the tools cache (tools/env.sh)");
     cache.join("npm/node_modules")
 }
 

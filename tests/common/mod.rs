@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod alloc;
+pub mod client;
 pub mod fake;
 pub mod hops;
 pub mod proxy;
+pub mod session;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
@@ -60,49 +62,80 @@ pub fn slow(d: Duration) -> Duration {
     d * slowdown()
 }
 
+/// Start `qmqtt ARGS` in the background: stdin and stdout as given, stderr piped (for the test to read).
+pub fn qmqtt_spawn<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Child {
+    qmqtt_cmd()
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run qmqtt")
+}
+
 /// Run `qmqtt ARGS` with `input` on stdin, collecting its output; kill it and fail the test when it runs
 /// longer than `limit`.
 pub fn qmqtt_run(args: &[&str], input: &[u8], limit: Duration) -> std::process::Output {
-    use std::io::{Read, Write};
-    let mut child = qmqtt_cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run qmqtt");
+    use std::io::Write;
+    let mut child = qmqtt_spawn(args, Stdio::piped(), Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     let w = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);
     });
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let ro = read_all(Box::new(child.stdout.take().unwrap()));
-    let re = read_all(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("qmqtt {args:?} did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let ro = std::thread::spawn(move || read_all(out));
+    let re = std::thread::spawn(move || read_all(err));
+    let status = wait_timeout(&mut child, limit, &format!("qmqtt {args:?}"));
     w.join().unwrap();
     std::process::Output {
         status,
         stdout: ro.join().unwrap(),
         stderr: re.join().unwrap(),
     }
+}
+
+/// Wait for `child` at most `t`; kill it and fail the test when it overstays.
+pub fn wait_timeout(child: &mut Child, t: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything `r` yields until its end (or an error).
+pub fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+/// Run `mosquitto_pub -h HOST -p PORT ARGS` to its end; fail the test, with its stderr, unless it succeeds.
+pub fn mosquitto_pub(host: &str, port: impl ToString, args: &[&str]) {
+    let o = Command::new("mosquitto_pub")
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(
+        o.status.success(),
+        "mosquitto_pub -h {host} -p {} {args:?}: {}",
+        port.to_string(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).

@@ -68,10 +68,18 @@ class Certs:
 class Broker:
     """mosquitto with its own directory, ports and certificates; killed by stop()/kill()."""
 
-    def __init__(self, persistence=False):
+    def __init__(self, persistence=False, mqtt5_limits=False, tcp_extra="", deny_subscribe=()):
+        """mqtt5_limits: the MQTT 5 limits a client must keep to (mosquitto disconnects one that does not):
+        Receive Maximum 2, Maximum Packet Size 256, Server Keep Alive 10 s, Topic Alias Maximum 2 (plain and
+        TLS listeners). tcp_extra: lines for the plain listener (e.g. an acl_file). `deny_subscribe`: topic
+        filters the plain TCP listener refuses subscriptions to (SUBACK 0x80), through mosquitto's dynamic
+        security plugin (its acl_file never refuses a SUBSCRIBE)."""
         self.dir = tempfile.mkdtemp(prefix="qhost-broker-")
+        self.deny_subscribe = list(deny_subscribe)
         self.certs = Certs(os.path.join(self.dir, "certs"))
         self.persistence = persistence
+        self.mqtt5_limits = mqtt5_limits
+        self.tcp_extra = tcp_extra
         self.proc = None
         # Other processes on this machine take free ports too: on a lost race, pick new ports and retry.
         for attempt in range(5):
@@ -108,13 +116,30 @@ class Broker:
         open(pw, "w").close()
         _run("mosquitto_passwd", "-b", pw, USER, PASSWORD)
         user = "user root\n" if os.geteuid() == 0 else ""
+        alias = "max_topic_alias 2\n" if self.mqtt5_limits else ""
+        acl = ""
+        if self.deny_subscribe:
+            import json
+            sec = os.path.join(d, "dynsec.json")
+            allow = dict.fromkeys(["publishClientSend", "publishClientReceive", "subscribe", "unsubscribe"], True)
+            deny = [{"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": False}
+                    for t in self.deny_subscribe]
+            with open(sec, "w") as f:
+                json.dump({"defaultACLAccess": allow, "clients": [], "anonymousGroup": "anon",
+                           "groups": [{"groupname": "anon", "roles": [{"rolename": "anon"}]}],
+                           "roles": [{"rolename": "anon", "acls": deny}]}, f)
+            lib = next((p for p in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")
+                        if os.path.exists(f"{p}/mosquitto_dynamic_security.so")), "/usr/lib")
+            acl = f"plugin {lib}/mosquitto_dynamic_security.so\nplugin_opt_config_file {sec}\n"
         conf = (
             f"{user}per_listener_settings true\n"
             f"persistence {'true' if self.persistence else 'false'}\npersistence_location {d}/\n"
             f"log_dest file {d}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
-            f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n"
-            f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n"
+            "max_queued_messages 1000000\n"
+            + ("max_inflight_messages 2\nmax_packet_size 256\nmax_keepalive 10\n" if self.mqtt5_limits
+               else "max_inflight_messages 0\n")
+            + f"listener {self.tcp_port} 127.0.0.1\nallow_anonymous true\n{alias}{self.tcp_extra}{acl}"
+            f"listener {self.tls_port} 127.0.0.1\nallow_anonymous true\n{alias}"
             f"cafile {c.ca}\ncertfile {c.server_cert}\nkeyfile {c.server_key}\n"
             f"listener {self.mtls_port} 127.0.0.1\nallow_anonymous true\n"
             f"cafile {c.ca}\ncertfile {c.server_cert}\nkeyfile {c.server_key}\nrequire_certificate true\n"
@@ -221,3 +246,84 @@ def pub(broker, topic, msg, qos=0, retain=False):
     if retain:
         args.append("-r")
     subprocess.run(args, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Gate:
+    """A TCP relay on a loopback port of its own in front of the broker's plain listener, to take the broker
+    away from a client without touching the broker (independent subscribers stay connected): `shut()` cuts
+    the connections it carries and closes its listener (connects are refused), `open()` listens again on the
+    same port."""
+
+    def __init__(self, broker):
+        import threading
+        self.target = broker.tcp_port
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.socks = []
+        self.listener = None
+        self.open()
+
+    @property
+    def uri(self):
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def open(self):
+        import threading
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(16)
+        ls.settimeout(0.05)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls):
+        import threading
+        while self.listener is ls:
+            try:
+                a, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                a.close()
+                continue
+            with self.lock:
+                self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def shut(self):
+        ls, self.listener = self.listener, None
+        if ls:
+            ls.close()
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.shut()

@@ -92,6 +92,13 @@ BASE = {
     "pubbatch": [by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"), by_name("bool 0")],
     "pubbatchh": [by_name("long 1000"), by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"),
                   by_name("bool 0")],
+    "pubp": [by_name("sym 't/1'"), by_name('"m"'), by_name("long 1"), by_name("bool 0"), by_name("(`$())!()")],
+    "pubph": [by_name("long 1000"), by_name("sym 't/1'"), by_name('"m"'), by_name("long 1"), by_name("bool 0"),
+              by_name("(`$())!()")],
+    "pubbatchp": [by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"), by_name("bool 0"),
+                  by_name("(`$())!()")],
+    "pubbatchph": [by_name("long 1000"), by_name("sym 't/1'"), by_name("list of strings"), by_name("long 1"),
+                   by_name("bool 0"), by_name("(`$())!()")],
 }
 
 OPTS_ERR = {
@@ -113,7 +120,9 @@ def expected(fn, args, connected=False):
                      qos_check(qo), retain_check(r), None if connected else nc)
     if fn == "subx":
         t, qo = args
-        return first(text_check(t, "topic type"), None if connected else nc, qos_check(qo))
+        e = qos_check(qo)  # KX's sub leaves the value to paho: 'Invalid QoS value
+        return first(text_check(t, "topic type"), None if connected else nc,
+                     "Invalid QoS value" if e == "invalid qos" else e)
     if fn == "unsub":
         return first(text_check(args[0], "topic type"), None if connected else nc)
     if fn in ("pubxh", "subxh", "unsubh"):
@@ -137,6 +146,10 @@ def expected(fn, args, connected=False):
         return batch_expected(args, connected)
     if fn in ("connX", "connhx"):
         a, c, o = args
+        if a[1] == 11:
+            # A list of symbols is a list of brokers (joined with commas); an empty one is no address.
+            items = ["t"] * 10000 if a[2] is None else a[2]
+            a = (a[0], -11 if items else 0, ",".join(items), None)
         e = first(text_check(a, "addr type"), text_check(c, "client type"))
         if e:
             return "addr type" if e == "Invalid UTF8 string" and text_check(a, "addr type") else (
@@ -148,8 +161,9 @@ def expected(fn, args, connected=False):
         if o[0] not in OPTS_ERR:
             return ...
         addr = a[2] if a[1] != -10 else a[2]
-        if not any(addr.lower().startswith(s) and len(addr) > len(s)
-                   for s in ("tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://")):
+        if not all(any(u.strip().lower().startswith(s) and len(u.strip()) > len(s)
+                       for s in ("tcp://", "ssl://", "mqtt://", "mqtts://", "ws://", "wss://"))
+                   for u in addr.split(",")):
             return "Invalid protocol scheme"
         return ...
     return ...
@@ -255,12 +269,14 @@ OPT_KEYS = ["username", "password", "keepAliveInterval", "cleansession", "reliab
             "lastWillMessage", "lastWillRetain", "trustStore", "keyStore", "privateKey", "privateKeyPassword",
             "enabledCipherSuites", "CApath", "enableServerCertAuth", "sslVersion", "verify", "httpProxy",
             "httpsProxy", "queueBytes", "queueMessages", "fullPolicy", "autoReconnect", "backoffMin",
-            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "linger", "batchScheduling", "", "bogus"]
+            "backoffMax", "alpn", "sni", "rcvPayload", "logLevel", "linger", "batchScheduling",
+            "sessionExpiryInterval", "receiveMaximum", "maximumPacketSize", "topicAliases", "topicAliasMaximum",
+            "userProperties", "rcvProperties", "", "bogus"]
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=5,
-                                                                                          max_size=5))
+@given(fn=st.sampled_from([f for f in FUNCS if f not in ("connX", "connhx")]), idx=st.lists(ZOO_IDX, min_size=6,
+                                                                                          max_size=6))
 def test_random_argument_combinations(host, fn, idx):
     entries = [ZOO[i] for i in idx[: len(BASE[fn])]]
     check(host, fn, entries)  # warm-up: symbols are interned on first use
@@ -324,12 +340,14 @@ def test_options_exact(q):
     assert err({S("username"): 1}) == "username type incorrect"
     assert err({S("keepAliveInterval"): S("x")}) == "keepAliveInterval type incorrect"
     assert err({S("keepAliveInterval"): 70000}) == "keepAliveInterval invalid"
-    assert err({S("MQTTVersion"): 5}) == "MQTTVersion: 5 unsupported"
+    assert err({S("MQTTVersion"): 5}) == "Invalid protocol scheme"
     assert err({S("MQTTVersion"): 3}) == "Invalid protocol scheme"
     assert err({S("cleanstart"): 1}) == "cleanstart: MQTT 5 only"
     assert err({S("cleanstart"): 0}) == "Invalid protocol scheme"
-    assert err({S("httpProxy"): S("http://p:1")}) == "httpProxy unsupported"
-    assert err({S("httpsProxy"): S("http://p:1")}) == "httpsProxy unsupported"
+    assert err({S("cleanstart"): 1, S("MQTTVersion"): 5}) == "Invalid protocol scheme"
+    assert err({S("receiveMaximum"): 5}) == "receiveMaximum: MQTT 5 only"
+    assert err({S("httpProxy"): S("http://p:1")}) == "Invalid protocol scheme"
+    assert err({S("httpsProxy"): S("http://p:1")}) == "Invalid protocol scheme"
     assert err({S("sslVersion"): 1}) == "sslVersion: TLS 1.0/1.1 unsupported"
     assert err({S("sslVersion"): 3}) == "Invalid protocol scheme"
     assert err({S("privateKeyPassword"): S("pw")}) == "Invalid protocol scheme"

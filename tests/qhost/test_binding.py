@@ -10,7 +10,8 @@ from qhost import ROOT, ST_K, ST_K_WRONG, QError, Sym, bindings
 
 KX_EXPORTS = {"connX": 3, "init": 1, "pub": 4, "sub": 2, "unsub": 1, "isConnected": 1, "disconnect": 1}
 ADDED_EXPORTS = {"connh": 3, "pubh": 5, "subh": 3, "unsubh": 2, "isConnectedh": 1, "disconnecth": 2,
-                 "pubbatch": 4, "pubbatchh": 5, "stats": 1, "statsh": 1, "loglevel": 1}
+                 "pubbatch": 4, "pubbatchh": 5, "stats": 1, "statsh": 1, "loglevel": 1,
+                 "pubp": 5, "pubph": 6, "pubbatchp": 5, "pubbatchph": 6}
 
 
 def undefined(path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from broker import PASSWORD, USER, Sub, pub
+from broker import PASSWORD, USER, Broker, Gate, Sub, pub
 from qhost import NIL, ST_K_WRONG, QError, Sym
 
 S = Sym
@@ -514,18 +514,21 @@ def test_reconnect_from_the_disconn_callback(engine, broker):
 
     def on_disconn(cause):
         attempts.append(cause)
-        conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})  # broker down: signals 'Failure
+        with pytest.raises(QError, match="^Failure$"):  # broker down: signals 'Failure after connectTimeout
+            conn(q, broker.tcp_uri, "fromcb", {S("connectTimeout"): 1})
 
     q.handlers[".mqtt.disconn"] = on_disconn
     broker.stop()
     try:
         q.loop_until(lambda: attempts, 10)
         q.loop(300)
+        # the same broker and client id: the failed conn kept the connection (never two), still reconnecting
+        assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 1
     finally:
         broker.start()
     assert len(attempts) == 1
-    # the failed conn closed the old connection (never two): nothing reconnects by itself now
-    assert q.call("isConnected", NIL) is False and q.h.qhost_nfds() == 0
+    assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+    assert q.h.qhost_nfds() == 1
     conn(q, broker.tcp_uri, "fromcb")
     assert q.call("isConnected", NIL) is True and q.h.qhost_nfds() == 1
 
@@ -634,3 +637,261 @@ def test_spool_options_store_and_forward(engine, broker, tmp_path):
     assert q.loop_until(lambda: len(q.callbacks(".mqtt.msgsent")) >= n, 30)
     assert sorted(a[0] for a in q.callbacks(".mqtt.msgsent")) == toks
     assert q.call("stats", NIL)["spooled"] == 0
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
+def test_kx_reconnect_idiom_loses_nothing(engine, broker, tmp_path, spool):
+    """KX's reconnect idiom: numbered QoS 1 messages every 5 ms, .z.ts (every 100 ms) calls .mqtt.conn again
+    while .mqtt.isConnected[] is false, connections refused for 3 s (a relay in front of the broker shut;
+    an independent subscriber stays connected). The connection is kept across those conn calls: pub never
+    refuses, and every message it accepted arrives."""
+    q = engine
+    gate = Gate(broker)
+    opts = {S("connectTimeout"): 1, S("backoffMin"): 100, S("backoffMax"): 500}
+    if spool:
+        opts.update({S("spoolDir"): S(str(tmp_path / "spool")), S("spoolSync"): S("never")})
+    outside = Sub(broker, "idiom/#", qos=1)
+    state = {"n": 0, "refused": 0, "failures": 0, "accepted": []}
+
+    def tick():  # .z.ts:{if[not .mqtt.isConnected[];.mqtt.conn[addr;`idiom;opts]]}
+        if not q.call("isConnected", NIL):
+            try:
+                conn(q, gate.uri, "idiom", opts)
+            except QError as e:
+                assert e.msg == "Failure"
+                state["failures"] += 1
+
+    def publish_for(seconds):
+        end, next_tick = time.time() + seconds, 0.0
+        while time.time() < end:
+            state["n"] += 1
+            n = state["n"]
+            try:
+                q.call("pubx", S("idiom/t"), str(n), 1, 0)
+                state["accepted"].append(n)
+            except QError as e:
+                assert e.msg == "not connected"
+                state["refused"] += 1
+            q.loop(5)
+            if time.time() >= next_tick:
+                tick()
+                next_tick = time.time() + 0.1
+
+    try:
+        conn(q, gate.uri, "idiom", opts)
+        publish_for(1)
+        gate.shut()
+        publish_for(3)
+        gate.open()
+        publish_for(2)
+        assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+        st = lambda: q.call("stats", NIL)  # noqa: E731
+        assert q.loop_until(lambda: st()["queued"] == 0 and st()["inflight"] == 0 and st()["spooled"] == 0, 30)
+        accepted = state["accepted"]
+        lines = outside.wait_for(len(accepted), timeout=20)
+        q.loop(500)
+        got = {int(line.split()[1]) for line in outside.lines if line.startswith("idiom/t ")}
+        missing = sorted(set(accepted) - got)
+        print(f"\n{len(accepted)} accepted, {state['refused']} refused, {len(missing)} lost, "
+              f"{state['failures']} conn failures, {len(lines)} received")
+        assert state["failures"] >= 1  # conn did run while the broker was away
+        assert state["refused"] == 0 and missing == []
+        assert q.h.qhost_nfds() == 1
+    finally:
+        outside.close()
+        gate.close()
+
+
+def test_tight_qos1_loop_without_pumping(engine, broker):
+    """KX programs publish a table row by row without returning to q's event loop: 300,000 QoS 1 pubs of
+    64 B in a C loop, never pumping, into a queue that holds them all. Delivery completions wait compactly
+    (runs of tokens) until q drains them, so the acknowledgements keep coming and the window keeps moving
+    (before: completions took 24 bytes each of the 4 MiB event queue, and at ~175,000 of them the I/O
+    thread stopped sending); then one msgsent per token."""
+    q = engine
+    conn(q, broker.tcp_uri, "tight", {S("queueBytes"): 64 << 20, S("queueMessages"): 1_000_000})
+    n = 300_000
+    args = [q.k(S("tight/t")), q.k("x" * 64), q.k(1), q.k(False)]
+    out = (ctypes.c_double * 4)()
+    try:
+        refused = q.h.qhost_bench_pub(q.fns["pubx"], *args, n, 0, out)
+    finally:
+        for x in args:
+            q.r0(x)
+    accepted = n - refused
+    # still not pumping: everything accepted gets acknowledged
+    deadline = time.time() + 60
+    while time.time() < deadline and q.call("stats", NIL)["acked"] < accepted:
+        time.sleep(0.05)
+    st = q.call("stats", NIL)
+    print(f"\n{accepted} accepted, {refused} refused; acked {st['acked']} before q drained; {st}")
+    assert refused == 0 and st["acked"] == accepted
+    sent = wait_calls(q, ".mqtt.msgsent", accepted, timeout=60)
+    assert len(sent) == accepted and len({a[0] for a in sent}) == accepted
+
+
+def test_sub_waits_for_the_broker_and_raises_on_refusal(engine):
+    """KX's sub/unsub wait for SUBACK/UNSUBACK (paho: up to 10 s) and fail on a refusal. Connected: the same
+    ('sub refused, counted in subRefused). Link down: queued as before, and a refusal after the reconnect
+    calls .mqtt.subrefused[topic] and is counted (mosquitto with its dynamic security plugin denying
+    subscriptions to forbidden/#)."""
+    q = engine
+    b = Broker(deny_subscribe=["forbidden/#"])
+    try:
+        conn(q, b.tcp_uri, "acl", {S("backoffMin"): 100, S("backoffMax"): 300})
+        assert q.call("subx", S("allowed/t"), 1) == NIL
+        # the SUBACK came before sub returned: a message published right now is delivered to us
+        pub(b, "allowed/t", "hello", qos=1)
+        assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["allowed/t", "hello"]]
+        with pytest.raises(QError, match="^sub refused$"):
+            q.call("subx", S("forbidden/t"), 1)
+        assert q.call("stats", NIL)["subRefused"] == 1
+        assert q.call("unsub", S("allowed/t")) == NIL
+        with pytest.raises(QError, match="^sub refused$"):
+            q.call("subx", S("forbidden/t2"), 2)
+        q.loop(200)
+        assert q.callbacks(".mqtt.subrefused") == []  # refusals reported to a waiting sub are not called back
+        b.stop()
+        assert q.loop_until(lambda: q.call("isConnected", NIL) is False, 10)
+        assert q.call("subx", S("forbidden/later"), 1) == NIL  # queued for the next connection
+        assert q.call("subx", S("allowed/later"), 1) == NIL
+        b.start()
+        assert q.loop_until(lambda: q.call("isConnected", NIL), 15) is True
+        assert wait_calls(q, ".mqtt.subrefused", 1) == [["forbidden/later"]]
+        assert q.call("stats", NIL)["subRefused"] == 3
+        pub(b, "allowed/later", "again", qos=1)
+        assert q.loop_until(lambda: ["allowed/later", "again"] in q.callbacks(".mqtt.msgrcvd"), 10)
+    finally:
+        b.close()
+
+
+def test_host_port_without_scheme_is_plain_tcp(engine, broker):
+    """paho (so KX) accepts `host:port` without a scheme as plain TCP; a bare host or a path still needs one."""
+    q = engine
+    conn(q, f"127.0.0.1:{broker.tcp_port}", "noscheme")
+    assert q.call("isConnected", NIL) is True
+    q.call("subx", S("noscheme/t"), 1)
+    q.call("pubx", S("noscheme/t"), "plain", 1, 0)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["noscheme/t", "plain"]]
+    for bad in ("127.0.0.1", f"127.0.0.1:{broker.tcp_port}/x", "tcp:/"):
+        with pytest.raises(QError, match="^Invalid protocol scheme$"):
+            conn(q, bad, "noscheme2")
+
+
+def test_qos0_tokens_and_sub_qos_error(engine, broker):
+    """Deliberate differences from KX, pinned: pub returns a token for QoS 0 too (KX: 0) — the same increasing
+    counter as QoS 1/2, and pubbatch's tokens likewise — with no msgsent for it; sub with a QoS outside 0..2
+    signals KX's (paho's) 'Invalid QoS value, pub KX's own 'invalid qos."""
+    q = engine
+    conn(q, broker.tcp_uri, "qos0")
+    t0 = q.call("pubx", S("qos0/t"), "a", 0, 0)
+    t1 = q.call("pubx", S("qos0/t"), "b", 1, 0)
+    batch = q.call("pubbatch", S("qos0/t"), ["c", "d"], 0, 0)
+    t2 = q.call("pubx", S("qos0/t"), "e", 0, 0)
+    assert 0 < t0 < t1 < batch[0] < batch[1] < t2
+    assert wait_calls(q, ".mqtt.msgsent", 1) == [[t1]]
+    q.loop(200)
+    assert q.callbacks(".mqtt.msgsent") == [[t1]]
+    with pytest.raises(QError, match="^Invalid QoS value$"):
+        q.call("subx", S("qos0/t"), 3)
+    with pytest.raises(QError, match="^invalid qos$"):
+        q.call("pubx", S("qos0/t"), "x", 3, 0)
+
+
+def _old_broker():
+    """A broker that speaks MQTT 3.1 only: CONNACK 1 (unacceptable protocol version) to anything else, then
+    accepts 3.1 and answers PINGREQ. Returns (port, the protocol levels of the CONNECTs it saw)."""
+    import socket
+    import threading
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    seen = []
+
+    def serve(c):
+        with c:
+            data = c.recv(4096)
+            if len(data) < 2 or data[0] >> 4 != 1:
+                return
+            i = 1  # remaining length (varint), then the protocol name and level
+            while data[i] & 0x80:
+                i += 1
+            i += 1
+            name_len = int.from_bytes(data[i:i + 2], "big")
+            level = data[i + 2 + name_len]
+            seen.append(level)
+            if level != 3:
+                c.sendall(b"\x20\x02\x00\x01")
+                return
+            c.sendall(b"\x20\x02\x00\x00")
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    return
+                if d[0] == 0xC0:
+                    c.sendall(b"\xd0\x00")
+
+    def accept():
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls, seen
+
+
+def test_mqttversion_0_falls_back_to_3_1(engine):
+    """paho's MQTTVersion 0 (KX's default): MQTT 3.1.1, then 3.1 when the broker refuses the protocol level.
+    MQTTVersion 4 given explicitly: no fallback."""
+    q = engine
+    ls, seen = _old_broker()
+    uri = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    try:
+        conn(q, uri, "old")  # MQTTVersion not given: 0
+        assert q.call("isConnected", NIL) is True
+        assert seen == [4, 3]
+        q.call("disconnect", 0)
+        seen.clear()
+        conn(q, uri, "old0", {S("MQTTVersion"): 0})
+        assert q.call("isConnected", NIL) is True and seen == [4, 3]
+        q.call("disconnect", 0)
+        seen.clear()
+        with pytest.raises(QError, match="^conn refused: unacceptable protocol version$"):
+            conn(q, uri, "old4", {S("MQTTVersion"): 4, S("autoReconnect"): 0})
+        assert seen[0] == 4 and 3 not in seen
+    finally:
+        ls.close()
+
+
+def test_oversize_message_is_discarded_and_the_connection_stays(engine, broker, tmp_path):
+    """A message over the limit (1 MiB by default; `maxMessageSize`) is read, discarded, acknowledged, counted
+    (droppedTooLarge) and logged; the connection stays up and the next message arrives. Raising the limit
+    lets it through."""
+    q = engine
+    big = tmp_path / "big"
+    big.write_bytes(b"\x05" * (1536 << 10))
+
+    def send_big():
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.tcp_port), "-t", "big/t", "-q", "1",
+                        "-f", str(big)], check=True, capture_output=True)
+
+    conn(q, broker.tcp_uri, "big", {S("rcvPayload"): S("byte")})
+    q.call("subx", S("big/t"), 1)
+    send_big()
+    pub(broker, "big/t", "after", qos=1)
+    assert wait_calls(q, ".mqtt.msgrcvd", 1) == [["big/t", b"after"]]
+    q.loop(300)
+    st = q.call("stats", NIL)
+    assert st["droppedTooLarge"] == 1 and st["connected"] is True and st["reconnects"] == 0
+    assert q.callbacks(".mqtt.disconn") == [] and len(q.callbacks(".mqtt.msgrcvd")) == 1
+    q.call("disconnect", 0)
+    q.calls.clear()
+    conn(q, broker.tcp_uri, "big2", {S("rcvPayload"): S("byte"), S("maxMessageSize"): 2 << 20})
+    q.call("subx", S("big/t"), 1)
+    send_big()
+    got = wait_calls(q, ".mqtt.msgrcvd", 1, timeout=20)
+    assert len(got) == 1 and got[0][1] == big.read_bytes()
+    assert q.call("stats", NIL)["droppedTooLarge"] == 0

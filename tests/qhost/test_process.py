@@ -158,3 +158,47 @@ def test_kill9_with_spilled_backlog_then_restart(broker, tmp_path):
         assert not missing, missing[:20]
     finally:
         sub.close()
+
+
+def test_installed_as_mqttkdb_ssl(broker, tmp_path):
+    """KX tells TLS users to edit mqtt.q to load `mqttkdb_ssl`: install.sh installs the library under that name
+    too, and a q process whose mqtt.q loads mqttkdb_ssl connects over TLS and round-trips a message."""
+    import hashlib
+    import shutil
+    from qhost import lib_path
+    root = os.path.dirname(os.path.dirname(HERE))
+    pkg, qhome = tmp_path / "pkg", tmp_path / "qhome"
+    for d in ("l64", "q", "bin"):
+        (pkg / d).mkdir(parents=True)
+    qhome.mkdir()
+    shutil.copy(lib_path(), pkg / "l64" / "mqttkdb.so")
+    shutil.copy(os.path.join(root, "q", "mqtt.q"), pkg / "q" / "mqtt.q")
+    (pkg / "bin" / "qmqtt").write_text("#!/bin/sh\n")
+    shutil.copy(os.path.join(root, "deploy", "install.sh"), pkg / "install.sh")
+    with open(pkg / "SHA256SUMS", "w") as f:
+        for rel in ("l64/mqttkdb.so", "q/mqtt.q", "bin/qmqtt", "install.sh"):
+            f.write(f"{hashlib.sha256((pkg / rel).read_bytes()).hexdigest()}  {rel}\n")
+    env = dict(os.environ, QHOME=str(qhome))
+    r = subprocess.run(["sh", str(pkg / "install.sh"), "--prefix", str(tmp_path / "bin"), "--force-platform"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ssl = qhome / "l64" / "mqttkdb_ssl.so"
+    assert ssl.read_bytes() == (qhome / "l64" / "mqttkdb.so").read_bytes()
+    # KX's TLS instructions: mqtt.q edited to load mqttkdb_ssl
+    script = tmp_path / "mqtt_ssl.q"
+    script.write_text((qhome / "mqtt.q").read_text().replace("`mqttkdb 2:", "`mqttkdb_ssl 2:"))
+    code = f"""
+import sys; sys.path.insert(0, {HERE!r})
+from qhost import Host, Sym as S
+q = Host(lib={str(ssl)!r}, script={str(script)!r})
+q.conn({broker.tls_uri!r}, "kxssl", {{S("trustStore"): S({broker.certs.ca!r})}})
+q.call("subx", S("kxssl/t"), 1)
+q.call("pubx", S("kxssl/t"), "over tls", 1, 0)
+q.loop_until(lambda: q.callbacks(".mqtt.msgrcvd"), 10)
+print("got", q.callbacks(".mqtt.msgrcvd"))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "got [['kxssl/t', 'over tls']]" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(["sh", str(qhome / "qmqtt" / "install.sh"), "--uninstall"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and not ssl.exists(), r.stdout + r.stderr

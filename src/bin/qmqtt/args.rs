@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use qmqtt::codec::Protocol;
-use qmqtt::session::Will;
+use qmqtt::codec::{PropertiesBuf, Property, Protocol};
+use qmqtt::session::{Mqtt5Config, Will};
 use qmqtt::transport::{TlsOptions, TlsVersion};
 use qmqtt::{Config, QoS};
 
@@ -151,6 +151,10 @@ pub struct ConnOpts {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub keypass: Option<String>,
+    /// `--proxy`: the HTTP proxy for every broker (blank: none, the environment not read).
+    pub proxy: Option<String>,
+    /// `--failover`: more brokers, tried in order after the first (paho's serverURIs).
+    pub failover: Vec<String>,
     pub insecure: bool,
     pub tls_version: Option<TlsVersion>,
     pub alpn: Vec<Vec<u8>>,
@@ -165,6 +169,14 @@ pub struct ConnOpts {
     pub will_payload: Option<Vec<u8>>,
     pub will_qos: Option<QoS>,
     pub will_retain: bool,
+    /// `-D connect …`: MQTT 5 CONNECT settings.
+    pub mqtt5: Mqtt5Config,
+    /// `-D connect maximum-packet-size N`.
+    pub max_packet_size: Option<usize>,
+    /// `-D publish …`: the properties of every message `pub` sends.
+    pub publish_props: PropertiesBuf,
+    /// Some `-D` was given (they need `-V 5`).
+    pub props_given: bool,
 }
 
 /// Help text for the shared flags.
@@ -175,10 +187,19 @@ Connection:
   -L URL               mqtt[s]://[USER[:PASS]@]HOST[:PORT][/TOPIC] (also tcp://, ssl://), or
                        ws[s]://[USER[:PASS]@]HOST[:PORT][/PATH]: MQTT over a WebSocket (ports 80/443,
                        path /mqtt)
+  --failover URI       another broker of the same service (tcp://, ssl://, ws://, wss://), tried when the
+                       ones before do not answer (repeatable; unacknowledged messages go to the one reached)
+  --proxy URL          reach the broker through this HTTP proxy: http://[USER:PASS@]HOST:PORT (CONNECT);
+                       without it $http_proxy/$https_proxy apply when PAHO_C_CLIENT_USE_HTTP_PROXY=TRUE
+                       (mqtt_http_proxy, mqtt_https_proxy, mqtt_no_proxy override them); '' for none
   -i ID                client id (default qmqtt-<cmd>-<pid>)
   -u USER, -P PASS     username and password
   -k SECONDS           keep-alive interval (default 60; 0 turns it off)
-  -V VERSION           MQTT version: mqttv311 (default) or mqttv31
+  -V VERSION           MQTT version: mqttv311 (default), mqttv31 or mqttv5 (also 311, 31, 5)
+  -D CMD NAME VALUE    an MQTT 5 property (with -V 5), as mosquitto's: -D connect session-expiry-interval,
+                       receive-maximum, maximum-packet-size, topic-alias-maximum, request-response-information,
+                       user-property NAME VALUE; -D publish (qmqtt pub) message-expiry-interval, content-type,
+                       payload-format-indicator, response-topic, correlation-data, user-property NAME VALUE
   --will-topic T       last will: topic (with --will-payload, --will-qos 0|1|2, --will-retain)
   -d                   debug logging on stderr
 TLS (on with --cafile, --capath, --cert, -p 8883 or an mqtts:// / ssl:// URL):
@@ -209,6 +230,8 @@ impl ConnOpts {
                     ))
                 })?;
             }
+            "--failover" => self.failover.push(a.value(flag)?),
+            "--proxy" => self.proxy = Some(a.value(flag)?),
             "-i" | "--id" => self.id = Some(a.value(flag)?),
             "-u" | "--username" => self.user = Some(a.value(flag)?),
             "-P" | "--pw" => self.pass = Some(a.value_bytes(flag)?),
@@ -248,14 +271,10 @@ impl ConnOpts {
                 self.protocol = Some(match v.to_ascii_lowercase().as_str() {
                     "mqttv311" | "311" | "4" => Protocol::V311,
                     "mqttv31" | "31" | "3" => Protocol::V31,
-                    "mqttv5" | "5" => {
-                        return Err(a.err(format!(
-                            "{flag} {v}: MQTT 5 is not supported; use mqttv311 or mqttv31"
-                        )))
-                    }
+                    "mqttv5" | "5" => Protocol::V5,
                     _ => {
                         return Err(a.err(format!(
-                            "{flag}: unknown version '{v}' (use mqttv311 or mqttv31)"
+                            "{flag}: unknown version '{v}' (use mqttv5, mqttv311 or mqttv31)"
                         )))
                     }
                 });
@@ -264,9 +283,89 @@ impl ConnOpts {
             "--will-payload" => self.will_payload = Some(a.value_bytes(flag)?),
             "--will-qos" => self.will_qos = Some(a.qos(flag)?),
             "--will-retain" => self.will_retain = true,
+            "-D" | "--property" => {
+                let cmd = a.value(flag)?;
+                let name = a.value(flag)?;
+                let value = a.value(flag)?;
+                // `user-property NAME VALUE`: one more.
+                let extra = match name.as_str() {
+                    "user-property" => Some(a.value(flag)?),
+                    _ => None,
+                };
+                self.property(&cmd, &name, value, extra.unwrap_or_default())
+                    .map_err(|m| a.err(format!("{flag} {cmd} {name}: {m}")))?;
+                self.props_given = true;
+            }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// One `-D CMD NAME VALUE` (mosquitto_pub's names; `user-property` has a second value, `extra`).
+    fn property(&mut self, cmd: &str, name: &str, v: String, extra: String) -> Result<(), String> {
+        fn num<T: FromStr>(v: &str, what: &str) -> Result<T, String> {
+            v.trim().parse().map_err(|_| format!("'{v}' is not {what}"))
+        }
+        let flag = |v: &str| match v.trim() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(format!("'{v}' is not 0 or 1")),
+        };
+        let m = &mut self.mqtt5;
+        let p = &mut self.publish_props;
+        let pushed = |r: Result<&mut PropertiesBuf, qmqtt::codec::Error>| {
+            r.map(|_| ()).map_err(|e| e.to_string())
+        };
+        match (cmd, name) {
+            ("connect", "session-expiry-interval") => {
+                m.session_expiry = num(&v, "a number of seconds (0 to 4294967295)")?
+            }
+            ("connect", "receive-maximum") => {
+                m.receive_maximum = num(&v, "a number from 1 to 65535")?;
+                if m.receive_maximum == 0 {
+                    return Err("must be 1 to 65535".into());
+                }
+            }
+            ("connect", "maximum-packet-size") => {
+                let n: u32 = num(&v, "a number of bytes")?;
+                if n < 64 {
+                    return Err("must be at least 64 bytes".into());
+                }
+                self.max_packet_size = Some(n as usize);
+            }
+            ("connect", "topic-alias-maximum") => {
+                m.topic_alias_maximum = num(&v, "a number from 0 to 65535")?
+            }
+            ("connect", "request-response-information") => {
+                m.request_response_information = flag(&v)?
+            }
+            ("connect", "user-property") => {
+                m.user_properties.push((v, extra));
+            }
+            ("publish", "message-expiry-interval") => pushed(p.push(
+                Property::MessageExpiryInterval(num(&v, "a number of seconds")?),
+            ))?,
+            ("publish", "content-type") => pushed(p.push(Property::ContentType(&v)))?,
+            ("publish", "payload-format-indicator") => {
+                pushed(p.push(Property::PayloadFormatIndicator(flag(&v)?)))?
+            }
+            ("publish", "response-topic") => {
+                if v.is_empty() || v.contains(['+', '#']) {
+                    return Err(format!("'{v}' is not a topic to publish to"));
+                }
+                pushed(p.push(Property::ResponseTopic(&v)))?
+            }
+            ("publish", "correlation-data") => {
+                pushed(p.push(Property::CorrelationData(v.as_bytes())))?
+            }
+            ("publish", "user-property") => pushed(p.push(Property::UserProperty(&v, &extra)))?,
+            ("publish", "topic-alias") => {
+                return Err("qmqtt assigns topic aliases itself (as the broker allows)".into())
+            }
+            ("connect" | "publish", _) => return Err("unknown or unsupported property".into()),
+            _ => return Err("qmqtt takes -D connect and -D publish properties".into()),
+        }
+        Ok(())
     }
 
     /// Parse a mosquitto-style `-L` URL.
@@ -362,9 +461,19 @@ impl ConnOpts {
             })
     }
 
-    /// The engine's URI: `ssl://host:port`, `tcp://host:port` or `ws[s]://host:port/path` (IPv6 literals
-    /// bracketed).
+    /// The engine's URI: the broker's, then the `--failover` ones, comma-separated.
     pub fn uri(&self) -> String {
+        let mut u = self.first_uri();
+        for f in &self.failover {
+            u.push(',');
+            u.push_str(f);
+        }
+        u
+    }
+
+    /// The first broker: `ssl://host:port`, `tcp://host:port` or `ws[s]://host:port/path` (IPv6 literals
+    /// bracketed).
+    fn first_uri(&self) -> String {
         let host = self.host();
         let host = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
@@ -410,6 +519,12 @@ impl ConnOpts {
         if self.keypass.is_some() && self.key.is_none() {
             return Err(a.err("--keypass is the password of --key: give --key too".into()));
         }
+        if let Some(f) = self.failover.iter().find(|f| f.contains(',')) {
+            return Err(a.err(format!(
+                "--failover '{}': one URI each (repeat --failover for more)",
+                qmqtt::transport::redacted_uri(f)
+            )));
+        }
         if self.pass.is_some() && self.user.is_none() {
             return Err(a.err("-P needs -u USER as well".into()));
         }
@@ -425,7 +540,22 @@ impl ConnOpts {
                 )));
             }
         }
+        if self.props_given && self.protocol != Some(Protocol::V5) {
+            return Err(a.err("-D: properties are MQTT 5: add -V 5".into()));
+        }
+        if !self.publish_props.is_empty() && a.cmd != "pub" {
+            return Err(
+                a.err("-D publish: properties of published messages go with qmqtt pub".into())
+            );
+        }
+        let failover_tls = self.failover.iter().any(|f| {
+            let f = f.to_ascii_lowercase();
+            ["ssl://", "mqtts://", "wss://"]
+                .iter()
+                .any(|s| f.starts_with(s))
+        });
         if !self.tls()
+            && !failover_tls
             && (self.insecure
                 || !self.alpn.is_empty()
                 || self.sni.is_some()
@@ -437,6 +567,9 @@ impl ConnOpts {
                     .into(),
             ));
         }
+        if !self.clean && self.id.is_none() {
+            return Err(a.err("-c needs a fixed client id: add -i ID".into()));
+        }
         Ok(())
     }
 
@@ -444,6 +577,8 @@ impl ConnOpts {
     pub fn config(&self, default_id: &str) -> Config {
         let id = self.id.clone().unwrap_or_else(|| default_id.to_string());
         let mut c = Config::new(self.uri(), id);
+        c.http_proxy = self.proxy.clone();
+        c.https_proxy = self.proxy.clone();
         c.username = self.user.clone();
         c.password = self.pass.clone();
         if let Some(k) = self.keepalive {
@@ -468,6 +603,10 @@ impl ConnOpts {
         }
         if let Some(q) = self.queue_bytes {
             c.queue_bytes = q;
+        }
+        c.mqtt5 = self.mqtt5.clone();
+        if let Some(m) = self.max_packet_size {
+            c.max_packet_size = m;
         }
         c
     }
@@ -521,6 +660,34 @@ mod tests {
     }
 
     #[test]
+    fn failover_and_proxy() {
+        let o = parse(&[
+            "-L",
+            "tcp://a:1",
+            "--failover",
+            "wss://b/mqtt",
+            "--failover",
+            "ssl://c:2",
+            "--proxy",
+            "http://p:3",
+            "--cafile",
+            "ca.pem",
+        ]);
+        // --cafile makes the first broker TLS too.
+        let o = o.unwrap();
+        assert_eq!(o.uri(), "ssl://a:1,wss://b/mqtt,ssl://c:2");
+        let c = o.config("x");
+        assert_eq!(
+            (c.http_proxy.as_deref(), c.https_proxy.as_deref()),
+            (Some("http://p:3"), Some("http://p:3"))
+        );
+        // TLS flags are for the TLS brokers of the list.
+        assert!(parse(&["-L", "tcp://a:1", "--failover", "ssl://b:2", "--insecure"]).is_ok());
+        let e = parse(&["--failover", "tcp://a:1,tcp://b:2"]).unwrap_err().0;
+        assert!(e.contains("repeat --failover"), "{e}");
+    }
+
+    #[test]
     fn key_password() {
         let o = parse(&["--cert", "c", "--key", "k", "--keypass", "pw"]).unwrap();
         let t = o.tls_options();
@@ -531,6 +698,54 @@ mod tests {
         assert!(!format!("{t:?}").contains("pw\""), "{t:?}");
         let e = parse(&["--keypass", "pw"]).unwrap_err().0;
         assert!(e.contains("--keypass is the password of --key"), "{e}");
+    }
+
+    #[test]
+    fn mqtt5_properties() {
+        #[rustfmt::skip]
+        let o = parse(&[
+            "-V", "mqttv5", "-D", "connect", "session-expiry-interval", "3600",
+            "-D", "connect", "user-property", "site", "gw1", "-D", "connect", "maximum-packet-size", "4096",
+            "-D", "publish", "message-expiry-interval", "60", "-D", "publish", "user-property", "unit", "C",
+        ])
+        .unwrap();
+        let c = o.config("x");
+        assert_eq!(c.protocol, Protocol::V5);
+        assert_eq!(c.mqtt5.session_expiry, 3600);
+        assert_eq!(c.mqtt5.user_properties, [("site".into(), "gw1".into())]);
+        assert_eq!(c.max_packet_size, 4096);
+        let p = o.publish_props.properties();
+        assert_eq!(p.message_expiry_interval(), Some(60));
+        assert_eq!(p.user_properties().collect::<Vec<_>>(), [("unit", "C")]);
+        for (args, want) in [
+            (
+                &["-D", "publish", "content-type", "x"][..],
+                "properties are MQTT 5: add -V 5",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "topic-alias", "1"],
+                "assigns topic aliases itself",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "message-expiry-interval", "x"],
+                "'x' is not a number",
+            ),
+            (
+                &["-V", "5", "-D", "connect", "receive-maximum", "0"],
+                "must be 1 to 65535",
+            ),
+            (
+                &["-V", "5", "-D", "subscribe", "user-property", "a", "b"],
+                "-D connect and -D publish",
+            ),
+            (
+                &["-V", "5", "-D", "publish", "user-property", "a"],
+                "-D needs a value",
+            ),
+        ] {
+            let e = parse(args).unwrap_err().0;
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
     }
 
     #[test]

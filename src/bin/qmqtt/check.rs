@@ -7,11 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll, Token};
 use qmqtt::codec::Protocol;
 use qmqtt::error::{ConfigError, Error};
-use qmqtt::session::{Event as SessionEvent, Session, SessionConfig};
-use qmqtt::transport::{tls_config, Conn, Endpoint, TlsInfo};
+use qmqtt::session::{Event as SessionEvent, ServerInfo, Session, SessionConfig};
+use qmqtt::transport::{der, tls_config, Conn, Endpoint, TlsInfo};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::der;
 use crate::util::{config_hint, hint};
 
 pub const HELP: &str = "\
@@ -20,6 +19,8 @@ subjects and expiry, ALPN) and the MQTT CONNACK, or exactly why the connection f
 
 Usage: qmqtt check -L mqtts://HOST:PORT [TLS flags] [-u USER -P PASS]
        qmqtt check -h HOST -p PORT [TLS flags] [-u USER -P PASS]
+       [--proxy URL] shows the HTTP proxy's answer to CONNECT, a ws:// or wss:// URL the WebSocket upgrade;
+       with --failover URI the brokers are tried in order and the one that answered is named.
 
   --timeout SECONDS    give up after SECONDS (default 10)
   --help               this help
@@ -99,22 +100,41 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
-    let uri = o.conn.uri();
-    outln!("checking {uri}");
-    match check(&o, &uri) {
-        Ok(()) => {
-            outln!("OK: {uri} accepts MQTT connections with these settings");
-            0
+    let uris = o.conn.uri();
+    let list: Vec<&str> = uris.split(',').collect();
+    let n = list.len();
+    for (i, uri) in list.iter().enumerate() {
+        if n > 1 {
+            outln!("checking {uri} (broker {} of {n})", i + 1);
+        } else {
+            outln!("checking {uri}");
         }
-        Err(f) => {
-            outln!("FAILED at {}: {}", f.step, f.what());
-            let h = f.hint();
-            if !h.is_empty() {
-                outln!("  what to do: {h}");
+        match check(&o, uri) {
+            Ok(()) => {
+                if n > 1 {
+                    outln!(
+                        "OK: {uri} (broker {} of {n}) answered and accepts MQTT connections with these \
+                         settings",
+                        i + 1
+                    );
+                } else {
+                    outln!("OK: {uri} accepts MQTT connections with these settings");
+                }
+                return 0;
             }
-            1
+            Err(f) => {
+                outln!("FAILED at {}: {}", f.step, f.what());
+                let h = f.hint();
+                if !h.is_empty() {
+                    outln!("  what to do: {h}");
+                }
+            }
         }
     }
+    if n > 1 {
+        outln!("FAILED: none of the {n} brokers answered");
+    }
+    1
 }
 
 fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
@@ -138,15 +158,22 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
     };
     let ep = Endpoint::parse(uri).map_err(config("address"))?;
     let tls_opts = o.conn.tls_options();
-    let tls = if o.conn.tls() {
+    let tls = if ep.scheme.tls() {
         Some(tls_config(&tls_opts).map_err(config("TLS configuration"))?)
     } else {
         None
     };
+    let env = |k: &str| std::env::var(k).ok();
+    let p = o.conn.proxy.as_deref();
+    let proxy = qmqtt::transport::proxy::select(p, p, ep.scheme.tls(), &ep.host, ep.port, &env)
+        .map_err(|e| fail("proxy")(Error::Proxy(e)))?;
+    if let Some(c) = &proxy {
+        outln!("  through the HTTP proxy {} ({})", c.proxy, c.source);
+    }
     let deadline = Instant::now() + o.timeout;
     let started = Instant::now();
-    let mut conn =
-        Conn::connect(&ep, tls.clone().map(|c| (c, &tls_opts))).map_err(fail("TCP connect"))?;
+    let mut conn = Conn::connect_via(&ep, proxy.as_ref(), tls.clone().map(|c| (c, &tls_opts)))
+        .map_err(fail("TCP connect"))?;
     let mut poll = Poll::new().map_err(|e| other("setup")(format!("mio poll: {e}")))?;
     // Through the Conn, so that a fallback to the next resolved address is registered too.
     conn.register(poll.registry(), Token(0))
@@ -168,8 +195,8 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
         password: o.conn.pass.clone(),
         will: None,
         max_inflight: 1,
-        max_packet_size: 1 << 20,
-        mqtt5: Default::default(),
+        max_packet_size: o.conn.max_packet_size.unwrap_or(1 << 20),
+        mqtt5: o.conn.mqtt5.clone(),
     });
     let mut inbuf = Vec::with_capacity(16 << 10);
     let mut outbuf = Vec::with_capacity(1 << 10);
@@ -245,6 +272,13 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
                     conn.peer()
                 ),
             }
+            let hops = conn.hops();
+            if let Some((p, status)) = &hops.proxy {
+                outln!("  HTTP proxy: {p} answered CONNECT: {status}");
+            }
+            if let Some(ws) = &hops.websocket {
+                outln!("  WebSocket: upgrade of {} answered: {ws}", ep.path);
+            }
             session.handle_connected(Instant::now());
         }
         if !established {
@@ -265,14 +299,17 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             if let SessionEvent::Connected { session_present } = ev {
                 outln!(
                     "  MQTT: CONNACK accepted ({}, session present: {}) after {:.1} ms",
-                    if protocol == Protocol::V31 {
-                        "MQTT 3.1"
-                    } else {
-                        "MQTT 3.1.1"
+                    match protocol {
+                        Protocol::V31 => "MQTT 3.1",
+                        Protocol::V311 => "MQTT 3.1.1",
+                        Protocol::V5 => "MQTT 5",
                     },
                     if session_present { "yes" } else { "no" },
                     started.elapsed().as_secs_f64() * 1e3
                 );
+                if protocol == Protocol::V5 {
+                    print_connack(session.server());
+                }
                 session.disconnect();
                 outbuf.clear();
                 session.poll_transmit(&mut outbuf);
@@ -289,6 +326,47 @@ fn check(o: &CheckOpts, uri: &str) -> Result<(), Failure> {
             conn.write(&outbuf).map_err(fail("MQTT CONNECT"))?;
             conn.flush().map_err(fail("MQTT CONNECT"))?;
         }
+    }
+}
+
+/// Print what an MQTT 5 CONNACK said: the limits the broker sets and what it supports (its defaults when it
+/// did not say), then what it assigned or told.
+fn print_connack(i: &ServerInfo) {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    outln!("  MQTT 5 CONNACK properties:");
+    outln!("    receive maximum: {}", i.receive_maximum);
+    match i.maximum_packet_size {
+        Some(m) => outln!("    maximum packet size: {m} bytes"),
+        None => outln!("    maximum packet size: not limited"),
+    }
+    outln!("    topic alias maximum: {}", i.topic_alias_maximum);
+    outln!("    maximum QoS: {}", i.maximum_qos as u8);
+    outln!("    retain available: {}", yes(i.retain_available));
+    outln!(
+        "    wildcard subscriptions: {}, subscription identifiers: {}, shared subscriptions: {}",
+        yes(i.wildcard_subscription_available),
+        yes(i.subscription_identifiers_available),
+        yes(i.shared_subscription_available)
+    );
+    if let Some(k) = i.server_keep_alive {
+        outln!("    server keep alive: {k} s");
+    }
+    if let Some(s) = i.session_expiry_interval {
+        outln!("    session expiry interval: {s} s");
+    }
+    let texts = [
+        ("assigned client identifier", &i.assigned_client_identifier),
+        ("response information", &i.response_information),
+        ("server reference", &i.server_reference),
+        ("reason string", &i.reason_string),
+    ];
+    for (name, v) in texts {
+        if let Some(v) = v {
+            outln!("    {name}: {v}");
+        }
+    }
+    for (k, v) in &i.user_properties {
+        outln!("    user property: {k}: {v}");
     }
 }
 

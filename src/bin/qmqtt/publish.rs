@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use qmqtt::{Client, Event, PublishError, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals, Started};
 
 pub const HELP: &str = "\
 qmqtt pub: publish MQTT messages (flags as mosquitto_pub)
@@ -48,11 +48,12 @@ Delivery:
 
 On exit one line on stderr: sent=N acked=N dropped=N reconnects=N (sent: handed to the engine;
 acked: QoS 1/2 acknowledged by the broker; dropped: dropped by the engine's queue policy), then
-unacked=N if some were never acknowledged, full_waits=N if the queue was full that often (and waited),
+unacked=N if some were never acknowledged, failed=N if MQTT 5 reported some not delivered (refused by
+the broker, or larger than its Maximum Packet Size; each is named on stderr), full_waits=N if the queue was full that often (and waited),
 with --spool spooled=N (left in the spool) and backlog_delivered=N (previous runs' spooled messages
 delivered by this one; sent/acked count this run's messages only), and with --repeat the elapsed time
 and rate.
-Exit codes: 0 done (every QoS 1/2 message of this run acknowledged), 1 connection or runtime error, 2 bad command line, 3 not all acknowledged,
+Exit codes: 0 done (every QoS 1/2 message of this run acknowledged), 1 connection or runtime error or messages failed, 2 bad command line, 3 not all acknowledged,
 130 interrupted (SIGINT/SIGTERM: input stops, acknowledgements are awaited for --drain-timeout or 5 s,
 a second interrupt quits at once; the summary line is printed either way).
 ";
@@ -146,9 +147,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     let Some(topic) = topic.or_else(|| conn.url_topic.clone()) else {
         return Err(a.err("no topic: give -t TOPIC (or a topic in -L)".into()));
     };
@@ -216,6 +214,9 @@ struct Tally {
     written: u64,
     /// Times the queue was full and we waited.
     full_waits: u64,
+    /// MQTT 5: `Failed` events (refused by the broker, or beyond its limits), and of those QoS 1/2.
+    failed: u64,
+    failed_qos12: u64,
 }
 
 impl Tally {
@@ -228,6 +229,16 @@ impl Tally {
                     self.acked += 1
                 }
             }
+            Event::Failed { token, qos, cause } => {
+                self.failed += 1;
+                if qos != QoS::AtMostOnce {
+                    self.failed_qos12 += 1;
+                }
+                // Each one for the first few; the summary line counts them all.
+                if self.failed <= 10 {
+                    errln!("qmqtt pub: message {token} failed: {cause}");
+                }
+            }
             Event::ConnectionLost { cause } => log::warn!("connection lost: {cause}"),
             Event::Reconnecting { delay, attempt } => {
                 log::info!("reconnecting in {delay:?} (attempt {attempt})")
@@ -237,6 +248,12 @@ impl Tally {
             }
             _ => {}
         }
+    }
+
+    /// QoS 1/2 messages neither acknowledged nor failed.
+    fn waiting(&self) -> u64 {
+        self.sent_qos12
+            .saturating_sub(self.acked + self.failed_qos12)
     }
 
     /// Hand every waiting event to `on_event`.
@@ -253,17 +270,18 @@ enum Stop {
 }
 
 /// Publish one message; when the queue is full, wait on the event fd, drain, retry — never drop.
+/// The topic, QoS, retain flag and properties (`-D publish`) come from `o`.
 fn publish_wait(
     c: &Client,
     t: &mut Tally,
     sig: &Signals,
-    topic: &str,
+    o: &PubOpts,
     payload: &[u8],
-    qos: QoS,
-    retain: bool,
 ) -> Result<(), Stop> {
+    let (topic, qos) = (o.topic.as_str(), o.qos);
+    let props = o.conn.publish_props.properties();
     loop {
-        match c.publish(topic, payload, qos, retain) {
+        match c.publish_with(topic, payload, qos, o.retain, props) {
             Ok(_) => {
                 t.sent += 1;
                 if qos != QoS::AtMostOnce {
@@ -385,7 +403,7 @@ impl LineReader {
 }
 
 /// The largest MQTT payload (remaining length limit), a bound for lines and whole-input messages.
-const MAX_MESSAGE: usize = 268_435_455 - 65_536;
+const MAX_MESSAGE: usize = qmqtt::codec::MAX_REMAINING_LENGTH - 65_536;
 
 pub fn run(argv: Vec<OsString>) -> i32 {
     let o = match crate::args::options_or_exit(parse(argv), HELP) {
@@ -429,16 +447,14 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         cfg.linger = l;
     }
     cfg.spool = o.spool.clone();
-    let uri = cfg.uri.clone();
-    let wait = cfg.connect_timeout + Duration::from_secs(1);
-    // Before the I/O thread exists, so that it inherits the blocked signals.
-    let sig = Signals::block();
-    let mut client = match Client::connect(cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("qmqtt pub: {}", describe_connect_error(&uri, &e));
-            return 1;
-        }
+    let Started {
+        mut client,
+        sig,
+        uri,
+        wait,
+    } = match crate::util::start_client("pub", cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match crate::util::wait_first_connection(&client, wait, &sig) {
         Ok(()) => log::info!("connected to {uri}"),
@@ -487,7 +503,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let mut quit_now = false;
     if interrupted {
         t.drain(&client);
-        let waiting = t.sent_qos12.saturating_sub(t.acked);
+        let waiting = t.waiting();
         if waiting > 0 {
             errln!(
                 "qmqtt pub: interrupted: waiting up to {:.1}s for {waiting} unacknowledged message(s) \
@@ -498,9 +514,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     }
     loop {
         t.drain(&client);
-        // The Delivered events are the count: they carry this run's tokens (the engine admits a message
-        // only with room for its event). `Stats::acked` would also count a previous run's spooled backlog.
-        if t.acked >= t.sent_qos12 {
+        // The Delivered and Failed events are the count: they carry this run's tokens (the engine admits a
+        // message only with room for its event). `Stats::acked` would also count a previous run's spooled backlog.
+        if t.waiting() == 0 {
             break;
         }
         let l = left(deadline);
@@ -530,7 +546,7 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     t.drain(&client);
     let elapsed = started.elapsed();
     let st = client.stats();
-    let unacked = t.sent_qos12.saturating_sub(t.acked);
+    let unacked = t.waiting();
     let mut line = format!(
         "sent={} acked={} dropped={} reconnects={}",
         t.sent,
@@ -540,6 +556,9 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     );
     if unacked > 0 {
         line.push_str(&format!(" unacked={unacked}"));
+    }
+    if t.failed > 0 {
+        line.push_str(&format!(" failed={}", t.failed));
     }
     if t.full_waits > 0 {
         line.push_str(&format!(" full_waits={}", t.full_waits));
@@ -568,6 +587,13 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     if interrupted {
         errln!("qmqtt pub: interrupted");
         return 130;
+    }
+    if t.failed > 0 {
+        errln!(
+            "qmqtt pub: {} message(s) not delivered: refused by the broker or beyond its limits",
+            t.failed
+        );
+        return 1;
     }
     if unacked > 0 {
         errln!(
@@ -616,7 +642,7 @@ fn publish_repeat(
         if o.size.is_some() {
             number_payload(&mut payload, i);
         }
-        publish_wait(c, t, sig, &o.topic, &payload, o.qos, o.retain)?;
+        publish_wait(c, t, sig, o, &payload)?;
         if i % 256 == 255 {
             t.drain(c);
             if sig.take() {
@@ -636,7 +662,7 @@ fn publish_lines(c: &Client, t: &mut Tally, sig: &Signals, o: &PubOpts) -> Resul
     let mut r = LineReader::new(MAX_MESSAGE);
     loop {
         while let Some(line) = r.next_line() {
-            publish_wait(c, t, sig, &o.topic, line, o.qos, o.retain)?;
+            publish_wait(c, t, sig, o, line)?;
         }
         if r.eof {
             return Ok(());

@@ -1,14 +1,15 @@
 //! `qmqtt sub`: subscribe and print payloads one per line (`-v`: `topic payload`), like mosquitto_sub.
-//! `-C N` exits after N messages; `-W S` exits with code 27 after S seconds (as mosquitto_sub).
+//! `-C N` exits after N messages; `-W S` exits with code 27 after S seconds (as mosquitto_sub); `-F FORMAT`
+//! prints each message as mosquitto_sub's format says, MQTT 5 properties included ([`crate::format`]).
 //! The engine reconnects on its own and re-subscribes (or resumes the session with `-c`).
 use std::ffi::OsString;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use qmqtt::{Client, Event, QoS};
+use qmqtt::{Event, QoS};
 
 use crate::args::{Args, ConnOpts, UsageError};
-use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Signals};
+use crate::util::{describe_connect_error, left, wait_readable, FirstConnect, Started};
 
 pub const HELP: &str = "\
 qmqtt sub: subscribe and print messages (flags as mosquitto_sub)
@@ -20,8 +21,15 @@ Usage: qmqtt sub [connection] -t FILTER [-t FILTER…] [options]
   -C COUNT             exit after COUNT messages
   -W SECONDS           exit after SECONDS (counted from the connection); exit code 27
   -v                   print 'topic payload' instead of just the payload
+  -F FORMAT            print each message as FORMAT says (mosquitto_sub's codes): %t topic, %p payload,
+                       %q QoS, %r retain, %l length, %x/%X hex payload; MQTT 5 properties (-V 5): %E message
+                       expiry, %C content type, %D correlation data, %F payload format, %R response topic,
+                       %P user properties (name:value …), %S subscription ids; %% and \n \t \\ escapes
   -N                   no newline after each payload
   -c                   no clean session: resume the broker's session for -i ID (needs -i)
+  --max-message-size BYTES
+                       largest message taken (default 1048576); a bigger one is acknowledged,
+                       discarded and reported on stderr, and the connection stays up
   --help               this help
 
 Exit codes: 0 done (also on SIGINT/SIGTERM: disconnects cleanly), 1 connection error, 2 bad command
@@ -40,6 +48,9 @@ struct SubOpts {
     timeout: Option<Duration>,
     verbose: bool,
     newline: bool,
+    /// `-F FORMAT`.
+    format: Option<String>,
+    max_message: Option<usize>,
 }
 
 fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
@@ -56,6 +67,8 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         timeout: None,
         verbose: false,
         newline: true,
+        format: None,
+        max_message: None,
     };
     while let Some(f) = a.next_flag()? {
         match f.as_str() {
@@ -83,6 +96,18 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
                 o.timeout = Some(s)
             }
             "-v" | "--verbose" => o.verbose = true,
+            "-F" => {
+                let f = a.value(&f)?;
+                crate::format::check(&f).map_err(|m| a.err(format!("-F '{f}': {m}")))?;
+                o.format = Some(f)
+            }
+            "--max-message-size" => {
+                let n: usize = a.number(&f)?;
+                if !(1024..=256 << 20).contains(&n) {
+                    return Err(a.err(format!("{f} must be 1024 to 268435456 bytes")));
+                }
+                o.max_message = Some(n)
+            }
             "-N" => o.newline = false,
             "-c" | "--disable-clean-session" => conn.clean = false,
             _ => {
@@ -93,9 +118,6 @@ fn parse(argv: Vec<OsString>) -> Result<Option<SubOpts>, UsageError> {
         }
     }
     conn.validate(&a)?;
-    if !conn.clean && conn.id.is_none() {
-        return Err(a.err("-c needs a fixed client id: add -i ID".into()));
-    }
     if let Some(t) = conn.url_topic.clone() {
         o.topics.push(t);
     }
@@ -112,17 +134,19 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     crate::util::init_logger(o.conn.debug);
-    let cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
-    let uri = cfg.uri.clone();
-    let wait = cfg.connect_timeout + Duration::from_secs(1);
-    // Before the I/O thread exists, so that it inherits the blocked signals.
-    let sig = Signals::block();
-    let mut client = match Client::connect(cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            errln!("qmqtt sub: {}", describe_connect_error(&uri, &e));
-            return 1;
-        }
+    let mut cfg = o.conn.config(&format!("qmqtt-sub-{}", std::process::id()));
+    if let Some(m) = o.max_message {
+        cfg.max_packet_size = m;
+        cfg.event_queue_bytes = cfg.event_queue_bytes.max(m + (64 << 10));
+    }
+    let Started {
+        mut client,
+        sig,
+        uri,
+        wait,
+    } = match crate::util::start_client("sub", cfg) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match crate::util::wait_first_connection(&client, wait, &sig) {
         Ok(()) => {}
@@ -157,17 +181,34 @@ pub fn run(argv: Vec<OsString>) -> i32 {
     let done = |n: u64| o.count.is_some_and(|c| n >= c);
     let code = loop {
         client.poll_events(1024, &mut |ev| match ev {
-            Event::Message { topic, payload, .. } => {
+            Event::Message {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+            } => {
                 if done(received) || write_err.is_some() {
                     return;
                 }
                 received += 1;
                 let r = (|| {
-                    if o.verbose {
-                        out.write_all(topic.as_bytes())?;
-                        out.write_all(b" ")?;
+                    if let Some(f) = &o.format {
+                        let m = crate::format::Message {
+                            topic,
+                            payload,
+                            qos,
+                            retain,
+                            properties,
+                        };
+                        crate::format::write(&mut out, f.as_bytes(), &m)?;
+                    } else {
+                        if o.verbose {
+                            out.write_all(topic.as_bytes())?;
+                            out.write_all(b" ")?;
+                        }
+                        out.write_all(payload)?;
                     }
-                    out.write_all(payload)?;
                     if o.newline {
                         out.write_all(b"\n")?;
                     }

@@ -88,6 +88,36 @@ impl Drop for Signals {
     }
 }
 
+/// A client started for a command, and what the command needs around it.
+pub struct Started {
+    pub client: qmqtt::Client,
+    /// SIGINT / SIGTERM, blocked before the I/O thread existed (so that it inherits the mask).
+    pub sig: Signals,
+    pub uri: String,
+    /// How long to wait for the first connection: the connect timeout and a second.
+    pub wait: Duration,
+}
+
+/// Block the signals and start the client for `qmqtt CMD`; a configuration it refuses is reported as
+/// `qmqtt CMD: …` and gives exit code 1.
+pub fn start_client(cmd: &str, cfg: qmqtt::Config) -> Result<Started, i32> {
+    let uri = cfg.uri.clone();
+    let wait = cfg.connect_timeout + Duration::from_secs(1);
+    let sig = Signals::block();
+    match qmqtt::Client::connect(cfg) {
+        Ok(client) => Ok(Started {
+            client,
+            sig,
+            uri,
+            wait,
+        }),
+        Err(e) => {
+            errln!("qmqtt {cmd}: {}", describe_connect_error(&uri, &e));
+            Err(1)
+        }
+    }
+}
+
 /// Why the first connection was not made.
 pub enum FirstConnect {
     Failed(ClientError),

@@ -1,7 +1,7 @@
 //! The connection's life: connect, the CONNACK, loss, reconnect with exponential backoff and jitter, and the
 //! stop (DISCONNECT pushed out until the stop deadline); commands that wait for a connection.
 //!
-//! A host name is resolved on a thread of its own (`getaddrinfo` blocks and cannot be interrupted) which
+//! A host name (the broker's, or its HTTP proxy's when one is used) is resolved on a thread of its own (`getaddrinfo` blocks and cannot be interrupted) which
 //! wakes the I/O thread with the addresses: the connect timeout covers the lookup, and a stuck lookup
 //! holds neither the connect timeout nor `disconnect` (the attempt, and with it the lookup's answer, is
 //! abandoned; the thread ends when `getaddrinfo` returns).
@@ -10,6 +10,16 @@
 //! `ConnectionLost` (and for the very first attempt); with `reconnect` the next attempt is scheduled and
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
 //! messages and resends them on the next connection.
+//!
+//! Several brokers (`Config::uri` a list): each round of attempts starts with the first; an attempt that
+//! fails before its CONNACK moves on to the next broker at once (no event, `last_error` says why); only a
+//! round that reached none counts as a failed attempt (events, backoff). A connection that was up and is lost
+//! starts a new round, so the first broker is preferred again once it is back. The session is the same
+//! whichever broker is reached: unacknowledged messages are resent there.
+//!
+//! TLS files (CA, client certificate, key) whose inode, size or modification time changed are read again
+//! before each attempt; a replacement that cannot be used (unreadable, invalid) leaves the previous
+//! material in use and says why in the log.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
@@ -17,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use super::timer::Timer;
 use super::{Io, SOCK};
-use crate::client::events::Control;
 use crate::client::shared::{lock, Cmd, Shared};
+use crate::client::Event;
 use crate::clock::later;
+use crate::codec::ConnectReturnCode;
 use crate::error::{Doing, Error, Timeout};
 use crate::session::SessionError;
-use crate::transport::Conn;
+use crate::transport::{tls_config, Conn, TlsFiles};
 
 /// A connection that stayed up this long resets the reconnect backoff to `backoff_min`; one that died sooner
 /// (a broker that accepts and drops at once) keeps the backoff growing. Short enough that a flaky link
@@ -42,6 +53,8 @@ pub(super) struct Link {
     attempt: u32,
     /// When the current connection's CONNACK came.
     up_since: Option<Instant>,
+    /// The broker of `Params::targets` tried now (or connected).
+    pub target: usize,
     /// Jitter (xorshift64).
     rng: u64,
     /// Lost without reconnect: nothing more to do.
@@ -65,6 +78,7 @@ impl Link {
             ever_up: false,
             attempt: 0,
             up_since: None,
+            target: 0,
             rng: (t ^ ((std::process::id() as u64) << 32) ^ (Arc::as_ptr(sh) as u64)) | 1,
             dead: false,
             writes_base: 0,
@@ -101,6 +115,11 @@ impl Io {
         for c in cmds {
             match c {
                 Cmd::Stop(at) => self.timers.set_earliest(Timer::Stop, at),
+                Cmd::ReconnectNow => {
+                    if self.timers.is_set(Timer::Reconnect) {
+                        self.timers.set(Timer::Reconnect, now);
+                    }
+                }
                 c => self.pending.push_back(c),
             }
         }
@@ -114,7 +133,7 @@ impl Io {
             let r = match &c {
                 Cmd::Subscribe(f, o, id) => self.session.subscribe_with(f, *o, *id, now),
                 Cmd::Unsubscribe(f) => self.session.unsubscribe(f, now),
-                Cmd::Stop(_) => Ok(()),
+                Cmd::Stop(_) | Cmd::ReconnectNow => Ok(()),
             };
             match r {
                 Ok(()) => {}
@@ -123,22 +142,46 @@ impl Io {
                     self.pending.push_front(c);
                     break;
                 }
-                Err(e) => log::error!("qmqtt: subscription command refused: {e}"),
+                Err(e) => {
+                    log::error!("qmqtt: subscription command refused: {e}");
+                    if let Cmd::Subscribe(f, ..) = &c {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                        if !self.sh.resolve_ack(false, f, None) {
+                            self.sh.events.push_event(Event::Subscribed {
+                                filter: f,
+                                granted: None,
+                            });
+                        }
+                    }
+                }
             }
         }
     }
 
     pub(super) fn start_connect(&mut self, now: Instant) {
+        self.reload_tls();
+        let n = self.p.targets.len();
+        let t = &self.p.targets[self.link.target];
         log::info!(
-            "qmqtt: connecting to {}:{} (attempt {})",
-            self.p.ep.host,
-            self.p.ep.port,
-            self.link.attempt + 1
+            "qmqtt: connecting to {}:{} (attempt {}{}{})",
+            t.ep.host,
+            t.ep.port,
+            self.link.attempt + 1,
+            if n > 1 {
+                format!(", broker {} of {n}", self.link.target + 1)
+            } else {
+                String::new()
+            },
+            match &t.proxy {
+                Some(c) => format!(", through the HTTP proxy {} ({})", c.proxy, c.source),
+                None => String::new(),
+            }
         );
         // The timeout covers the name lookup too.
         self.timers
             .set(Timer::Connect, later(now, self.p.connect_timeout));
-        let (host, port) = (self.p.ep.host.clone(), self.p.ep.port);
+        let (host, port) = Conn::lookup_name(&t.ep, t.proxy.as_ref());
+        let host = host.to_string();
         if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
             return self.connect_to(now, None);
         }
@@ -169,26 +212,21 @@ impl Io {
             Err(mpsc::TryRecvError::Disconnected) => Ok(Vec::new()),
         };
         self.link.resolving = None;
+        let t = &self.p.targets[self.link.target];
         match r {
-            Ok(addrs) if addrs.is_empty() => {
-                let host = self.p.ep.host.clone();
-                self.lost(now, Error::Dns { host, cause: None })
-            }
-            Ok(addrs) => self.connect_to(now, Some(&addrs)),
-            Err(e) => {
-                let host = self.p.ep.host.clone();
-                let cause = Some(e.into());
-                self.lost(now, Error::Dns { host, cause })
-            }
+            Ok(addrs) if !addrs.is_empty() => self.connect_to(now, Some(&addrs)),
+            Ok(_) => self.lost(now, Conn::lookup_failed(&t.ep, t.proxy.as_ref(), None)),
+            Err(e) => self.lost(now, Conn::lookup_failed(&t.ep, t.proxy.as_ref(), Some(e))),
         }
     }
 
     /// Start the transport connection (to `addrs`, or resolving the host here when `None`).
     fn connect_to(&mut self, now: Instant, addrs: Option<&[SocketAddr]>) {
         let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
+        let t = &self.p.targets[self.link.target];
         let r = match addrs {
-            Some(a) => Conn::connect_resolved(&self.p.ep, a, tls),
-            None => Conn::connect(&self.p.ep, tls),
+            Some(a) => Conn::connect_resolved(&t.ep, t.proxy.as_ref(), a, tls),
+            None => Conn::connect_via(&t.ep, t.proxy.as_ref(), tls),
         };
         match r {
             Ok(mut c) => {
@@ -208,19 +246,44 @@ impl Io {
         }
     }
 
+    /// TLS files changed since they were read: read them again; keep what was in use if they cannot be used.
+    fn reload_tls(&mut self) {
+        let Some(old) = &self.p.tls_files else {
+            return;
+        };
+        // The state first: a file replaced while it is read shows as changed next time.
+        let files = TlsFiles::of(&self.p.tls_opts);
+        if files == *old {
+            return;
+        }
+        match tls_config(&self.p.tls_opts) {
+            Ok(c) => {
+                log::info!("qmqtt: TLS files changed: certificates and keys read again");
+                self.p.tls = Some(c);
+            }
+            Err(e) => log::warn!(
+                "qmqtt: TLS files changed but cannot be used ({e}); the previous certificates and keys \
+                 stay in use"
+            ),
+        }
+        self.p.tls_files = Some(files);
+    }
+
     pub(super) fn connect_timed_out(&mut self, now: Instant) {
+        let t = &self.p.targets[self.link.target];
         if self.link.resolving.is_some() {
-            let host = self.p.ep.host.clone();
             let why = format!(
                 "no answer within the connect timeout ({:?})",
                 self.p.connect_timeout
             );
-            let cause = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, why).into());
-            return self.lost(now, Error::Dns { host, cause });
+            let cause = std::io::Error::new(std::io::ErrorKind::TimedOut, why);
+            let e = Conn::lookup_failed(&t.ep, t.proxy.as_ref(), Some(cause));
+            return self.lost(now, e);
         }
+        let ep = &t.ep;
         let e = Error::Timeout(Timeout::Connect {
-            host: self.p.ep.host.clone(),
-            port: self.p.ep.port,
+            host: ep.host.clone(),
+            port: ep.port,
             limit: self.p.connect_timeout,
         });
         self.lost(now, e);
@@ -246,15 +309,17 @@ impl Io {
         self.link.up_since = Some(now);
         self.sh.ctr.connected.store(true, Relaxed);
         *lock(&self.sh.server) = Some(self.session.server().clone());
+        *lock(&self.sh.broker) = Some(self.p.targets[self.link.target].ep.to_string());
         self.sh.set_first(Ok(()));
         self.sh
             .events
-            .push_control(Control::Connected { session_present });
+            .push_event(Event::Connected { session_present });
     }
 
     /// After the session's events of a CONNACK were forwarded.
     pub(super) fn after_connected(&mut self, now: Instant) {
-        log::info!("qmqtt: connected to {}:{}", self.p.ep.host, self.p.ep.port);
+        let ep = &self.p.targets[self.link.target].ep;
+        log::info!("qmqtt: connected to {}:{}", ep.host, ep.port);
         self.run_pending(now);
     }
 
@@ -289,6 +354,20 @@ impl Io {
         self.rx.reset(now, &self.sh);
         self.sh.ctr.connected.store(false, Relaxed);
         self.tx.stalled = false;
+        if self.p.protocol_fallback
+            && matches!(
+                cause,
+                Error::Refused {
+                    code: ConnectReturnCode::UnacceptableProtocolVersion,
+                    ..
+                }
+            )
+            && self.session.fall_back_to_v31()
+        {
+            log::warn!("qmqtt: the broker refused MQTT 3.1.1; trying MQTT 3.1 (MQTTVersion 0)");
+            self.timers.set(Timer::Reconnect, now);
+            return;
+        }
         if was_up {
             // The owner reports it (its ConnectionLost event): the log says it only in detail.
             log::info!("qmqtt: connection lost: {cause}");
@@ -296,6 +375,13 @@ impl Io {
             log::error!("qmqtt: connect failed: {cause}");
         }
         *lock(&self.sh.last_error) = Some(cause.clone());
+        // Several brokers: on to the next one at once; a round ends after the last one.
+        if !was_up && self.link.target + 1 < self.p.targets.len() {
+            self.link.target += 1;
+            self.timers.set(Timer::Reconnect, now);
+            return;
+        }
+        self.link.target = 0;
         self.sh.set_first(Err(cause.clone()));
         // Reported once per loss (and for the very first attempt), not for every failed reconnect attempt:
         // those show as `Reconnecting` and in `last_error` (KX calls `disconn` once per lost connection).
@@ -303,7 +389,7 @@ impl Io {
         if was_up || !l.ever_up && l.attempt == 0 {
             self.sh
                 .events
-                .push_control(Control::ConnectionLost { cause: &cause });
+                .push_event(Event::ConnectionLost { cause: &cause });
         }
         // With a spool, what is left goes there when the thread finishes.
         let nothing_left = self.sp.is_some()
@@ -324,7 +410,7 @@ impl Io {
             log::info!("qmqtt: reconnecting in {delay:?} (attempt {attempt})");
             self.sh
                 .events
-                .push_control(Control::Reconnecting { delay, attempt });
+                .push_event(Event::Reconnecting { delay, attempt });
         } else {
             lock(&self.sh.pubq).closed = true;
             self.link.dead = true;

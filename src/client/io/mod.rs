@@ -5,8 +5,9 @@
 //! runs commands, lets due timers fire, reads and feeds the session, sends a batch, spools what cannot be
 //! sent, then sleeps. The parts, one file each:
 //!
-//! - [`link`] — the connection's life: connect, the CONNACK, loss, reconnect with backoff and jitter, the
-//!   stop (DISCONNECT); subscribe/unsubscribe commands that wait for a connection.
+//! - [`link`] — the connection's life: connect (through the broker list, re-reading changed TLS files),
+//!   the CONNACK, loss, reconnect with backoff and jitter, the stop (DISCONNECT); subscribe/unsubscribe
+//!   commands that wait for a connection.
 //! - [`rx`] — the receive side with backpressure: the session is fed only as far as the event queue has
 //!   room for what it produces; otherwise the rest stays unfed, the socket unread (TCP flow control holds
 //!   the broker back), and the owner's next drain wakes the thread. The session's events go to the event
@@ -34,7 +35,8 @@ use super::shared::{lock, Cmd, Shared};
 use crate::error::Error;
 use crate::session::{Session, SessionConfig};
 use crate::spool::Spool;
-use crate::transport::{Endpoint, TlsOptions};
+use crate::transport::proxy::Choice;
+use crate::transport::{Endpoint, TlsFiles, TlsOptions};
 
 mod copies;
 mod link;
@@ -52,10 +54,19 @@ use tx::Tx;
 pub(crate) const SOCK: MioToken = MioToken(0);
 pub(crate) const WAKE: MioToken = MioToken(1);
 
+/// One broker of the configuration's list, and the HTTP proxy that reaches it (if any).
+pub(crate) struct Target {
+    pub ep: Endpoint,
+    pub proxy: Option<Choice>,
+}
+
 /// Everything the I/O thread needs from the configuration.
 pub(crate) struct Params {
-    pub ep: Endpoint,
+    /// The brokers, tried in order (see `link`).
+    pub targets: Vec<Target>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The state of the TLS files `tls` was read from: a change is read again before a reconnect.
+    pub tls_files: Option<TlsFiles>,
     pub tls_opts: TlsOptions,
     pub session: SessionConfig,
     pub connect_timeout: Duration,
@@ -63,6 +74,7 @@ pub(crate) struct Params {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub qos0_events: bool,
+    pub protocol_fallback: bool,
     pub linger: Duration,
     pub batch_scheduling: bool,
     /// `Config::max_unsent_bytes`.
@@ -107,10 +119,11 @@ struct ExitGuard(Arc<Shared>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ctr.connected.store(false, Relaxed);
-        self.0.set_first(Err(Error::Stopped));
         lock(&self.0.pubq).closed = true;
         *lock(&self.0.exited) = true;
         self.0.exited_cv.notify_all();
+        // After `exited`: `LinkWatch` waiters check it.
+        self.0.set_first(Err(Error::Stopped));
     }
 }
 
@@ -168,6 +181,10 @@ impl Io {
                 .ctr
                 .inflight
                 .store(self.session.inflight() as u64, Relaxed);
+            self.sh
+                .ctr
+                .dropped_oversize
+                .store(self.session.oversize_dropped(), Relaxed);
             let (aliased, saved) = self.session.alias_stats();
             self.sh.ctr.aliased.store(aliased, Relaxed);
             self.sh.ctr.alias_saved.store(saved, Relaxed);

@@ -19,9 +19,11 @@ use std::time::Instant;
 use super::spool::SPOOL_TOKEN;
 use super::timer::Timer;
 use super::Io;
-use crate::client::events::{Control, EV_HDR};
+use crate::client::events::EV_HDR;
 use crate::client::shared::Shared;
+use crate::client::Event;
 use crate::clock::later;
+use crate::codec::QoS;
 use crate::error::{Error, Timeout};
 use crate::session::Event as SEvent;
 
@@ -302,7 +304,7 @@ impl Io {
                     if let Some(sp) = self.sp.as_deref_mut() {
                         sp.copies.done(token);
                     }
-                    self.sh.events.push_control(Control::Failed {
+                    self.sh.events.push_event(Event::Failed {
                         token,
                         qos,
                         cause: &cause,
@@ -319,23 +321,25 @@ impl Io {
                         sp.copies.done(token);
                     }
                     self.sh.ctr.acked.fetch_add(1, Relaxed);
-                    if !self
-                        .sh
-                        .events
-                        .push_control(Control::Delivered { token, qos })
-                    {
+                    if !self.sh.events.push_event(Event::Delivered { token, qos }) {
                         log::error!("qmqtt: event queue full, Delivered for token {token} lost");
                     }
                 }
+                // An owner waiting for the outcome gets it directly, and no event.
                 SEvent::Subscribed { filter, granted } => {
-                    self.sh
-                        .events
-                        .push_control(Control::Subscribed { filter, granted });
+                    if granted.is_none() {
+                        self.sh.ctr.sub_refused.fetch_add(1, Relaxed);
+                    }
+                    if !self.sh.resolve_ack(false, filter, granted) {
+                        self.sh
+                            .events
+                            .push_event(Event::Subscribed { filter, granted });
+                    }
                 }
                 SEvent::Unsubscribed { filter } => {
-                    self.sh
-                        .events
-                        .push_control(Control::Unsubscribed { filter });
+                    if !self.sh.resolve_ack(true, filter, Some(QoS::AtMostOnce)) {
+                        self.sh.events.push_event(Event::Unsubscribed { filter });
+                    }
                 }
             }
         }

@@ -9,9 +9,9 @@ use super::copies::InflightCopies;
 use super::timer::{Timer, TimerTable};
 use super::tx::{Staged, CHUNK};
 use super::Io;
-use crate::client::events::Control;
 use crate::client::queue::{split_body, Hdr, TakeBudget, HDR};
 use crate::client::shared::{lock, Shared};
+use crate::client::Event;
 use crate::clock::{later, now_ms};
 use crate::codec::Properties;
 use crate::codec::QoS;
@@ -173,10 +173,7 @@ impl SpoolSide {
         self.complete(seq, sh);
         if seq < self.run_first {
             sh.ctr.spool_delivered_previous.fetch_add(1, Relaxed);
-        } else if !sh
-            .events
-            .push_control(Control::Delivered { token: tag, qos })
-        {
+        } else if !sh.events.push_event(Event::Delivered { token: tag, qos }) {
             log::error!("qmqtt: event queue full, Delivered for token {tag} lost");
         }
     }
@@ -188,7 +185,7 @@ impl SpoolSide {
         self.complete(seq, sh);
         log::warn!("qmqtt: spooled message {seq} failed: {cause}");
         if seq >= self.run_first {
-            sh.events.push_control(Control::Failed {
+            sh.events.push_event(Event::Failed {
                 token: tag,
                 qos,
                 cause,
@@ -297,7 +294,7 @@ impl SpoolSide {
                 Err(SessionError::Failed(cause)) if seq >= self.run_first => {
                     log::warn!("qmqtt: spooled message {seq} to {topic:?} failed: {cause}");
                     sh.ctr.failed.fetch_add(1, Relaxed);
-                    sh.events.push_control(Control::Failed {
+                    sh.events.push_event(Event::Failed {
                         token: h.token,
                         qos: h.qos,
                         cause: &cause,
@@ -319,7 +316,7 @@ impl SpoolSide {
                 if seq < self.run_first {
                     sh.ctr.spool_delivered_previous.fetch_add(1, Relaxed);
                 } else if qos0_events && h.qos == QoS::AtMostOnce {
-                    sh.events.push_control(Control::Delivered {
+                    sh.events.push_event(Event::Delivered {
                         token: h.token,
                         qos: h.qos,
                     });

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::timer::Timer;
 use super::Io;
-use crate::client::events::{Control, EV_HDR};
+use crate::client::events::EV_HDR;
 use crate::client::queue::{split_body, Hdr, TakeBudget, HDR};
 use crate::client::shared::lock;
+use crate::client::Event;
 use crate::clock::later;
 use crate::codec::Properties;
 use crate::codec::QoS;
@@ -244,7 +245,7 @@ impl Io {
                 Err(SessionError::Failed(cause)) => {
                     log::warn!("qmqtt: message {} to {topic:?} failed: {cause}", h.token);
                     self.sh.ctr.failed.fetch_add(1, Relaxed);
-                    self.sh.events.push_control(Control::Failed {
+                    self.sh.events.push_event(Event::Failed {
                         token: h.token,
                         qos: h.qos,
                         cause: &cause,
@@ -265,7 +266,7 @@ impl Io {
                 .fetch_sub((h.topic_len + h.payload_len) as u64, Relaxed);
             c.sent.fetch_add(1, Relaxed);
             if h.qos == QoS::AtMostOnce && self.p.qos0_events {
-                self.sh.events.push_control(Control::Delivered {
+                self.sh.events.push_event(Event::Delivered {
                     token: h.token,
                     qos: h.qos,
                 });

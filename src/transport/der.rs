@@ -1,10 +1,11 @@
-//! A tiny DER walker for `qmqtt check`: pulls the subject, issuer, notAfter and DNS/IP subject alternative
-//! names out of an X.509 certificate. Read-only, bounds-checked, no allocation beyond the strings returned;
-//! anything it does not understand yields `None` rather than a panic (it reports, it does not verify —
-//! rustls already verified the chain).
+//! The one DER walker: reads the few X.509 fields the engine and `qmqtt check` show — subject, issuer,
+//! notAfter, DNS/IP subject alternative names — and tells a self-issued certificate (for TLS error
+//! messages). Read-only, bounds-checked, no allocation beyond the strings returned; anything it does not
+//! understand yields `None` rather than a panic (it reports, it does not verify — rustls verifies).
+use crate::clock::{days_from_civil, utc};
 
 /// One DER element: tag and contents.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Tlv<'a> {
     tag: u8,
     body: &'a [u8],
@@ -61,8 +62,8 @@ pub struct CertSummary {
     /// `CN=…, O=…` (the attributes we know, in certificate order).
     pub subject: String,
     pub issuer: String,
-    /// Expiry as (year, month, day, hour, minute, second), UTC.
-    pub not_after: (i64, u32, u32, u32, u32, u32),
+    /// Expiry, in seconds since the Unix epoch.
+    pub not_after: i64,
     /// DNS names and IP addresses from subjectAltName.
     pub alt_names: Vec<String>,
 }
@@ -70,19 +71,17 @@ pub struct CertSummary {
 impl CertSummary {
     /// `2027-11-25 08:00:00 UTC`
     pub fn not_after_str(&self) -> String {
-        let (y, mo, d, h, mi, s) = self.not_after;
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+        utc(self.not_after)
     }
 
     /// Seconds from `now_unix` to expiry (negative: expired).
     pub fn seconds_left(&self, now_unix: i64) -> i64 {
-        let (y, mo, d, h, mi, s) = self.not_after;
-        days_from_civil(y, mo, d) * 86400 + i64::from(h * 3600 + mi * 60 + s) - now_unix
+        self.not_after - now_unix
     }
 }
 
-/// Parse a DER certificate.
-pub fn summarize(der: &[u8]) -> Option<CertSummary> {
+/// The fields of a certificate's TBSCertificate, from the serial number on (the version skipped).
+fn tbs_fields(der: &[u8]) -> Option<impl Iterator<Item = Tlv<'_>>> {
     let (cert, _) = tlv(der)?;
     if cert.tag != SEQUENCE {
         return None;
@@ -96,6 +95,23 @@ pub fn summarize(der: &[u8]) -> Option<CertSummary> {
     if it.peek()?.tag == 0xa0 {
         it.next();
     }
+    Some(it)
+}
+
+/// Is the certificate's issuer name the same as its subject name (a self-signed certificate)?
+pub fn is_self_issued(der: &[u8]) -> bool {
+    let names = || {
+        let mut it = tbs_fields(der)?.skip(2); // serial, signature algorithm
+        let issuer = it.next()?;
+        let _validity = it.next()?;
+        Some((issuer, it.next()?))
+    };
+    matches!(names(), Some((i, s)) if i == s)
+}
+
+/// Parse a DER certificate.
+pub fn summarize(der: &[u8]) -> Option<CertSummary> {
+    let mut it = tbs_fields(der)?;
     let _serial = it.next()?;
     let _sig_alg = it.next()?;
     let issuer = it.next()?;
@@ -154,8 +170,8 @@ fn name(body: &[u8]) -> String {
     out
 }
 
-/// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`.
-fn parse_time(t: Tlv<'_>) -> Option<(i64, u32, u32, u32, u32, u32)> {
+/// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ`, as seconds since the Unix epoch.
+fn parse_time(t: Tlv<'_>) -> Option<i64> {
     let s = std::str::from_utf8(t.body).ok()?;
     let s = s.strip_suffix('Z')?;
     let (y, rest) = match t.tag {
@@ -167,7 +183,8 @@ fn parse_time(t: Tlv<'_>) -> Option<(i64, u32, u32, u32, u32, u32)> {
         _ => return None,
     };
     let n = |i: usize| -> Option<u32> { rest.get(i..i + 2)?.parse().ok() };
-    Some((y, n(0)?, n(2)?, n(4)?, n(6)?, n(8)?))
+    let secs = i64::from(n(4)? * 3600 + n(6)? * 60 + n(8)?);
+    Some(days_from_civil(y, n(0)?, n(2)?) * 86400 + secs)
 }
 
 /// DNS names and IPs in the subjectAltName extension (OID 2.5.29.17), given the extensions SEQUENCE body.
@@ -205,17 +222,6 @@ fn subject_alt_names(exts: &[u8]) -> Vec<String> {
     out
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +231,25 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11017);
         assert_eq!(days_from_civil(2026, 11, 25), 20782);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn der_parser_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = summarize(&b);
+            let _ = is_self_issued(&b);
+            let mut v = vec![0x30, 0x82, 0x00, b.len() as u8];
+            v.extend_from_slice(&b);
+            let _ = summarize(&v);
+            let _ = is_self_issued(&v);
+        }
+    }
+
+    #[test]
+    fn der_garbage_is_not_self_issued() {
+        assert!(!is_self_issued(&[]));
+        assert!(!is_self_issued(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
+        assert!(!is_self_issued(&[0x30, 0x03, 0x30, 0x01]));
     }
 
     #[test]
@@ -256,5 +281,7 @@ mod tests {
         assert_eq!(s.not_after_str(), "2031-07-09 00:00:00 UTC");
         assert_eq!(s.alt_names, vec!["DNS:localhost", "IP:127.0.0.1"]);
         assert_eq!(s.seconds_left(days_from_civil(2031, 7, 8) * 86400), 86400);
+        assert!(is_self_issued(cert.der()));
+        assert!(!is_self_issued(&[0x30, 0x03, 0x30, 0x01, 0x02]));
     }
 }

@@ -1,6 +1,5 @@
-//! Helpers shared by the `client_*` integration tests: quick configs, connect-and-wait, and an event
-//! collector that waits on the client's event descriptor with poll(2), as the q layer's `sd1` would.
-#![allow(dead_code)]
+//! Helpers for tests of the Rust API ([`Client`]): quick configs, connect-and-wait, and an event collector
+//! that waits on the client's event descriptor with poll(2), as the q layer's `sd1` would.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ pub fn cfg(uri: &str, id: &str) -> Config {
 pub fn connect(c: Config) -> Client {
     let client = Client::connect(c).expect("config accepted");
     client
-        .wait_connected(crate::common::slow(Duration::from_secs(10)))
+        .wait_connected(super::slow(Duration::from_secs(10)))
         .expect("connected");
     client
 }
