@@ -131,6 +131,9 @@ pub enum Timeout {
     ConnAck,
     /// No PINGRESP within the response timeout.
     PingResp,
+    /// The broker took none of the `unsent` bytes owed to it (acknowledgements beyond
+    /// `Config::max_unsent_bytes`, so the client stopped reading) for `limit` (the keep-alive).
+    Unread { unsent: usize, limit: Duration },
 }
 
 /// How the broker broke the protocol.
@@ -329,6 +332,14 @@ pub enum Key {
     PrivateKeyPassword,
     /// The TLS server name (SNI).
     ServerName,
+    /// The ALPN protocols.
+    Alpn,
+    /// The lowest TLS version.
+    TlsVersion,
+    /// Whether the broker's certificate is verified.
+    VerifyCertificate,
+    /// Whether the broker's host name is checked against its certificate.
+    VerifyHostname,
     /// The HTTP proxy for plain brokers (`httpProxy`, `$http_proxy`).
     HttpProxy,
     /// The HTTP proxy for TLS brokers (`httpsProxy`, `$https_proxy`).
@@ -349,6 +360,10 @@ pub enum Fault {
     Unsupported,
     /// What it names is in use (a spool directory another client owns).
     Locked,
+    /// The memory it asks for is more than the machine has, or than the allocator gives.
+    TooLarge,
+    /// It is a TLS setting and the broker's address is not a TLS one.
+    NeedsTls,
 }
 
 /// A configuration that cannot work: the setting, what is wrong with it, and the sentence saying so and
@@ -694,6 +709,12 @@ impl fmt::Display for Error {
                 f,
                 "no MQTT connection to {host}:{port} within the connect timeout ({limit:?}); is the broker up \
                  and reachable? (raise connectTimeout for slow links)"
+            ),
+            Error::Timeout(Timeout::Unread { unsent, limit }) => write!(
+                f,
+                "timeout: the broker read nothing for {limit:?} (the keep-alive) while {unsent} bytes owed to \
+                 it waited unsent: it sends but does not read (a stalled or misbehaving broker); the \
+                 connection is dropped and made again"
             ),
             Error::Timeout(t) => write!(
                 f,

@@ -124,6 +124,10 @@ fn errors_name_the_bad_flag() {
         ),
         (&["sub", "-t", "a", "-c"], "-c needs a fixed client id"),
         (
+            &["pub", "-t", "a", "--repeat", "1", "--size", "100000000000"],
+            "--size 100000000000: larger than the largest MQTT message (268369919 bytes)",
+        ),
+        (
             &["sub", "-t", "a", "--max-message-size", "10"],
             "qmqtt sub: --max-message-size must be 1024 to 268435456 bytes (see qmqtt sub --help)",
         ),
@@ -160,4 +164,30 @@ fn a_closed_stdout_is_not_a_crash() {
         .unwrap();
     assert_eq!(st.status.code(), Some(0), "{}", text(&st.stderr));
     assert!(!text(&st.stderr).contains("panicked"));
+}
+
+#[test]
+fn a_queue_larger_than_the_machine_is_an_error_not_an_abort() {
+    // Refused before connecting (no broker at that port is ever tried): exit 1 with the setting named.
+    for n in ["18446744073709551615", "1125899906842624"] {
+        let o = qmqtt(&[
+            "pub",
+            "-t",
+            "a",
+            "-m",
+            "x",
+            "-L",
+            "tcp://127.0.0.1:1",
+            "--queue-bytes",
+            n,
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{n}: {err}");
+        assert!(
+            err.contains(&format!(
+                "queue_bytes {n}: more memory than this machine can give"
+            )),
+            "{n}: {err}"
+        );
+    }
 }

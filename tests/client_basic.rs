@@ -598,3 +598,37 @@ fn the_io_thread_is_named_and_batch_scheduled() {
     }
     assert!(found >= 1, "no qmqtt-io thread found");
 }
+
+#[test]
+fn a_batch_is_queued_whole_or_not_at_all() {
+    // Nobody listens: what is queued stays queued (the client keeps retrying), so the queue is the record.
+    let mut k = cfg(
+        &format!("tcp://127.0.0.1:{}", common::free_port()),
+        "batch-all-or-none",
+    );
+    k.queue_messages = 3;
+    let c = Client::connect(k).unwrap();
+    let q1 = QoS::AtLeastOnce;
+    assert_eq!(c.publish("b/1", b"x", q1, false), Ok(1));
+    assert_eq!(c.publish("b/2", b"x", q1, false), Ok(2));
+    let mut toks = vec![7];
+    // Room for one more message: a batch of two is refused whole.
+    let two = [("b/3", &b"x"[..]), ("b/4", &b"x"[..])];
+    assert_eq!(
+        c.publish_batch(two, q1, false, &mut toks),
+        Err(PublishError::QueueFull)
+    );
+    // A wildcard in the middle: nothing before it is queued either.
+    let bad = [("b/3", &b"x"[..]), ("b/+", &b"x"[..])];
+    assert_eq!(
+        c.publish_batch(bad, q1, false, &mut toks),
+        Err(PublishError::TopicInvalid)
+    );
+    assert_eq!(toks, [7], "tokens of a refused batch");
+    assert_eq!(c.stats().queued, 2);
+    assert_eq!(c.stats().refused_full, 2);
+    // The whole batch fits again once it is one message.
+    c.publish_batch([("b/3", &b"x"[..])], q1, false, &mut toks)
+        .unwrap();
+    assert_eq!(toks, [7, 3]);
+}

@@ -19,7 +19,9 @@ use qmqtt::QoS;
 
 fn round_trips(uri: &str, a: &Aedes) {
     let mut k = Config::new(uri, "ws-rt");
-    k.tls.ca_file = Some(a.certs.ca.clone());
+    if uri.starts_with("wss:") {
+        k.tls.ca_file = Some(a.certs.ca.clone());
+    }
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{uri}: {e}\n{}", a.log()));
@@ -110,7 +112,9 @@ fn under_load(
         p.uri("ws", "127.0.0.1")
     };
     let mut k = fault::cfg(&uri, &format!("pub-{name}"));
-    k.tls.ca_file = Some(a.certs.ca.clone());
+    if tls {
+        k.tls.ca_file = Some(a.certs.ca.clone());
+    }
     k.clean_session = false;
     k.connect_timeout = Duration::from_secs(2);
     let c = Client::connect(k).unwrap();

@@ -12,6 +12,7 @@ use common::fake::{self, Fake};
 use common::{free_port, Broker, BrokerOptions};
 use qmqtt::client::{Client, ClientError, Config, Event};
 use qmqtt::codec::Protocol;
+use qmqtt::error::{Fault, Key};
 use qmqtt::session::Will;
 use qmqtt::spool::SpoolConfig;
 use qmqtt::transport::TlsVersion;
@@ -721,4 +722,62 @@ fn tls_failures() {
          version / cipher suite with this client: check sslVersion and enabledCipherSuites"
     );
     drop(b12);
+}
+
+#[test]
+fn tls_settings_on_a_plain_address_fail() {
+    // Credentials would otherwise travel in clear text while the caller believes in TLS.
+    let err = |uri: &str, f: &dyn Fn(&mut Config)| {
+        let mut c = cfg(uri);
+        f(&mut c);
+        match Client::connect(c) {
+            Err(ClientError::Config(e)) => e,
+            Err(e) => panic!("not a configuration error: {e:?}"),
+            Ok(_) => panic!("configuration accepted"),
+        }
+    };
+    let e = err("tcp://127.0.0.1:1883", &|c| {
+        c.tls.ca_file = Some("ca.pem".into())
+    });
+    assert_eq!((e.key, e.fault), (Key::CaFile, Fault::NeedsTls));
+    assert_eq!(
+        ClientError::Config(e).to_string(),
+        "invalid configuration: trustStore (--cafile) is a TLS setting but tcp://127.0.0.1:1883 is not a \
+         TLS address: use ssl:// or mqtts:// (wss:// over WebSocket) for it to apply, or leave it out"
+    );
+    let e = err("mqtt://localhost", &|c| c.tls.verify_hostname = false);
+    assert_eq!((e.key, e.fault), (Key::VerifyHostname, Fault::NeedsTls));
+    assert!(
+        e.to_string()
+            .contains("verify (--insecure) is a TLS setting"),
+        "{e}"
+    );
+    let e = err("ws://localhost/mqtt", &|c| {
+        c.tls.min_version = TlsVersion::Tls13
+    });
+    assert_eq!((e.key, e.fault), (Key::TlsVersion, Fault::NeedsTls));
+    // A list with no TLS broker fails too; one with a TLS broker takes them (for that one).
+    let e = err("tcp://127.0.0.1:1883,mqtt://localhost", &|c| {
+        c.tls.ca_file = Some("ca.pem".into())
+    });
+    assert_eq!((e.key, e.fault), (Key::CaFile, Fault::NeedsTls));
+    assert!(
+        e.to_string().contains(
+            "trustStore (--cafile) is a TLS setting but no broker of tcp://127.0.0.1:1883,mqtt://localhost \
+             has a TLS address"
+        ),
+        "{e}"
+    );
+    let mut c = cfg(&format!(
+        "tcp://127.0.0.1:{},ssl://127.0.0.1:{}",
+        common::free_port(),
+        common::free_port()
+    ));
+    c.tls.verify_hostname = false;
+    assert!(Client::connect(c).is_ok());
+    // The same settings on a TLS address are taken.
+    let mut c = cfg(&format!("ssl://127.0.0.1:{}", common::free_port()));
+    c.tls.verify_hostname = false;
+    c.tls.min_version = TlsVersion::Tls13;
+    assert!(Client::connect(c).is_ok());
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qmqtt::client::{Client, Event};
+use qmqtt::error::{Error, Timeout};
 use qmqtt::transport::MAX_READ_PER_CALL;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -32,6 +33,8 @@ enum Mode {
     ReplyThenStream(Vec<u8>),
     /// Read and never answer.
     Silent,
+    /// CONNACK, then send this chunk over and over as fast as the client takes it, never reading again.
+    Flood(Vec<u8>),
 }
 
 struct Fake {
@@ -124,6 +127,32 @@ fn serve(mut s: TcpStream, mode: Mode, sent: &AtomicU64, stop: &AtomicBool) {
             }
         }
         Mode::Silent => wait_close(&mut s),
+        Mode::Flood(chunk) => {
+            // A small receive buffer (no autotuning up to tcp_rmem's maximum): the client's acknowledgements
+            // back up into its own buffers soon.
+            small_receive_buffer(&s);
+            if s.write_all(&CONNACK).is_err() {
+                return;
+            }
+            while !stop.load(Ordering::Relaxed) && s.write_all(&chunk).is_ok() {
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn small_receive_buffer(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt on our own socket with a valid int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -373,5 +402,113 @@ fn fault_hostile_never_answers_connect() {
         o.last_error.contains("CONNACK") || o.last_error.contains("connect timeout"),
         "{}",
         o.last_error
+    );
+}
+
+/// 64 KiB of back-to-back packets made by `packet(pkid)`, packet ids counting from 1.
+fn flood_chunk(packet: impl Fn(u16) -> Vec<u8>) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    let mut id = 1u16;
+    while chunk.len() < 64 << 10 {
+        chunk.extend(packet(id));
+        id += 1;
+    }
+    chunk
+}
+
+/// A broker that floods packets each owing it an acknowledgement and never reads: the client must stop
+/// reading once `max_unsent_bytes` wait unsent (memory stays bounded) and drop the connection when the
+/// broker reads nothing for the keep-alive (`Timeout::Unread`), then reconnect.
+fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
+    const MAX_UNSENT: usize = 64 << 10;
+    let fk = Fake::start(Mode::Flood(chunk));
+    let mut k = qmqtt::client::Config::new(fk.uri(), name);
+    k.connect_timeout = Duration::from_secs(1);
+    k.keep_alive = Duration::from_secs(1);
+    k.backoff_min = BACKOFF_MIN;
+    k.backoff_max = BACKOFF_MAX;
+    k.max_unsent_bytes = MAX_UNSENT;
+    // A small event queue: its pages are all touched before memory is first measured.
+    k.event_queue_bytes = 64 << 10;
+    let c = Client::connect(k).unwrap();
+    let (mut unread, mut other, mut connected, mut messages) = (0, Vec::new(), 0, 0u64);
+    let mut rss0 = None;
+    // Until it was dropped for not reading and came back, then `secs` more (at most a minute in all).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut until = None;
+    while until.is_none_or(|t| Instant::now() < t) && Instant::now() < give_up {
+        if until.is_none() && unread >= 1 && connected >= 2 {
+            until = Some(Instant::now() + Duration::from_secs_f64(secs));
+        }
+        fault::readable(c.event_fd(), 20);
+        c.poll_events(usize::MAX, &mut |e| match e {
+            Event::ConnectionLost {
+                cause: Error::Timeout(Timeout::Unread { .. }),
+            } => unread += 1,
+            Event::ConnectionLost { cause } => other.push(cause.to_string()),
+            Event::Connected { .. } => connected += 1,
+            Event::Message { .. } => messages += 1,
+            _ => {}
+        });
+        // Measured from the first connection on (the client, its queues and threads exist by then).
+        if rss0.is_none() && connected > 0 {
+            rss0 = Some(fault::rss_kib());
+        }
+    }
+    let rss1 = fault::rss_kib();
+    let growth = rss1 as i64 - rss0.unwrap_or(rss1) as i64;
+    let st = c.stats();
+    drop(c);
+    fault::report(
+        name,
+        &format!(
+            "{what}: anon RSS {growth:+} KiB, {connected} connections, {unread} dropped for not reading, \
+             {messages} messages, {:.1} MiB sent by the fake broker, {} bytes to it",
+            fk.sent.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
+            st.bytes_out
+        ),
+    );
+    // What is owed (MAX_UNSENT, plus the acknowledgements of one read) in the transport, in the session and
+    // in the buffer swapped between them; one read; slack for the fake broker's threads.
+    let bound =
+        (3 * (MAX_UNSENT + MAX_READ_PER_CALL) + MAX_READ_PER_CALL + (1 << 20)) as i64 / 1024;
+    assert!(growth < bound, "RSS grew {growth} KiB (bound {bound} KiB)");
+    assert!(other.is_empty(), "other losses: {other:?}");
+    assert!(
+        unread >= 1,
+        "never dropped for not reading ({connected} connections)"
+    );
+    assert!(connected >= 2, "did not reconnect: {connected} connections");
+}
+
+#[test]
+fn fault_hostile_pubrel_flood_never_reads() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let chunk = flood_chunk(|id| {
+        let [h, l] = id.to_be_bytes();
+        vec![0x62, 2, h, l]
+    });
+    flood(
+        "fault_hostile_pubrel_flood_never_reads",
+        "CONNACK, then PUBRELs as fast as the client reads, never reading its PUBCOMPs",
+        chunk,
+        2.0,
+    );
+}
+
+#[test]
+fn fault_hostile_publish_flood_never_reads() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // QoS 1 and QoS 2 PUBLISHes to "t" with a one-byte payload, alternately.
+    let chunk = flood_chunk(|id| {
+        let [h, l] = id.to_be_bytes();
+        let qos = if id % 2 == 0 { 0x32 } else { 0x34 };
+        vec![qos, 6, 0, 1, b't', h, l, b'x']
+    });
+    flood(
+        "fault_hostile_publish_flood_never_reads",
+        "CONNACK, then QoS 1/2 PUBLISHes as fast as the client reads, never reading its PUBACKs/PUBRECs",
+        chunk,
+        2.0,
     );
 }

@@ -79,7 +79,9 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
         p.uri("tcp", "127.0.0.1")
     };
     let mut k = fault::cfg(&uri, &format!("pub-{}", spec.name));
-    k.tls.ca_file = Some(b.certs.ca.clone());
+    if spec.tls {
+        k.tls.ca_file = Some(b.certs.ca.clone());
+    }
     k.clean_session = false;
     k.keep_alive = spec.keep_alive;
     k.connect_timeout = Duration::from_secs(2);

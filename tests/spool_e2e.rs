@@ -10,6 +10,8 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::{cfg, connect};
@@ -983,4 +985,130 @@ fn an_idle_client_with_a_spool_does_not_spin() {
     std::thread::sleep(Duration::from_secs(1));
     let w = c.stats().wakeups - w0;
     assert!(w <= 12, "{w} wake-ups in an offline second");
+}
+
+/// A broker on loopback that acknowledges only the QoS 1 PUBLISHes whose payload starts with `ack`
+/// (CONNACK, PINGRESP and the rest as mosquitto would), and counts what it acknowledged.
+fn selective_broker(ack: &'static [u8]) -> (u16, Arc<AtomicU64>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let acked = Arc::new(AtomicU64::new(0));
+    let n = acked.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let n = n.clone();
+            std::thread::spawn(move || serve_selective(s, ack, &n));
+        }
+    });
+    (port, acked)
+}
+
+fn serve_selective(mut s: std::net::TcpStream, ack: &[u8], acked: &AtomicU64) {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One whole packet: fixed header, remaining length, body.
+        let mut len = 0usize;
+        let mut at = 1;
+        let whole = loop {
+            if buf.len() > at {
+                let b = buf[at];
+                len |= ((b & 0x7f) as usize) << (7 * (at - 1));
+                at += 1;
+                if b & 0x80 == 0 {
+                    break buf.len() >= at + len;
+                }
+                continue;
+            }
+            break false;
+        };
+        if !whole {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+            continue;
+        }
+        let (kind, body) = (buf[0], buf[at..at + len].to_vec());
+        buf.drain(..at + len);
+        let reply: Option<Vec<u8>> = match kind >> 4 {
+            1 => Some(vec![0x20, 2, 0, 0]),
+            12 => Some(vec![0xd0, 0]),
+            14 => return,
+            3 if kind & 0x06 == 0x02 => {
+                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let (id, payload) = (&body[2 + tl..4 + tl], &body[4 + tl..]);
+                payload.starts_with(ack).then(|| {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    vec![0x40, 2, id[0], id[1]]
+                })
+            }
+            _ => None,
+        };
+        if let Some(r) = reply {
+            if s.write_all(&r).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn qmqtt_pub_spool_exit_status_counts_only_this_runs_messages() {
+    // Run 1 (no broker): ten "old" lines go to the spool. Run 2: ten "new" lines, to a broker that
+    // acknowledges only the old ones. Run 2 must not take the backlog's acknowledgements for its own.
+    let td = tempfile::tempdir().unwrap();
+    let dir = td.path().display().to_string();
+    let closed = common::free_port().to_string();
+    let args = |port: &str| -> Vec<String> {
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-t",
+            "e2e10/t",
+            "-q",
+            "1",
+            "-i",
+            "e2e-cli-10",
+            "-l",
+            "--spool",
+            &dir,
+            "--drain-timeout",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let old: String = (0..10).map(|i| format!("ack old {i}\n")).collect();
+    let a = args(&closed);
+    let (code, err) = qmqtt_pub(
+        &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        old.as_bytes(),
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("spooled=10"), "{err}");
+    let (port, acked) = selective_broker(b"ack");
+    let new: String = (0..10).map(|i| format!("new {i}\n")).collect();
+    let a = args(&port.to_string());
+    let (code, err) = qmqtt_pub(
+        &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        new.as_bytes(),
+    );
+    assert_eq!(
+        acked.load(Ordering::Relaxed),
+        10,
+        "the backlog went out: {err}"
+    );
+    assert!(
+        err.contains("sent=10 acked=0 ") && err.contains("unacked=10"),
+        "{err}"
+    );
+    assert!(err.contains("spooled=10 backlog_delivered=10"), "{err}");
+    assert_eq!(
+        code, 3,
+        "exit status with this run's messages unacknowledged: {err}"
+    );
 }

@@ -109,7 +109,9 @@ fn client_allocs_per_1000(uri: &str, ca: &std::path::Path) -> f64 {
     use qmqtt::client::{Client, Config, Event};
     use qmqtt::QoS;
     let mut k = Config::new(uri, "alloc");
-    k.tls.ca_file = Some(ca.to_path_buf());
+    if uri.starts_with("ssl:") || uri.starts_with("wss:") {
+        k.tls.ca_file = Some(ca.to_path_buf());
+    }
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
     c.subscribe("alloc/#", QoS::AtLeastOnce).unwrap();

@@ -210,11 +210,16 @@ pub(crate) struct EventQueue {
 }
 
 impl EventQueue {
-    /// `msg_budget` bytes for received messages plus `reserve` bytes only control events may use.
+    /// `msg_budget` bytes for received messages plus `reserve` bytes only control events may use. An error
+    /// of kind `OutOfMemory` when they cannot be allocated (see [`ByteRing::new`]).
     pub(crate) fn new(msg_budget: usize, reserve: usize) -> std::io::Result<EventQueue> {
+        let ring = msg_budget
+            .checked_add(reserve)
+            .and_then(ByteRing::new)
+            .ok_or(std::io::ErrorKind::OutOfMemory)?;
         Ok(EventQueue {
             inner: Mutex::new(Inner {
-                ring: ByteRing::new(msg_budget + reserve),
+                ring,
                 lost: VecDeque::new(),
                 failed: VecDeque::new(),
                 run_at: None,

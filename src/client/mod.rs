@@ -132,18 +132,25 @@ pub struct Config {
     pub password: Option<Vec<u8>>,
     /// KX `keepAliveInterval`, 60 s.
     pub keep_alive: Duration,
-    /// KX `cleansession`, true.
+    /// KX `cleansession`, true. With `false` across a restart of the process, packet identifiers start at
+    /// 1 again while the broker may still hold one for a QoS 2 message of the previous process awaiting
+    /// its PUBREL: mosquitto takes the new PUBLISH as a new message and delivers it; the old one, never
+    /// released, is not delivered (messages cross a restart in the spool, not in the broker's session).
     pub clean_session: bool,
-    /// KX `connectTimeout`, 30 s: TCP + TLS + CONNACK.
+    /// KX `connectTimeout`, 30 s: name lookup + TCP + TLS + CONNACK, per broker of a list.
     pub connect_timeout: Duration,
     /// KX `MQTTVersion` (3 → 3.1, 4 or 0 → 3.1.1, 5 → 5). Under MQTT 5 `clean_session` is Clean Start.
     pub protocol: Protocol,
     /// In-flight window for QoS 1/2 (KX `maxInflightMessages` / `reliable`); default 100.
     pub max_inflight: u16,
     pub will: Option<Will>,
-    /// TLS options, used when the URI scheme is `ssl://` / `mqtts://`.
+    /// TLS options, used when the URI scheme is `ssl://` / `mqtts://` / `wss://` (in a list, for its TLS
+    /// brokers). A setting that differs from its default fails `Client::connect` (`Fault::NeedsTls`) when no
+    /// broker of `uri` uses TLS.
     pub tls: TlsOptions,
-    /// Publish queue bound in bytes (topic + payload + a small header per message). Default 4 MiB.
+    /// Publish queue bound in bytes (topic + payload + a small header per message). Default 4 MiB. Allocated
+    /// at connect (pages touched on use): at most the machine's physical memory, more (or what the allocator
+    /// refuses) is a [`ConfigError`] with [`Fault::TooLarge`]; the same for `event_queue_bytes`.
     pub queue_bytes: usize,
     /// Publish queue bound in messages. Default 100 000.
     pub queue_messages: usize,
@@ -160,6 +167,13 @@ pub struct Config {
     /// stays up. Any other bigger packet is a protocol error. MQTT 5 sends it to the broker (Maximum Packet
     /// Size), which then does not send bigger ones.
     pub max_packet_size: usize,
+    /// Bytes owed to the broker (acknowledgements of what it sends, PINGREQ, …) held unsent at most: beyond
+    /// this the client stops reading from the broker until the socket takes them (every PUBLISH and PUBREL
+    /// read adds an acknowledgement, so a broker that sends but does not read would otherwise grow this
+    /// buffer without bound), and drops the connection with [`Timeout::Unread`](crate::error::Timeout) when
+    /// the broker takes nothing for the keep-alive. Queued messages stop being encoded earlier (at 256 KiB
+    /// unsent). Default 1 MiB; 0 reads only when everything owed is out.
+    pub max_unsent_bytes: usize,
     /// MQTT 5 settings: session expiry, receive maximum, topic aliases, CONNECT's user properties (errors
     /// under MQTT 3.1.1 unless left at their defaults).
     pub mqtt5: Mqtt5Config,
@@ -195,7 +209,7 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("uri", &crate::transport::redacted_uri(&self.uri))
+            .field("uri", &crate::transport::redacted_uris(&self.uri))
             .field(
                 "http_proxy",
                 &self
@@ -225,6 +239,7 @@ impl std::fmt::Debug for Config {
             .field("full_policy", &self.full_policy)
             .field("event_queue_bytes", &self.event_queue_bytes)
             .field("max_packet_size", &self.max_packet_size)
+            .field("max_unsent_bytes", &self.max_unsent_bytes)
             .field("mqtt5", &self.mqtt5)
             .field("reconnect", &self.reconnect)
             .field("backoff_min", &self.backoff_min)
@@ -260,6 +275,7 @@ impl Config {
             full_policy: FullPolicy::Error,
             event_queue_bytes: 4 << 20,
             max_packet_size: 1 << 20,
+            max_unsent_bytes: 1 << 20,
             mqtt5: Mqtt5Config::default(),
             reconnect: true,
             backoff_min: Duration::from_secs(1),
@@ -604,7 +620,31 @@ fn validate(cfg: &Config) -> Result<Checked, ConfigError> {
         })?;
         targets.push(io::Target { ep, proxy });
     }
-    let tls = if targets.iter().any(|t| t.ep.scheme.tls()) {
+    let any_tls = targets.iter().any(|t| t.ep.scheme.tls());
+    if !any_tls {
+        if let Some((key, name)) = tls_setting(&cfg.tls) {
+            // Credentials would travel in clear text while the user believes in TLS. In a list mixing
+            // plain and TLS brokers the TLS settings apply to the TLS ones.
+            let uri = crate::transport::redacted_uris(&cfg.uri);
+            let (what, one) = if targets.len() > 1 {
+                (
+                    format!("no broker of {uri} has"),
+                    " for at least one (the TLS ones of a list take it)",
+                )
+            } else {
+                (format!("{uri} is not"), "")
+            };
+            return Err(ConfigError::new(
+                key,
+                Fault::NeedsTls,
+                format!(
+                    "{name} is a TLS setting but {what} a TLS address: use ssl:// or mqtts:// \
+                     (wss:// over WebSocket){one} for it to apply, or leave it out"
+                ),
+            ));
+        }
+    }
+    let tls = if any_tls {
         // The files' state first: a file replaced while it is read shows as changed at the next reconnect.
         let files = TlsFiles::of(&cfg.tls);
         let c = crate::transport::tls_config(&cfg.tls).map_err(|e| e.within("tls"))?;
@@ -613,6 +653,60 @@ fn validate(cfg: &Config) -> Result<Checked, ConfigError> {
         None
     };
     Ok((targets, tls))
+}
+
+/// The first TLS setting that differs from its default, with its names (q option, `qmqtt` flag).
+fn tls_setting(t: &TlsOptions) -> Option<(Key, &'static str)> {
+    let d = TlsOptions::default();
+    [
+        (t.ca_file.is_some(), Key::CaFile, "trustStore (--cafile)"),
+        (t.ca_dir.is_some(), Key::CaDir, "CApath (--capath)"),
+        (t.cert_file.is_some(), Key::ClientCert, "keyStore (--cert)"),
+        (t.key_file.is_some(), Key::PrivateKey, "privateKey (--key)"),
+        (
+            t.key_password.is_some(),
+            Key::PrivateKeyPassword,
+            "privateKeyPassword (--keypass)",
+        ),
+        (t.server_name.is_some(), Key::ServerName, "sni (--sni)"),
+        (!t.alpn.is_empty(), Key::Alpn, "alpn (--alpn)"),
+        (
+            t.min_version != d.min_version,
+            Key::TlsVersion,
+            "sslVersion (--tls-version)",
+        ),
+        (
+            !t.cipher_suites.is_empty(),
+            Key::CipherSuites,
+            "enabledCipherSuites (--ciphers)",
+        ),
+        (
+            !t.verify_certificate,
+            Key::VerifyCertificate,
+            "enableServerCertAuth",
+        ),
+        (
+            !t.verify_hostname,
+            Key::VerifyHostname,
+            "verify (--insecure)",
+        ),
+    ]
+    .into_iter()
+    .find(|s| s.0)
+    .map(|(_, k, n)| (k, n))
+}
+
+/// A queue of `bytes` (the `key` setting, named `name`) cannot be allocated.
+fn too_large(key: Key, name: &str, bytes: usize) -> ClientError {
+    ClientError::Config(ConfigError::new(
+        key,
+        Fault::TooLarge,
+        format!(
+            "{name} {bytes}: more memory than this machine can give (at most its physical memory, {} \
+             bytes; the default is 4 MiB)",
+            ring::physical_memory()
+        ),
+    ))
 }
 
 /// A connection: the handle to its I/O thread.
@@ -655,17 +749,25 @@ impl Client {
         };
         let poll = mio::Poll::new().map_err(sys(Doing::CreatePoller))?;
         let waker = mio::Waker::new(poll.registry(), io::WAKE).map_err(sys(Doing::CreateWaker))?;
+        let waker = Arc::new(waker);
         // Control reserve: a Delivered record per possible in-flight message (twice, for resends), plus room
         // for connection events.
         let reserve = 2 * cfg.max_inflight as usize * events::EV_HDR + (64 << 10);
-        let evq = events::EventQueue::new(cfg.event_queue_bytes, reserve)
-            .map_err(sys(Doing::CreateEventQueue))?;
+        let evq = events::EventQueue::new(cfg.event_queue_bytes, reserve).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                too_large(
+                    Key::EventQueueBytes,
+                    "event_queue_bytes",
+                    cfg.event_queue_bytes,
+                )
+            } else {
+                sys(Doing::CreateEventQueue)(e)
+            }
+        })?;
+        let pubq = queue::PubQueue::new(cfg.queue_bytes, cfg.queue_messages, cfg.full_policy)
+            .ok_or_else(|| too_large(Key::QueueBytes, "queue_bytes", cfg.queue_bytes))?;
         let sh = Arc::new(Shared {
-            pubq: Mutex::new(queue::PubQueue::new(
-                cfg.queue_bytes,
-                cfg.queue_messages,
-                cfg.full_policy,
-            )),
+            pubq: Mutex::new(pubq),
             waker,
             cmds: Mutex::new(Vec::new()),
             events: evq,
@@ -716,6 +818,7 @@ impl Client {
             protocol_fallback: cfg.protocol_fallback,
             linger: cfg.linger.min(Duration::from_secs(1)),
             batch_scheduling: cfg.batch_scheduling,
+            max_unsent: cfg.max_unsent_bytes,
         };
         crate::session::Session::check_config(&params.session).map_err(ClientError::Config)?;
         let thread = io::start(sh.clone(), poll, params, spool).map_err(sys(Doing::StartThread))?;
@@ -820,11 +923,13 @@ impl Client {
         Ok(())
     }
 
-    /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`; on an error the
-    /// messages before it stay queued.
+    /// Several messages under one lock and one wake-up. Tokens are appended to `tokens`. All or nothing:
+    /// every topic and size is checked, and (with [`FullPolicy::Error`]) room for the whole batch, before
+    /// any message is queued — on an error nothing was queued and `tokens` is unchanged, so the caller can
+    /// retry the whole batch without duplicating a prefix. (The drop policies take every message.)
     pub fn publish_batch<'a>(
         &self,
-        msgs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        msgs: impl IntoIterator<Item = (&'a str, &'a [u8]), IntoIter: Clone>,
         qos: QoS,
         retain: bool,
         tokens: &mut Vec<Token>,
@@ -835,7 +940,7 @@ impl Client {
     /// [`Client::publish_batch`], every message with the same MQTT 5 properties.
     pub fn publish_batch_with<'a>(
         &self,
-        msgs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        msgs: impl IntoIterator<Item = (&'a str, &'a [u8]), IntoIter: Clone>,
         qos: QoS,
         retain: bool,
         properties: Properties<'_>,
@@ -843,19 +948,19 @@ impl Client {
     ) -> Result<(), PublishError> {
         self.check_properties(properties)?;
         let props = properties.as_bytes();
+        let msgs = msgs.into_iter();
         let (r, wake) = {
             let mut q = lock(&self.sh.pubq);
-            let mut r = Ok(());
-            for (topic, payload) in msgs {
-                if !valid_topic(topic) {
-                    r = Err(PublishError::TopicInvalid);
-                    break;
-                }
-                match q.push_with(topic, props, payload, qos, retain, &self.sh.ctr) {
-                    Ok(t) => tokens.push(t),
-                    Err(e) => {
-                        r = Err(e);
-                        break;
+            let mut r = Self::check_batch(&mut q, msgs.clone(), props, &self.sh.ctr);
+            if r.is_ok() {
+                for (topic, payload) in msgs {
+                    // Each fits after the check (the queue stays locked): no error mid-batch.
+                    match q.push_with(topic, props, payload, qos, retain, &self.sh.ctr) {
+                        Ok(t) => tokens.push(t),
+                        Err(e) => {
+                            r = Err(e);
+                            break;
+                        }
                     }
                 }
             }
@@ -866,6 +971,24 @@ impl Client {
             let _ = self.sh.waker.wake();
         }
         r
+    }
+
+    /// Every topic and size of a batch, then room for all of it (see [`Client::publish_batch`]).
+    fn check_batch<'a>(
+        q: &mut queue::PubQueue,
+        msgs: impl Iterator<Item = (&'a str, &'a [u8])>,
+        props: &[u8],
+        ctr: &Counters,
+    ) -> Result<(), PublishError> {
+        let (mut need, mut count) = (0usize, 0usize);
+        for (topic, payload) in msgs {
+            if !valid_topic(topic) {
+                return Err(PublishError::TopicInvalid);
+            }
+            need = need.saturating_add(q.record_len(topic, props, payload)?.0);
+            count += 1;
+        }
+        q.check_batch(need, count, ctr)
     }
 
     fn command(&self, c: Cmd) -> Result<(), ClientError> {

@@ -105,9 +105,14 @@ pub(crate) struct PubQueue {
 }
 
 impl PubQueue {
-    pub(crate) fn new(queue_bytes: usize, queue_messages: usize, policy: FullPolicy) -> PubQueue {
-        PubQueue {
-            ring: ByteRing::new(queue_bytes),
+    /// `None` when `queue_bytes` cannot be allocated (see [`ByteRing::new`]).
+    pub(crate) fn new(
+        queue_bytes: usize,
+        queue_messages: usize,
+        policy: FullPolicy,
+    ) -> Option<PubQueue> {
+        Some(PubQueue {
+            ring: ByteRing::new(queue_bytes)?,
             max_messages: queue_messages,
             policy,
             next_token: 1,
@@ -116,7 +121,7 @@ impl PubQueue {
             spill_watch: false,
             hw_bytes: queue_bytes - queue_bytes / 4,
             hw_messages: (queue_messages - queue_messages / 4).max(1),
-        }
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -180,16 +185,7 @@ impl PubQueue {
         if self.closed {
             return Err(PublishError::NotConnected);
         }
-        let body = if props.is_empty() {
-            payload.len()
-        } else {
-            4 + props.len() + payload.len()
-        };
-        let need = HDR + topic.len() + body;
-        // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
-        if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING_LENGTH {
-            return Err(PublishError::TooLarge);
-        }
+        let (need, body) = self.record_len(topic, props, payload)?;
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
             if self.spill_watch {
                 // Full without having crossed the mark on a push (one large message): spill now.
@@ -246,6 +242,53 @@ impl PubQueue {
         Ok(token)
     }
 
+    /// The bytes a message takes in the queue and the length of its body (properties and payload).
+    /// `TooLarge` when it can never fit: more than the whole queue, or than an MQTT packet can carry.
+    pub(crate) fn record_len(
+        &self,
+        topic: &str,
+        props: &[u8],
+        payload: &[u8],
+    ) -> Result<(usize, usize), PublishError> {
+        let body = if props.is_empty() {
+            payload.len()
+        } else {
+            4 + props.len() + payload.len()
+        };
+        let need = HDR + topic.len() + body;
+        // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
+        if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING_LENGTH {
+            return Err(PublishError::TooLarge);
+        }
+        Ok((need, body))
+    }
+
+    /// Before queueing a batch of `count` messages taking `need` bytes: with the `Error` policy the whole
+    /// batch must fit now (the other policies take every message, dropping to make room). Counts the
+    /// refusal of all of them otherwise.
+    pub(crate) fn check_batch(
+        &mut self,
+        need: usize,
+        count: usize,
+        ctr: &Counters,
+    ) -> Result<(), PublishError> {
+        if self.closed {
+            return Err(PublishError::NotConnected);
+        }
+        let fits = need <= self.ring.free()
+            && count <= self.max_messages.saturating_sub(self.ring.count());
+        if fits || self.policy != FullPolicy::Error {
+            return Ok(());
+        }
+        if self.spill_watch {
+            // As in `push_with`: full without having crossed the mark on a push; spill now.
+            self.spill_watch = false;
+            self.io_waiting = true;
+        }
+        ctr.refused_full.fetch_add(count as u64, Relaxed);
+        Err(PublishError::QueueFull)
+    }
+
     /// Move whole records from the front into `out` (appended) within `budget`. Returns records taken.
     pub(crate) fn take(&mut self, budget: TakeBudget, out: &mut Vec<u8>) -> usize {
         let (mut n, mut bytes) = (0usize, 0usize);
@@ -282,7 +325,7 @@ mod tests {
     use super::*;
 
     fn q(bytes: usize, msgs: usize, p: FullPolicy) -> (PubQueue, Counters) {
-        (PubQueue::new(bytes, msgs, p), Counters::default())
+        (PubQueue::new(bytes, msgs, p).unwrap(), Counters::default())
     }
 
     #[test]
@@ -419,5 +462,28 @@ mod tests {
             q4.push("t", b"abc", QoS::AtMostOnce, false, &c4),
             Err(PublishError::NotConnected)
         );
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_checked_whole() {
+        let c = Counters::default();
+        let mut q = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::Error).unwrap();
+        let (one, _) = q.record_len("ab", &[], b"xy").unwrap();
+        assert_eq!(one, HDR + 4);
+        assert_eq!(q.check_batch(2 * one, 2, &c), Ok(()));
+        assert_eq!(q.check_batch(one, 4, &c), Err(PublishError::QueueFull));
+        assert_eq!(q.check_batch(5 * one, 1, &c), Err(PublishError::QueueFull));
+        assert_eq!(c.refused_full.load(Relaxed), 5);
+        assert_eq!(
+            q.record_len("a", &[], &[0; 200]),
+            Err(PublishError::TooLarge)
+        );
+        let mut d = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::DropOldest).unwrap();
+        assert_eq!(d.check_batch(5 * one, 5, &c), Ok(()));
     }
 }

@@ -9,6 +9,9 @@
 //! The buffer is allocated once, zeroed by the allocator (large zeroed allocations are fresh pages, which cost
 //! no resident memory until touched), and positions reset to 0 whenever the ring empties, so a ring that is
 //! drained promptly only ever touches its first pages.
+//!
+//! The size comes from the user: it is allocated fallibly and at most the machine's physical memory
+//! ([`ByteRing::new`] returns `None` otherwise), since a failed allocation aborts the process (q with it).
 
 /// FIFO of byte records with a hard capacity.
 pub(crate) struct ByteRing {
@@ -22,14 +25,15 @@ pub(crate) struct ByteRing {
 }
 
 impl ByteRing {
-    /// A ring holding at most `cap` bytes. The memory is reserved now; pages are touched on use.
-    pub(crate) fn new(cap: usize) -> ByteRing {
-        ByteRing {
-            buf: vec![0u8; cap],
+    /// A ring holding at most `cap` bytes. The memory is reserved now; pages are touched on use. `None` when
+    /// `cap` is more than the machine's physical memory or the allocator refuses it.
+    pub(crate) fn new(cap: usize) -> Option<ByteRing> {
+        Some(ByteRing {
+            buf: zeroed(cap)?,
             head: 0,
             len: 0,
             count: 0,
-        }
+        })
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -138,13 +142,46 @@ impl ByteRing {
     }
 }
 
+/// `n` zeroed bytes (fresh pages, not resident until touched), or `None` when `n` is more than the machine's
+/// physical memory or the allocator cannot give it — where `vec![0; n]` would abort.
+fn zeroed(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    if n > physical_memory() {
+        return None;
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: `layout` has a non-zero size; a non-null result is `n` zeroed (so initialised) bytes from the
+    // global allocator with the alignment of `u8`, which is what a `Vec<u8>` of length and capacity `n` owns.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+    }
+}
+
+/// The machine's physical memory in bytes (`usize::MAX` where the system does not say).
+pub(crate) fn physical_memory() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || size <= 0 {
+        return usize::MAX;
+    }
+    (pages as usize).saturating_mul(size as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn wraps_records_and_reads_them_back() {
-        let mut r = ByteRing::new(10);
+        let mut r = ByteRing::new(10).unwrap();
         r.push(&[b"abc", b"de"]);
         r.push(&[b"fgh"]);
         assert_eq!((r.len(), r.count(), r.free()), (8, 2, 2));
@@ -166,7 +203,7 @@ mod tests {
 
     #[test]
     fn exact_fill_and_reset() {
-        let mut r = ByteRing::new(4);
+        let mut r = ByteRing::new(4).unwrap();
         r.push(&[b"ab", b"cd"]);
         assert_eq!(r.free(), 0);
         r.consume(4, 1);
@@ -174,5 +211,18 @@ mod tests {
         let mut out = Vec::new();
         r.copy_front(4, &mut out);
         assert_eq!(out, b"wxyz");
+    }
+}
+
+#[cfg(test)]
+mod alloc_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_beyond_the_machine_are_refused_not_aborted() {
+        assert!(ByteRing::new(usize::MAX).is_none());
+        assert!(ByteRing::new(isize::MAX as usize).is_none());
+        assert!(ByteRing::new(physical_memory().saturating_add(1)).is_none());
+        assert_eq!(ByteRing::new(1 << 20).map(|r| r.capacity()), Some(1 << 20));
     }
 }

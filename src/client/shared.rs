@@ -1,7 +1,7 @@
 //! What the owner's threads and the I/O thread share: the publish queue, the commands, the event queue,
 //! the counters behind [`Stats`](super::Stats), the outcome of the first connection.
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::{events, queue};
@@ -62,7 +62,8 @@ pub(crate) enum Cmd {
 /// What the owner's threads and the I/O thread share.
 pub(crate) struct Shared {
     pub pubq: Mutex<queue::PubQueue>,
-    pub waker: mio::Waker,
+    /// Shared with a name resolution's thread, which wakes the I/O thread when it is done.
+    pub waker: Arc<mio::Waker>,
     pub cmds: Mutex<Vec<Cmd>>,
     pub events: events::EventQueue,
     pub ctr: Counters,

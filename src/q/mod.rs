@@ -181,7 +181,7 @@ fn connect_error(e: &Error) -> QErr {
         Error::Tcp { attempts, .. } if attempts.iter().any(|a| a.cause.kind() == TimedOut) => {
             c"timeout"
         }
-        Error::Timeout(Timeout::ConnAck | Timeout::PingResp) => c"timeout",
+        Error::Timeout(Timeout::ConnAck | Timeout::PingResp | Timeout::Unread { .. }) => c"timeout",
         // KX (paho) says 'Failure when the connect timeout passes, as for the rest.
         Error::Timeout(Timeout::Connect { .. })
         | Error::Config(_)
@@ -232,8 +232,25 @@ fn tls_error(t: &TlsError) -> QErr {
 }
 
 /// The q error for a configuration the engine refused (the q layer checked types and file presence already).
-fn config_error(c: &ConfigError) -> QErr {
+pub(super) fn config_error(c: &ConfigError) -> QErr {
     match (c.key, c.fault) {
+        (Key::CaFile, Fault::NeedsTls) => c"trustStore needs an ssl:// or mqtts:// address",
+        (Key::CaDir, Fault::NeedsTls) => c"CApath needs an ssl:// or mqtts:// address",
+        (Key::ClientCert, Fault::NeedsTls) => c"keyStore needs an ssl:// or mqtts:// address",
+        (Key::PrivateKey, Fault::NeedsTls) => c"privateKey needs an ssl:// or mqtts:// address",
+        (Key::PrivateKeyPassword, Fault::NeedsTls) => {
+            c"privateKeyPassword needs an ssl:// or mqtts:// address"
+        }
+        (Key::ServerName, Fault::NeedsTls) => c"sni needs an ssl:// or mqtts:// address",
+        (Key::Alpn, Fault::NeedsTls) => c"alpn needs an ssl:// or mqtts:// address",
+        (Key::TlsVersion, Fault::NeedsTls) => c"sslVersion needs an ssl:// or mqtts:// address",
+        (Key::CipherSuites, Fault::NeedsTls) => {
+            c"enabledCipherSuites needs an ssl:// or mqtts:// address"
+        }
+        (Key::VerifyCertificate, Fault::NeedsTls) => {
+            c"enableServerCertAuth needs an ssl:// or mqtts:// address"
+        }
+        (Key::VerifyHostname, Fault::NeedsTls) => c"verify needs an ssl:// or mqtts:// address",
         (Key::Spool, Fault::Locked) => c"spool locked",
         (Key::Spool, _) => c"spoolDir invalid",
         (Key::UriScheme, _) => c"Invalid protocol scheme",
@@ -256,12 +273,16 @@ fn config_error(c: &ConfigError) -> QErr {
         (Key::CaDir, _) => c"CApath invalid",
         (Key::CaFile, _) => c"trustStore invalid",
         (Key::ServerName, _) => c"sni invalid",
+        (Key::Alpn, _) => c"alpn invalid",
+        (Key::TlsVersion, _) => c"sslVersion invalid",
+        (Key::VerifyCertificate | Key::VerifyHostname, _) => c"options",
         (Key::HttpProxy, _) => c"httpProxy invalid",
         (Key::HttpsProxy, _) => c"httpsProxy invalid",
         (Key::ClientId, _) => c"client invalid",
         (Key::KeepAlive, _) => c"keepAliveInterval invalid",
         (Key::Will, _) => c"lastWillTopic invalid",
         (Key::MaxInflight, _) => c"maxInflightMessages invalid",
+        (Key::QueueBytes | Key::EventQueueBytes, Fault::TooLarge) => c"queueBytes too large",
         (Key::QueueBytes | Key::QueueMessages | Key::EventQueueBytes, _) => c"queueBytes invalid",
         (Key::TopicFilter, _) => c"topic",
         (Key::MaxPacketSize, _) => c"maximumPacketSize invalid",
@@ -464,7 +485,7 @@ fn connect(addr: K, client: K, opt: K, default: bool) -> Result<i64, QErr> {
     }
     let spec = opts::parse(uri, id, opt)?;
     // Log lines show the address without a password in it.
-    let shown = crate::transport::redacted_uri(uri);
+    let shown = crate::transport::redacted_uris(uri);
     if !opts::scheme_ok(uri) {
         return Err(c"Invalid protocol scheme");
     }
@@ -910,17 +931,9 @@ fn do_pubbatch(
     let res = with_client(handle, |c| {
         let msgs =
             (0..n).filter_map(|i| Some((topic_of(&topics, i).ok()?, payload_of(list, i).ok()?)));
+        // All or nothing: on an error none of the batch was queued (q may retry it whole).
         c.publish_batch_with(msgs, qos, retain, props, &mut tokens)
-            .map_err(|e| {
-                if !tokens.is_empty() {
-                    warn!(
-                        "pubbatch: {} of {n} messages queued before '{}'",
-                        tokens.len(),
-                        publish_error(&e).to_string_lossy()
-                    );
-                }
-                publish_error(&e)
-            })
+            .map_err(|e| publish_error(&e))
     });
     let out = res.map(|()| k::kjs(&tokens));
     TOKENS.with(|t| *t.borrow_mut() = tokens);

@@ -14,6 +14,7 @@ use log::warn;
 use super::k::{KRef, Val, KS};
 use crate::client::{Config, FullPolicy};
 use crate::codec::{Protocol, QoS};
+use crate::error::{ConfigError, Fault, Key as Setting};
 use crate::session::Will;
 use crate::spool::{SpoolConfig, SpoolFull, SyncPolicy};
 use crate::transport::TlsVersion;
@@ -218,7 +219,8 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     let mut will_extra = false;
     let mut key_store: Option<PathBuf> = None;
     let mut private_key: Option<PathBuf> = None;
-    let mut tls_given = false;
+    // The first TLS option given: an error on an address without TLS.
+    let mut tls_key = None;
     let mut spool: Option<SpoolConfig> = None;
     let mut spool_extra: Vec<(&Key, Val<'_>)> = Vec::new();
     let mut clean_start: Option<bool> = None;
@@ -303,15 +305,15 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
             }
             b"trustStore" => {
                 cfg.tls.ca_file = path(v, k)?;
-                tls_given = true;
+                tls_key.get_or_insert(Setting::CaFile);
             }
             b"keyStore" => {
                 key_store = path(v, k)?;
-                tls_given = true;
+                tls_key.get_or_insert(Setting::ClientCert);
             }
             b"privateKey" => {
                 private_key = path(v, k)?;
-                tls_given = true;
+                tls_key.get_or_insert(Setting::PrivateKey);
             }
             b"privateKeyPassword" => {
                 let s = text(v, k)?;
@@ -326,18 +328,18 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     .filter(|x| !x.is_empty())
                     .map(str::to_string)
                     .collect();
-                tls_given = true;
+                tls_key.get_or_insert(Setting::CipherSuites);
             }
             b"CApath" => {
                 cfg.tls.ca_dir = path(v, k)?;
-                tls_given = true;
+                tls_key.get_or_insert(Setting::CaDir);
             }
             b"enableServerCertAuth" => {
                 cfg.tls.verify_certificate = flag(v, k)?;
                 if !cfg.tls.verify_certificate {
                     warn!("enableServerCertAuth 0: the broker's certificate is NOT verified; anyone on the path can impersonate it");
                 }
-                tls_given = true;
+                tls_key.get_or_insert(Setting::VerifyCertificate);
             }
             b"sslVersion" => {
                 cfg.tls.min_version = match int(v, k)? {
@@ -346,7 +348,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                     1 | 2 => return Err(c"sslVersion: TLS 1.0/1.1 unsupported"),
                     _ => return Err(k.bad),
                 };
-                tls_given = true;
+                tls_key.get_or_insert(Setting::TlsVersion);
             }
             b"verify" => {
                 cfg.tls.verify_hostname = flag(v, k)?;
@@ -355,7 +357,7 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                         "verify 0: the broker's host name is NOT checked against its certificate"
                     );
                 }
-                tls_given = true;
+                tls_key.get_or_insert(Setting::VerifyHostname);
             }
             b"queueBytes" => {
                 cfg.queue_bytes = in_range(int(v, k)?, 1024, isize::MAX as i64, k)? as usize
@@ -399,12 +401,12 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
                 if cfg.tls.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
                     return Err(k.bad);
                 }
-                tls_given = true;
+                tls_key.get_or_insert(Setting::Alpn);
             }
             b"sni" => {
                 let s = text(v, k)?;
                 cfg.tls.server_name = (!s.is_empty()).then(|| s.to_string());
-                tls_given = true;
+                tls_key.get_or_insert(Setting::ServerName);
             }
             b"rcvPayload" => {
                 spec_rcv_bytes = match v {
@@ -521,8 +523,18 @@ pub fn parse(uri: &str, client_id: &str, opts: KRef<'_>) -> Result<ConnSpec, QEr
     // paho reads the private key from the keyStore file when privateKey is not given.
     cfg.tls.key_file = private_key.or_else(|| key_store.clone());
     cfg.tls.cert_file = key_store;
-    if tls_given && !is_tls(uri) {
-        warn!("TLS options given for {uri}, which is not an ssl:// or mqtts:// address: they are not used");
+    // Also for a TLS option given at its default value (the engine sees only values that differ).
+    // (An address that does not parse is the engine's to report.) A list of brokers takes them when one
+    // of its brokers uses TLS (they apply to those).
+    let tls_uri = uri
+        .split(',')
+        .any(|u| crate::transport::Endpoint::parse(u).map_or(true, |e| e.scheme.tls()));
+    if let Some(key) = tls_key.filter(|_| !tls_uri) {
+        return Err(super::config_error(&ConfigError::new(
+            key,
+            Fault::NeedsTls,
+            "",
+        )));
     }
     Ok(ConnSpec {
         cfg,

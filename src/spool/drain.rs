@@ -157,43 +157,82 @@ impl DrainScheduler {
 ///
 /// Record each spooled message when it is handed to the session ([`AckTracker::sent`], in read order), and
 /// its completion ([`AckTracker::complete`]: PUBACK for QoS 1, PUBCOMP for QoS 2, written to the socket for
-/// QoS 0). Memory: one entry per message in flight; the capacity given to `new` (the in-flight window plus
-/// the QoS 0 messages in one write) is allocated once.
+/// QoS 0). Memory: messages are kept as runs — consecutive completed messages share one entry — so it is
+/// bounded by the messages in flight, also while one the broker never acknowledges holds the prefix back
+/// and QoS 0 messages keep completing behind it. The capacity given to `new` (the in-flight window plus the
+/// QoS 0 messages in one write) is allocated once.
 #[derive(Debug, Clone)]
 pub struct AckTracker {
-    pending: VecDeque<(u64, bool)>,
+    /// In read order: a run of consecutive messages (`first..=last`, `n` of them), complete or not; an
+    /// incomplete run is one message.
+    pending: VecDeque<Run>,
+    /// Messages in `pending`.
+    messages: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    first: u64,
+    last: u64,
+    n: usize,
+    done: bool,
 }
 
 impl AckTracker {
     pub fn new(capacity: usize) -> AckTracker {
         AckTracker {
             pending: VecDeque::with_capacity(capacity),
+            messages: 0,
         }
     }
     /// A spooled message was handed to the session. Sequence numbers must increase.
     pub fn sent(&mut self, seq: u64) {
-        debug_assert!(self.pending.back().is_none_or(|&(s, _)| s < seq));
-        self.pending.push_back((seq, false));
+        debug_assert!(self.pending.back().is_none_or(|r| r.last < seq));
+        self.pending.push_back(Run {
+            first: seq,
+            last: seq,
+            n: 1,
+            done: false,
+        });
+        self.messages += 1;
     }
     /// `seq` completed. Returns `Some(ack)` when the contiguous completed prefix grew: pass it to
     /// [`Spool::ack`](super::Spool::ack). Unknown sequence numbers are ignored.
     pub fn complete(&mut self, seq: u64) -> Option<u64> {
-        let (a, b) = self.pending.as_slices();
-        let i = match a.binary_search_by_key(&seq, |e| e.0) {
-            Ok(i) => i,
-            Err(_) => a.len() + b.binary_search_by_key(&seq, |e| e.0).ok()?,
-        };
-        self.pending[i].1 = true;
-        let mut acked = None;
-        while let Some(&(s, true)) = self.pending.front() {
-            acked = Some(s);
-            self.pending.pop_front();
+        let i = self
+            .pending
+            .partition_point(|r| r.first <= seq)
+            .checked_sub(1)?;
+        let r = &mut self.pending[i];
+        if r.done || r.first != seq {
+            return None;
         }
-        acked
+        r.done = true;
+        // Merge with completed neighbours: runs stay as few as the incomplete messages between them.
+        let mut i = i;
+        if self.pending.get(i + 1).is_some_and(|n| n.done) {
+            let next = self.pending.remove(i + 1).unwrap_or_else(|| unreachable!());
+            self.pending[i].last = next.last;
+            self.pending[i].n += next.n;
+        }
+        if i > 0 && self.pending[i - 1].done {
+            let cur = self.pending.remove(i).unwrap_or_else(|| unreachable!());
+            i -= 1;
+            self.pending[i].last = cur.last;
+            self.pending[i].n += cur.n;
+        }
+        match self.pending.front() {
+            Some(r) if r.done => {
+                let r = self.pending.pop_front().unwrap_or_else(|| unreachable!());
+                self.messages -= r.n;
+                Some(r.last)
+            }
+            _ => None,
+        }
     }
     /// Messages sent and not yet part of the acknowledged prefix.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.messages
     }
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -201,6 +240,7 @@ impl AckTracker {
     /// Forget everything (after [`Spool::rewind`](super::Spool::rewind) on a lost connection).
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.messages = 0;
     }
 }
 
@@ -273,5 +313,24 @@ mod tests {
         assert_eq!(t.complete(9), None);
         assert_eq!(t.complete(7), Some(9));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn tracker_memory_is_bounded_behind_a_message_never_acknowledged() {
+        let mut t = AckTracker::new(8);
+        t.sent(1); // QoS 1, never acknowledged
+        for s in 2..1_000_000 {
+            t.sent(s); // QoS 0: complete once written
+            assert_eq!(t.complete(s), None);
+        }
+        assert_eq!(t.len(), 999_999);
+        assert_eq!(
+            t.pending.len(),
+            2,
+            "one run for the stuck message, one for the rest"
+        );
+        assert!(t.pending.capacity() <= 8);
+        assert_eq!(t.complete(1), Some(999_999));
+        assert_eq!((t.is_empty(), t.len()), (true, 0));
     }
 }

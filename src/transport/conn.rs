@@ -194,6 +194,18 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// The addresses of `host` (`getaddrinfo`: blocks, and cannot be interrupted).
+pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+fn proxy_name(c: &Choice) -> ProxyName {
+    ProxyName {
+        addr: c.proxy.to_string(),
+        source: c.source,
+    }
+}
+
 fn attempt(addr: SocketAddr, e: io::Error) -> Attempt {
     Attempt {
         addr,
@@ -222,35 +234,59 @@ impl Conn {
         proxy: Option<&Choice>,
         tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
     ) -> Result<Conn, Error> {
-        let (host, port) = match proxy {
+        let (host, port) = Conn::lookup_name(ep, proxy);
+        let addrs = resolve(host, port).map_err(|e| Conn::lookup_failed(ep, proxy, Some(e)))?;
+        if addrs.is_empty() && proxy.is_some() {
+            return Err(Conn::lookup_failed(ep, proxy, None));
+        }
+        Conn::start(ep, &addrs, proxy, tls)
+    }
+
+    /// The host name and port a connection to `ep` looks up: the proxy's when `proxy` is given (the proxy
+    /// resolves the broker's), else the broker's.
+    pub fn lookup_name<'a>(ep: &'a Endpoint, proxy: Option<&'a Choice>) -> (&'a str, u16) {
+        match proxy {
             Some(c) => (c.proxy.host.as_str(), c.proxy.port),
             None => (ep.host.as_str(), ep.port),
-        };
-        let name = proxy.map(|c| ProxyName {
-            addr: c.proxy.to_string(),
-            source: c.source,
-        });
-        let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
-            Ok(a) => a.collect(),
-            Err(e) => {
-                return Err(match name {
-                    Some(proxy) => Error::Proxy(ProxyError::Dns {
-                        proxy,
-                        cause: Some(e.into()),
-                    }),
-                    None => Error::Dns {
-                        host: ep.host.clone(),
-                        cause: Some(e.into()),
-                    },
-                })
-            }
-        };
-        if addrs.is_empty() {
-            if let Some(proxy) = name {
-                return Err(Error::Proxy(ProxyError::Dns { proxy, cause: None }));
-            }
         }
-        let mut c = match Conn::connect_addrs(&addrs, &ep.host, tls) {
+    }
+
+    /// The error for a lookup of [`Conn::lookup_name`] that failed with `cause` (`None`: no address): the
+    /// proxy's name when `proxy` is given, else the broker's.
+    pub fn lookup_failed(ep: &Endpoint, proxy: Option<&Choice>, cause: Option<io::Error>) -> Error {
+        let cause = cause.map(Into::into);
+        match proxy {
+            Some(c) => Error::Proxy(ProxyError::Dns {
+                proxy: proxy_name(c),
+                cause,
+            }),
+            None => Error::Dns {
+                host: ep.host.clone(),
+                cause,
+            },
+        }
+    }
+
+    /// As [`Conn::connect_via`], with the addresses of [`Conn::lookup_name`] already resolved (e.g. by
+    /// [`resolve`] on a thread of its own, so that a stuck name lookup cannot hold the caller).
+    pub fn connect_resolved(
+        ep: &Endpoint,
+        proxy: Option<&Choice>,
+        addrs: &[SocketAddr],
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, Error> {
+        Conn::start(ep, addrs, proxy, tls)
+    }
+
+    /// Connect to `addrs` (the proxy's when `proxy` is given) and set up the hops.
+    fn start(
+        ep: &Endpoint,
+        addrs: &[SocketAddr],
+        proxy: Option<&Choice>,
+        tls: Option<(Arc<rustls::ClientConfig>, &TlsOptions)>,
+    ) -> Result<Conn, Error> {
+        let name = proxy.map(proxy_name);
+        let mut c = match Conn::connect_addrs(addrs, &ep.host, tls) {
             Ok(c) => c,
             Err(Error::Tcp { attempts, .. }) if name.is_some() => {
                 return Err(Error::Proxy(ProxyError::Tcp {

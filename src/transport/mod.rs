@@ -25,7 +25,8 @@
 //!
 //! How the driver uses it (one I/O thread, a `mio::Poll`):
 //! 1. `let cfg = tls_config(&opts)?` once per connection configuration (TLS only);
-//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking),
+//! 2. `let mut conn = Conn::connect(&endpoint, Some((cfg.clone(), &opts)))?` (resolves the name: blocking;
+//!    the client resolves with [`resolve`] on a thread of its own and uses [`Conn::connect_resolved`]),
 //!    then `conn.register(poll.registry(), token)` — with this registration a failed connect moves on to
 //!    the next resolved address by itself;
 //! 3. on WRITABLE call [`Conn::flush`]; on READABLE call [`Conn::read`] until it returns `Ok(0)` (for TLS it
@@ -49,7 +50,7 @@ mod tls;
 pub mod ws;
 
 pub use cipher::{suite_order, CpuAes, SuiteOrder};
-pub use conn::{Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
+pub use conn::{resolve, Conn, IoStats, MAX_READ_PER_CALL, SEND_BUFFER_KEEP};
 pub use tls::{supported_cipher_suites, tls_config, TlsFiles};
 
 /// How the broker is reached: `tcp://`/`mqtt://` plain TCP (port 1883), `ssl://`/`mqtts://` TLS (8883),
@@ -137,6 +138,12 @@ pub fn redacted_uri(uri: &str) -> std::borrow::Cow<'_, str> {
         Some((at, colon)) => format!("{scheme}{}:***{}", &rest[..colon], &rest[at..]).into(),
         None => uri.into(),
     }
+}
+
+/// A comma-separated list of brokers (`Config::uri`) for a message: each URI as [`redacted_uri`] shows it.
+pub fn redacted_uris(list: &str) -> String {
+    let shown: Vec<_> = list.split(',').map(redacted_uri).collect();
+    shown.join(",")
 }
 
 impl Endpoint {
@@ -354,7 +361,7 @@ pub struct TlsInfo {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted_uri;
+    use super::{redacted_uri, redacted_uris};
 
     #[test]
     fn only_passwords_are_hidden() {
@@ -365,6 +372,10 @@ mod tests {
         assert_eq!(
             redacted_uri("http://u:a@b:c@proxy:3128"),
             "http://u:***@proxy:3128"
+        );
+        assert_eq!(
+            redacted_uris("tcp://gw1:pw1@a:1883,ssl://b:8883,ws://gw2:pw2@c/mqtt"),
+            "tcp://gw1:***@a:1883,ssl://b:8883,ws://gw2:***@c/mqtt"
         );
         assert_eq!(redacted_uri("mqtt://u@h"), "mqtt://u@h");
         assert_eq!(redacted_uri("mqtt://h:1883"), "mqtt://h:1883");

@@ -237,3 +237,26 @@ def test_uri_passwords_never_shown(q, broker, capfd):
         q.call("loglevel", S("warn"))
     logs = capfd.readouterr().err
     assert "gw1:***@" in logs and "hunter2" not in logs, logs
+
+
+def test_huge_sizes_are_errors_not_aborts(q):
+    """A publish queue larger than the machine's memory (`queueBytes 0W`, 1 PiB) is refused with
+    'queueBytes too large' instead of an allocation failure that would abort q; q carries on. A huge
+    `queueMessages` allocates nothing (it is a count): accepted."""
+    closed = f"tcp://127.0.0.1:{free_port()}"
+    for n in [2**63 - 1, 1 << 50]:
+        assert conn_error(q, closed, {S("queueBytes"): n}) == "queueBytes too large", n
+        assert f"queue_bytes {n}: more memory than this machine can give" in last_error(q), n
+    assert conn_error(q, closed, {S("queueMessages"): 2**63 - 1}) == "Failure"
+
+
+def test_tls_options_on_a_plain_address_fail(q):
+    """A TLS option on a tcp:// or mqtt:// address fails `conn` naming the option and the schemes to use
+    (it used to be a warning: credentials then went in clear text) — also at its default value."""
+    closed = free_port()
+    for uri, opts, want in [
+            (f"tcp://127.0.0.1:{closed}", {S("trustStore"): S("/nonexistent/ca.pem")}, "trustStore"),
+            (f"mqtt://127.0.0.1:{closed}", {S("verify"): 1}, "verify"),
+            (f"tcp://127.0.0.1:{closed}", {S("sslVersion"): 4}, "sslVersion"),
+            (f"tcp://127.0.0.1:{closed}", {S("privateKeyPassword"): S("pw")}, "privateKeyPassword")]:
+        assert conn_error(q, uri, opts) == f"{want} needs an ssl:// or mqtts:// address", (uri, opts)

@@ -232,6 +232,21 @@ def test_batch(engine, broker):
         outside.close()
 
 
+def test_pubbatch_is_all_or_nothing(engine, broker):
+    """A batch that fails (a wildcard topic in the middle, more messages than the queue holds) queues none
+    of its messages: q can retry it whole without duplicating a prefix. The tokens show it: the next
+    message gets the next token."""
+    q = engine
+    conn(q, broker.tcp_uri, "batchall", {S("queueMessages"): 3})
+    t0 = q.call("pubx", S("batchall/a"), "x", 1, 0)
+    with pytest.raises(QError, match="^topic$"):
+        q.call("pubbatch", [S("batchall/a"), S("batchall/+"), S("batchall/c")], ["1", "2", "3"], 1, 0)
+    assert q.call("pubx", S("batchall/a"), "x", 1, 0) == t0 + 1
+    with pytest.raises(QError, match="^queue full$"):
+        q.call("pubbatch", S("batchall/a"), ["1", "2", "3", "4", "5"], 1, 0)
+    assert q.call("pubx", S("batchall/a"), "x", 1, 0) == t0 + 2
+
+
 def test_reconnect_after_broker_restart(engine, broker):
     q = engine
     conn(q, broker.tcp_uri, "recon", {S("backoffMin"): 100, S("backoffMax"): 500, S("cleansession"): 0})

@@ -1,6 +1,11 @@
 //! The connection's life: connect, the CONNACK, loss, reconnect with exponential backoff and jitter, and the
 //! stop (DISCONNECT pushed out until the stop deadline); commands that wait for a connection.
 //!
+//! A host name (the broker's, or its HTTP proxy's when one is used) is resolved on a thread of its own (`getaddrinfo` blocks and cannot be interrupted) which
+//! wakes the I/O thread with the addresses: the connect timeout covers the lookup, and a stuck lookup
+//! holds neither the connect timeout nor `disconnect` (the attempt, and with it the lookup's answer, is
+//! abandoned; the thread ends when `getaddrinfo` returns).
+//!
 //! A lost connection (transport error, protocol error, refusal, timeout) is reported once per loss as
 //! `ConnectionLost` (and for the very first attempt); with `reconnect` the next attempt is scheduled and
 //! reported as `Reconnecting`. Queued messages wait meanwhile; the session keeps unacknowledged QoS 1/2
@@ -15,8 +20,9 @@
 //! TLS files (CA, client certificate, key) whose inode, size or modification time changed are read again
 //! before each attempt; a replacement that cannot be used (unreadable, invalid) leaves the previous
 //! material in use and says why in the log.
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::timer::Timer;
@@ -55,6 +61,8 @@ pub(super) struct Link {
     pub dead: bool,
     /// Socket writes of earlier connections.
     pub writes_base: u64,
+    /// The broker's host name being resolved on its own thread: its answer comes here.
+    pub resolving: Option<mpsc::Receiver<std::io::Result<Vec<SocketAddr>>>>,
 }
 
 impl Link {
@@ -74,6 +82,7 @@ impl Link {
             rng: (t ^ ((std::process::id() as u64) << 32) ^ (Arc::as_ptr(sh) as u64)) | 1,
             dead: false,
             writes_base: 0,
+            resolving: None,
         }
     }
 
@@ -168,8 +177,58 @@ impl Io {
                 None => String::new(),
             }
         );
+        // The timeout covers the name lookup too.
+        self.timers
+            .set(Timer::Connect, later(now, self.p.connect_timeout));
+        let (host, port) = Conn::lookup_name(&t.ep, t.proxy.as_ref());
+        let host = host.to_string();
+        if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+            return self.connect_to(now, None);
+        }
+        let (tx, rx) = mpsc::channel();
+        let waker = self.sh.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qmqtt-dns".into())
+            .spawn(move || {
+                if tx.send(crate::transport::resolve(&host, port)).is_ok() {
+                    let _ = waker.wake();
+                }
+            });
+        match spawned {
+            Ok(_) => self.link.resolving = Some(rx),
+            // No thread to spare: resolve here, as the transport does.
+            Err(_) => self.connect_to(now, None),
+        }
+    }
+
+    /// The name lookup answered: connect to the addresses (or report it). Nothing while it has not.
+    pub(super) fn resolved(&mut self, now: Instant) {
+        let Some(rx) = &self.link.resolving else {
+            return;
+        };
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Ok(Vec::new()),
+        };
+        self.link.resolving = None;
+        let t = &self.p.targets[self.link.target];
+        match r {
+            Ok(addrs) if !addrs.is_empty() => self.connect_to(now, Some(&addrs)),
+            Ok(_) => self.lost(now, Conn::lookup_failed(&t.ep, t.proxy.as_ref(), None)),
+            Err(e) => self.lost(now, Conn::lookup_failed(&t.ep, t.proxy.as_ref(), Some(e))),
+        }
+    }
+
+    /// Start the transport connection (to `addrs`, or resolving the host here when `None`).
+    fn connect_to(&mut self, now: Instant, addrs: Option<&[SocketAddr]>) {
         let tls = self.p.tls.clone().map(|c| (c, &self.p.tls_opts));
-        match Conn::connect_via(&t.ep, t.proxy.as_ref(), tls) {
+        let t = &self.p.targets[self.link.target];
+        let r = match addrs {
+            Some(a) => Conn::connect_resolved(&t.ep, t.proxy.as_ref(), a, tls),
+            None => Conn::connect_via(&t.ep, t.proxy.as_ref(), tls),
+        };
+        match r {
             Ok(mut c) => {
                 if let Err(e) = c.register(self.poll.registry(), SOCK) {
                     let e = Error::System {
@@ -180,8 +239,6 @@ impl Io {
                     return;
                 }
                 self.link.conn = Some(c);
-                self.timers
-                    .set(Timer::Connect, later(now, self.p.connect_timeout));
                 // A loopback connect may already be complete.
                 self.on_socket(now);
             }
@@ -213,7 +270,17 @@ impl Io {
     }
 
     pub(super) fn connect_timed_out(&mut self, now: Instant) {
-        let ep = &self.p.targets[self.link.target].ep;
+        let t = &self.p.targets[self.link.target];
+        if self.link.resolving.is_some() {
+            let why = format!(
+                "no answer within the connect timeout ({:?})",
+                self.p.connect_timeout
+            );
+            let cause = std::io::Error::new(std::io::ErrorKind::TimedOut, why);
+            let e = Conn::lookup_failed(&t.ep, t.proxy.as_ref(), Some(cause));
+            return self.lost(now, e);
+        }
+        let ep = &t.ep;
         let e = Error::Timeout(Timeout::Connect {
             host: ep.host.clone(),
             port: ep.port,
@@ -280,7 +347,10 @@ impl Io {
                 l.attempt = 0;
             }
         }
+        // A lookup still running is abandoned (its thread ends when getaddrinfo returns).
+        l.resolving = None;
         self.timers.stop(Timer::Connect);
+        self.timers.stop(Timer::Unread);
         self.rx.reset(now, &self.sh);
         self.sh.ctr.connected.store(false, Relaxed);
         self.tx.stalled = false;

@@ -12,6 +12,9 @@
 //!   room for what it produces; otherwise the rest stays unfed, the socket unread (TCP flow control holds
 //!   the broker back), and the owner's next drain wakes the thread. The session's events go to the event
 //!   queue from here.
+//!   It also stops reading while more than `max_unsent_bytes` owed to the broker wait unsent (each PUBLISH
+//!   and PUBREL read owes an acknowledgement), and drops a connection whose broker reads nothing for the
+//!   keep-alive meanwhile.
 //! - [`tx`] — the send side: as many queued messages as the window, the event queue's room (for their
 //!   Delivered events) and the socket allow, encoded into one buffer handed to the transport in one write
 //!   (many messages per TLS record and per syscall); the QoS 1/2 window refilled in batches; `linger`; the
@@ -75,6 +78,8 @@ pub(crate) struct Params {
     pub protocol_fallback: bool,
     pub linger: Duration,
     pub batch_scheduling: bool,
+    /// `Config::max_unsent_bytes`.
+    pub max_unsent: usize,
 }
 
 /// Build the driver on the caller's thread (the spool's counters are in the stats when this returns) and
@@ -149,6 +154,7 @@ impl Io {
             if self.timers.take_expired(Timer::Reconnect, now) {
                 self.start_connect(now);
             }
+            self.resolved(now);
             if self.timers.is_expired(Timer::Connect, now) {
                 self.connect_timed_out(now);
             }
@@ -158,7 +164,10 @@ impl Io {
                     self.lost(now, e);
                 }
             }
-            if self.rx.read_more || self.rx_room() {
+            if self.timers.take_expired(Timer::Unread, now) {
+                self.unread_expired(now);
+            }
+            if self.rx.read_more || self.rx_room() || self.unsent_room() {
                 self.rx.read_more = false;
                 self.on_socket(now);
             }
@@ -183,7 +192,8 @@ impl Io {
             if self.link.dead || (self.timers.is_set(Timer::Stop) && self.should_stop(now)) {
                 break;
             }
-            let busy = self.rx.read_more || self.can_send_more() || self.rx_room();
+            let busy =
+                self.rx.read_more || self.can_send_more() || self.rx_room() || self.unsent_room();
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else {

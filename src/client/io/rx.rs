@@ -7,15 +7,24 @@
 //! wake-up on the next drain (`io_wants_room`, as for acknowledgement room). Once there is room it feeds the
 //! rest and reads the socket again without waiting for a readiness event (edge-triggered). The session is
 //! told of the pause so that keep-alive does not kill the connection.
+//!
+//! Reading also waits for the other direction: each PUBLISH (QoS 1/2) and PUBREL read makes the session owe
+//! the broker an acknowledgement, so while more than `max_unsent_bytes` wait unsent the socket is not read
+//! (a broker that sends but does not read cannot grow the transmit buffer). Once the socket takes them
+//! reading resumes; if the broker takes nothing for the keep-alive, the connection is dropped
+//! ([`Timeout::Unread`]).
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Instant;
 
 use super::spool::SPOOL_TOKEN;
+use super::timer::Timer;
 use super::Io;
 use crate::client::events::EV_HDR;
 use crate::client::shared::Shared;
 use crate::client::Event;
+use crate::clock::later;
 use crate::codec::QoS;
+use crate::error::{Error, Timeout};
 use crate::session::Event as SEvent;
 
 /// Reads per turn before giving writes a chance (the rest is read on the next turn).
@@ -32,6 +41,9 @@ pub(super) struct Rx {
     paused_at: Option<Instant>,
     /// The socket may have more to read (the read loop stopped early).
     pub read_more: bool,
+    /// Reading waits for the broker to take what is owed to it: the transport's socket writes when the
+    /// wait began or last made progress.
+    unsent_wait: Option<u64>,
 }
 
 impl Default for Rx {
@@ -42,6 +54,7 @@ impl Default for Rx {
             blocked: 0,
             paused_at: None,
             read_more: false,
+            unsent_wait: None,
         }
     }
 }
@@ -50,6 +63,7 @@ impl Rx {
     /// The connection is gone: forget what was read, end a pause.
     pub fn reset(&mut self, now: Instant, sh: &Shared) {
         self.read_more = false;
+        self.unsent_wait = None;
         self.resumed(now, sh);
         self.buf.clear();
         self.off = 0;
@@ -84,6 +98,9 @@ impl Io {
         for i in 0.. {
             // Bytes left unfed by a pause go first; while still paused, leave the socket unread.
             if (self.rx.blocked > 0 || self.rx.off < self.rx.buf.len()) && !self.feed(now) {
+                return;
+            }
+            if self.unsent_full(now, i > 0) {
                 return;
             }
             if i == MAX_READS {
@@ -179,6 +196,70 @@ impl Io {
             }
             return false;
         }
+    }
+
+    /// More than `max_unsent_bytes` owed to the broker wait unsent (after handing the session's output to the
+    /// transport when `fed`): stop reading — what the broker sends next would only add to them — until the
+    /// socket takes them. True while so (or when the connection was lost meanwhile).
+    fn unsent_full(&mut self, now: Instant, fed: bool) -> bool {
+        if !self.link.up {
+            return false;
+        }
+        if fed {
+            self.transmit();
+        }
+        let Some(conn) = self.link.conn.as_ref() else {
+            return true;
+        };
+        let pending = conn.pending();
+        if pending <= self.p.max_unsent {
+            if self.rx.unsent_wait.take().is_some() {
+                self.timers.stop(Timer::Unread);
+                self.session.handle_reader_paused(false, now);
+            }
+            return false;
+        }
+        if self.rx.unsent_wait.is_none() {
+            self.rx.unsent_wait = Some(conn.io_stats().socket_writes);
+            // The PINGRESP may wait unread meanwhile; the keep-alive applies to the broker's reading instead.
+            self.session.handle_reader_paused(true, now);
+            self.arm_unread(now);
+            log::debug!(
+                "qmqtt: {pending} bytes owed to the broker wait unsent, reading paused until it takes them"
+            );
+        }
+        true
+    }
+
+    /// Reading waits for the socket to take what is owed, and now it has.
+    pub(super) fn unsent_room(&self) -> bool {
+        self.rx.unsent_wait.is_some() && self.link.pending() <= self.p.max_unsent
+    }
+
+    fn arm_unread(&mut self, now: Instant) {
+        let ka = self.p.session.keep_alive;
+        if !ka.is_zero() {
+            self.timers.set(Timer::Unread, later(now, ka));
+        }
+    }
+
+    /// A keep-alive has passed since reading began to wait for the broker to take what is owed to it: if it
+    /// took nothing meanwhile, drop the connection.
+    pub(super) fn unread_expired(&mut self, now: Instant) {
+        let (Some(w), Some(conn)) = (self.rx.unsent_wait, self.link.conn.as_ref()) else {
+            return;
+        };
+        let writes = conn.io_stats().socket_writes;
+        if writes != w {
+            self.rx.unsent_wait = Some(writes);
+            self.arm_unread(now);
+            return;
+        }
+        let e = Error::Timeout(Timeout::Unread {
+            unsent: conn.pending(),
+            limit: self.p.session.keep_alive,
+        });
+        self.lost(now, e);
     }
 
     /// Reading is paused and the event queue now has room for the message that paused it. While it has

@@ -14,6 +14,9 @@ pub(super) enum Timer {
     Stop,
     /// Come back to a lingering stream of publishes (`Config::linger`) without being woken.
     Linger,
+    /// Reading waits for the broker to take what is owed to it and it has taken nothing since this was set:
+    /// at expiry (keep-alive) the connection is dropped (see the `rx` module).
+    Unread,
     /// `Spool::flush` is due (its sync policy).
     SpoolFlush,
     /// Disconnected with messages queued: spill them all.
@@ -92,6 +95,7 @@ const ALL: [Timer; COUNT] = [
     Timer::Reconnect,
     Timer::Stop,
     Timer::Linger,
+    Timer::Unread,
     Timer::SpoolFlush,
     Timer::SpoolSpill,
     Timer::SpoolRetry,
