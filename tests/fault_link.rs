@@ -10,7 +10,7 @@
 //! broker keeps both sessions throughout). Duplicates (QoS 1) and recovery times are printed and written to
 //! `target/reliability/<test>.txt`.
 //!
-//! `QMQTT_FAULT_LONG=1` runs minutes of faults instead of seconds.
+//! `QMQTT_FAULT_LONG=1` runs minutes of faults instead of seconds (the soak: 30 minutes).
 mod common;
 #[path = "common/fault.rs"]
 mod fault;
@@ -52,6 +52,8 @@ struct Spec<'a> {
     min_losses: usize,
     /// The publisher speaks TLS (through the proxy to the broker's TLS listener).
     tls: bool,
+    /// Messages per second (default: 500, or 1000 in the long mode).
+    rate: Option<u32>,
 }
 
 fn qname(q: QoS) -> &'static str {
@@ -90,7 +92,7 @@ fn scenario(spec: Spec<'_>, mut fault: impl FnMut(Duration, &mut Ctl<'_>, &PubLo
     k.queue_messages = 1_000_000;
     let c = Client::connect(k).unwrap();
     c.wait_connected(Duration::from_secs(10)).unwrap();
-    let rate = fault::pick(500, 1000);
+    let rate = spec.rate.unwrap_or(fault::pick(500, 1000));
     let load = Load::new(&topic, spec.qos, rate, spec.duration);
     let mut log = PubLog::default();
     let seed = std::time::SystemTime::now()
@@ -188,6 +190,7 @@ fn cut_every_1_to_2_s(name: &str, qos: QoS, tls: bool) {
             keep_alive: Duration::from_secs(2),
             min_losses: 3,
             tls,
+            rate: None,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -240,6 +243,7 @@ fn stall(name: &str, qos: QoS) {
             keep_alive: Duration::from_secs(1),
             min_losses: 1,
             tls: false,
+            rate: None,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {
@@ -303,6 +307,7 @@ fn trickle(name: &str, qos: QoS) {
             keep_alive: Duration::from_secs(2),
             min_losses: 0,
             tls: false,
+            rate: None,
         },
         |el, ctl, _| {
             if state == 0 && el >= start {
@@ -342,6 +347,7 @@ fn half_close(name: &str, qos: QoS) {
             keep_alive: Duration::from_secs(2),
             min_losses: 3,
             tls: false,
+            rate: None,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -383,6 +389,7 @@ fn refuse(name: &str, qos: QoS) {
             keep_alive: Duration::from_secs(2),
             min_losses: 1,
             tls: false,
+            rate: None,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {
@@ -415,4 +422,99 @@ fn fault_refuse_qos1() {
 #[test]
 fn fault_refuse_qos2() {
     refuse("fault_refuse_qos2", QoS::ExactlyOnce);
+}
+
+/// The soak: QoS 1 at 1,000 messages/s over TLS while a random fault starts every 1-3 s — a cut, a stall
+/// longer than the keep-alive, a trickle (2 KB/s), or refused connections — each lasting up to 3 s. Resident
+/// memory and open fds are sampled every second: both stay flat (RSS: the second half's peak within the
+/// first half's plus 2 MiB; fds: the second half's floor at most one over the first half's). 20 s here; `QMQTT_FAULT_LONG=1`: 30 minutes.
+#[test]
+fn fault_soak_tls_qos1() {
+    let dur = fault::pick(Duration::from_secs(20), Duration::from_secs(1800));
+    let mut next = Duration::from_secs(1);
+    let mut active: Option<(u64, Duration)> = None;
+    let mut kinds = [0usize; 4];
+    let mut samples: Vec<(Duration, u64, usize)> = Vec::new();
+    let fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    scenario(
+        Spec {
+            name: "fault_soak_tls_qos1",
+            what: format!("soak: random cuts, stalls, trickles and refusals for {dur:?} (TLS)"),
+            qos: QoS::AtLeastOnce,
+            duration: dur,
+            keep_alive: Duration::from_secs(1),
+            min_losses: 2,
+            tls: true,
+            rate: Some(1000),
+        },
+        |el, ctl, _| {
+            if samples
+                .last()
+                .is_none_or(|s| el >= s.0 + Duration::from_secs(1))
+            {
+                samples.push((el, fault::rss_kib(), fds()));
+            }
+            if let Some((kind, until)) = active {
+                if el >= until {
+                    match kind {
+                        1 => ctl.p.stall(false),
+                        2 => ctl.p.trickle(None),
+                        3 => ctl.p.refuse(false),
+                        _ => {}
+                    }
+                    ctl.ends.push(Instant::now());
+                    active = None;
+                    next = el + ctl.rand_ms(1000, 3000);
+                }
+            } else if el >= next && el + Duration::from_secs(4) < dur {
+                let kind = ctl.rand_ms(0, 3).as_millis() as u64;
+                ctl.starts.push(Instant::now());
+                kinds[kind as usize] += 1;
+                match kind {
+                    0 => {
+                        ctl.p.cut();
+                        ctl.ends.push(Instant::now());
+                        next = el + ctl.rand_ms(1000, 3000);
+                        return;
+                    }
+                    1 => ctl.p.stall(true),
+                    2 => ctl.p.trickle(Some(2000)),
+                    _ => {
+                        ctl.p.refuse(true);
+                        ctl.p.cut();
+                    }
+                }
+                active = Some((kind, el + ctl.rand_ms(500, 3000)));
+            }
+        },
+    );
+    let half = samples.len() / 2;
+    // RSS: the peaks (a backlog comes and goes with each fault). fds: the lowest count of each half — the
+    // fault proxy runs in this process and holds the sockets of connections being cut for a moment, but a
+    // leak raises the floor.
+    let peak_floor = |s: &[(Duration, u64, usize)]| {
+        (
+            s.iter().map(|x| x.1).max().unwrap_or(0),
+            s.iter().map(|x| x.2).min().unwrap_or(0),
+        )
+    };
+    let (rss1, fd1) = peak_floor(&samples[..half]);
+    let (rss2, fd2) = peak_floor(&samples[half..]);
+    fault::report(
+        "fault_soak_tls_qos1",
+        &format!(
+            "soak {dur:?}: faults cut/stall/trickle/refuse {kinds:?}; {} samples, anon RSS peak {rss1} -> \
+             {rss2} KiB, fds floor {fd1} -> {fd2}",
+            samples.len()
+        ),
+    );
+    assert!(samples.len() >= 10, "{} samples", samples.len());
+    assert!(
+        rss2 <= rss1 + 2048,
+        "RSS grew: first half peak {rss1} KiB, second {rss2} KiB"
+    );
+    assert!(
+        fd2 <= fd1 + 2,
+        "fds grew: first half peak {fd1}, second {fd2}"
+    );
 }
