@@ -11,6 +11,7 @@
 //! Before sleeping the thread marks the publish queue `io_waiting` if the queue is empty, so the first
 //! publish wakes it; while it is busy, or blocked by a full window, publishers make no syscall. With
 //! `linger`, an active stream is collected every `linger` instead.
+use std::cell::Cell;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,8 @@ pub(super) struct Tx {
     pub stalled: bool,
     /// When messages were last taken from the queue (for `linger`).
     last_take: Option<Instant>,
+    /// The window has been full since it last drained to half: refill in a batch ([`Io::window_room`]).
+    refill_hold: Cell<bool>,
 }
 
 impl Default for Tx {
@@ -77,6 +80,7 @@ impl Default for Tx {
             staged: Staged::default(),
             stalled: false,
             last_take: None,
+            refill_hold: Cell::new(false),
         }
     }
 }
@@ -165,12 +169,19 @@ impl Io {
     }
 
     /// How many QoS 1/2 messages may enter the session now, `pending` being how many wait: the whole free
-    /// window when at most half of it is in flight or when all `pending` fit, else none (the window is
-    /// refilled in batches, not one message per acknowledgement; see the module docs).
+    /// window — except once the window has been full, when none until at most half of it is in flight
+    /// again, unless all `pending` fit (the window is refilled in batches, not one message per
+    /// acknowledgement, and a lone message still leaves at once; see the module docs).
     pub(super) fn window_room(&self, pending: usize) -> usize {
         let free = self.session.inflight_free();
         let window = free + self.session.inflight();
-        if free >= window - window / 2 || pending <= free {
+        let hold = &self.tx.refill_hold;
+        if free == 0 {
+            hold.set(true);
+        } else if free >= window - window / 2 {
+            hold.set(false);
+        }
+        if !hold.get() || pending <= free {
             free
         } else {
             0
