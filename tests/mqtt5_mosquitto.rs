@@ -3,7 +3,7 @@
 //! identifiers, session expiry, the broker's DISCONNECT and PUBACK refusals reaching the owner, and tight
 //! limits the broker enforces — Receive Maximum 2, Topic Alias Maximum 2, Maximum Packet Size 256, Server
 //! Keep Alive 10 — kept by the client (a raw client breaking each is disconnected, so the test would see
-//! it), and the client's own limits kept by the broker towards it.
+//! it), the client's own limits kept by the broker towards it, and the bytes topic aliases save on the wire.
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -297,6 +297,72 @@ fn strict_broker_limits_are_kept_and_the_broker_would_catch_a_client_that_did_no
         acks.iter().any(|(_, rc)| *rc == ReasonCode::QuotaExceeded),
         "{acks:?}"
     );
+}
+
+/// Bytes on the wire for a telemetry stream — 1,000 QoS 1 messages, 16-byte payloads, ten 30-byte topics in
+/// turn — with topic aliases (mosquitto's default Topic Alias Maximum, 10) and without: `Stats::bytes_out`
+/// counted from the CONNACK to the last PUBACK, every message checked at a mosquitto_sub. Deterministic
+/// (packet sizes, no timing); `--nocapture` prints the figures README quotes.
+#[test]
+fn topic_aliases_save_bytes_on_the_wire_for_telemetry() {
+    const N: u64 = 1000;
+    let b = common::Broker::start();
+    let topics: Vec<String> = (0..10)
+        .map(|i| format!("tele/site-0001/gateway-{i:04}/t1"))
+        .collect();
+    assert!(topics.iter().all(|t| t.len() == 30));
+    let mut per_msg = Vec::new();
+    for aliases in [0u16, 16] {
+        let mut c = cfg5(&b.tcp_uri(), &format!("v5-bytes-{aliases}"));
+        c.mqtt5.topic_aliases = aliases;
+        c.keep_alive = Duration::from_secs(600);
+        let c = connect(c);
+        let srv = c.stats().server.expect("CONNACK seen");
+        assert!(srv.topic_alias_maximum >= 10, "{srv:?}");
+        let sub = mosquitto_sub(b.tcp_port, "tele/#", N as usize, "%t %p", &[]);
+        let before = c.stats().bytes_out;
+        let mut want = Vec::new();
+        for i in 0..N as usize {
+            let t = &topics[i % topics.len()];
+            let payload = format!("{i:016}");
+            c.publish(t, payload.as_bytes(), QoS::AtLeastOnce, false)
+                .unwrap();
+            want.push(format!("{t} {payload}"));
+        }
+        let mut seen = Seen::default();
+        drain(&c, &mut seen, N as usize);
+        assert!(seen.failed.is_empty() && seen.lost.is_empty(), "{seen:?}");
+        let st = c.stats();
+        assert_eq!(st.reconnects, 0);
+        let bytes = st.bytes_out - before;
+        let mut got: Vec<String> = output(sub).lines().map(str::to_string).collect();
+        got.sort();
+        want.sort();
+        assert!(got == want, "every message once: {} of {}", got.len(), N);
+        // A PUBLISH: fixed header 2, topic 2 + 30, packet id 2, properties 1 (+ 3 for a Topic Alias), payload 16.
+        if aliases == 0 {
+            assert_eq!(st.topic_aliased, 0);
+            assert_eq!(bytes, N * 53, "{st:?}");
+        } else {
+            // The first message on each topic sets its alias (topic and alias: 56 bytes), the rest send the
+            // alias alone (an empty topic: 26 bytes).
+            assert_eq!(st.topic_aliased, N - 10, "{st:?}");
+            assert_eq!(st.topic_alias_bytes_saved, 30 * (N - 10));
+            assert_eq!(bytes, 10 * 56 + (N - 10) * 26, "{st:?}");
+        }
+        println!(
+            "topic aliases {}: {bytes} bytes out for {N} messages, {:.1} bytes/message; {} aliased, {} topic \
+             bytes saved",
+            if aliases == 0 { "off" } else { "on" },
+            bytes as f64 / N as f64,
+            st.topic_aliased,
+            st.topic_alias_bytes_saved
+        );
+        per_msg.push(bytes as f64 / N as f64);
+    }
+    let saved = per_msg[0] - per_msg[1];
+    println!("topic aliases save {saved:.1} bytes/message");
+    assert!(saved >= 25.0, "{per_msg:?}");
 }
 
 #[test]

@@ -6,12 +6,17 @@ a scenario given on the command line; reports on stdout, one `key value` (or `ke
   child.py spool-pub URI DIR N       connect with spoolDir; after "go" on stdin (broker stopped) publish N
                                      numbered QoS 1 messages at a gateway's pace; wait for them to be spilled
   child.py spool-drain URI DIR       connect with the same spoolDir; loop until the spool is empty
+  child.py share URI FILTER VERSION ID
+                                     connect (MQTTVersion VERSION), subscribe to FILTER at QoS 1, report the
+                                     count of messages received as it grows; on a line on stdin, report the
+                                     payloads received (as numbers) and disconnect
 """
 import atexit
 import ctypes
 import json
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +132,25 @@ def spool_drain(uri, d):
     q.call("disconnect", 1000)
 
 
+def share(uri, filt, version, cid):
+    q = Host()
+    q.conn(uri, cid, {S("MQTTVersion"): version})
+    q.call("subx", S(filt), 1)  # returns once the SUBACK came
+    say("subscribed", True)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    n = 0
+    while not stop.is_set():
+        q.loop(50)
+        if len(q.calls) != n:
+            n = len(q.calls)
+            say("count", n)
+    say("stats", stats(q))
+    say("got", [int(msg) for name, (topic, msg) in q.calls if name == ".mqtt.msgrcvd"])
+    say("other", [name for name, _ in q.calls if name != ".mqtt.msgrcvd"])
+    q.call("disconnect", 0)
+
+
 def main():
     mode, uri = sys.argv[1], sys.argv[2]
     if mode == "exit":
@@ -137,6 +161,8 @@ def main():
         spool_pub(uri, sys.argv[3], int(sys.argv[4]))
     elif mode == "spool-drain":
         spool_drain(uri, sys.argv[3])
+    elif mode == "share":
+        share(uri, sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         raise SystemExit(f"child.py: unknown mode {mode}")
 

@@ -2,10 +2,12 @@
 pubbatchp with properties, msgrcvdp with the received ones, msgfail with the reason, and the negotiated limits
 in .mqtt.stats[] — against mosquitto 2.0 with tight limits it enforces (Receive Maximum 2, Topic Alias Maximum
 2, Maximum Packet Size 256: a client breaking one is disconnected), with mosquitto_sub / mosquitto_pub -V 5 as
-independent peers."""
+independent peers; and a shared subscription splitting a stream across three q processes."""
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -285,3 +287,62 @@ def test_v5_over_tls_round_trip(engine, broker):
     assert got == [[h, "tls5/a", "{}", {"contentType": "application/json", "correlationData": b"\x00\x01",
                                          "userProperties": {"unit": "C", "unit ": "K"}}]], got
     assert wait_calls(q, ".mqtt.msgsenth", 1) == [[h, tok]]
+
+
+SHARED_N = 30000
+
+
+@pytest.mark.parametrize("version", [5, 4], ids=["mqtt5", "mqtt311"])
+def test_shared_subscription_splits_a_stream_across_three_q_processes(broker, version):
+    """A central kdb+ ingesting a fleet: three q processes (child.py, each loading the extension through the
+    host) subscribe to $share/fleet/tele/# at QoS 1; mosquitto_pub sends 30,000 numbered QoS 1 messages.
+    Every number reaches exactly one process, and each process gets a share. mosquitto 2.0 offers shared
+    subscriptions under MQTT 3.1.1 too."""
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
+    procs = [subprocess.Popen([sys.executable, child, "share", broker.tcp_uri, "$share/fleet/tele/#", str(version),
+                               f"fleet-{version}-{i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    facts = [{} for _ in procs]
+
+    def read(p, f):
+        for line in p.stdout:
+            k, _, v = line.partition(" ")
+            f[k] = json.loads(v)
+
+    readers = [threading.Thread(target=read, args=(p, f), daemon=True) for p, f in zip(procs, facts)]
+    for t in readers:
+        t.start()
+    try:
+        deadline = time.time() + 60
+        while not all(f.get("subscribed") for f in facts):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
+            time.sleep(0.05)
+        lines = "".join(f"{i}\n" for i in range(SHARED_N))
+        subprocess.run(["mosquitto_pub", "-V", "5" if version == 5 else "311", "-h", "127.0.0.1", "-p",
+                        str(broker.tcp_port), "-q", "1", "-t", "tele/site-0001/gateway-0001/t1", "-l",
+                        "-i", f"fleet-pub-{version}"], input=lines.encode(), check=True, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while sum(f.get("count", 0) for f in facts) < SHARED_N and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # room for a message delivered twice to show up
+        for p in procs:
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+        for p, t in zip(procs, readers):
+            p.wait(30)
+            t.join(10)
+            assert p.returncode == 0, p.stderr.read()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    got = [f["got"] for f in facts]
+    print(f"\nMQTT {'5' if version == 5 else '3.1.1'}: shares {[len(g) for g in got]}")
+    assert all(f["other"] == [] for f in facts), [f["other"] for f in facts]
+    assert all(f["stats"]["reconnects"] == 0 for f in facts), [f["stats"] for f in facts]
+    assert all(len(g) > 0 for g in got), [len(g) for g in got]
+    everything = sorted(n for g in got for n in g)
+    assert len(everything) == SHARED_N and everything == list(range(SHARED_N)), (
+        f"{len(everything)} received, {len(set(everything))} distinct of {SHARED_N}")
