@@ -50,6 +50,8 @@ qm_tool mosquitto       apt               mosquitto mosquitto-clients
 qm_tool openssl         apt               openssl ca-certificates
 # The proxy and the WebSocket broker of the transport tests (tests/common/hops.rs).
 qm_tool tinyproxy       apt               tinyproxy
+# The DNS fault test's private network namespace (tests/fault_dns.rs: unshare, ip).
+qm_tool netns           apt               iproute2 util-linux
 qm_tool aedes           npm               aedes@0.51.3 ws@8.18.3
 # C builds: paho (the interop peer, bundled: cmake + OpenSSL), the q host shim (tests/qhost), ring.
 qm_tool cc              apt               gcc make cmake pkg-config libssl-dev
@@ -72,7 +74,7 @@ qm_tool libe            script            tests/qhost/fetch-libe
 # What the steps need, by name.
 qm_tool zigbuild        group             zig cargo-zigbuild rust-arm file
 qm_tool arm-run         group             qemu qemu-roots
-qm_tool suite           group             mosquitto openssl cc valgrind tinyproxy aedes
+qm_tool suite           group             mosquitto openssl cc valgrind tinyproxy aedes netns
 qm_tool qhost           group             suite pytest libe
 qm_tool all             group             qhost rust-lint msrv zigbuild cross-gcc arm-run nightly cargo-fuzz
 
