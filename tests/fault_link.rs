@@ -24,19 +24,28 @@ use qmqtt::QoS;
 use scenario::{scenario, Spec};
 
 fn cut_every_1_to_2_s(name: &str, qos: QoS, tls: bool) {
+    cuts(name, qos, tls, false)
+}
+
+fn cuts(name: &str, qos: QoS, tls: bool, mqtt5: bool) {
     let dur = fault::pick(Duration::from_secs(9), Duration::from_secs(120));
     let mut next = Duration::from_secs(1);
     let mut cuts = 0usize;
     scenario(
         Spec {
             name,
-            what: format!("link cut every 1-2 s{}", if tls { " (TLS)" } else { "" }),
+            what: format!(
+                "link cut every 1-2 s{}{}",
+                if tls { " (TLS)" } else { "" },
+                if mqtt5 { " (MQTT 5)" } else { "" }
+            ),
             qos,
             duration: dur,
             keep_alive: Duration::from_secs(2),
             min_losses: 3,
             tls,
             rate: None,
+            mqtt5,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -50,6 +59,18 @@ fn cut_every_1_to_2_s(name: &str, qos: QoS, tls: bool) {
         },
     );
     assert!(cuts >= 4);
+}
+
+/// MQTT 5: the session resumed through its expiry interval after every cut, topic aliases set up again on
+/// every connection.
+#[test]
+fn fault_cut_mqtt5_qos1() {
+    cuts("fault_cut_mqtt5_qos1", QoS::AtLeastOnce, false, true);
+}
+
+#[test]
+fn fault_cut_mqtt5_tls_qos2() {
+    cuts("fault_cut_mqtt5_tls_qos2", QoS::ExactlyOnce, true, true);
 }
 
 #[test]
@@ -90,6 +111,7 @@ fn stall(name: &str, qos: QoS) {
             min_losses: 1,
             tls: false,
             rate: None,
+            mqtt5: false,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {
@@ -154,6 +176,7 @@ fn trickle(name: &str, qos: QoS) {
             min_losses: 0,
             tls: false,
             rate: None,
+            mqtt5: false,
         },
         |el, ctl, _| {
             if state == 0 && el >= start {
@@ -194,6 +217,7 @@ fn half_close(name: &str, qos: QoS) {
             min_losses: 3,
             tls: false,
             rate: None,
+            mqtt5: false,
         },
         |el, ctl, _| {
             if el >= next && el + Duration::from_millis(500) < dur {
@@ -236,6 +260,7 @@ fn refuse(name: &str, qos: QoS) {
             min_losses: 1,
             tls: false,
             rate: None,
+            mqtt5: false,
         },
         |el, ctl, log| {
             if state == 0 && el >= start {

@@ -37,6 +37,7 @@ fn fault_soak_tls_qos1() {
             min_losses: 2,
             tls: true,
             rate: Some(1000),
+            mqtt5: false,
         },
         |el, ctl, log| {
             if samples
