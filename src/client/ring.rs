@@ -221,7 +221,10 @@ mod alloc_tests {
     #[test]
     fn sizes_beyond_the_machine_are_refused_not_aborted() {
         assert!(ByteRing::new(usize::MAX).is_none());
-        assert!(ByteRing::new(isize::MAX as usize).is_none());
+        // A 32-bit process on a host with more memory than its address space (qemu-arm here) may get 2 GiB.
+        if physical_memory() <= isize::MAX as usize {
+            assert!(ByteRing::new(isize::MAX as usize).is_none());
+        }
         assert!(ByteRing::new(physical_memory().saturating_add(1)).is_none());
         assert_eq!(ByteRing::new(1 << 20).map(|r| r.capacity()), Some(1 << 20));
     }

@@ -127,7 +127,8 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
             "-c" | "--disable-clean-session" => conn.clean = false,
             "--drain-timeout" => drain_timeout = Some(a.seconds(&f)?),
             "--repeat" => repeat = Some(a.number::<u64>(&f)?),
-            "--size" => size = Some(a.number::<usize>(&f)?),
+            // u64, so that a size too large for a 32-bit machine is said to be too large, not a bad number.
+            "--size" => size = Some(a.number::<u64>(&f)?),
             "--queue-bytes" => conn.queue_bytes = Some(a.number(&f)?),
             "--linger" => linger = Some(a.seconds(&f)?),
             "--spool" => spool = Some(qmqtt::spool::SpoolConfig::new(a.value_os(&f)?)),
@@ -155,11 +156,12 @@ fn parse(argv: Vec<OsString>) -> Result<Option<PubOpts>, UsageError> {
             "-t '{topic}': a topic to publish to must be non-empty, without + or #"
         )));
     }
-    if let Some(n) = size.filter(|&n| n > MAX_MESSAGE) {
+    if let Some(n) = size.filter(|&n| n > MAX_MESSAGE as u64) {
         return Err(a.err(format!(
             "--size {n}: larger than the largest MQTT message ({MAX_MESSAGE} bytes)"
         )));
     }
+    let size = size.map(|n| n as usize); // at most MAX_MESSAGE now
     let source =
         match (source, size) {
             (Some(s), _) => s,
