@@ -34,7 +34,12 @@ fn publish_acked(c: &Client, topic: &str, n: usize) {
                 .unwrap()
         })
         .collect();
-    let deadline = Instant::now() + slow(Duration::from_secs(20));
+    await_acks(c, &mut left, Duration::from_secs(20));
+}
+
+/// Drain `c`'s events until every token in `left` is acknowledged; fail after `timeout` (scaled by `slow`).
+fn await_acks(c: &Client, left: &mut BTreeSet<u64>, timeout: Duration) {
+    let deadline = Instant::now() + slow(timeout);
     while !left.is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -279,21 +284,7 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
         }
     }
     assert!(killed, "the first broker was never killed: {:?}", c.stats());
-    let deadline = Instant::now() + slow(Duration::from_secs(30));
-    while !tokens.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} unacknowledged: {:?}",
-            tokens.len(),
-            c.stats()
-        );
-        c.poll_events(1000, &mut |e| {
-            if let Event::Delivered { token, .. } = e {
-                tokens.remove(&token);
-            }
-        });
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    await_acks(&c, &mut tokens, Duration::from_secs(30));
     let s = c.stats();
     let second = format!("tcp://127.0.0.1:{}", b.tcp_port);
     assert_eq!(s.broker.as_deref(), Some(second.as_str()), "{s:?}");
