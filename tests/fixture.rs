@@ -15,21 +15,24 @@ fn broker_starts_and_relays() {
     );
     assert_eq!(sub.wait_for(1, Duration::from_secs(5)), 1);
     assert_eq!(sub.take(), vec!["fixture/a hello".to_string()]);
-    // The mutual-TLS listener refuses a client without a certificate.
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &b.mtls_port.to_string(),
-            "--cafile",
-        ])
-        .arg(&b.certs.ca)
-        .args(["-t", "fixture/b", "-m", "x"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!st.success());
+    // The mutual-TLS listener refuses a client without a certificate: mosquitto_pub fails (or, when the refusal
+    // reaches it as a reset, keeps reconnecting until killed), and nothing it sent is delivered.
+    let out = common::run_limited(
+        Command::new("mosquitto_pub")
+            .args(["-h", "localhost", "-p", &b.mtls_port.to_string()])
+            .arg("--cafile")
+            .arg(&b.certs.ca)
+            .args(["-t", "fixture/b", "-m", "x"]),
+        Duration::from_secs(10),
+    );
+    assert!(out.is_none_or(|o| !o.status.success()));
+    common::mosquitto_pub(
+        "localhost",
+        b.tls_port,
+        &["--cafile", ca, "-t", "fixture/c", "-m", "after", "-q", "1"],
+    );
+    assert_eq!(sub.wait_for(1, Duration::from_secs(5)), 1);
+    assert_eq!(sub.take(), vec!["fixture/c after".to_string()]);
 }
 
 /// The proxy relays, cuts, refuses and reopens.

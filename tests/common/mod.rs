@@ -123,17 +123,54 @@ pub fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
     v
 }
 
-/// Run `mosquitto_pub -h HOST -p PORT ARGS` to its end; fail the test, with its stderr, unless it succeeds.
+/// Run `cmd` to its end with its output collected, for at most `limit`: `None` when it overstayed (it was
+/// killed). mosquitto's clients reconnect for ever on some failures, so no test runs one without a bound.
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install mosquitto-clients)"));
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let ro = std::thread::spawn(move || read_all(out));
+    let re = std::thread::spawn(move || read_all(err));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (ro.join().unwrap(), re.join().unwrap());
+    status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Run `mosquitto_pub -h HOST -p PORT ARGS` to its end; fail the test, with its stderr, unless it succeeds
+/// within 30 s.
 pub fn mosquitto_pub(host: &str, port: impl ToString, args: &[&str]) {
-    let o = Command::new("mosquitto_pub")
-        .args(["-h", host, "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run mosquitto_pub (apt-get install mosquitto-clients)");
+    let port = port.to_string();
+    let o = run_limited(
+        Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", &port])
+            .args(args),
+        Duration::from_secs(30),
+    );
+    let o =
+        o.unwrap_or_else(|| panic!("mosquitto_pub -h {host} -p {port} {args:?}: no exit in 30 s"));
     assert!(
         o.status.success(),
-        "mosquitto_pub -h {host} -p {} {args:?}: {}",
-        port.to_string(),
+        "mosquitto_pub -h {host} -p {port} {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
 }
@@ -569,17 +606,12 @@ impl Sub {
                 probe
             };
             loop {
-                let _ = Command::new("mosquitto_pub")
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &broker.tcp_port.to_string(),
-                        "-t",
-                        &probe_topic,
-                    ])
-                    .args(["-m", "__probe", "-q", "1"])
-                    .status();
+                run_limited(
+                    Command::new("mosquitto_pub")
+                        .args(["-h", "127.0.0.1", "-p", &broker.tcp_port.to_string()])
+                        .args(["-t", &probe_topic, "-m", "__probe", "-q", "1"]),
+                    Duration::from_secs(10),
+                );
                 if ready.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }

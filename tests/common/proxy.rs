@@ -42,8 +42,14 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on a free 127.0.0.1 port, forwarding to 127.0.0.1:`upstream`.
     pub fn start(upstream: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        // Below the ephemeral range (as the brokers): once `refuse` closes the port, no outgoing connection
+        // of any process can take it, nor connect to itself on it.
+        let (l, port) = loop {
+            let port = super::free_port();
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                break (l, port);
+            }
+        };
         let p = Proxy {
             port,
             upstream,
