@@ -74,7 +74,8 @@
 //!
 //! Pieces: `ring` (the byte FIFO both queues use), `queue` (the publish queue and its full policies),
 //! `events` (the event queue and its descriptor), `shared` (what the owner and the I/O thread share: queues,
-//! commands, counters), `io/` (the I/O thread: the poll loop in `io/mod.rs`, `link` connect/loss/backoff,
+//! commands, counters), `stats` (the one table of the statistics: `Stats`, the counters, `.mqtt.stats[]`'s
+//! counts), `io/` (the I/O thread: the poll loop in `io/mod.rs`, `link` connect/loss/backoff,
 //! `rx` receiving with backpressure, `tx` sending, `spool` the disk spool's side, `timer` its deadlines).
 use std::fmt;
 use std::os::fd::RawFd;
@@ -86,7 +87,7 @@ use std::time::{Duration, Instant};
 use crate::clock::later;
 use crate::codec::{Properties, Property, Protocol, QoS, SubscriptionOptions};
 use crate::error::{ConfigError, DeliveryError, Doing, Error, Fault, Key};
-use crate::session::{Mqtt5Config, ServerInfo, SessionConfig, Token, Will};
+use crate::session::{Mqtt5Config, SessionConfig, Token, Will};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use crate::transport::{proxy, Endpoint, TlsFiles, TlsOptions};
 
@@ -95,8 +96,11 @@ mod io;
 mod queue;
 mod ring;
 mod shared;
+mod stats;
 
-use shared::{lock, AckWait, Cmd, Counters, Shared};
+use shared::{lock, AckWait, Cmd, Shared};
+use stats::Counters;
+pub use stats::Stats;
 
 /// What happens when the publish queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -375,87 +379,6 @@ pub enum Event<'a> {
     Unsubscribed {
         filter: &'a str,
     },
-}
-
-/// Counters of one connection (monotonic unless said otherwise).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Stats {
-    /// Messages / bytes (topic + payload) waiting in the publish queue now, including those taken by the
-    /// I/O thread and not yet accepted by the session (e.g. waiting for a reconnect).
-    pub queued: u64,
-    pub queued_bytes: u64,
-    /// QoS 1/2 messages sent and not yet acknowledged, now.
-    pub inflight: u64,
-    /// Messages handed to the session and written (QoS 0: sent and forgotten; QoS 1/2: sent at least once).
-    pub sent: u64,
-    /// QoS 1/2 messages acknowledged (PUBACK / PUBCOMP).
-    pub acked: u64,
-    /// Publish-queue overflow under `FullPolicy::DropOldest` / `DropNewest` / `Error`.
-    pub dropped_oldest: u64,
-    pub dropped_newest: u64,
-    pub refused_full: u64,
-    /// Received messages dropped because they can never fit in the event queue (larger than
-    /// `event_queue_bytes`). A merely full queue pauses reading instead (`rx_paused`).
-    pub dropped_incoming: u64,
-    /// Times reading from the broker paused because the event queue had no room for the next message.
-    pub rx_paused: u64,
-    /// Total time reading was paused (pauses that have ended; see `rx_paused_now`).
-    pub rx_paused_time: Duration,
-    /// Reading is paused now (waiting for the owner to drain events).
-    pub rx_paused_now: bool,
-    /// Messages received from the broker.
-    pub received: u64,
-    /// Successful reconnections after a lost connection.
-    pub reconnects: u64,
-    /// MQTT bytes read / written (plaintext, before TLS).
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub connected: bool,
-    /// The last connection failure.
-    pub last_error: Option<Error>,
-    /// Times the I/O thread woke up (for spotting busy loops: an idle connection wakes only for
-    /// keep-alive).
-    pub wakeups: u64,
-    /// Socket writes (`write`/`writev` calls that wrote something); `sent / socket_writes` is the batching.
-    pub socket_writes: u64,
-    /// Disk spool (all 0 without `Config::spool`). Messages / bytes of segment files held now (not yet
-    /// acknowledged by the broker), including a previous run's backlog.
-    pub spooled: u64,
-    pub spooled_bytes: u64,
-    /// Age of the oldest message in the spool now, in milliseconds (0 when the spool is empty).
-    pub spool_oldest_age_ms: u64,
-    /// Messages moved from the publish queue into the spool.
-    pub spilled: u64,
-    /// Spooled messages lost to the spool's budget (`SpoolFull::DropOldest` deleted unsent ones), refused by
-    /// it (`SpoolFull::Refuse`, or no room could be made; they stayed in the publish queue, whose
-    /// `full_policy` then applied), and appends that hit a full disk.
-    pub spool_dropped_oldest: u64,
-    pub spool_refused: u64,
-    pub spool_disk_full: u64,
-    /// Bytes written to the spool's files (records and acknowledgement files): the storage wear.
-    pub spool_bytes_written: u64,
-    /// Spooled messages of a previous run delivered by this one (their tokens belong to the old process, so
-    /// no `Delivered` event is emitted for them).
-    pub spool_delivered_previous: u64,
-    /// The last spool failure (disk full, I/O error), in words.
-    pub last_spool_error: Option<String>,
-    /// Messages reported [`Event::Failed`] (refused by the broker, or beyond its limits).
-    pub failed: u64,
-    /// Subscriptions the broker refused (SUBACK failure), or the session could not send.
-    pub sub_refused: u64,
-    /// Incoming messages over `max_packet_size` read past, discarded and acknowledged (MQTT 3.1.1/3.1; the
-    /// connection stays up).
-    pub dropped_oversize: u64,
-    /// MQTT 5: PUBLISHes sent with a topic alias instead of their topic, and the topic bytes that saved.
-    pub topic_aliased: u64,
-    pub topic_alias_bytes_saved: u64,
-    /// What the broker's CONNACK of the current (or last) connection said: the negotiated limits (receive
-    /// maximum, maximum packet size, topic alias maximum, maximum QoS…), assigned client id, server
-    /// keep-alive. `None` before the first connection.
-    pub server: Option<ServerInfo>,
-    /// The broker of the current (or last) connection, as `scheme://host:port` — one of `Config::uri`'s list.
-    /// `None` before the first connection.
-    pub broker: Option<String>,
 }
 
 /// How long `disconnect` waits for the I/O thread beyond its deadline.
@@ -1146,49 +1069,15 @@ impl Client {
     }
 
     pub fn stats(&self) -> Stats {
-        let c = &self.sh.ctr;
-        Stats {
-            queued: c.queued.load(Relaxed),
-            queued_bytes: c.queued_bytes.load(Relaxed),
-            inflight: c.inflight.load(Relaxed),
-            sent: c.sent.load(Relaxed),
-            acked: c.acked.load(Relaxed),
-            dropped_oldest: c.dropped_oldest.load(Relaxed),
-            dropped_newest: c.dropped_newest.load(Relaxed),
-            refused_full: c.refused_full.load(Relaxed),
-            dropped_incoming: c.dropped_incoming.load(Relaxed),
-            rx_paused: c.rx_paused.load(Relaxed),
-            rx_paused_time: Duration::from_nanos(c.rx_paused_ns.load(Relaxed)),
-            rx_paused_now: c.rx_paused_now.load(Relaxed),
-            received: c.received.load(Relaxed),
-            reconnects: c.reconnects.load(Relaxed),
-            bytes_in: c.bytes_in.load(Relaxed),
-            bytes_out: c.bytes_out.load(Relaxed),
-            connected: c.connected.load(Relaxed),
-            last_error: lock(&self.sh.last_error).clone(),
-            wakeups: c.wakeups.load(Relaxed),
-            socket_writes: c.socket_writes.load(Relaxed),
-            spooled: c.spooled.load(Relaxed),
-            spooled_bytes: c.spooled_bytes.load(Relaxed),
-            spool_oldest_age_ms: match c.spool_oldest_ms.load(Relaxed) {
-                0 => 0,
-                t => crate::clock::now_ms().saturating_sub(t),
-            },
-            spilled: c.spilled.load(Relaxed),
-            spool_dropped_oldest: c.spool_dropped_oldest.load(Relaxed),
-            spool_refused: c.spool_refused.load(Relaxed),
-            spool_disk_full: c.spool_disk_full.load(Relaxed),
-            spool_bytes_written: c.spool_bytes_written.load(Relaxed),
-            spool_delivered_previous: c.spool_delivered_previous.load(Relaxed),
+        let mut s = Stats {
             last_spool_error: lock(&self.sh.last_spool_error).clone(),
-            failed: c.failed.load(Relaxed),
-            sub_refused: c.sub_refused.load(Relaxed),
-            dropped_oversize: c.dropped_oversize.load(Relaxed),
-            topic_aliased: c.aliased.load(Relaxed),
-            topic_alias_bytes_saved: c.alias_saved.load(Relaxed),
+            last_error: lock(&self.sh.last_error).clone(),
             server: lock(&self.sh.server).clone(),
             broker: lock(&self.sh.broker).clone(),
-        }
+            ..Stats::default()
+        };
+        self.sh.ctr.load_into(&mut s);
+        s
     }
 
     /// Readable while events are waiting (level-triggered: stays readable until they are all drained).

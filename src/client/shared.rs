@@ -1,52 +1,14 @@
 //! What the owner's threads and the I/O thread share: the publish queue, the commands, the event queue,
 //! the counters behind [`Stats`](super::Stats), the outcome of the first connection.
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::stats::Counters;
 use super::{events, queue};
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::error::Error;
 use crate::session::ServerInfo;
-
-/// The counters behind [`Stats`](super::Stats): atomics, readable without any lock.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub queued: AtomicU64,
-    pub queued_bytes: AtomicU64,
-    pub inflight: AtomicU64,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub dropped_oldest: AtomicU64,
-    pub dropped_newest: AtomicU64,
-    pub refused_full: AtomicU64,
-    pub dropped_incoming: AtomicU64,
-    pub rx_paused: AtomicU64,
-    pub rx_paused_ns: AtomicU64,
-    pub rx_paused_now: AtomicBool,
-    pub received: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub connected: AtomicBool,
-    pub wakeups: AtomicU64,
-    pub socket_writes: AtomicU64,
-    pub spooled: AtomicU64,
-    pub spooled_bytes: AtomicU64,
-    /// Wall-clock append time (ms since the epoch) of the oldest spooled message; 0: none.
-    pub spool_oldest_ms: AtomicU64,
-    pub spilled: AtomicU64,
-    pub spool_dropped_oldest: AtomicU64,
-    pub spool_refused: AtomicU64,
-    pub spool_disk_full: AtomicU64,
-    pub spool_bytes_written: AtomicU64,
-    pub spool_delivered_previous: AtomicU64,
-    pub failed: AtomicU64,
-    pub sub_refused: AtomicU64,
-    pub dropped_oversize: AtomicU64,
-    pub aliased: AtomicU64,
-    pub alias_saved: AtomicU64,
-}
 
 /// A command for the I/O thread (rare: subscriptions and the stop).
 pub(crate) enum Cmd {

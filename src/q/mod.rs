@@ -964,44 +964,10 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
         .map(|e| e.to_string())
         .or_else(|| reg().last_error.clone())
         .unwrap_or_default();
-    let dropped = s.dropped_oldest
-        + s.dropped_newest
-        + s.refused_full
-        + s.dropped_incoming
-        + s.dropped_oversize;
-    let longs: [(&CStr, u64); 26] = [
-        (c"queued", s.queued),
-        (c"queuedBytes", s.queued_bytes),
-        (c"inflight", s.inflight),
-        (c"sent", s.sent),
-        (c"acked", s.acked),
-        (c"dropped", dropped),
-        (c"droppedOldest", s.dropped_oldest),
-        (c"droppedNewest", s.dropped_newest),
-        (c"refusedFull", s.refused_full),
-        (c"droppedIncoming", s.dropped_incoming),
-        (c"droppedTooLarge", s.dropped_oversize),
-        (c"rxPaused", s.rx_paused),
-        (c"received", s.received),
-        (c"reconnects", s.reconnects),
-        (c"bytesIn", s.bytes_in),
-        (c"bytesOut", s.bytes_out),
-        (c"callbackErrors", cb_errors),
-        (c"wakeups", s.wakeups),
-        (c"socketWrites", s.socket_writes),
-        (c"spooled", s.spooled),
-        (c"spooledBytes", s.spooled_bytes),
-        (c"spoolOldestAgeMs", s.spool_oldest_age_ms),
-        (c"spilled", s.spilled),
-        (
-            c"spoolDropped",
-            s.spool_dropped_oldest + s.spool_refused + s.spool_disk_full,
-        ),
-        (c"spoolBytesWritten", s.spool_bytes_written),
-        (c"subRefused", s.sub_refused),
-    ];
-    let mut keys: Vec<&CStr> = longs.iter().map(|(k, _)| *k).collect();
-    let mut vals: Vec<K> = longs.iter().map(|(_, v)| k::kj(*v as i64)).collect();
+    // The counts from the client's table (src/client/stats.rs), then the entries that are not counts.
+    let counts = s.counters(cb_errors);
+    let mut keys: Vec<&CStr> = counts.iter().map(|(k, _)| *k).collect();
+    let mut vals: Vec<K> = counts.iter().map(|(_, v)| k::kj(*v as i64)).collect();
     mqtt5_stats(s, &mut keys, &mut vals);
     keys.push(c"connected");
     vals.push(k::kb(s.connected));
@@ -1012,21 +978,16 @@ fn stats_dict(handle: i64) -> Result<K, QErr> {
     Ok(k::kdict(&keys, &vals))
 }
 
-/// MQTT 5 entries of `.mqtt.stats[]`: failed deliveries, topic alias use, and the limits the broker's CONNACK
-/// set — MQTT's defaults where it said nothing (under 3.1.1 it says nothing): receive maximum 65535, topic
-/// alias maximum 0, maximum QoS 2, and `0N` for no maximum packet size or server keep-alive; all `0N` before
-/// the first connection.
+/// The MQTT 5 entries of `.mqtt.stats[]` that are not counts (its counts `failed`, `topicAliased` and
+/// `topicAliasBytesSaved` come from the client's table): the limits the broker's CONNACK set — MQTT's
+/// defaults where it said nothing (under 3.1.1 it says nothing): receive maximum 65535, topic alias maximum 0,
+/// maximum QoS 2, and `0N` for no maximum packet size or server keep-alive; all `0N` before the first
+/// connection.
 fn mqtt5_stats(s: &crate::client::Stats, keys: &mut Vec<&CStr>, vals: &mut Vec<K>) {
     let srv = s.server.as_ref();
     let null = i64::MIN;
     let said = |v: Option<i64>| k::kj(v.unwrap_or(null));
-    let entries: [(&CStr, K); 9] = [
-        (c"failed", k::kj(s.failed as i64)),
-        (c"topicAliased", k::kj(s.topic_aliased as i64)),
-        (
-            c"topicAliasBytesSaved",
-            k::kj(s.topic_alias_bytes_saved as i64),
-        ),
+    let entries: [(&CStr, K); 6] = [
         (
             c"serverReceiveMaximum",
             said(srv.map(|i| i64::from(i.receive_maximum))),

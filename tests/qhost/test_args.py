@@ -435,6 +435,30 @@ def test_stats_without_connection(q):
     assert isinstance(s["lastError"], str)
 
 
+# `.mqtt.stats[]`'s keys in their order and the type of each value: the dictionary is built from one table in
+# src/client/stats.rs plus the q layer's own entries; users index it by name and print it in this order.
+STATS_KEYS = ["queued", "queuedBytes", "inflight", "sent", "acked", "dropped", "droppedOldest", "droppedNewest",
+              "refusedFull", "droppedIncoming", "droppedTooLarge", "rxPaused", "received", "reconnects",
+              "bytesIn", "bytesOut", "callbackErrors", "wakeups", "socketWrites", "spooled", "spooledBytes",
+              "spoolOldestAgeMs", "spilled", "spoolDropped", "spoolBytesWritten", "subRefused", "failed",
+              "topicAliased", "topicAliasBytesSaved", "serverReceiveMaximum", "serverMaximumPacketSize",
+              "serverTopicAliasMaximum", "serverMaximumQos", "serverKeepAlive", "assignedClientId",
+              "connected", "broker", "lastError"]
+STATS_TEXT = ("assignedClientId", "broker", "lastError")
+
+
+def test_stats_keys_order_and_types(q):
+    for s in (q.call("stats", NIL), q.call("statsh", 0)):
+        assert list(s) == STATS_KEYS
+        assert all(isinstance(k, Sym) for k in s)
+        for k, v in s.items():
+            want = bool if k == "connected" else str if k in STATS_TEXT else int
+            assert type(v) is want, (k, v)
+        for k in ("serverReceiveMaximum", "serverMaximumPacketSize", "serverTopicAliasMaximum",
+                  "serverMaximumQos", "serverKeepAlive"):
+            assert s[k] == -2**63, k  # 0N: no connection yet
+
+
 def test_product_small(q):
     """A full product over a representative subset for the 4-argument pub: every combination."""
     reps = [by_name(n) for n in ("sym 't/1'", '"m"', "bytes", "long 1", "int 3", "bool 1", "(::)", "()!()",

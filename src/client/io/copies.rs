@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::tx::Staged;
 use crate::client::queue::HDR;
-use crate::client::shared::Counters;
+use crate::client::stats::Counters;
 use crate::session::Token;
 
 /// Copies of the queued QoS 1/2 messages in the session's window (with a spool only), so that a stop

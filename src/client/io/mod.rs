@@ -187,8 +187,8 @@ impl Io {
                 .dropped_oversize
                 .store(self.session.oversize_dropped(), Relaxed);
             let (aliased, saved) = self.session.alias_stats();
-            self.sh.ctr.aliased.store(aliased, Relaxed);
-            self.sh.ctr.alias_saved.store(saved, Relaxed);
+            self.sh.ctr.topic_aliased.store(aliased, Relaxed);
+            self.sh.ctr.topic_alias_bytes_saved.store(saved, Relaxed);
             if self.link.dead || (self.timers.is_set(Timer::Stop) && self.should_stop(now)) {
                 break;
             }

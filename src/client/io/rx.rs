@@ -77,7 +77,7 @@ impl Rx {
         };
         let ns = now.saturating_duration_since(t).as_nanos();
         sh.ctr
-            .rx_paused_ns
+            .rx_paused_time
             .fetch_add(ns.min(u64::MAX as u128) as u64, Relaxed);
         sh.ctr.rx_paused_now.store(false, Relaxed);
         true

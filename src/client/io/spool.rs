@@ -149,7 +149,8 @@ impl SpoolSide {
         let oldest = st
             .oldest_age
             .map_or(0, |a| now_ms().saturating_sub(a.as_millis() as u64).max(1));
-        c.spool_oldest_ms.store(oldest, Relaxed);
+        // A `since_ms` counter: holds the time, read as an age.
+        c.spool_oldest_age_ms.store(oldest, Relaxed);
         c.spool_dropped_oldest.store(st.dropped_oldest, Relaxed);
         c.spool_refused.store(st.refused, Relaxed);
         c.spool_disk_full.store(st.disk_full, Relaxed);
