@@ -30,7 +30,8 @@ declare -gA QM_TOOL_KIND=() QM_TOOL_ARGS=()
 # qm_tool NAME KIND ARGS...: declare a tool (the table below). Kinds and their ARGS:
 #   apt PKG...              Debian packages (dpkg-query to check; one apt-get install for all missing)
 #   pip REQ==VER...         into the venv (a record of what was installed there to check)
-#   cargo CRATE@VER [ARGS]  cargo install --locked --root $QM_CACHE/cargo (checked in its .crates.toml)
+#   cargo CRATE@VER [+TC] [ARGS]  cargo [+TC] install --locked --root $QM_CACHE/cargo (checked in its
+#                           .crates.toml); +TC builds with that rustup toolchain (declare it before the tool)
 #   npm PKG@VER...          npm install --prefix $QM_CACHE/npm (checked in its package.json)
 #   rustup-toolchain TC     rustup toolchain install --profile minimal
 #   rustup-target TRIPLE... rustup target add (default toolchain)
@@ -65,6 +66,10 @@ qm_tool pytest          pip               pytest==8.3.3 hypothesis==6.112.1
 qm_tool zig             pip               ziglang==0.17.1
 qm_tool cargo-zigbuild  cargo             cargo-zigbuild@0.24.1
 qm_tool cargo-fuzz      cargo             cargo-fuzz@0.13.2
+# The second broker of the interop tests (tests/broker_rumqttd.rs), built with the MSRV toolchain: its
+# Cargo.lock pins crates that today's stable rustc refuses (metrics 0.22.1: error E0521 under 1.95).
+qm_tool rumqttd-crate   cargo             rumqttd@0.20.0 +1.85
+qm_tool rumqttd         group             msrv rumqttd-crate
 qm_tool rust-lint       rustup-component  clippy rustfmt
 qm_tool rust-arm        rustup-target     aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 qm_tool msrv            rustup-toolchain  1.85
@@ -74,7 +79,7 @@ qm_tool libe            script            tests/qhost/fetch-libe
 # What the steps need, by name.
 qm_tool zigbuild        group             zig cargo-zigbuild rust-arm file
 qm_tool arm-run         group             qemu qemu-roots
-qm_tool suite           group             mosquitto openssl cc valgrind tinyproxy aedes netns
+qm_tool suite           group             mosquitto openssl cc valgrind tinyproxy aedes netns rumqttd
 qm_tool qhost           group             suite pytest libe
 qm_tool all             group             qhost rust-lint msrv zigbuild cross-gcc arm-run nightly cargo-fuzz
 
@@ -143,10 +148,12 @@ qm_install_cargo() {
   crate=${spec%@*} ver=${spec#*@}
   [ "$crate" != "$ver" ] || qm_tools_die "cargo tool '$spec' is not pinned (CRATE@VERSION)" || return 1
   grep -q "^\"$crate $ver " "$QM_CARGO_ROOT/.crates.toml" 2>/dev/null && return 0
-  qm_tools_log "cargo install $crate --version $ver --locked --root ${QM_CARGO_ROOT#"$QM_ROOT"/} $*"
+  local tc=()
+  if [[ "${1:-}" == +* ]]; then tc=("$1"); shift; fi
+  qm_tools_log "cargo ${tc[*]}${tc:+ }install $crate --version $ver --locked --root ${QM_CARGO_ROOT#"$QM_ROOT"/} $*"
   # The caller's target settings (targets/lib.sh exports some) are not the tool's.
   env -u CARGO_TARGET_DIR -u CARGO_ENCODED_RUSTFLAGS -u RUSTFLAGS -u RUSTUP_TOOLCHAIN -u CARGO_BUILD_TARGET \
-    cargo install -q "$crate" --version "$ver" --locked --root "$QM_CARGO_ROOT" "$@"
+    cargo "${tc[@]}" install -q "$crate" --version "$ver" --locked --root "$QM_CARGO_ROOT" "$@"
 }
 qm_install_npm() {
   local want=() s pkg ver

@@ -16,7 +16,7 @@ use super::{free_port, Certs};
 pub const PROXY_USER: &str = "gw-proxy";
 pub const PROXY_PASSWORD: &str = "pr0xy-pass.1";
 
-fn wait_listening(port: u16, child: &mut Child, what: &str, log: &dyn Fn() -> String) -> bool {
+pub fn wait_listening(port: u16, child: &mut Child, what: &str, log: &dyn Fn() -> String) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if child.try_wait().ok().flatten().is_some() {
@@ -150,14 +150,18 @@ impl Drop for Tinyproxy {
     }
 }
 
-/// Where `tools/env.sh` installs node packages: `$QMQTT_CACHE` (which it exports), else its default.
-fn node_modules() -> PathBuf {
-    let cache = std::env::var_os("QMQTT_CACHE")
+/// Where `tools/env.sh` installs the project's tools: `$QMQTT_CACHE` (which it exports), else its default.
+pub fn tools_cache() -> PathBuf {
+    std::env::var_os("QMQTT_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("qmqtt")))
         .or_else(|| std::env::var_os("HOME").map(|d| Path::new(&d).join(".cache/qmqtt")))
-        .expect("HOME is not set: set QMQTT_CACHE to the tools cache (tools/env.sh)");
-    cache.join("npm/node_modules")
+        .expect("HOME is not set: set QMQTT_CACHE to the tools cache (tools/env.sh)")
+}
+
+/// Where `tools/env.sh` installs node packages.
+fn node_modules() -> PathBuf {
+    tools_cache().join("npm/node_modules")
 }
 
 /// A running aedes with plain MQTT, WebSocket and WebSocket-over-TLS listeners (`/mqtt`; the TLS one with

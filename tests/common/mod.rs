@@ -19,6 +19,7 @@ pub mod client;
 pub mod fake;
 pub mod hops;
 pub mod proxy;
+pub mod rumqttd;
 pub mod session;
 
 use rcgen::{
