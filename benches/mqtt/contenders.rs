@@ -2,6 +2,8 @@
 //! publish `count` messages of `size` bytes at QoS `qos` (as fast as possible, or at `rate` per second),
 //! wait until the library says they are out (QoS 0) or acknowledged (QoS 1), and print one `RESULT` line
 //! with the time stamps (CLOCK_MONOTONIC ns, comparable with the subscriber's) and the process's memory.
+//! Every contender speaks MQTT 3.1.1 except the `-v5` ones (and `qmqtt-v5-noalias`), the same clients over
+//! MQTT 5 (issue 13).
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -23,7 +25,31 @@ pub const ALL: &[&str] = &[
     "raw",
     "q",
     "q-batch",
+    "qmqtt-v5",
+    "qmqtt-v5-noalias",
+    "qmqtt-cli-v5",
+    "paho-v5",
+    "rumqttc-v5",
+    "mosquitto_pub-v5",
 ];
+
+/// The MQTT 5 contenders and the MQTT 3.1.1 form of the same client, in table order. qmqtt-v5 uses topic
+/// aliases (the client's default under MQTT 5: one alias replaces the topic after its first use);
+/// qmqtt-v5-noalias turns them off. paho, rumqttc and mosquitto_pub send the topic in every PUBLISH (none of
+/// them assigns aliases by itself).
+pub const V5: &[(&str, &str)] = &[
+    ("qmqtt-v5", "qmqtt"),
+    ("qmqtt-v5-noalias", "qmqtt"),
+    ("qmqtt-cli-v5", "qmqtt-cli"),
+    ("paho-v5", "paho"),
+    ("rumqttc-v5", "rumqttc"),
+    ("mosquitto_pub-v5", "mosquitto_pub"),
+];
+
+/// The MQTT 3.1.1 form of an MQTT 5 contender (`None`: the contender speaks MQTT 3.1.1).
+pub fn v311_form(contender: &str) -> Option<&'static str> {
+    V5.iter().find(|(c, _)| *c == contender).map(|(_, f)| *f)
+}
 
 /// Contenders that can stamp a send time into each payload (latency runs).
 pub const LATENCY: &[&str] = &["qmqtt", "paho", "rumqttc", "raw"];
@@ -126,19 +152,21 @@ pub struct Outcome {
     /// Set when the work was done by another process (mosquitto_pub, qmqtt pub): its peak RSS and CPU.
     pub ext_maxrss_kb: u64,
     pub ext_cpu_us: u64,
-    /// qmqtt only, from `Client::stats`: socket writes, I/O-thread wake-ups, bytes written (plaintext).
+    /// qmqtt only, from `Client::stats`: socket writes, I/O-thread wake-ups, bytes written (plaintext),
+    /// PUBLISHes sent with a topic alias (MQTT 5).
     pub writes: u64,
     pub wakeups: u64,
     pub bytes_out: u64,
+    pub aliased: u64,
 }
 
 impl Outcome {
     pub fn line(&self) -> String {
         format!(
             "RESULT base_kb={} idle_kb={} load_kb={} hwm_kb={} t_start={} t_done={} ext_maxrss_kb={} ext_cpu_us={} \
-             writes={} wakeups={} bytes_out={}",
+             writes={} wakeups={} bytes_out={} aliased={}",
             self.base_kb, self.idle_kb, self.load_kb, self.hwm_kb, self.t_start, self.t_done,
-            self.ext_maxrss_kb, self.ext_cpu_us, self.writes, self.wakeups, self.bytes_out
+            self.ext_maxrss_kb, self.ext_cpu_us, self.writes, self.wakeups, self.bytes_out, self.aliased
         )
     }
     pub fn parse(out: &str) -> Option<Outcome> {
@@ -159,6 +187,7 @@ impl Outcome {
                 "writes" => o.writes = v,
                 "wakeups" => o.wakeups = v,
                 "bytes_out" => o.bytes_out = v,
+                "aliased" => o.aliased = v,
                 _ => {}
             }
         }
@@ -228,12 +257,13 @@ pub fn run(job: &Job) -> Result<Outcome, String> {
         ..Outcome::default()
     };
     match job.contender.as_str() {
-        "qmqtt" | "qmqtt-lean" => qmqtt(job, &mut o)?,
-        "paho" => paho(job, &mut o)?,
+        "qmqtt" | "qmqtt-lean" | "qmqtt-v5" | "qmqtt-v5-noalias" => qmqtt(job, &mut o)?,
+        "paho" | "paho-v5" => paho(job, &mut o)?,
         "rumqttc" => rumqttc(job, &mut o)?,
+        "rumqttc-v5" => rumqttc_v5(job, &mut o)?,
         "raw" => raw(job, &mut o)?,
-        "mosquitto_pub" => external(job, &mut o)?,
-        "qmqtt-cli" | "q" | "q-batch" => external(job, &mut o)?,
+        "mosquitto_pub" | "mosquitto_pub-v5" => external(job, &mut o)?,
+        "qmqtt-cli" | "qmqtt-cli-v5" | "q" | "q-batch" => external(job, &mut o)?,
         c => {
             return Err(format!(
                 "unknown contender '{c}' (known: {})",
@@ -268,6 +298,12 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
         // A gateway-sized configuration: 256 KiB publish queue, 64 KiB event queue.
         cfg.queue_bytes = 256 << 10;
         cfg.event_queue_bytes = 64 << 10;
+    }
+    if v311_form(&job.contender).is_some() {
+        cfg.protocol = qmqtt::codec::Protocol::V5;
+        if job.contender == "qmqtt-v5-noalias" {
+            cfg.mqtt5.topic_aliases = 0;
+        }
     }
     let qos = match job.qos {
         0 => QoS::AtMostOnce,
@@ -330,18 +366,25 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
     o.t_done = now_ns();
     finish(o);
     let s = c.stats();
-    (o.writes, o.wakeups, o.bytes_out) = (s.socket_writes, s.wakeups, s.bytes_out);
+    (o.writes, o.wakeups, o.bytes_out, o.aliased) =
+        (s.socket_writes, s.wakeups, s.bytes_out, s.topic_aliased);
     c.disconnect(Duration::from_secs(30));
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// paho-mqtt: the async client (paho C underneath), in-flight window 100, tokens collected and awaited.
+// paho-mqtt: the async client (paho C underneath), in-flight window 100, tokens collected and awaited;
+// paho-v5: the same over MQTT 5 (created and connected with MQTT_VERSION_5, clean start).
 
 fn paho(job: &Job, o: &mut Outcome) -> Result<(), String> {
     use paho_mqtt as mqtt;
     let e = |e: mqtt::Error| format!("paho: {e}");
-    let cli = mqtt::CreateOptionsBuilder::new()
+    let v5 = v311_form(&job.contender).is_some();
+    let mut create = mqtt::CreateOptionsBuilder::new();
+    if v5 {
+        create = create.mqtt_version(mqtt::MQTT_VERSION_5);
+    }
+    let cli = create
         .server_uri(format!("ssl://localhost:{}", job.port))
         .client_id(&job.id)
         .persistence(None)
@@ -354,9 +397,17 @@ fn paho(job: &Job, o: &mut Outcome) -> Result<(), String> {
         .trust_store(&job.ca)
         .map_err(e)?
         .finalize();
-    let conn = mqtt::ConnectOptionsBuilder::new()
+    let mut conn = if v5 {
+        let mut b = mqtt::ConnectOptionsBuilder::new_v5();
+        b.clean_start(true);
+        b
+    } else {
+        let mut b = mqtt::ConnectOptionsBuilder::new();
+        b.clean_session(true);
+        b
+    };
+    let conn = conn
         .ssl_options(ssl)
-        .clean_session(true)
         .keep_alive_interval(Duration::from_secs(60))
         .max_inflight(100)
         .finalize();
@@ -387,7 +438,8 @@ fn paho(job: &Job, o: &mut Outcome) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// rumqttc: AsyncClient + EventLoop on a current-thread tokio runtime, in-flight 100, rustls (ring).
+// rumqttc: AsyncClient + EventLoop on a current-thread tokio runtime, in-flight 100, rustls (ring);
+// rumqttc-v5: the same with its MQTT 5 client.
 
 pub fn rustls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::pem::PemObject;
@@ -407,83 +459,111 @@ pub fn rustls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(cfg))
 }
 
+/// One rumqttc run on a current-thread tokio runtime, for its MQTT 3.1.1 client (`rumqttc`) and its MQTT 5
+/// client (`rumqttc::v5`): the same API over distinct types, so a macro rather than a generic. `client` and
+/// `qos` name the modules, the block sets the options that differ between the two (`opts` is in scope).
+macro_rules! rumqttc_run {
+    ($job:expr, $o:expr, client = $($m:ident)::+, qos = $($q:ident)::+, |$opts:ident| $set:block) => {{
+        use $($m)::+::{AsyncClient, ConnectionError, Event, Incoming, MqttOptions};
+        use $($q)::+::QoS;
+        use rumqttc::{Outgoing, TlsConfiguration, Transport};
+        let (job, o): (&Job, &mut Outcome) = ($job, $o);
+        let tls = rustls_config(&job.ca)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio: {e}"))?;
+        rt.block_on(async {
+            let mut $opts = MqttOptions::new(job.id.clone(), "localhost", job.port);
+            $opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+            $opts.set_keep_alive(Duration::from_secs(60));
+            $set
+            let (client, mut ev) = AsyncClient::new($opts, 1000);
+            let e = |e: ConnectionError| format!("{}: {e}", job.contender);
+            loop {
+                if let Event::Incoming(Incoming::ConnAck(_)) = ev.poll().await.map_err(e)? {
+                    break;
+                }
+            }
+            idle(job, o);
+            let qos = if job.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let (topic, count, size, rate, stamp_on) =
+                (job.topic.clone(), job.count, job.size, job.rate, job.stamp);
+            o.t_start = now_ns();
+            let publisher = tokio::spawn(async move {
+                let mut payload = vec![b'x'; size];
+                let period = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
+                let mut next = now_ns();
+                for _ in 0..count {
+                    if period > 0 {
+                        let now = now_ns();
+                        if next > now + 20_000 {
+                            tokio::time::sleep(Duration::from_nanos(next - now)).await;
+                        }
+                        next += period;
+                    }
+                    stamp(&mut payload, stamp_on);
+                    if client
+                        .publish(topic.as_str(), qos, false, payload.clone())
+                        .await
+                        .is_err()
+                    {
+                        return client;
+                    }
+                }
+                client
+            });
+            let mut done = 0u64;
+            while done < job.count {
+                match ev.poll().await.map_err(e)? {
+                    Event::Outgoing(Outgoing::Publish(_)) if job.qos == 0 => done += 1,
+                    Event::Incoming(Incoming::PubAck(_)) if job.qos == 1 => done += 1,
+                    _ => {}
+                }
+            }
+            o.t_done = now_ns();
+            finish(o);
+            let client = publisher
+                .await
+                .map_err(|e| format!("{} publisher: {e}", job.contender))?;
+            let _ = client.disconnect().await;
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            Ok::<(), String>(())
+        })
+    }};
+}
+
 fn rumqttc(job: &Job, o: &mut Outcome) -> Result<(), String> {
-    use rumqttc::{
-        AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
-    };
-    let tls = rustls_config(&job.ca)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio: {e}"))?;
-    rt.block_on(async {
-        let mut opts = MqttOptions::new(job.id.clone(), "localhost", job.port);
-        opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    rumqttc_run!(job, o, client = rumqttc, qos = rumqttc, |opts| {
         opts.set_inflight(100);
-        opts.set_keep_alive(Duration::from_secs(60));
         opts.set_clean_session(true);
         opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut ev) = AsyncClient::new(opts, 1000);
-        let e = |e: rumqttc::ConnectionError| format!("rumqttc: {e}");
-        loop {
-            if let Event::Incoming(Incoming::ConnAck(_)) = ev.poll().await.map_err(e)? {
-                break;
-            }
-        }
-        idle(job, o);
-        let qos = if job.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        let (topic, count, size, rate, stamp_on) =
-            (job.topic.clone(), job.count, job.size, job.rate, job.stamp);
-        o.t_start = now_ns();
-        let publisher = tokio::spawn(async move {
-            let mut payload = vec![b'x'; size];
-            let period = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
-            let mut next = now_ns();
-            for _ in 0..count {
-                if period > 0 {
-                    let now = now_ns();
-                    if next > now + 20_000 {
-                        tokio::time::sleep(Duration::from_nanos(next - now)).await;
-                    }
-                    next += period;
-                }
-                stamp(&mut payload, stamp_on);
-                if client
-                    .publish(topic.as_str(), qos, false, payload.clone())
-                    .await
-                    .is_err()
-                {
-                    return client;
-                }
-            }
-            client
-        });
-        let mut done = 0u64;
-        while done < job.count {
-            match ev.poll().await.map_err(e)? {
-                Event::Outgoing(Outgoing::Publish(_)) if job.qos == 0 => done += 1,
-                Event::Incoming(Incoming::PubAck(_)) if job.qos == 1 => done += 1,
-                _ => {}
-            }
-        }
-        o.t_done = now_ns();
-        finish(o);
-        let client = publisher
-            .await
-            .map_err(|e| format!("rumqttc publisher: {e}"))?;
-        let _ = client.disconnect().await;
-        loop {
-            match ev.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        Ok::<(), String>(())
     })
+}
+
+/// rumqttc-v5: its MQTT 5 client, in-flight at most 100 (lower if the broker's Receive Maximum says so),
+/// clean start; no topic aliases (rumqttc uses one only when the caller puts it in the PUBLISH's properties).
+fn rumqttc_v5(job: &Job, o: &mut Outcome) -> Result<(), String> {
+    rumqttc_run!(
+        job,
+        o,
+        client = rumqttc::v5,
+        qos = rumqttc::v5::mqttbytes,
+        |opts| {
+            opts.set_outgoing_inflight_upper_limit(100);
+            opts.set_clean_start(true);
+            opts.set_max_packet_size(Some(1 << 20));
+        }
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -606,14 +686,14 @@ pub fn q_bench_var(contender: &str) -> Option<&'static str> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// External publishers: mosquitto_pub -l (stdin lines) and `qmqtt pub --repeat N --size S`, run as a child of
-// this process; their peak RSS and CPU come from wait4's rusage.
+// External publishers: mosquitto_pub -l (stdin lines) and `qmqtt pub --repeat N --size S` (the -v5 forms
+// with `-V mqttv5`), run as a child of this process; their peak RSS and CPU come from wait4's rusage.
 
 fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
     let port = job.port.to_string();
     let qos = job.qos.to_string();
     let mut cmd;
-    let lines = job.contender == "mosquitto_pub";
+    let lines = job.contender.starts_with("mosquitto_pub");
     let uri = format!("ssl://localhost:{port}");
     if lines {
         cmd = Command::new("mosquitto_pub");
@@ -650,6 +730,9 @@ fn external(job: &Job, o: &mut Outcome) -> Result<(), String> {
             .args(["-t", &job.topic, "-q", &qos, "-i", &job.id])
             .args(["--repeat", &job.count.to_string(), "--size"])
             .arg(job.size.to_string());
+    }
+    if v311_form(&job.contender).is_some() {
+        cmd.args(["-V", "mqttv5"]);
     }
     cmd.stdin(if lines { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

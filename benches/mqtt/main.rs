@@ -13,6 +13,10 @@
 //!   (`perf stat -e instructions` is not supported on this machine), as the difference between two counts;
 //! * latency: publish→receive p50/p99 at 10 000 msg/s, the send time stamped in the payload.
 //!
+//! MQTT 5 (issue 13): the `-v5` contenders (qmqtt with and without topic aliases, `qmqtt pub -V 5`, paho,
+//! rumqttc and mosquitto_pub over MQTT 5) run the throughput tests and appear in a table of their own, as
+//! ratios to paho-v5 and to the MQTT 3.1.1 form of the same client; `--quick` runs them for QoS 1 64 B only.
+//!
 //! Timings are reported, never asserted. Results go to `target/bench/results.{json,md}`.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -100,10 +104,12 @@ struct Sample {
     lat_p99_us: f64,
     lat_max_us: f64,
     instr_total: u64,
-    /// qmqtt's own counters (0 for the others): socket writes, I/O-thread wake-ups, bytes written.
+    /// qmqtt's own counters (0 for the others): socket writes, I/O-thread wake-ups, bytes written,
+    /// PUBLISHes sent with a topic alias.
     writes: u64,
     wakeups: u64,
     bytes_out: u64,
+    aliased: u64,
     /// The contender's own process did the work, so its idle/load RSS figures are meaningful.
     has_mem: bool,
     /// The contender ran but the subscriber did not get everything: a finding about the contender, not a
@@ -158,7 +164,10 @@ fn run_one(
 
 fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String> {
     ctx.seq += 1;
-    let topic = format!("bench/{}/{}/{}", std::process::id(), s.contender, ctx.seq);
+    // An MQTT 5 contender publishes to a topic as long as its MQTT 3.1.1 form's (the same name in it), so that
+    // the two send the same bytes but for the protocol's own.
+    let name = contenders::v311_form(&s.contender).unwrap_or(&s.contender);
+    let topic = format!("bench/{}/{name}/{}", std::process::id(), ctx.seq);
     let latency = matches!(mode, Mode::Latency(_));
     let job = Job {
         contender: s.contender.clone(),
@@ -230,7 +239,7 @@ fn run_one_inner(ctx: &mut Ctx, s: &mut Sample, mode: Mode) -> Result<(), String
         Outcome::parse(&stdout).ok_or_else(|| format!("no RESULT line: {}", last_err()))?;
     let r = sub.finish(Duration::from_secs(3))?;
     s.received = r.count;
-    (s.writes, s.wakeups, s.bytes_out) = (o.writes, o.wakeups, o.bytes_out);
+    (s.writes, s.wakeups, s.bytes_out, s.aliased) = (o.writes, o.wakeups, o.bytes_out, o.aliased);
     s.cpu_us = if o.ext_cpu_us > 0 {
         o.ext_cpu_us
     } else {
@@ -522,7 +531,7 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         .collect();
     if ctx.qmqtt_bin.is_none() {
         eprintln!("bench: qmqtt-cli skipped (set QMQTT_BIN to a qmqtt that has `pub --repeat`)");
-        contenders.retain(|c| *c != "qmqtt-cli");
+        contenders.retain(|c| *c != "qmqtt-cli" && *c != "qmqtt-cli-v5");
     }
     // The q layer's contenders take part when their command is given (benches/run sets them).
     contenders.retain(|c| {
@@ -545,9 +554,13 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
             }
             let count = opts.count.unwrap_or(count);
             for c in &contenders {
+                // --quick keeps the MQTT 5 contenders to one test (each connects, publishes and acknowledges).
+                if q && test != "qos1-64B" && contenders::v311_form(c).is_some() {
+                    continue;
+                }
                 let s = run_one(&mut ctx, test, c, qos, size, count, Mode::Throughput, rep);
                 eprintln!(
-                    "  rep {rep} {test:<10} {c:<14} {:>10.0} msg/s  cpu {:>6.2} us/msg  peak {:>6} KiB  recv {}/{}",
+                    "  rep {rep} {test:<10} {c:<16} {:>10.0} msg/s  cpu {:>6.2} us/msg  peak {:>6} KiB  recv {}/{}",
                     s.msgs_per_s,
                     s.cpu_us as f64 / count as f64,
                     s.maxrss_kb,
@@ -824,6 +837,42 @@ fn fmt_val(v: f64) -> String {
     }
 }
 
+/// Min / median / max of each throughput test, one column per contender.
+fn range_table(md: &mut String, tput: &Table, contenders: &[&str]) {
+    let _ = write!(md, "| test |");
+    for c in contenders {
+        let _ = write!(md, " {c} |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in contenders {
+        let _ = write!(md, "---|");
+    }
+    let _ = writeln!(md);
+    for test in ["qos0-64B", "qos1-64B", "qos0-1KiB", "qos1-1KiB"] {
+        if !contenders
+            .iter()
+            .any(|c| tput.contains_key(&(test.into(), c.to_string())))
+        {
+            continue;
+        }
+        let _ = write!(md, "| {test} |");
+        for c in contenders {
+            match tput
+                .get(&(test.to_string(), c.to_string()))
+                .and_then(|v| stats(&mut v.clone()))
+            {
+                Some((a, b, m)) => {
+                    let _ = write!(md, " {} / {} / {} |", fmt_val(a), fmt_val(b), fmt_val(m));
+                }
+                None => {
+                    let _ = write!(md, " – |");
+                }
+            }
+        }
+        let _ = writeln!(md);
+    }
+}
+
 fn report(
     samples: &[Sample],
     env: &[(String, String)],
@@ -833,13 +882,15 @@ fn report(
     cost: &Option<Result<Vec<CostRow>, String>>,
     elapsed: Duration,
 ) -> (String, String) {
-    // The q layer's column is always shown: "–" when QMQTT_Q_BENCH is not set (no host harness).
-    let mut contenders: Vec<&str> = contenders::ALL
+    // The q layer's column is always shown: "–" when QMQTT_Q_BENCH is not set (no host harness). The MQTT 5
+    // contenders have a table of their own.
+    let ran = |c: &&str| samples.iter().any(|s| s.contender == *c);
+    let contenders: Vec<&str> = contenders::ALL
         .iter()
         .copied()
-        .filter(|c| *c == "q" || samples.iter().any(|s| s.contender == *c))
+        .filter(|c| contenders::v311_form(c).is_none() && (*c == "q" || ran(c)))
         .collect();
-    contenders.dedup();
+    let v5: Vec<&str> = contenders::V5.iter().map(|(c, _)| *c).filter(ran).collect();
     // Instructions per message from the callgrind pairs.
     let mut instr: Table = BTreeMap::new();
     for qos in [0u8, 1] {
@@ -1013,40 +1064,69 @@ fn report(
     );
 
     let _ = writeln!(md, "\n## Throughput, min / median / max msg/s\n");
-    let _ = write!(md, "| test |");
-    for c in &contenders {
-        let _ = write!(md, " {c} |");
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in &contenders {
-        let _ = write!(md, "---|");
-    }
-    let _ = writeln!(md);
-    for test in ["qos0-64B", "qos1-64B", "qos0-1KiB", "qos1-1KiB"] {
-        let _ = write!(md, "| {test} |");
-        for c in &contenders {
-            match tput
-                .get(&(test.to_string(), c.to_string()))
-                .and_then(|v| stats(&mut v.clone()))
-            {
-                Some((a, b, m)) => {
-                    let _ = write!(md, " {} / {} / {} |", fmt_val(a), fmt_val(b), fmt_val(m));
-                }
-                None => {
-                    let _ = write!(md, " – |");
-                }
-            }
+    range_table(&mut md, &tput, &contenders);
+    if !v5.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## MQTT 5\n\nThe same tests over MQTT 5 on the same broker. Cells: value (× paho-v5, × the MQTT \
+             3.1.1 form of the same client in this run). qmqtt-v5 uses topic aliases (its default: the alias \
+             replaces the topic after the first message); the others send the topic every time.\n"
+        );
+        let _ = write!(md, "| metric |");
+        for c in &v5 {
+            let _ = write!(md, " {c} |");
+        }
+        let _ = write!(md, "\n|---|");
+        for _ in &v5 {
+            let _ = write!(md, "---|");
         }
         let _ = writeln!(md);
+        for (t, test, label) in [
+            (&tput, "qos0-64B", "QoS 0, 64 B: msg/s"),
+            (&tput, "qos1-64B", "QoS 1, 64 B: msg/s"),
+            (&tput, "qos0-1KiB", "QoS 0, 1 KiB: msg/s"),
+            (&tput, "qos1-1KiB", "QoS 1, 1 KiB: msg/s"),
+            (&cpu, "qos0-64B", "CPU µs/msg, QoS 0 64 B (rusage)"),
+            (&cpu, "qos1-64B", "CPU µs/msg, QoS 1 64 B (rusage)"),
+            (&peak, "qos1-1KiB", "peak RSS of process (QoS 1 1 KiB), KiB"),
+        ] {
+            if !v5.iter().any(|c| med(t, test, c).is_some()) {
+                continue;
+            }
+            let _ = write!(md, "| {label} |");
+            for c in &v5 {
+                let Some(v) = med(t, test, c) else {
+                    let _ = write!(md, " – |");
+                    continue;
+                };
+                let r = |base: Option<&str>| {
+                    base.and_then(|b| med(t, test, b))
+                        .filter(|b| *b != 0.0)
+                        .map(|b| format!("{:.2}×", v / b))
+                        .unwrap_or_else(|| "–".into())
+                };
+                let _ = write!(
+                    md,
+                    " {} ({}, {}) |",
+                    fmt_val(v),
+                    r(Some("paho-v5")),
+                    r(contenders::v311_form(c))
+                );
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md, "\nMQTT 5 throughput, min / median / max msg/s:\n");
+        range_table(&mut md, &tput, &v5);
     }
     let _ = writeln!(
         md,
         "\n## qmqtt's I/O, from `Client::stats` (median over repetitions)\n\n\
-         | test | contender | socket writes / 1000 msg | I/O-thread wake-ups / 1000 msg | bytes per socket write |\n\
-         |---|---|---|---|---|"
+         | test | contender | socket writes / 1000 msg | I/O-thread wake-ups / 1000 msg | bytes per socket write \
+         | bytes written / msg | topic aliased / msg |\n\
+         |---|---|---|---|---|---|---|"
     );
     for test in ["qos0-64B", "qos1-64B", "qos0-1KiB", "qos1-1KiB"] {
-        for c in ["qmqtt", "qmqtt-lean"] {
+        for c in ["qmqtt", "qmqtt-lean", "qmqtt-v5", "qmqtt-v5-noalias"] {
             let per = |f: &dyn Fn(&Sample) -> f64| {
                 let mut v: Vec<f64> = samples
                     .iter()
@@ -1059,8 +1139,13 @@ fn report(
             let w = per(&|s| s.writes as f64 * 1000.0 / s.count as f64);
             let k = per(&|s| s.wakeups as f64 * 1000.0 / s.count as f64);
             let b = per(&|s| s.bytes_out as f64 / s.writes as f64);
-            if let (Some(w), Some(k), Some(b)) = (w, k, b) {
-                let _ = writeln!(md, "| {test} | {c} | {w:.1} | {k:.1} | {b:.0} |");
+            let m = per(&|s| s.bytes_out as f64 / s.count as f64);
+            let a = per(&|s| s.aliased as f64 / s.count as f64);
+            if let (Some(w), Some(k), Some(b), Some(m), Some(a)) = (w, k, b, m, a) {
+                let _ = writeln!(
+                    md,
+                    "| {test} | {c} | {w:.1} | {k:.1} | {b:.0} | {m:.1} | {a:.3} |"
+                );
             }
         }
     }
@@ -1188,7 +1273,10 @@ fn report(
          publish, CPU and peak RSS of the whole process); q-batch = the same with `.mqtt.pubbatch` of 100 \
          messages, at most half the publish queue outstanding; the commands come from QMQTT_Q_BENCH / \
          QMQTT_Q_BATCH_BENCH (set by benches/run; \"–\" when the harness could not be built). \
-         Total bench time {:.0} s.\n",
+         MQTT 5: qmqtt-v5 = qmqtt over MQTT 5 (topic aliases on, as by default), qmqtt-v5-noalias = the same \
+         with `topic_aliases` 0; qmqtt-cli-v5 = `qmqtt pub -V mqttv5`; paho-v5 = paho created and connected \
+         with MQTT_VERSION_5; rumqttc-v5 = `rumqttc::v5`, in-flight at most 100; mosquitto_pub-v5 = \
+         `-V mqttv5`; each otherwise as its MQTT 3.1.1 form. Total bench time {:.0} s.\n",
         elapsed.as_secs_f64()
     );
     let _ = writeln!(md, "## Environment\n");
@@ -1268,7 +1356,7 @@ fn report(
              \"received\": {}, \"seconds\": {}, \"msgs_per_s\": {}, \"cpu_us\": {}, \"maxrss_kb\": {}, \
              \"idle_added_kb\": {}, \"load_added_kb\": {}, \"lat_p50_us\": {}, \"lat_p99_us\": {}, \
              \"lat_max_us\": {}, \"instr_total\": {}, \"socket_writes\": {}, \"wakeups\": {}, \
-             \"bytes_out\": {}, \"lost\": {}, \"error\": {}}}",
+             \"bytes_out\": {}, \"topic_aliased\": {}, \"lost\": {}, \"error\": {}}}",
             if i > 0 { "," } else { "" },
             json_str(&s.test),
             json_str(&s.contender),
@@ -1290,6 +1378,7 @@ fn report(
             s.writes,
             s.wakeups,
             s.bytes_out,
+            s.aliased,
             s.lost,
             s.error
                 .as_deref()
