@@ -68,7 +68,8 @@ qm_tool cargo-zigbuild  cargo             cargo-zigbuild@0.24.1
 qm_tool cargo-fuzz      cargo             cargo-fuzz@0.13.2
 # The second broker of the interop tests (tests/broker_rumqttd.rs), built with the MSRV toolchain: its
 # Cargo.lock pins crates that today's stable rustc refuses (metrics 0.22.1: error E0521 under 1.95).
-qm_tool rumqttd-crate   cargo             rumqttd@0.20.0 +1.85
+# Plain TCP only, debug build: what the tests use, in half the build time (no TLS or WebSocket stack).
+qm_tool rumqttd-crate   cargo             rumqttd@0.20.0 +1.85 --no-default-features --debug
 qm_tool rumqttd         group             msrv rumqttd-crate
 qm_tool rust-lint       rustup-component  clippy rustfmt
 qm_tool rust-arm        rustup-target     aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
@@ -82,6 +83,8 @@ qm_tool arm-run         group             qemu qemu-roots
 qm_tool suite           group             mosquitto openssl cc valgrind tinyproxy aedes netns rumqttd
 qm_tool qhost           group             suite pytest libe
 qm_tool all             group             qhost rust-lint msrv zigbuild cross-gcc arm-run nightly cargo-fuzz
+# What cargo builds (CPU-bound, minutes): tests/run's setup builds them beside the downloads.
+qm_tool cargo-built     group             cargo-zigbuild cargo-fuzz rumqttd-crate
 
 # ---- PATH -----------------------------------------------------------------------------------------------
 # The project's own tools first (the venv's python3 is the one with the pinned packages, and the one
@@ -190,6 +193,7 @@ qm_install_rustup_component() {
 
 # qm_need TOOL...: make sure the named tools are installed (see the table). Debian packages of all the named
 # tools go in one apt-get run. Returns non-zero, saying what failed, when one cannot be installed.
+# QM_SKIP_CARGO=1 leaves out the cargo-built tools (tests/run's setup builds them in a lane of their own).
 qm_need() {
   local apt=() order=() seen=" " name kind
   _qm_collect() {
@@ -215,7 +219,7 @@ qm_need() {
     read -r -a args <<<"${QM_TOOL_ARGS[$name]}"
     case "$kind" in
       pip) qm_install_pip "${args[@]}" ;;
-      cargo) qm_install_cargo "${args[@]}" ;;
+      cargo) [ -n "${QM_SKIP_CARGO:-}" ] || qm_install_cargo "${args[@]}" ;;
       npm) qm_install_npm "${args[@]}" ;;
       rustup-toolchain) qm_install_rustup_toolchain "${args[@]}" ;;
       rustup-target) qm_install_rustup_target "${args[@]}" ;;
