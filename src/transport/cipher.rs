@@ -1,8 +1,9 @@
 //! The order the client offers its TLS cipher suites in, by what the CPU has ([`suite_order`]): AES-GCM first
 //! where the CPU has AES and carry-less multiply instructions (x86 AES-NI + PCLMULQDQ, the ARMv8 crypto
-//! extensions), ChaCha20-Poly1305 first where it has not (Raspberry Pi 3/4's Cortex-A53/A72, 32-bit ARM:
-//! there AES-GCM runs in constant-time software at several times ChaCha20's cost), unless
-//! `enabledCipherSuites` gives the order. A server that enforces its own order keeps it.
+//! extensions), ChaCha20-Poly1305 first where it has not (Raspberry Pi 3/4's Cortex-A53/A72) and in 32-bit ARM
+//! builds (ring has no AES-instruction code for them): there AES-GCM runs in constant-time software at
+//! several times ChaCha20's cost, unless `enabledCipherSuites` gives the order. A server that enforces its
+//! own order keeps it.
 use rustls::SupportedCipherSuite;
 
 use super::tls::suite_name;
@@ -27,6 +28,11 @@ impl CpuAes {
         detect_aes()
     }
 
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        all(target_os = "linux", target_arch = "aarch64")
+    ))]
     fn of(present: bool, what: &'static str) -> CpuAes {
         if present {
             CpuAes::Present(what)
@@ -62,7 +68,17 @@ fn detect_aes() -> CpuAes {
     let want = HWCAP2_AES | HWCAP2_PMULL;
     // SAFETY: as above.
     let caps = unsafe { libc::getauxval(libc::AT_HWCAP2) };
-    CpuAes::of(caps & want == want, "ARMv8 AES and PMULL (AT_HWCAP2)")
+    // Missing either way: ring has AES/PMULL code for aarch64 and x86 only, so a 32-bit ARM build runs
+    // AES-GCM in software even on a core with the extensions (under qemu the `max` core executes as many
+    // instructions per message as the `cortex-a15`: benches/README.md, "TLS cipher by CPU").
+    if caps & want == want {
+        CpuAes::Missing(
+            "ARMv8 AES and PMULL usable by 32-bit code: AT_HWCAP2 lists them, but ring uses them \
+             only in aarch64 and x86 builds",
+        )
+    } else {
+        CpuAes::Missing("ARMv8 AES and PMULL (AT_HWCAP2)")
+    }
 }
 
 #[cfg(not(any(
@@ -146,6 +162,10 @@ mod tests {
             )
         )) {
             assert_ne!(cpu, CpuAes::Unknown);
+        }
+        // 32-bit ARM: ChaCha20 first on every core (QEMU_CPU=cortex-a15 has no AES, max has it in AArch32).
+        if cfg!(target_arch = "arm") {
+            assert!(matches!(cpu, CpuAes::Missing(_)), "{cpu:?}");
         }
     }
 
