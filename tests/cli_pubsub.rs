@@ -22,6 +22,9 @@ struct QSub {
     stderr: Arc<Mutex<String>>,
     /// Not read yet (see `start_unread`).
     out: Option<std::process::ChildStdout>,
+    /// The threads reading stdout and stderr: joined by `wait`, so that what the process wrote before it
+    /// exited is in `lines` and `stderr` when `wait` returns.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl QSub {
@@ -35,14 +38,14 @@ impl QSub {
     fn start_reading(&mut self) {
         let Some(out) = self.out.take() else { return };
         let l2 = self.lines.clone();
-        std::thread::spawn(move || {
+        self.readers.push(std::thread::spawn(move || {
             for l in BufReader::new(out).lines() {
                 match l {
                     Ok(l) => l2.lock().unwrap().push(l),
                     Err(_) => break,
                 }
             }
-        });
+        }));
     }
 
     /// Started and subscribed, but nobody reads its stdout yet (a slow consumer) until `start_reading`.
@@ -58,7 +61,7 @@ impl QSub {
         let (e2, r2) = (stderr.clone(), ready.clone());
         let out = child.stdout.take();
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for l in BufReader::new(err).lines() {
                 let Ok(l) = l else { break };
                 if l.contains("subscribed to '") {
@@ -74,6 +77,7 @@ impl QSub {
             lines,
             stderr,
             out,
+            readers: vec![err_reader],
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !ready.load(Ordering::SeqCst) {
@@ -95,7 +99,12 @@ impl QSub {
     }
 
     fn wait(&mut self, t: Duration) -> ExitStatus {
-        wait_timeout(&mut self.child, t, "qmqtt sub")
+        let st = wait_timeout(&mut self.child, t, "qmqtt sub");
+        // The pipes end with the process: the readers finish with everything it wrote.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        st
     }
 
     fn lines(&self) -> Vec<String> {
