@@ -154,6 +154,17 @@ impl Proxy {
                 );
                 thread::sleep(Duration::from_millis(2));
             }
+            // Closed here, but a process another test thread is starting may hold a copy of the listening
+            // socket between its fork and its exec (close-on-exec); under qemu that takes milliseconds, and
+            // connects are accepted into the copy's backlog until then. Return once one is refused.
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "port {} still accepts connections",
+                    self.port
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
         } else if self.st.refusing.swap(false, Ordering::SeqCst) {
             let deadline = Instant::now() + Duration::from_secs(5);
             let l = loop {
