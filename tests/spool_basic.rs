@@ -249,6 +249,32 @@ fn second_open_fails_with_a_clear_lock_error() {
     Spool::open(cfg(d.path())).expect("lock released on drop");
 }
 
+/// Dropping a spool unlocks it even while a forked child still shares the lock's open file description (as a
+/// process that another thread of the host is starting does between its fork and its exec): a reopen right
+/// after succeeds.
+#[test]
+fn drop_unlocks_while_a_forked_child_shares_the_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(cfg(d.path())).unwrap();
+    // SAFETY: the child only calls async-signal-safe functions (sleep, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            libc::sleep(5);
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork failed");
+    drop(sp);
+    let reopened = Spool::open(cfg(d.path()));
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
 #[test]
 fn drop_oldest_keeps_the_newest_within_budget() {
     let d = tempfile::tempdir().unwrap();

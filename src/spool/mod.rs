@@ -587,7 +587,8 @@ impl Cursor {
 pub struct Spool {
     cfg: SpoolConfig,
     dir: File,
-    _lock: File,
+    /// Holds the directory's `flock`; unlocked explicitly on drop.
+    lock: File,
     segs: VecDeque<Seg>,
     /// Writer for the last segment; `None`: the next append starts a new segment.
     active: Option<File>,
@@ -677,7 +678,7 @@ impl Spool {
 
         let mut sp = Spool {
             dir,
-            _lock: lock,
+            lock,
             segs: segs.into_iter().collect(),
             active: None,
             next_seq: 1,
@@ -1288,5 +1289,10 @@ impl Drop for Spool {
         if let Err(e) = self.sync() {
             log::warn!("spool {}: on close: {e}", self.cfg.dir.display());
         }
+        // Unlock explicitly rather than by closing: a process another thread of the host is starting shares
+        // the lock's open file description from its fork until its exec, and would keep the directory
+        // locked meanwhile (a reopen then failed with `Locked`, seen in the tests under load).
+        // SAFETY: flock on the descriptor this Spool owns; it stays open until after this call.
+        unsafe { libc::flock(self.lock.as_raw_fd(), libc::LOCK_UN) };
     }
 }
