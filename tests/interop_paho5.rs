@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::client::{connect, Seen};
 use common::Broker;
 use paho_mqtt::PropertyCode as Pc;
-use qmqtt::client::{Client, Config};
+use qmqtt::client::Config;
 use qmqtt::codec::{self, PropertiesBuf, Property, Protocol, QoS, SubscriptionOptions};
 
 const PUBLISH: codec::PropertyScope = codec::PropertyScope::Packet(codec::PacketType::Publish);
@@ -77,17 +77,6 @@ fn paho_users(p: &paho_mqtt::Properties) -> Vec<(String, String)> {
     p.user_iter().collect()
 }
 
-fn drain(c: &Client, seen: &mut Seen, n: usize) {
-    assert!(
-        seen.until(c, common::slow(Duration::from_secs(20)), |s| s
-            .delivered
-            .len()
-            + s.failed.len()
-            >= n),
-        "{seen:?}"
-    );
-}
-
 #[test]
 fn paho_v5_receives_the_properties_our_engine_publishes() {
     let b = Broker::start();
@@ -120,7 +109,7 @@ fn paho_v5_receives_the_properties_our_engine_publishes() {
     c.publish("p5/ours/bare", b"bare", QoS::AtLeastOnce, false)
         .unwrap();
     let mut seen = Seen::default();
-    drain(&c, &mut seen, 3);
+    seen.settle(&c, common::slow(Duration::from_secs(20)), 3);
     assert!(seen.failed.is_empty(), "{seen:?}");
 
     let got = paho_take(&rx, 4);
@@ -281,7 +270,7 @@ fn topic_aliases_both_ways_arrive_as_full_topics() {
         want.push((t.clone(), payload));
     }
     let mut seen = Seen::default();
-    drain(&c, &mut seen, N);
+    seen.settle(&c, common::slow(Duration::from_secs(20)), N);
     assert!(seen.failed.is_empty() && seen.lost.is_empty(), "{seen:?}");
     let st = c.stats();
     // The first message on each topic sets its alias, every other one sends the alias alone.
@@ -366,7 +355,7 @@ fn a_refusal_reaches_us_with_its_reason_and_paho_sees_only_the_allowed() {
         .publish("ok/x", b"allowed", QoS::AtLeastOnce, false)
         .unwrap();
     let mut seen = Seen::default();
-    drain(&c, &mut seen, 2);
+    seen.settle(&c, common::slow(Duration::from_secs(20)), 2);
     assert_eq!(seen.failed.len(), 1, "{seen:?}");
     assert_eq!(seen.failed[0].0, denied);
     assert!(

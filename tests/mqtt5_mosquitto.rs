@@ -82,16 +82,6 @@ fn props(list: &[Property<'_>]) -> PropertiesBuf {
     b
 }
 
-/// Publish `n` messages through `c` and wait until each is delivered or failed.
-fn drain(c: &Client, seen: &mut Seen, n: usize) {
-    assert!(
-        seen.until(c, Duration::from_secs(20), |s| s.delivered.len()
-            + s.failed.len()
-            >= n),
-        "{seen:?}"
-    );
-}
-
 #[test]
 fn properties_round_trip_with_mosquitto_sub_and_pub_plain_and_tls() {
     let b = common::Broker::start();
@@ -124,7 +114,7 @@ fn properties_round_trip_with_mosquitto_sub_and_pub_plain_and_tls() {
         )
         .unwrap();
         let mut seen = Seen::default();
-        drain(&c, &mut seen, 1);
+        seen.settle(&c, Duration::from_secs(20), 1);
         assert!(seen.failed.is_empty(), "{seen:?}");
         let line = output(sub);
         let (fixed, users) = line
@@ -237,7 +227,7 @@ fn strict_broker_limits_are_kept_and_the_broker_would_catch_a_client_that_did_no
         .publish("tele/big", &[b'x'; 300], QoS::AtLeastOnce, false)
         .unwrap();
     let mut seen = Seen::default();
-    drain(&c, &mut seen, 401);
+    seen.settle(&c, Duration::from_secs(20), 401);
     assert_eq!(seen.failed.len(), 1, "{:?}", seen.failed);
     assert_eq!(seen.failed[0].0, big);
     assert!(
@@ -330,7 +320,7 @@ fn topic_aliases_save_bytes_on_the_wire_for_telemetry() {
             want.push(format!("{t} {payload}"));
         }
         let mut seen = Seen::default();
-        drain(&c, &mut seen, N as usize);
+        seen.settle(&c, Duration::from_secs(20), N as usize);
         assert!(seen.failed.is_empty() && seen.lost.is_empty(), "{seen:?}");
         let st = c.stats();
         assert_eq!(st.reconnects, 0);
@@ -498,7 +488,7 @@ fn the_brokers_disconnect_and_refusals_reach_the_owner() {
     let denied = c.publish("no/x", b"1", QoS::AtLeastOnce, false).unwrap();
     let ok = c.publish("ok/x", b"2", QoS::AtLeastOnce, false).unwrap();
     let mut seen = Seen::default();
-    drain(&c, &mut seen, 2);
+    seen.settle(&c, Duration::from_secs(20), 2);
     assert_eq!(seen.failed.len(), 1, "{seen:?}");
     assert_eq!(seen.failed[0].0, denied);
     assert!(

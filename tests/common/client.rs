@@ -79,6 +79,13 @@ impl Seen {
         }
     }
 
+    /// Drain `c`'s events until `n` publishes have been settled (delivered or failed); fail the test when
+    /// `timeout` passes first.
+    pub fn settle(&mut self, c: &Client, timeout: Duration, n: usize) {
+        let done = self.until(c, timeout, |s| s.delivered.len() + s.failed.len() >= n);
+        assert!(done, "{self:?}");
+    }
+
     /// Drain `c`'s events (waiting on its fd) until `done(self)` or `timeout`. Returns `done(self)`.
     pub fn until(&mut self, c: &Client, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
