@@ -579,6 +579,51 @@ fn linger_collects_a_paced_stream_without_waking_per_burst() {
 }
 
 #[test]
+fn ack_interval_collects_acknowledgements_and_stops_when_they_stop() {
+    // A broker acknowledging each QoS 1 message in a segment of its own, 100 µs apart: a thread woken by every
+    // arrival wakes about once per message; collecting every 5 ms takes dozens per wake-up.
+    let (n, limit) = (2000u64, 1500u64);
+    let port = common::fake::start(common::fake::Fake::PacedAcks {
+        gap: Duration::from_micros(100),
+        limit: limit as u32,
+    });
+    let mut k = cfg(&format!("mqtt://127.0.0.1:{port}"), "ack-int");
+    k.max_inflight = 100;
+    k.ack_interval = Duration::from_millis(5);
+    k.reconnect = false;
+    let mut c = connect(k);
+    let w0 = c.stats().wakeups;
+    for _ in 0..n {
+        c.publish("ai/x", &[b'a'; 64], QoS::AtLeastOnce, false)
+            .unwrap();
+    }
+    let deadline = Instant::now() + common::slow(T);
+    while c.stats().acked < limit {
+        assert!(Instant::now() < deadline, "{:?}", c.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let w = c.stats().wakeups - w0;
+    eprintln!("{w} wake-ups for {limit} acknowledgements");
+    assert!(
+        w * 10 <= limit,
+        "{w} wake-ups for {limit} acknowledgements: not collected"
+    );
+    // The acknowledgements stop (500 messages wait for them): the thread goes back to waiting for the
+    // socket, no wake-up every interval.
+    std::thread::sleep(Duration::from_millis(100));
+    let w1 = c.stats().wakeups;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = c.stats().wakeups - w1;
+    assert!(
+        idle <= 10,
+        "{idle} wake-ups in 500 ms without acknowledgements"
+    );
+    let st = c.stats();
+    assert!(st.inflight > 0 && st.queued > 0, "messages wait: {st:?}");
+    c.disconnect(Duration::ZERO);
+}
+
+#[test]
 fn the_io_thread_is_named_and_batch_scheduled() {
     let b = common::Broker::start();
     let _c = connect(cfg(&b.tcp_uri(), "sched"));

@@ -152,7 +152,10 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let newest: HashSet<u32> = nums.iter().copied().filter(|n| *n >= 2000).collect();
     assert_eq!(newest.len(), 1000, "DropOldest kept the newest 1000");
     let middle = nums.iter().filter(|n| (1010..2000).contains(*n)).count();
-    assert!(middle <= 10, "only DropOldest's window of 10 can carry a middle one: {middle}");
+    assert!(
+        middle <= 10,
+        "only DropOldest's window of 10 can carry a middle one: {middle}"
+    );
     assert!(nums.contains(&5), "DropNewest kept the oldest");
 }
 

@@ -1,5 +1,5 @@
-//! Minimal fake brokers on loopback for failure scenarios a real broker will not play: a CONNACK refusal
-//! with any code, garbage instead of MQTT, a reset, a close, silence. Each accepted connection gets the
+//! Minimal fake brokers on loopback for scenarios a real broker will not play: a CONNACK refusal with any
+//! code, garbage instead of MQTT, a reset, a close, silence, acknowledgements paced one segment at a time. Each accepted connection gets the
 //! behaviour on its own thread; the listener lives as long as the test process.
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +18,9 @@ pub enum Fake {
     Send(&'static [u8]),
     /// CONNACK with this return code, then stay silent.
     Connack(u8),
+    /// Accept (MQTT 3.1.1), then acknowledge each QoS 1 PUBLISH in a TCP segment of its own, `gap` after
+    /// the previous one, the first `limit` of them; the rest stay unacknowledged. PINGREQs are answered.
+    PacedAcks { gap: Duration, limit: u32 },
 }
 
 /// Start a fake broker; returns its port.
@@ -45,6 +48,7 @@ fn serve(mut s: TcpStream, how: Fake) {
         Fake::Connack(code) => {
             let _ = s.write_all(&[0x20, 2, 0, code]);
         }
+        Fake::PacedAcks { gap, limit } => return paced_acks(s, gap, limit),
     }
     // Hold the connection (the client gives up first); drain what it sends meanwhile.
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
@@ -66,5 +70,59 @@ fn reset(s: TcpStream) {
             (&l as *const libc::linger).cast(),
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+fn paced_acks(mut s: TcpStream, gap: Duration, limit: u32) {
+    let _ = s.set_nodelay(true);
+    if s.write_all(&[0x20, 2, 0, 0]).is_err() {
+        return;
+    }
+    let (mut buf, mut b, mut acked) = (Vec::new(), [0u8; 65536], 0u32);
+    loop {
+        let n = match s.read(&mut b) {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        buf.extend_from_slice(&b[..n]);
+        // Whole packets: the fixed header's first byte and Remaining Length (a variable byte integer).
+        let mut at = 0;
+        loop {
+            let (mut len, mut mul, mut hl) = (0usize, 1usize, 1usize);
+            while let Some(&x) = buf.get(at + hl) {
+                len += (x & 0x7f) as usize * mul;
+                mul <<= 7;
+                hl += 1;
+                if x & 0x80 == 0 {
+                    break;
+                }
+            }
+            if buf
+                .get(at + hl - 1)
+                .is_none_or(|x| hl == 1 || x & 0x80 != 0)
+                || buf.len() < at + hl + len
+            {
+                break;
+            }
+            let (first, body) = (buf[at], &buf[at + hl..at + hl + len]);
+            match first >> 4 {
+                3 if (first >> 1) & 3 == 1 && acked < limit => {
+                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    let id = [body[2 + tl], body[3 + tl]];
+                    std::thread::sleep(gap);
+                    if s.write_all(&[0x40, 2, id[0], id[1]]).is_err() {
+                        return;
+                    }
+                    acked += 1;
+                }
+                12 => {
+                    let _ = s.write_all(&[0xd0, 0]);
+                }
+                14 => return,
+                _ => {}
+            }
+            at += hl + len;
+        }
+        buf.drain(..at);
     }
 }

@@ -1,7 +1,8 @@
 //! The I/O thread (`qmqtt-io`): owns the socket and the session of one connection.
 //!
 //! It sleeps in `mio::Poll` on the socket and a waker, until the nearest of the session's deadline
-//! (keep-alive, PINGRESP and CONNACK timeouts) and its own ([`timer`]). Each turn ([`Io::run`], here) it
+//! (keep-alive, PINGRESP and CONNACK timeouts) and its own ([`timer`]) — or, while queued messages wait
+//! for acknowledgements that keep coming, for `ack_interval` ([`Io::collect_acks`]). Each turn ([`Io::run`], here) it
 //! runs commands, lets due timers fire, reads and feeds the session, sends a batch, spools what cannot be
 //! sent, then sleeps. The parts, one file each:
 //!
@@ -77,6 +78,7 @@ pub(crate) struct Params {
     pub qos0_events: bool,
     pub protocol_fallback: bool,
     pub linger: Duration,
+    pub ack_interval: Duration,
     pub batch_scheduling: bool,
     /// `Config::max_unsent_bytes`.
     pub max_unsent: usize,
@@ -208,6 +210,9 @@ impl Io {
                 }
                 self.timeout(now)
             };
+            if !busy && self.collect_acks(timeout) {
+                continue;
+            }
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("qmqtt: the I/O poller failed ({e}); the connection is closed");
@@ -221,6 +226,23 @@ impl Io {
             }
         }
         self.finish();
+    }
+
+    /// `Config::ack_interval`: while queued messages wait for the window and the last read brought
+    /// acknowledgements, sleep the interval (or until the nearest deadline) without a readiness wake-up per
+    /// arriving segment, then read what came meanwhile. True when it did (the loop goes round again); false
+    /// when the thread should wait on the poller as usual — a read that found nothing ends the collecting,
+    /// so a broker that stops answering costs no wake-ups.
+    fn collect_acks(&mut self, timeout: Option<Duration>) -> bool {
+        let got = std::mem::take(&mut self.rx.got);
+        let interval = self.p.ack_interval;
+        if interval.is_zero() || !got || !self.tx.acks_awaited.get() {
+            return false;
+        }
+        std::thread::sleep(timeout.map_or(interval, |t| t.min(interval)));
+        self.sh.ctr.wakeups.fetch_add(1, Relaxed);
+        self.on_socket(Instant::now());
+        true
     }
 
     /// Nearest deadline as a poll timeout (None: sleep until woken).

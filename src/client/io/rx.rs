@@ -44,6 +44,8 @@ pub(super) struct Rx {
     /// Reading waits for the broker to take what is owed to it: the transport's socket writes when the
     /// wait began or last made progress.
     unsent_wait: Option<u64>,
+    /// A read brought bytes since the thread last slept (`Config::ack_interval`).
+    pub got: bool,
 }
 
 impl Default for Rx {
@@ -55,6 +57,7 @@ impl Default for Rx {
             paused_at: None,
             read_more: false,
             unsent_wait: None,
+            got: false,
         }
     }
 }
@@ -126,6 +129,7 @@ impl Io {
             if self.rx.buf.is_empty() {
                 continue;
             }
+            self.rx.got = true;
             self.sh
                 .ctr
                 .bytes_in

@@ -71,6 +71,8 @@ pub(super) struct Tx {
     last_take: Option<Instant>,
     /// The window has been full since it last drained to half: refill in a batch ([`Io::window_room`]).
     refill_hold: Cell<bool>,
+    /// The last look found queued QoS 1/2 messages held back by the window (`Config::ack_interval`).
+    pub acks_awaited: Cell<bool>,
 }
 
 impl Default for Tx {
@@ -81,6 +83,7 @@ impl Default for Tx {
             stalled: false,
             last_take: None,
             refill_hold: Cell::new(false),
+            acks_awaited: Cell::new(false),
         }
     }
 }
@@ -160,6 +163,7 @@ impl Io {
     /// [`Conn::ack_now`]: crate::transport::Conn::ack_now
     fn window_open(&self) -> bool {
         let open = self.window_room(self.waiting()) > 0;
+        self.tx.acks_awaited.set(!open);
         if !open {
             if let Some(c) = self.link.conn.as_ref() {
                 c.ack_now();
