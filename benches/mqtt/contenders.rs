@@ -52,7 +52,7 @@ pub fn v311_form(contender: &str) -> Option<&'static str> {
 }
 
 /// Contenders that can stamp a send time into each payload (latency runs).
-pub const LATENCY: &[&str] = &["qmqtt", "paho", "rumqttc", "raw"];
+pub const LATENCY: &[&str] = &["qmqtt", "qmqtt-lean", "paho", "rumqttc", "raw"];
 
 /// One contender run, as passed on the command line.
 #[derive(Debug, Clone)]
@@ -287,12 +287,19 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
     cfg.tls.ca_file = Some(job.ca.clone());
     cfg.max_inflight = 100;
     cfg.reconnect = false;
-    // Tuning experiments without a rebuild: QMQTT_BENCH_LINGER_US sets Config::linger.
-    if let Some(us) = std::env::var("QMQTT_BENCH_LINGER_US")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        cfg.linger = Duration::from_micros(us);
+    // Tuning experiments without a rebuild: QMQTT_BENCH_LINGER_US sets Config::linger,
+    // QMQTT_BENCH_ACK_INTERVAL_US Config::ack_interval.
+    let env_us = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_micros)
+    };
+    if let Some(d) = env_us("QMQTT_BENCH_LINGER_US") {
+        cfg.linger = d;
+    }
+    if let Some(d) = env_us("QMQTT_BENCH_ACK_INTERVAL_US") {
+        cfg.ack_interval = d;
     }
     if job.contender == "qmqtt-lean" {
         // A gateway-sized configuration: 256 KiB publish queue, 64 KiB event queue.

@@ -576,22 +576,26 @@ fn orchestrate(opts: &Opts) -> Result<(), String> {
         .copied()
         .filter(|c| contenders::LATENCY.contains(c))
         .collect();
-    let lat_count = if q { 2_000 } else { 30_000 };
+    // 10k msg/s at QoS 0 and 1 (3 s a run), 1k msg/s at QoS 1 (5 s): a gateway's real rates.
+    let lat_runs: [(&str, u8, u64, u64); 3] = [
+        ("latency-qos0", 0, 10_000, if q { 2_000 } else { 30_000 }),
+        ("latency-qos1", 1, 10_000, if q { 2_000 } else { 30_000 }),
+        ("latency1k-qos1", 1, 1_000, if q { 500 } else { 5_000 }),
+    ];
     for rep in 1..=opts.reps {
-        for qos in [0u8, 1] {
+        for (test, qos, rate, lat_count) in lat_runs {
             for c in &lat {
-                let test = format!("latency-qos{qos}");
-                if !test_on(&test) {
+                if !test_on(test) {
                     continue;
                 }
                 let s = run_one(
                     &mut ctx,
-                    &test,
+                    test,
                     c,
                     qos,
                     64,
                     lat_count,
-                    Mode::Latency(10_000),
+                    Mode::Latency(rate),
                     rep,
                 );
                 eprintln!(
@@ -916,12 +920,9 @@ fn report(
     let peak = collect(samples, |s| {
         (s.test.starts_with("qos")).then_some(s.maxrss_kb as f64)
     });
-    let idle = collect(samples, |s| {
-        (s.test.starts_with("qos") && s.has_mem).then_some(s.idle_added_kb as f64)
-    });
-    let load = collect(samples, |s| {
-        (s.test.starts_with("qos") && s.has_mem).then_some(s.load_added_kb as f64)
-    });
+    // Memory from the throughput tests (full speed) and the paced latency tests (a gateway's rates).
+    let idle = collect(samples, |s| s.has_mem.then_some(s.idle_added_kb as f64));
+    let load = collect(samples, |s| s.has_mem.then_some(s.load_added_kb as f64));
     let p50 = collect(samples, |s| {
         (s.test.starts_with("latency")).then_some(s.lat_p50_us)
     });
@@ -1022,9 +1023,21 @@ fn report(
     );
     row(
         &mut md,
-        "RSS added under load (QoS 1 64 B), KiB",
+        "RSS added at 1k msg/s (QoS 1 64 B), KiB",
+        &load,
+        "latency1k-qos1",
+    );
+    row(
+        &mut md,
+        "RSS added at full speed (QoS 1 64 B), KiB",
         &load,
         "qos1-64B",
+    );
+    row(
+        &mut md,
+        "RSS added at full speed (QoS 0 64 B), KiB",
+        &load,
+        "qos0-64B",
     );
     row(
         &mut md,
@@ -1061,6 +1074,18 @@ fn report(
         "latency p99 µs, QoS 1 @10k/s",
         &p99,
         "latency-qos1",
+    );
+    row(
+        &mut md,
+        "latency p50 µs, QoS 1 @1k/s",
+        &p50,
+        "latency1k-qos1",
+    );
+    row(
+        &mut md,
+        "latency p99 µs, QoS 1 @1k/s",
+        &p99,
+        "latency1k-qos1",
     );
 
     let _ = writeln!(md, "\n## Throughput, min / median / max msg/s\n");
