@@ -1,9 +1,12 @@
 //! Minimal fake brokers on loopback for scenarios a real broker will not play: a CONNACK refusal with any
-//! code, garbage instead of MQTT, a reset, a close, silence, acknowledgements paced one segment at a time. Each accepted connection gets the
-//! behaviour on its own thread; the listener lives as long as the test process.
+//! code, garbage instead of MQTT, a reset, a close, silence, acknowledgements paced one segment at a time.
+//! Each accepted connection gets the behaviour on its own thread; the listener lives as long as the test
+//! process.
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+use qmqtt::QoS;
 
 /// How a fake broker treats each connection after reading what the client sent first (its CONNECT).
 #[derive(Clone, Copy, Debug)]
@@ -74,54 +77,35 @@ fn reset(s: TcpStream) {
 }
 
 fn paced_acks(mut s: TcpStream, gap: Duration, limit: u32) {
+    use qmqtt::codec::{decode, encode_ack, DecodeOptions, Packet, PacketType};
     let _ = s.set_nodelay(true);
     if s.write_all(&[0x20, 2, 0, 0]).is_err() {
         return;
     }
-    let (mut buf, mut b, mut acked) = (Vec::new(), [0u8; 65536], 0u32);
+    let (mut buf, mut b, mut ack, mut acked) = (Vec::new(), [0u8; 65536], Vec::new(), 0u32);
     loop {
         let n = match s.read(&mut b) {
             Ok(n) if n > 0 => n,
             _ => return,
         };
         buf.extend_from_slice(&b[..n]);
-        // Whole packets: the fixed header's first byte and Remaining Length (a variable byte integer).
         let mut at = 0;
-        loop {
-            let (mut len, mut mul, mut hl) = (0usize, 1usize, 1usize);
-            while let Some(&x) = buf.get(at + hl) {
-                len += (x & 0x7f) as usize * mul;
-                mul <<= 7;
-                hl += 1;
-                if x & 0x80 == 0 {
-                    break;
-                }
-            }
-            if buf
-                .get(at + hl - 1)
-                .is_none_or(|x| hl == 1 || x & 0x80 != 0)
-                || buf.len() < at + hl + len
-            {
-                break;
-            }
-            let (first, body) = (buf[at], &buf[at + hl..at + hl + len]);
-            match first >> 4 {
-                3 if (first >> 1) & 3 == 1 && acked < limit => {
-                    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-                    let id = [body[2 + tl], body[3 + tl]];
+        while let Ok(Some((p, len))) = decode(&buf[at..], &DecodeOptions::default()) {
+            at += len;
+            ack.clear();
+            match p {
+                Packet::Publish(p) if p.qos == QoS::AtLeastOnce && acked < limit => {
                     std::thread::sleep(gap);
-                    if s.write_all(&[0x40, 2, id[0], id[1]]).is_err() {
-                        return;
-                    }
+                    let _ = encode_ack(&mut ack, PacketType::PubAck, p.pkid);
                     acked += 1;
                 }
-                12 => {
-                    let _ = s.write_all(&[0xd0, 0]);
-                }
-                14 => return,
+                Packet::PingReq => ack.extend_from_slice(&[0xd0, 0]),
+                Packet::Disconnect(_) => return,
                 _ => {}
             }
-            at += hl + len;
+            if s.write_all(&ack).is_err() {
+                return;
+            }
         }
         buf.drain(..at);
     }
