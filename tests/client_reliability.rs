@@ -90,6 +90,97 @@ fn fill(c: &Client, limit: usize) -> (usize, Calls) {
 }
 
 #[test]
+fn wait_for_room_wakes_a_producer_once_per_half_queue() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "room");
+    k.queue_messages = 1000;
+    k.keep_alive = Duration::from_secs(60);
+    let mut c = connect(k);
+    let payload = [b'r'; 64];
+    // A producer that always has more: publish until full, wait, publish. After each wait the queue holds
+    // at most 500 messages and only this thread adds to it, so at least 500 publishes succeed before the
+    // next refusal; a wait that returned at the first free slot would let only a few through.
+    let (n, mut waits, mut since_wait) = (20_000, 0, 0);
+    let mut sent = 0;
+    while sent < n {
+        match c.publish("room/t", &payload, QoS::AtMostOnce, false) {
+            Ok(_) => (sent, since_wait) = (sent + 1, since_wait + 1),
+            Err(PublishError::QueueFull) => {
+                if waits > 0 {
+                    assert!(
+                        since_wait >= 500,
+                        "{since_wait} publishes after wait {waits}"
+                    );
+                }
+                c.wait_for_room(t()).expect("room within the timeout");
+                (waits, since_wait) = (waits + 1, 0);
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    eprintln!("{n} messages, {waits} waits for room");
+    assert!(waits > 0, "the producer never filled the queue");
+
+    // A frozen broker: the wait times out (the queue is still full); thawed, it returns. (The QoS 0
+    // stream is out first: the socket's buffers would take the rest of it after the freeze.)
+    let until = Instant::now() + t();
+    while c.stats().queued > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.freeze();
+    let (ok, _) = fill(&c, 5000);
+    assert!(ok > 0);
+    assert_eq!(
+        c.wait_for_room(Duration::from_millis(200)),
+        Err(PublishError::QueueFull)
+    );
+    b.thaw();
+    assert_eq!(c.wait_for_room(t()), Ok(()));
+    c.disconnect(t());
+    assert_eq!(
+        c.wait_for_room(t()),
+        Err(PublishError::NotConnected),
+        "a disconnected client has no room to wait for"
+    );
+}
+
+#[test]
+fn wait_for_room_returns_when_the_owner_must_drain_events_first() {
+    let b = common::Broker::start();
+    let mut k = cfg(&b.tcp_uri(), "room-ev");
+    // The client receives what it publishes, into 1 KiB of event queue for messages: once that is full
+    // the I/O thread stops reading (its PUBACKs too), the window stays full and the publish queue cannot
+    // drain to half until the owner drains the events.
+    k.event_queue_bytes = 1024;
+    k.max_inflight = 10;
+    k.queue_messages = 2_000;
+    k.keep_alive = Duration::from_secs(60);
+    let c = connect(k);
+    c.subscribe("room/ev", QoS::AtMostOnce).unwrap();
+    let mut seen = Seen::default();
+    assert!(seen.until(&c, t(), |s| !s.subscribed.is_empty()));
+    let payload = [b'e'; 64];
+    let mut accepted = 0;
+    while accepted < 2_000 {
+        match c.publish("room/ev", &payload, QoS::AtLeastOnce, false) {
+            Ok(_) => accepted += 1,
+            Err(PublishError::QueueFull) => break,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    // Without the drain condition this would time out with QueueFull (the queue is above half).
+    assert_eq!(c.wait_for_room(slow(Duration::from_secs(60))), Ok(()));
+    let st = c.stats();
+    assert!(
+        st.queued > 1_000 && st.rx_paused > 0,
+        "returned for the events, not for room: {st:?}"
+    );
+    let t0 = Instant::now();
+    assert!(seen.until(&c, t(), |s| s.delivered.len() >= accepted));
+    eprintln!("{accepted} delivered in {:?} after the wait", t0.elapsed());
+}
+
+#[test]
 fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let b = common::Broker::start();
     let sub = common::Sub::start(&b, "frozen/#", 1, &[]);

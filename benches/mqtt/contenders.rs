@@ -340,10 +340,13 @@ fn qmqtt(job: &Job, o: &mut Outcome) -> Result<(), String> {
             match c.publish(&job.topic, &payload, qos, false) {
                 Ok(_) => break,
                 Err(PublishError::QueueFull) => {
-                    // A well-behaved producer: hand back the CPU while the I/O thread drains the queue
-                    // (paho's producer blocks on a token, rumqttc's on its channel; none of them spins).
+                    // Block until the queue has drained to half (paho's producer blocks on a token,
+                    // rumqttc's on its channel; none of them spins).
                     drain(&c);
-                    std::thread::sleep(Duration::from_micros(200));
+                    match c.wait_for_room(Duration::from_secs(1)) {
+                        Ok(()) | Err(PublishError::QueueFull) => {}
+                        Err(e) => return Err(format!("qmqtt publish: {e}")),
+                    }
                     if Instant::now() > end {
                         return Err("qmqtt: publish queue stayed full".into());
                     }

@@ -3,7 +3,9 @@
 //! Producer side (any thread, typically q's main thread): [`Client::publish`] copies topic and payload into
 //! a bounded byte queue under a short lock (no allocation, no syscall in the common case) and wakes the I/O
 //! thread only if it sleeps waiting for work; it never waits on the network. A full queue applies
-//! [`FullPolicy`]. Tokens are strictly increasing from 1 per `Client`.
+//! [`FullPolicy`]. Tokens are strictly increasing from 1 per `Client`. A producer that may block (not q's
+//! main thread) waits for room with [`Client::wait_for_room`] rather than polling: woken once, when the
+//! queue has drained to half.
 //!
 //! The I/O thread (`qmqtt-io`) sleeps in `mio::Poll` until the socket, the waker or a timer needs it, moves
 //! as many queued messages as the in-flight window allows into the session, and hands their bytes to the
@@ -703,6 +705,7 @@ impl Client {
             .ok_or_else(|| too_large(Key::QueueBytes, "queue_bytes", cfg.queue_bytes))?;
         let sh = Arc::new(Shared {
             pubq: Mutex::new(pubq),
+            room_cv: Condvar::new(),
             waker,
             cmds: Mutex::new(Vec::new()),
             events: evq,
@@ -714,6 +717,7 @@ impl Client {
             first: Mutex::new(None),
             first_cv: Condvar::new(),
             io_wants_room: AtomicBool::new(false),
+            owner_must_drain: AtomicBool::new(false),
             acks: Mutex::new(shared::AckBoard::default()),
             acks_cv: Condvar::new(),
             exited: Mutex::new(false),
@@ -909,6 +913,37 @@ impl Client {
         r
     }
 
+    /// Block until the publish queue has drained to half of its bounds (`queue_bytes`, `queue_messages`):
+    /// for a producer faster than the network, after [`PublishError::QueueFull`], instead of polling. The
+    /// I/O thread wakes the waiters once, from the take that brings the queue down to half, so a producer
+    /// that always has more to send wakes once per half queue, not per message.
+    ///
+    /// `Ok(())` when there is room — or when the I/O thread waits for [`Client::poll_events`] to make room
+    /// in the event queue (for Delivered events or received messages), as the publish queue would not drain
+    /// before: drain events, then publish. `Err(QueueFull)` when still above half after `timeout` (e.g.
+    /// reconnecting), `Err(NotConnected)` once the client is disconnected. It blocks the calling thread: the
+    /// q layer never calls it.
+    pub fn wait_for_room(&self, timeout: Duration) -> Result<(), PublishError> {
+        let must_drain = || self.sh.owner_must_drain.load(SeqCst);
+        let g = lock(&self.sh.pubq);
+        let (g, _) = self
+            .sh
+            .room_cv
+            .wait_timeout_while(g, timeout, |q| {
+                let wait = !q.closed && !q.half_free() && !must_drain();
+                q.room_waiters |= wait;
+                wait
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if g.closed {
+            Err(PublishError::NotConnected)
+        } else if g.half_free() || must_drain() {
+            Ok(())
+        } else {
+            Err(PublishError::QueueFull)
+        }
+    }
+
     /// Every topic and size of a batch, then room for all of it (see [`Client::publish_batch`]).
     fn check_batch<'a>(
         q: &mut queue::PubQueue,
@@ -1047,7 +1082,7 @@ impl Client {
     /// Publishes are refused from now on. Calling it again does nothing.
     pub fn disconnect(&mut self, timeout: Duration) {
         let Some(t) = self.thread.take() else { return };
-        lock(&self.sh.pubq).closed = true;
+        self.sh.close_queue();
         let deadline = later(Instant::now(), timeout);
         lock(&self.sh.cmds).push(Cmd::Stop(deadline));
         let _ = self.sh.waker.wake();
@@ -1103,6 +1138,9 @@ impl Client {
     /// takes the event queue's lock for a copy). A call from inside `f` returns 0.
     pub fn poll_events(&self, max: usize, f: &mut dyn FnMut(Event<'_>)) -> usize {
         let n = self.sh.events.poll(max, f);
+        if n > 0 && self.sh.owner_must_drain.load(SeqCst) {
+            self.sh.owner_must_drain.store(false, SeqCst);
+        }
         if n > 0 && self.sh.io_wants_room.load(SeqCst) && self.sh.io_wants_room.swap(false, SeqCst)
         {
             let _ = self.sh.waker.wake();

@@ -11,6 +11,8 @@
 //! [`FullPolicy`]. The `io_waiting` flag is how a producer knows the I/O thread sleeps waiting for work: it is
 //! set by the I/O thread under the lock when it found the queue empty, and the first producer to push after
 //! that clears it and wakes the thread — so a stream of publishes costs one wake-up, not one per message.
+//! `room_waiters` is the other direction: owners blocked in `Client::wait_for_room` set it, and the I/O
+//! thread's take that brings the queue down to half wakes them, once.
 use super::ring::ByteRing;
 use super::{Counters, FullPolicy, PublishError};
 use crate::codec::{QoS, MAX_REMAINING_LENGTH};
@@ -96,6 +98,9 @@ pub(crate) struct PubQueue {
     pub closed: bool,
     /// The I/O thread sleeps waiting for this queue to become non-empty.
     pub io_waiting: bool,
+    /// An owner waits in [`Client::wait_for_room`](super::Client::wait_for_room) for the queue to drain to
+    /// half of its bounds.
+    pub room_waiters: bool,
     /// The I/O thread (with a spool) wants a wake-up when the queue passes its high-water mark, to spill
     /// the oldest messages to disk; the push that crosses it sets `io_waiting` for its publisher to wake.
     pub spill_watch: bool,
@@ -118,6 +123,7 @@ impl PubQueue {
             next_token: 1,
             closed: false,
             io_waiting: false,
+            room_waiters: false,
             spill_watch: false,
             hw_bytes: queue_bytes - queue_bytes / 4,
             hw_messages: (queue_messages - queue_messages / 4).max(1),
@@ -147,6 +153,21 @@ impl PubQueue {
             (0, 0) => None,
             (b, m) => Some((or_max(b), or_max(m))),
         }
+    }
+
+    /// At most half of both bounds is used: what an owner in `wait_for_room` waits for (half, not room
+    /// for one message, so that a producer faster than the network wakes once per half queue).
+    pub(crate) fn half_free(&self) -> bool {
+        self.over_low_water().is_none()
+    }
+
+    /// After a take: true (once) when owners wait for room and there is now; the caller wakes them.
+    pub(crate) fn room_made(&mut self) -> bool {
+        let made = self.room_waiters && self.half_free();
+        if made {
+            self.room_waiters = false;
+        }
+        made
     }
 
     /// Header of the oldest message, if any.

@@ -1,6 +1,6 @@
 //! What the owner's threads and the I/O thread share: the publish queue, the commands, the event queue,
 //! the counters behind [`Stats`](super::Stats), the outcome of the first connection.
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -24,6 +24,9 @@ pub(crate) enum Cmd {
 /// What the owner's threads and the I/O thread share.
 pub(crate) struct Shared {
     pub pubq: Mutex<queue::PubQueue>,
+    /// Notified (under `pubq`) when a take brought the queue down to half with owners waiting for room, and
+    /// when the queue is closed.
+    pub room_cv: Condvar,
     /// Shared with a name resolution's thread, which wakes the I/O thread when it is done.
     pub waker: Arc<mio::Waker>,
     pub cmds: Mutex<Vec<Cmd>>,
@@ -42,6 +45,9 @@ pub(crate) struct Shared {
     /// The I/O thread stopped feeding the session because the event queue had no room for the
     /// acknowledgements; the next `poll_events` that frees room wakes it.
     pub io_wants_room: AtomicBool,
+    /// The I/O thread is stopped until the owner drains the event queue (set when it finds no room, cleared
+    /// by a `poll_events` that took something): owners in `wait_for_room` must drain first.
+    pub owner_must_drain: AtomicBool,
     /// Owners waiting for a SUBACK/UNSUBACK ([`AckWaiter`](super::AckWaiter)); entries live while they wait.
     pub acks: Mutex<AckBoard>,
     pub acks_cv: Condvar,
@@ -84,6 +90,30 @@ impl Shared {
         w.outcome = Some(outcome);
         self.acks_cv.notify_all();
         true
+    }
+
+    /// Refuse publishes from now on, and wake owners waiting for room (they are told).
+    pub(crate) fn close_queue(&self) {
+        lock(&self.pubq).closed = true;
+        self.room_cv.notify_all();
+    }
+
+    /// Unlock the publish queue after taking from it, waking owners waiting for room if there is now.
+    pub(crate) fn release_queue(&self, mut q: MutexGuard<'_, queue::PubQueue>) {
+        let wake = q.room_made();
+        drop(q);
+        if wake {
+            self.room_cv.notify_all();
+        }
+    }
+
+    /// The I/O thread waits for the owner to drain the event queue: owners waiting for room in the publish
+    /// queue must do that first (the queue would not drain before), so they are woken.
+    pub(crate) fn owner_must_drain(&self) {
+        self.owner_must_drain.store(true, SeqCst);
+        if std::mem::take(&mut lock(&self.pubq).room_waiters) {
+            self.room_cv.notify_all();
+        }
     }
 
     pub(crate) fn set_first(&self, r: Result<(), Error>) {

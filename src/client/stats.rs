@@ -6,8 +6,10 @@
 //! Rows of the table, in the order of `.mqtt.stats[]` (and of `Stats`' fields):
 //! * `field: KIND => c"qName"` (or `=> _` for no entry in the list): a counter behind a field of `Stats`.
 //!   KIND is `count` (`u64`, an `AtomicU64`), `flag` (`bool`, an `AtomicBool`), `nanos` (a `Duration`, an
-//!   `AtomicU64` of nanoseconds) or `since_ms` (a `u64` age in ms; the `AtomicU64` holds the wall-clock time in
-//!   ms since the epoch, 0 for none). Only `count` and `since_ms` rows can have a name.
+//!   `AtomicU64` of nanoseconds), `since_ms` (a `u64` age in ms; the `AtomicU64` holds the wall-clock time in
+//!   ms since the epoch, 0 for none) or `hot` (a `count` the owner's threads change on every publish: alone
+//!   on its cache line, so that the I/O thread's counters beside it do not move that line between the cores
+//!   for every message). Only `count`, `hot` and `since_ms` rows can have a name.
 //! * `sum c"qName" = [field, …]`: a list entry only, the sum of counters (e.g. `dropped`, all drops).
 //! * `host c"qName"`: a list entry only, whose value the caller keeps (q's `callbackErrors`).
 //! * `field: other TYPE`: a field of `Stats` that is not a counter (the last error as a typed value, the
@@ -26,12 +28,15 @@ use crate::session::ServerInfo;
 /// in the expansion that wrote it.
 macro_rules! stats {
     (@ty count) => { u64 };
+    (@ty hot) => { u64 };
     (@ty flag) => { bool };
     (@ty nanos) => { Duration };
     (@ty since_ms) => { u64 };
     (@atomic flag) => { AtomicBool };
+    (@atomic hot) => { OwnLine };
     (@atomic $kind:ident) => { AtomicU64 };
     (@load count, $a:expr) => { $a.load(Relaxed) };
+    (@load hot, $a:expr) => { $a.load(Relaxed) };
     (@load flag, $a:expr) => { $a.load(Relaxed) };
     (@load nanos, $a:expr) => { Duration::from_nanos($a.load(Relaxed)) };
     (@load since_ms, $a:expr) => {
@@ -42,6 +47,7 @@ macro_rules! stats {
     };
     // Only counts and ages have a name in the list (the q dictionary's longs).
     (@named count) => {};
+    (@named hot) => {};
     (@named since_ms) => {};
     (@unit $x:tt) => { () };
 
@@ -110,11 +116,23 @@ macro_rules! stats {
     ($($rows:tt)*) => { stats!(@rows [] [] [] [] $($rows)*); };
 }
 
+/// An `AtomicU64` alone on its cache line (two lines: neighbouring lines are fetched in pairs on x86).
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct OwnLine(AtomicU64);
+
+impl std::ops::Deref for OwnLine {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
 stats! {
     /// Messages / bytes (topic + payload) waiting in the publish queue now, including those taken by the
     /// I/O thread and not yet accepted by the session (e.g. waiting for a reconnect).
-    queued: count => c"queued",
-    queued_bytes: count => c"queuedBytes",
+    queued: hot => c"queued",
+    queued_bytes: hot => c"queuedBytes",
     /// QoS 1/2 messages sent and not yet acknowledged, now.
     inflight: count => c"inflight",
     /// Messages handed to the session and written (QoS 0: sent and forgotten; QoS 1/2: sent at least once).

@@ -185,6 +185,13 @@ pub fn check_out_str(s: &str, field: &'static str) -> Result<(), Error> {
     Ok(())
 }
 
+/// None of NUL, `+`, `#` in `b`: one pass without early exit, which the compiler vectorises.
+#[inline]
+pub(crate) fn no_nul_or_wildcard(b: &[u8]) -> bool {
+    !b.iter()
+        .fold(false, |bad, &c| bad | (c == 0) | (c == b'+') | (c == b'#'))
+}
+
 /// A PUBLISH topic name: non-empty, no wildcards, valid string.
 pub fn check_topic(topic: &str) -> Result<(), Error> {
     if topic.is_empty() {

@@ -2,7 +2,7 @@
 //! MQTT 3.1/3.1.1, [`encode_publish_v5`] (with a topic alias passed apart from the other properties) for
 //! MQTT 5.
 use super::primitives::{
-    check_out_str, check_str, check_topic, remaining_length_len, write_binary, write_header,
+    check_str, no_nul_or_wildcard, remaining_length_len, write_binary, write_header,
     write_remaining_length, write_u16, Reader,
 };
 use super::properties::{Properties, PropertyId, PropertyScope};
@@ -94,25 +94,11 @@ fn read_topic<'a>(r: &mut Reader<'a>) -> Result<&'a str, Error> {
     let topic = std::str::from_utf8(b).map_err(|_| Error::InvalidUtf8 {
         field: "topic name",
     })?;
-    if b.iter().any(|&c| c == 0 || c == b'+' || c == b'#') {
+    if !no_nul_or_wildcard(b) {
         check_str(b, "topic name")?;
         return Err(Error::WildcardInTopic);
     }
     Ok(topic)
-}
-
-/// The checks of `check_out_str` + `check_topic` in one pass over the bytes (the hot path's only scan).
-#[inline]
-fn check_publish_topic(topic: &str) -> Result<(), Error> {
-    let b = topic.as_bytes();
-    if b.len() > u16::MAX as usize
-        || b.is_empty()
-        || b.iter().any(|&c| c == 0 || c == b'+' || c == b'#')
-    {
-        check_out_str(topic, "topic name")?;
-        check_topic(topic)?;
-    }
-    Ok(())
 }
 
 /// Fast path: append a PUBLISH's fixed and variable header (everything but the payload) for a payload of
@@ -127,7 +113,7 @@ pub fn encode_publish_header(
     dup: bool,
     pkid: u16,
 ) -> Result<usize, Error> {
-    check_publish_topic(topic)?;
+    super::validate_topic(topic)?;
     let has_id = check_id(qos, dup, pkid)?;
     let remaining = 2 + topic.len() + if has_id { 2 } else { 0 } + payload_len;
     let b1 = first_byte(qos, retain, dup);
@@ -174,7 +160,7 @@ pub fn encode_publish_v5(
     topic_alias: Option<u16>,
 ) -> Result<usize, Error> {
     if !p.topic.is_empty() {
-        check_publish_topic(p.topic)?;
+        super::validate_topic(p.topic)?;
     }
     let has_id = check_id(p.qos, p.dup, p.pkid)?;
     let props = p.properties.as_bytes();

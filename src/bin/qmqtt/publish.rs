@@ -210,10 +210,8 @@ struct Tally {
     sent: u64,
     /// Of those, QoS 1/2.
     sent_qos12: u64,
-    /// `Delivered` events for QoS 1/2.
+    /// `Delivered` events (QoS 1/2: the engine reports QoS 0 deliveries only when asked).
     acked: u64,
-    /// `Delivered` events for QoS 0 (written to the socket).
-    written: u64,
     /// Times the queue was full and we waited.
     full_waits: u64,
     /// MQTT 5: `Failed` events (refused by the broker, or beyond its limits), and of those QoS 1/2.
@@ -224,13 +222,7 @@ struct Tally {
 impl Tally {
     fn on_event(&mut self, ev: Event<'_>) {
         match ev {
-            Event::Delivered { qos, .. } => {
-                if qos == QoS::AtMostOnce {
-                    self.written += 1
-                } else {
-                    self.acked += 1
-                }
-            }
+            Event::Delivered { .. } => self.acked += 1,
             Event::Failed { token, qos, cause } => {
                 self.failed += 1;
                 if qos != QoS::AtMostOnce {
@@ -293,14 +285,13 @@ fn publish_wait(
             }
             Err(PublishError::QueueFull) => {
                 t.full_waits += 1;
-                // Events come as the queue moves (Delivered); the timeout only guards against a quiet
-                // stretch (e.g. while reconnecting, or QoS 0 without per-message events).
-                let [_, s] =
-                    wait_readable([c.event_fd(), sig.fd()], Some(Duration::from_millis(100)));
-                if s && sig.take() {
+                t.drain(c);
+                // Until the queue has drained to half (or events must be drained first); at most 100 ms
+                // between looks for a signal. Disconnected: the next publish says so.
+                let _ = c.wait_for_room(Duration::from_millis(100));
+                if sig.take() {
                     return Err(Stop::Interrupted);
                 }
-                t.drain(c);
             }
             Err(PublishError::TooLarge) => {
                 return Err(Stop::Fatal(format!(
@@ -442,9 +433,6 @@ pub fn run(argv: Vec<OsString>) -> i32 {
         }
     };
     let mut cfg = o.conn.config(&format!("qmqtt-pub-{}", std::process::id()));
-    // QoS 0 has no acknowledgement; a Delivered event per message written is what wakes a publisher
-    // waiting for room in a full queue.
-    cfg.qos0_delivery_events = o.qos == QoS::AtMostOnce;
     if let Some(l) = o.linger {
         cfg.linger = l;
     }

@@ -412,7 +412,7 @@ impl Io {
                 .events
                 .push_event(Event::Reconnecting { delay, attempt });
         } else {
-            lock(&self.sh.pubq).closed = true;
+            self.sh.close_queue();
             self.link.dead = true;
         }
     }
@@ -420,7 +420,7 @@ impl Io {
     /// Send DISCONNECT if connected, push it out (waiting for the socket at most until the stop deadline),
     /// close; with a spool, what is still in memory goes to it.
     pub(super) fn finish(&mut self) {
-        lock(&self.sh.pubq).closed = true;
+        self.sh.close_queue();
         if self.link.up {
             self.session.disconnect();
             self.transmit();

@@ -122,7 +122,7 @@ struct ExitGuard(Arc<Shared>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ctr.connected.store(false, Relaxed);
-        lock(&self.0.pubq).closed = true;
+        self.0.close_queue();
         *lock(&self.0.exited) = true;
         self.0.exited_cv.notify_all();
         // After `exited`: `LinkWatch` waiters check it.

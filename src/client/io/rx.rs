@@ -273,7 +273,11 @@ impl Io {
             return false;
         }
         self.sh.io_wants_room.store(true, SeqCst);
-        self.sh.events.message_room() >= self.rx.blocked
+        let room = self.sh.events.message_room() >= self.rx.blocked;
+        if !room {
+            self.sh.owner_must_drain();
+        }
+        room
     }
 
     /// The session's events → the event queue (and the driver's own state for CONNACK and acknowledgements).

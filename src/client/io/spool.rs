@@ -401,7 +401,9 @@ impl SpoolSide {
                     bytes: bytes.min(self.batch_limit),
                     messages,
                 };
-                if q.take(budget, &mut staged.buf) == 0 {
+                let n = q.take(budget, &mut staged.buf);
+                sh.release_queue(q);
+                if n == 0 {
                     return false;
                 }
             }

@@ -204,6 +204,8 @@ impl Io {
         let room = free.saturating_sub(self.session.inflight());
         if room > 0 {
             self.sh.io_wants_room.store(false, SeqCst);
+        } else {
+            self.sh.owner_must_drain();
         }
         room
     }
@@ -268,7 +270,9 @@ impl Io {
                 bytes: CHUNK,
                 messages: usize::MAX,
             };
-            let n = lock(&self.sh.pubq).take(budget, &mut self.tx.staged.buf);
+            let mut q = lock(&self.sh.pubq);
+            let n = q.take(budget, &mut self.tx.staged.buf);
+            self.sh.release_queue(q);
             if n > 0 && !self.p.linger.is_zero() {
                 self.tx.last_take = Some(now);
             }
@@ -278,7 +282,7 @@ impl Io {
 
     /// Hand staged queue messages to the session. Returns how many it took.
     fn feed_live(&mut self, now: Instant) -> usize {
-        let mut moved = 0;
+        let (mut moved, mut moved_bytes) = (0, 0);
         let st = &mut self.tx.staged;
         while st.left() {
             let h = Hdr::decode(&st.buf[st.off..]);
@@ -324,17 +328,21 @@ impl Io {
             }
             st.off = p1;
             moved += 1;
-            let c = &self.sh.ctr;
-            c.queued.fetch_sub(1, Relaxed);
-            c.queued_bytes
-                .fetch_sub((h.topic_len + h.payload_len) as u64, Relaxed);
-            c.sent.fetch_add(1, Relaxed);
+            moved_bytes += h.topic_len + h.payload_len;
             if h.qos == QoS::AtMostOnce && self.p.qos0_events {
                 self.sh.events.push_event(Event::Delivered {
                     token: h.token,
                     qos: h.qos,
                 });
             }
+        }
+        // Once per batch: the owner's threads add to `queued` on every publish, so a write per message
+        // here would move that cache line between the cores for every message.
+        if moved > 0 {
+            let c = &self.sh.ctr;
+            c.queued.fetch_sub(moved as u64, Relaxed);
+            c.queued_bytes.fetch_sub(moved_bytes as u64, Relaxed);
+            c.sent.fetch_add(moved as u64, Relaxed);
         }
         moved
     }
