@@ -98,6 +98,9 @@ impl Io {
     /// empty) so that the next publish wakes this thread.
     pub(super) fn can_send_more(&mut self) -> bool {
         self.timers.stop(Timer::Linger);
+        // Set again by `window_open` if that is still why nothing moves (not when the link, the socket or a
+        // stall is: collecting acknowledgements would not help then).
+        self.tx.acks_awaited.set(false);
         if !self.link.up || self.tx.stalled || self.socket_full() {
             return false;
         }
