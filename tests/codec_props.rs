@@ -546,6 +546,18 @@ fn decode_stream(mut b: &[u8], opts: &DecodeOptions) -> Result<(), TestCaseError
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
+    /// The word-at-a-time topic check agrees with the rule, byte by byte, at every length and position
+    /// (strings drawn mostly from the bytes that matter: NUL, `+`, `#`, `/`, ASCII, multi-byte).
+    #[test]
+    fn topic_check_matches_the_rule(t in "[\\x00+#/a-z\u{e9}\u{20ac}]{0,40}|[a-z/]{60,70}") {
+        let rule = !t.is_empty() && t.len() <= 65_535 && !t.contains(['\0', '+', '#']);
+        prop_assert_eq!(qmqtt::codec::validate_topic(&t).is_ok(), rule);
+        // The encoder's check is the same one.
+        let mut out = Vec::new();
+        let enc = encode_publish(&mut out, &t, b"p", QoS::AtMostOnce, false, false, 0);
+        prop_assert_eq!(enc.is_ok(), rule);
+    }
+
     #[test]
     fn round_trip_v311(op in op(Protocol::V311)) {
         with_packet(&op, |p| round_trip(p, Protocol::V311))?;

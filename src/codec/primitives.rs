@@ -185,11 +185,48 @@ pub fn check_out_str(s: &str, field: &'static str) -> Result<(), Error> {
     Ok(())
 }
 
-/// None of NUL, `+`, `#` in `b`: one pass without early exit, which the compiler vectorises.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Some byte of `x` is zero (exact for "any": a borrow can only make a false positive above a true zero).
+#[inline]
+fn any_zero_byte(x: u64) -> bool {
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// None of NUL, `+`, `#` in these 8 bytes.
+#[inline]
+fn word_clean(x: u64) -> bool {
+    !any_zero_byte(x)
+        && !any_zero_byte(x ^ (ONES * b'+' as u64))
+        && !any_zero_byte(x ^ (ONES * b'#' as u64))
+}
+
+/// None of NUL, `+`, `#` in `b`: 8 bytes per step (every publish's topic is checked on the hot path).
 #[inline]
 pub(crate) fn no_nul_or_wildcard(b: &[u8]) -> bool {
-    !b.iter()
-        .fold(false, |bad, &c| bad | (c == 0) | (c == b'+') | (c == b'#'))
+    let mut words = b.chunks_exact(8);
+    let mut clean = true;
+    for w in &mut words {
+        clean &= <[u8; 8]>::try_from(w).is_ok_and(|w| word_clean(u64::from_le_bytes(w)));
+    }
+    let rest = words.remainder();
+    // The tail, padded with a harmless byte.
+    let mut last = [b'a'; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    clean && word_clean(u64::from_le_bytes(last))
+}
+
+/// `b` as text: ASCII (what topics almost always are) needs only a word-at-a-time check, anything else is
+/// decoded as UTF-8.
+#[inline]
+pub(crate) fn utf8(b: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if b.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b)
+    }
 }
 
 /// A PUBLISH topic name: non-empty, no wildcards, valid string.

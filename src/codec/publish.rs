@@ -91,7 +91,7 @@ pub fn publish_len(topic: &str, payload_len: usize, qos: QoS) -> usize {
 #[inline]
 fn read_topic<'a>(r: &mut Reader<'a>) -> Result<&'a str, Error> {
     let b = r.binary("topic name")?;
-    let topic = std::str::from_utf8(b).map_err(|_| Error::InvalidUtf8 {
+    let topic = super::primitives::utf8(b).map_err(|_| Error::InvalidUtf8 {
         field: "topic name",
     })?;
     if !no_nul_or_wildcard(b) {

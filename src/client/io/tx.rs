@@ -295,7 +295,7 @@ impl Io {
             let t0 = st.off + HDR;
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
-            let topic = std::str::from_utf8(&st.buf[t0..t1]).unwrap_or("");
+            let topic = crate::codec::primitives::utf8(&st.buf[t0..t1]).unwrap_or("");
             let r = if h.props {
                 let (props, payload) = split_body(true, &st.buf[t1..p1]);
                 let props = Properties::from_validated(props);
