@@ -188,33 +188,37 @@ pub fn check_out_str(s: &str, field: &'static str) -> Result<(), Error> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Some byte of `x` is zero (exact for "any": a borrow can only make a false positive above a true zero).
+/// A byte's high bit set where that byte of `x` is zero (and possibly above it: exact for "any").
 #[inline]
-fn any_zero_byte(x: u64) -> bool {
-    x.wrapping_sub(ONES) & !x & HIGHS != 0
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x
 }
 
-/// None of NUL, `+`, `#` in these 8 bytes.
+/// None of NUL, `+`, `#` in these 8 bytes (no branch).
 #[inline]
 fn word_clean(x: u64) -> bool {
-    !any_zero_byte(x)
-        && !any_zero_byte(x ^ (ONES * b'+' as u64))
-        && !any_zero_byte(x ^ (ONES * b'#' as u64))
+    (zero_bytes(x) | zero_bytes(x ^ (ONES * b'+' as u64)) | zero_bytes(x ^ (ONES * b'#' as u64)))
+        & HIGHS
+        == 0
 }
 
 /// None of NUL, `+`, `#` in `b`: 8 bytes per step (every publish's topic is checked on the hot path).
 #[inline]
 pub(crate) fn no_nul_or_wildcard(b: &[u8]) -> bool {
+    let word = |w: &[u8]| <[u8; 8]>::try_from(w).is_ok_and(|w| word_clean(u64::from_le_bytes(w)));
+    if b.len() < 8 {
+        // Padded with a harmless byte.
+        let mut w = [b'a'; 8];
+        w[..b.len()].copy_from_slice(b);
+        return word_clean(u64::from_le_bytes(w));
+    }
     let mut words = b.chunks_exact(8);
     let mut clean = true;
     for w in &mut words {
-        clean &= <[u8; 8]>::try_from(w).is_ok_and(|w| word_clean(u64::from_le_bytes(w)));
+        clean &= word(w);
     }
-    let rest = words.remainder();
-    // The tail, padded with a harmless byte.
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    clean && word_clean(u64::from_le_bytes(last))
+    // The tail: the last 8 bytes, overlapping some already checked.
+    clean && (words.remainder().is_empty() || word(&b[b.len() - 8..]))
 }
 
 /// `b` as text: ASCII (what topics almost always are) needs only a word-at-a-time check, anything else is
