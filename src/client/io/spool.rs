@@ -274,7 +274,7 @@ impl SpoolSide {
             let t0 = self.off + SHDR;
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
-            let topic = std::str::from_utf8(&self.buf[t0..t1]).unwrap_or("");
+            let topic = crate::codec::primitives::utf8(&self.buf[t0..t1]).unwrap_or("");
             let (props, payload) = split_body(h.props, &self.buf[t1..p1]);
             let r = session.publish_with(
                 SPOOL_TOKEN | seq,
@@ -447,7 +447,7 @@ impl SpoolSide {
                 let t1 = t0 + h.topic_len;
                 pos = t1 + h.payload_len;
                 Some(Msg {
-                    topic: std::str::from_utf8(&batch[t0..t1]).unwrap_or(""),
+                    topic: crate::codec::primitives::utf8(&batch[t0..t1]).unwrap_or(""),
                     payload: &batch[t1..pos],
                     qos: h.qos,
                     retain: h.retain,
