@@ -183,7 +183,7 @@ fn wait_for_room_returns_when_the_owner_must_drain_events_first() {
 #[test]
 fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let b = common::Broker::start();
-    let sub = common::Sub::start(&b, "frozen/#", 1, &[]);
+    let sub = common::Sub::start(&b, "frozen/#", 1, &["-v"]);
     // Error policy.
     let mut k = cfg(&b.tcp_uri(), "frz-err");
     k.queue_messages = 1000;
@@ -211,12 +211,12 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     k.full_policy = FullPolicy::DropOldest;
     let co = connect(k.clone());
     b.freeze();
-    for (cl, name) in [(&cn, "newest"), (&co, "oldest")] {
+    for (cl, name, topic) in [(&cn, "newest", "frozen/n"), (&co, "oldest", "frozen/o")] {
         let mut calls = Calls::default();
         for i in 0..3000u32 {
             let m = i.to_string();
             calls
-                .call(|| cl.publish("frozen/p", m.as_bytes(), QoS::AtLeastOnce, false))
+                .call(|| cl.publish(topic, m.as_bytes(), QoS::AtLeastOnce, false))
                 .unwrap();
         }
         let st = cl.stats();
@@ -232,22 +232,45 @@ fn frozen_broker_fills_the_queue_without_blocking_then_policies_apply() {
     let got = sub.wait_for(3000, slow(Duration::from_secs(20)));
     assert!(got >= 3000, "after thaw got {got} of ~3020");
     let deadline = Instant::now() + t();
-    while !sub.lines.lock().unwrap().iter().any(|l| l == "2999") && Instant::now() < deadline {
+    while !sub
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l == "frozen/o 2999")
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    // DropNewest kept the oldest (0..1010), DropOldest the newest 1000 (2000..3000) plus the ≤ 10 its window
-    // took whenever its I/O thread ran — so at most 10 from the middle, and which ones is the scheduler's.
+    // DropNewest kept the oldest 1000 plus the ≤ 10 its window took whenever its I/O thread ran (late, the
+    // window's room let 10 later ones in); DropOldest the newest 1000 (2000..3000) plus the ≤ 10 its window
+    // took. So each client has at most 10 outside its kept range, and which ones is the scheduler's.
     let lines = sub.take();
-    let nums: Vec<u32> = lines.iter().filter_map(|l| l.parse().ok()).collect();
-    assert_eq!(nums.iter().filter(|n| **n == 2999).count(), 1);
-    let newest: HashSet<u32> = nums.iter().copied().filter(|n| *n >= 2000).collect();
+    let nums = |topic: &str| -> Vec<u32> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(topic)?.strip_prefix(' ')?.parse().ok())
+            .collect()
+    };
+    let (by_drop_newest, by_drop_oldest) = (nums("frozen/n"), nums("frozen/o"));
+    assert_eq!(by_drop_oldest.iter().filter(|n| **n == 2999).count(), 1);
+    let newest: HashSet<u32> = by_drop_oldest
+        .iter()
+        .copied()
+        .filter(|n| *n >= 2000)
+        .collect();
     assert_eq!(newest.len(), 1000, "DropOldest kept the newest 1000");
-    let middle = nums.iter().filter(|n| (1010..2000).contains(*n)).count();
+    let middle = by_drop_oldest.iter().filter(|n| **n < 2000).count();
     assert!(
         middle <= 10,
-        "only DropOldest's window of 10 can carry a middle one: {middle}"
+        "only DropOldest's window of 10 can carry an older one: {middle}"
     );
-    assert!(nums.contains(&5), "DropNewest kept the oldest");
+    assert!(by_drop_newest.contains(&5), "DropNewest kept the oldest");
+    let later = by_drop_newest.iter().filter(|n| **n >= 1010).count();
+    assert!(
+        later <= 10,
+        "only DropNewest's window of 10 can make room for a later one: {later}"
+    );
 }
 
 #[test]
