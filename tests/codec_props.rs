@@ -5,10 +5,11 @@
 use proptest::prelude::*;
 use qmqtt::codec::primitives::write_remaining_length;
 use qmqtt::codec::{
-    decode, encode_publish, encode_publish_v5, Ack, Auth, ConnAck, Connect, ConnectReturnCode,
-    DecodeOptions, Disconnect, Error, Filters, LastWill, Packet, PacketType, Properties,
-    PropertiesBuf, Property, PropertyId, PropertyScope, Protocol, Publish, QoS, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicList, UnsubAck, Unsubscribe,
+    decode, encode_publish, encode_publish_header, encode_publish_v5, Ack, Auth, ConnAck, Connect,
+    ConnectReturnCode, DecodeOptions, Disconnect, Error, Filters, LastWill, Packet, PacketType,
+    Properties, PropertiesBuf, Property, PropertyId, PropertyScope, Protocol, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicList, UnsubAck,
+    Unsubscribe,
 };
 
 /// An owned description of a packet, turned into a borrowed [`Packet`] for the test. The MQTT 5 parts
@@ -556,6 +557,28 @@ proptest! {
         let mut out = Vec::new();
         let enc = encode_publish(&mut out, &t, b"p", QoS::AtMostOnce, false, false, 0);
         prop_assert_eq!(enc.is_ok(), rule);
+    }
+
+    /// A QoS 0 packet built from slices (the publish queue's records under MQTT 3.1.1) is the encoder's:
+    /// the prefix and the topic are the header `encode_publish_header` writes, at every remaining-length
+    /// width; a packet too long for MQTT is refused by both.
+    #[test]
+    fn qos0_prefix_is_the_encoders_header(
+        t in "[a-z/\u{e9}]{1,20}",
+        len in prop_oneof![0usize..300, 16_000usize..16_500, 2_097_000usize..2_097_300,
+                           268_435_400usize..268_435_500],
+        retain in any::<bool>(),
+    ) {
+        let mut hdr = Vec::new();
+        let enc = encode_publish_header(&mut hdr, &t, len, QoS::AtMostOnce, retain, false, 0);
+        match qmqtt::codec::publish_qos0_prefix(t.len(), len, retain) {
+            Ok((pre, n)) => {
+                prop_assert!(enc.is_ok());
+                prop_assert_eq!(&hdr[..n], &pre[..n]);
+                prop_assert_eq!(&hdr[n..], t.as_bytes());
+            }
+            Err(e) => prop_assert_eq!(enc, Err(e)),
+        }
     }
 
     #[test]

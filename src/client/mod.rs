@@ -701,8 +701,14 @@ impl Client {
                 sys(Doing::CreateEventQueue)(e)
             }
         })?;
-        let pubq = queue::PubQueue::new(cfg.queue_bytes, cfg.queue_messages, cfg.full_policy)
-            .ok_or_else(|| too_large(Key::QueueBytes, "queue_bytes", cfg.queue_bytes))?;
+        let qos0_packets = cfg.protocol != Protocol::V5;
+        let pubq = queue::PubQueue::new(
+            cfg.queue_bytes,
+            cfg.queue_messages,
+            cfg.full_policy,
+            qos0_packets,
+        )
+        .ok_or_else(|| too_large(Key::QueueBytes, "queue_bytes", cfg.queue_bytes))?;
         let sh = Arc::new(Shared {
             pubq: Mutex::new(pubq),
             room_cv: Condvar::new(),
@@ -891,7 +897,7 @@ impl Client {
         let msgs = msgs.into_iter();
         let (r, wake) = {
             let mut q = lock(&self.sh.pubq);
-            let mut r = Self::check_batch(&mut q, msgs.clone(), props, &self.sh.ctr);
+            let mut r = Self::check_batch(&mut q, msgs.clone(), props, qos, &self.sh.ctr);
             if r.is_ok() {
                 for (topic, payload) in msgs {
                     // Each fits after the check (the queue stays locked): no error mid-batch.
@@ -949,6 +955,7 @@ impl Client {
         q: &mut queue::PubQueue,
         msgs: impl Iterator<Item = (&'a str, &'a [u8])>,
         props: &[u8],
+        qos: QoS,
         ctr: &Counters,
     ) -> Result<(), PublishError> {
         let (mut need, mut count) = (0usize, 0usize);
@@ -956,7 +963,7 @@ impl Client {
             if !valid_topic(topic) {
                 return Err(PublishError::TopicInvalid);
             }
-            need = need.saturating_add(q.record_len(topic, props, payload)?.0);
+            need = need.saturating_add(q.record_len(topic, props, payload, qos)?.0);
             count += 1;
         }
         q.check_batch(need, count, ctr)

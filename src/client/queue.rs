@@ -1,11 +1,14 @@
 //! The publish queue: messages copied by the owner's thread, waiting for the I/O thread.
 //!
 //! One [`ByteRing`] behind the client's mutex. A record is a 16-byte header (topic length, flags, body
-//! length, token) followed by the topic and the body: the payload, or — for an MQTT 5 message with
-//! properties (flag [`Hdr::props`]) — the properties' length (`u32`, little-endian), the properties, then the
-//! payload. Producers push under the lock (two `memcpy`s, no
-//! allocation); the I/O thread takes a batch under the lock by copying whole records into its own staging
-//! buffer, and encodes them after releasing it, so the lock is only ever held for copies.
+//! length, token, prefix length) followed by the topic and the body: the payload, or — for an MQTT 5
+//! message with properties (flag [`Hdr::props`]) — the properties' length (`u32`, little-endian), the
+//! properties, then the payload. Under MQTT 3.1/3.1.1 a QoS 0 message is queued as its PUBLISH packet: the
+//! packet's first bytes ([`Hdr::pre`], from [`publish_qos0_prefix`]) come before the topic, so the record
+//! after its header is the packet the I/O thread hands on as it is, with no encoding. Producers push under
+//! the lock (`memcpy`s, no allocation); the I/O thread takes a batch under the lock by copying whole records
+//! into its own staging buffer, and encodes them after releasing it, so the lock is only ever held for
+//! copies.
 //!
 //! Both bounds (`queue_bytes`, `queue_messages`) are enforced here; a full queue applies the
 //! [`FullPolicy`]. The `io_waiting` flag is how a producer knows the I/O thread sleeps waiting for work: it is
@@ -15,7 +18,8 @@
 //! thread's take that brings the queue down to half wakes them, once.
 use super::ring::ByteRing;
 use super::{Counters, FullPolicy, PublishError};
-use crate::codec::{QoS, MAX_REMAINING_LENGTH};
+use crate::codec::primitives::remaining_length_len;
+use crate::codec::{publish_qos0_prefix, QoS, MAX_REMAINING_LENGTH};
 use crate::session::Token;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -33,6 +37,8 @@ pub(crate) struct Hdr {
     /// The body starts with MQTT 5 properties (`u32` length, then the bytes).
     pub props: bool,
     pub token: Token,
+    /// Bytes of a QoS 0 PUBLISH packet's start before the topic (0: the record is not a packet).
+    pub pre: usize,
 }
 
 /// Split a record's body into its properties (empty without [`Hdr::props`]) and its payload.
@@ -49,6 +55,7 @@ impl Hdr {
         let mut h = [0u8; HDR];
         h[0..2].copy_from_slice(&(self.topic_len as u16).to_le_bytes());
         h[2] = self.qos as u8 | if self.retain { 4 } else { 0 } | if self.props { 8 } else { 0 };
+        h[3] = self.pre as u8;
         h[4..8].copy_from_slice(&(self.payload_len as u32).to_le_bytes());
         h[8..16].copy_from_slice(&self.token.to_le_bytes());
         h
@@ -67,11 +74,16 @@ impl Hdr {
             retain: h[2] & 4 != 0,
             props: h[2] & 8 != 0,
             token: u64::from_le_bytes(tok),
+            pre: h[3] as usize,
         }
     }
     /// Whole record size in the queue.
     pub(crate) fn record_len(&self) -> usize {
-        HDR + self.topic_len + self.payload_len
+        HDR + self.pre + self.topic_len + self.payload_len
+    }
+    /// Where the topic starts in the record.
+    pub(crate) fn topic_at(&self) -> usize {
+        HDR + self.pre
     }
 }
 
@@ -90,6 +102,8 @@ pub(crate) struct TakeBudget {
 
 pub(crate) struct PubQueue {
     ring: ByteRing,
+    /// QoS 0 messages are queued as PUBLISH packets (MQTT 3.1/3.1.1).
+    qos0_packets: bool,
     max_messages: usize,
     policy: FullPolicy,
     /// The token of the next message (strictly increasing from 1).
@@ -115,9 +129,11 @@ impl PubQueue {
         queue_bytes: usize,
         queue_messages: usize,
         policy: FullPolicy,
+        qos0_packets: bool,
     ) -> Option<PubQueue> {
         Some(PubQueue {
             ring: ByteRing::new(queue_bytes)?,
+            qos0_packets,
             max_messages: queue_messages,
             policy,
             next_token: 1,
@@ -206,7 +222,7 @@ impl PubQueue {
         if self.closed {
             return Err(PublishError::NotConnected);
         }
-        let (need, body) = self.record_len(topic, props, payload)?;
+        let (need, body) = self.record_len(topic, props, payload, qos)?;
         if need > self.ring.free() || self.ring.count() >= self.max_messages {
             if self.spill_watch {
                 // Full without having crossed the mark on a push (one large message): spill now.
@@ -238,20 +254,28 @@ impl PubQueue {
         }
         let token = self.next_token;
         self.next_token += 1;
-        let h = Hdr {
+        let mut h = Hdr {
             topic_len: topic.len(),
             payload_len: body,
             qos,
             retain,
             props: !props.is_empty(),
             token,
-        }
-        .encode();
-        if props.is_empty() {
-            self.ring.push(&[&h, topic.as_bytes(), payload]);
+            pre: 0,
+        };
+        if self.as_packet(qos, props) {
+            // `record_len` checked the sizes.
+            let (pre, n) = publish_qos0_prefix(topic.len(), body, retain)
+                .map_err(|_| PublishError::TooLarge)?;
+            h.pre = n;
+            self.ring
+                .push(&[&h.encode(), &pre[..n], topic.as_bytes(), payload]);
+        } else if props.is_empty() {
+            self.ring.push(&[&h.encode(), topic.as_bytes(), payload]);
         } else {
             let n = (props.len() as u32).to_le_bytes();
-            self.ring.push(&[&h, topic.as_bytes(), &n, props, payload]);
+            self.ring
+                .push(&[&h.encode(), topic.as_bytes(), &n, props, payload]);
         }
         if self.spill_watch && self.over_high_water() {
             self.spill_watch = false;
@@ -263,6 +287,11 @@ impl PubQueue {
         Ok(token)
     }
 
+    /// This message is queued as its PUBLISH packet.
+    fn as_packet(&self, qos: QoS, props: &[u8]) -> bool {
+        self.qos0_packets && qos == QoS::AtMostOnce && props.is_empty()
+    }
+
     /// The bytes a message takes in the queue and the length of its body (properties and payload).
     /// `TooLarge` when it can never fit: more than the whole queue, or than an MQTT packet can carry.
     pub(crate) fn record_len(
@@ -270,13 +299,18 @@ impl PubQueue {
         topic: &str,
         props: &[u8],
         payload: &[u8],
+        qos: QoS,
     ) -> Result<(usize, usize), PublishError> {
         let body = if props.is_empty() {
             payload.len()
         } else {
             4 + props.len() + payload.len()
         };
-        let need = HDR + topic.len() + body;
+        let mut need = HDR + topic.len() + body;
+        if self.as_packet(qos, props) {
+            // The first byte, the remaining length and the topic's length.
+            need += 3 + remaining_length_len(2 + topic.len() + body);
+        }
         // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
         if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING_LENGTH {
             return Err(PublishError::TooLarge);
@@ -346,7 +380,10 @@ mod tests {
     use super::*;
 
     fn q(bytes: usize, msgs: usize, p: FullPolicy) -> (PubQueue, Counters) {
-        (PubQueue::new(bytes, msgs, p).unwrap(), Counters::default())
+        (
+            PubQueue::new(bytes, msgs, p, false).unwrap(),
+            Counters::default(),
+        )
     }
 
     #[test]
@@ -373,13 +410,66 @@ mod tests {
                 qos: QoS::AtLeastOnce,
                 retain: true,
                 props: false,
-                token: 1
+                token: 1,
+                pre: 0
             }
         );
         assert_eq!(&out[HDR..HDR + 6], b"a/bxyz");
         let h2 = Hdr::decode(&out[HDR + 6..HDR + 6 + HDR]);
         assert_eq!((h2.token, h2.qos, h2.retain), (2, QoS::AtMostOnce, false));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn qos0_messages_are_queued_as_their_packets_under_mqtt_3() {
+        let mut q = PubQueue::new(1 << 20, 10, FullPolicy::Error, true).unwrap();
+        let c = Counters::default();
+        let big = vec![b'p'; 200]; // a remaining length of two bytes
+        type Msg<'a> = (&'a str, &'a [u8], QoS, bool, &'a [u8]);
+        let msgs: [Msg; 5] = [
+            ("a/b", b"xyz", QoS::AtMostOnce, true, &[]),
+            ("c", b"", QoS::AtMostOnce, false, &[]),
+            ("s/é", &big, QoS::AtMostOnce, false, &[]),
+            ("r", b"1", QoS::AtLeastOnce, false, &[]),
+            ("t", b"xy", QoS::AtMostOnce, false, &[0x02, 0, 0, 0, 60]),
+        ];
+        let mut need = Vec::new();
+        for (topic, payload, qos, retain, props) in msgs {
+            need.push(q.record_len(topic, props, payload, qos).unwrap().0);
+            q.push_with(topic, props, payload, qos, retain, &c).unwrap();
+        }
+        // Counted as topic and payload, as any record.
+        assert_eq!(
+            c.queued_bytes.load(Relaxed),
+            (3 + 3) + 1 + (4 + 200) + 2 + 1 + 4 + 5 + 2
+        );
+        let mut out = Vec::new();
+        let b = TakeBudget {
+            reliable: 10,
+            fire: 10,
+            bytes: 1 << 20,
+            messages: usize::MAX,
+        };
+        assert_eq!(q.take(b, &mut out), 5);
+        let mut at = 0;
+        for ((topic, payload, qos, retain, _), need) in msgs.into_iter().zip(need) {
+            let h = Hdr::decode(&out[at..]);
+            assert_eq!(h.record_len(), need, "{topic}");
+            let rec = &out[at + HDR..at + need];
+            if h.pre > 0 {
+                let mut wire = Vec::new();
+                crate::codec::encode_publish(&mut wire, topic, payload, qos, retain, false, 0)
+                    .unwrap();
+                assert_eq!(rec, &wire[..], "{topic}");
+                assert_eq!(&out[at + h.topic_at()..][..h.topic_len], topic.as_bytes());
+            } else {
+                // QoS 1 and a message with properties stay records.
+                assert!(qos != QoS::AtMostOnce || topic == "t", "{topic}");
+                assert_eq!(&rec[..topic.len()], topic.as_bytes());
+            }
+            at += need;
+        }
+        assert_eq!(at, out.len());
     }
 
     #[test]
@@ -493,18 +583,18 @@ mod batch_tests {
     #[test]
     fn a_batch_is_checked_whole() {
         let c = Counters::default();
-        let mut q = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::Error).unwrap();
-        let (one, _) = q.record_len("ab", &[], b"xy").unwrap();
+        let mut q = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::Error, false).unwrap();
+        let (one, _) = q.record_len("ab", &[], b"xy", QoS::AtLeastOnce).unwrap();
         assert_eq!(one, HDR + 4);
         assert_eq!(q.check_batch(2 * one, 2, &c), Ok(()));
         assert_eq!(q.check_batch(one, 4, &c), Err(PublishError::QueueFull));
         assert_eq!(q.check_batch(5 * one, 1, &c), Err(PublishError::QueueFull));
         assert_eq!(c.refused_full.load(Relaxed), 5);
         assert_eq!(
-            q.record_len("a", &[], &[0; 200]),
+            q.record_len("a", &[], &[0; 200], QoS::AtLeastOnce),
             Err(PublishError::TooLarge)
         );
-        let mut d = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::DropOldest).unwrap();
+        let mut d = PubQueue::new(HDR * 4 + 8, 3, FullPolicy::DropOldest, false).unwrap();
         assert_eq!(d.check_batch(5 * one, 5, &c), Ok(()));
     }
 }

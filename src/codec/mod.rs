@@ -35,7 +35,8 @@ pub use disconnect::{Auth, Disconnect};
 pub use primitives::MAX_REMAINING_LENGTH;
 pub use properties::{Properties, PropertiesBuf, Property, PropertyId, PropertyScope};
 pub use publish::{
-    encode_publish, encode_publish_header, encode_publish_v5, publish_len, Publish, DUP_FLAG,
+    encode_publish, encode_publish_header, encode_publish_v5, publish_len, publish_qos0_prefix,
+    Publish, DUP_FLAG, QOS0_PREFIX_MAX,
 };
 pub use reason::ReasonCode;
 pub use subscribe::{

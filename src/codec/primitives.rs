@@ -33,21 +33,27 @@ pub fn read_remaining_length(buf: &[u8]) -> Result<Option<(usize, usize)>, Error
 
 /// Append the remaining-length encoding of `len` (which must be ≤ [`MAX_REMAINING_LENGTH`]).
 pub fn write_remaining_length(out: &mut Vec<u8>, len: usize) -> Result<usize, Error> {
+    let (b, n) = remaining_length_bytes(len)?;
+    out.extend_from_slice(&b[..n]);
+    Ok(n)
+}
+
+/// The remaining-length encoding of `len` (which must be ≤ [`MAX_REMAINING_LENGTH`]): the bytes, and how
+/// many of them are used.
+pub fn remaining_length_bytes(len: usize) -> Result<([u8; 4], usize), Error> {
     if len > MAX_REMAINING_LENGTH {
         return Err(Error::PayloadTooLarge { size: len });
     }
-    let mut x = len;
-    let mut n = 0;
+    let (mut b, mut x, mut n) = ([0u8; 4], len, 0);
     loop {
-        let mut b = (x % 128) as u8;
+        b[n] = (x % 128) as u8;
         x /= 128;
         if x > 0 {
-            b |= 0x80;
+            b[n] |= 0x80;
         }
-        out.push(b);
         n += 1;
         if x == 0 {
-            return Ok(n);
+            return Ok((b, n));
         }
     }
 }

@@ -1,9 +1,9 @@
 //! PUBLISH (both directions), and the allocation-free fast paths to encode one: [`encode_publish`] for
 //! MQTT 3.1/3.1.1, [`encode_publish_v5`] (with a topic alias passed apart from the other properties) for
-//! MQTT 5.
+//! MQTT 5, and [`publish_qos0_prefix`] for a QoS 0 packet built from slices.
 use super::primitives::{
-    check_str, no_nul_or_wildcard, remaining_length_len, write_binary, write_header,
-    write_remaining_length, write_u16, Reader,
+    check_str, no_nul_or_wildcard, remaining_length_bytes, remaining_length_len, write_binary,
+    write_header, write_remaining_length, write_u16, Reader,
 };
 use super::properties::{Properties, PropertyId, PropertyScope};
 use super::{Error, PacketType, QoS};
@@ -124,6 +124,31 @@ pub fn encode_publish_header(
         write_u16(out, pkid);
     }
     Ok(out.len() - start)
+}
+
+/// The longest [`publish_qos0_prefix`]: the first byte, four of remaining length, two of topic length.
+pub const QOS0_PREFIX_MAX: usize = 7;
+
+/// What comes before the topic in a QoS 0 PUBLISH without properties (MQTT 3.1 and 3.1.1): the fixed header
+/// and the topic's length. The packet is this prefix, the topic, then the payload — the bytes
+/// [`encode_publish`] writes for QoS 0 — so a caller that checked the topic can build the packet from
+/// slices. Returns the prefix and its length (4..=[`QOS0_PREFIX_MAX`]); `PayloadTooLarge` when the packet
+/// cannot be that long, `StringTooLong` for a topic longer than 65,535 bytes.
+pub fn publish_qos0_prefix(
+    topic_len: usize,
+    payload_len: usize,
+    retain: bool,
+) -> Result<([u8; QOS0_PREFIX_MAX], usize), Error> {
+    let tlen = u16::try_from(topic_len).map_err(|_| Error::StringTooLong {
+        field: "topic",
+        len: topic_len,
+    })?;
+    let (rl, n) = remaining_length_bytes((2 + topic_len).saturating_add(payload_len))?;
+    let mut p = [0u8; QOS0_PREFIX_MAX];
+    p[0] = first_byte(QoS::AtMostOnce, retain, false);
+    p[1..1 + n].copy_from_slice(&rl[..n]);
+    p[1 + n..3 + n].copy_from_slice(&tlen.to_be_bytes());
+    Ok((p, 3 + n))
 }
 
 /// Packet identifier and DUP rules; whether the packet carries an identifier.

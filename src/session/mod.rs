@@ -884,6 +884,23 @@ impl Session {
         self.inflight
     }
 
+    /// Send a QoS 0 PUBLISH the caller encoded (MQTT 3.1/3.1.1: [`codec::publish_qos0_prefix`], the checked
+    /// topic, the payload), as it is: what [`Session::publish`] does for QoS 0, without encoding.
+    pub fn publish_qos0_packet(&mut self, packet: &[u8], now: Instant) -> Result<(), SessionError> {
+        if self.state != State::Connected {
+            return Err(SessionError::NotReady(NOT_CONNECTED));
+        }
+        if self.cfg.protocol == Protocol::V5 {
+            return Err(SessionError::Invalid(
+                "a QoS 0 PUBLISH packet without properties is MQTT 3.1.1's; under MQTT 5 use publish"
+                    .into(),
+            ));
+        }
+        self.tx.extend_from_slice(packet);
+        self.last_tx = Some(now);
+        Ok(())
+    }
+
     /// Encode a PUBLISH for sending. QoS 1/2 take an in-flight slot and a packet id until acknowledged.
     /// Allocation-free once the session's buffers are warm.
     pub fn publish(

@@ -225,6 +225,7 @@ impl SpoolSide {
                     retain: r.retain,
                     props: r.tag & PROPS_TAG != 0,
                     token: r.tag & !PROPS_TAG,
+                    pre: 0,
                 };
                 buf.extend_from_slice(&h.encode());
                 buf.extend_from_slice(&r.seq.to_le_bytes());
@@ -443,7 +444,7 @@ impl SpoolSide {
                     return None;
                 }
                 let h = Hdr::decode(&batch[pos..]);
-                let t0 = pos + HDR;
+                let t0 = pos + h.topic_at();
                 let t1 = t0 + h.topic_len;
                 pos = t1 + h.payload_len;
                 Some(Msg {

@@ -292,18 +292,22 @@ impl Io {
             if !self.session.can_publish(h.qos) {
                 break;
             }
-            let t0 = st.off + HDR;
+            let t0 = st.off + h.topic_at();
             let t1 = t0 + h.topic_len;
             let p1 = t1 + h.payload_len;
-            let topic = crate::codec::primitives::utf8(&st.buf[t0..t1]).unwrap_or("");
-            let r = if h.props {
+            let topic = || crate::codec::primitives::utf8(&st.buf[t0..t1]).unwrap_or("");
+            let r = if h.pre > 0 {
+                // Queued as its PUBLISH packet (QoS 0, MQTT 3.1.1).
+                self.session
+                    .publish_qos0_packet(&st.buf[st.off + HDR..p1], now)
+            } else if h.props {
                 let (props, payload) = split_body(true, &st.buf[t1..p1]);
                 let props = Properties::from_validated(props);
                 self.session
-                    .publish_with(h.token, topic, payload, h.qos, h.retain, props, now)
+                    .publish_with(h.token, topic(), payload, h.qos, h.retain, props, now)
             } else {
                 self.session
-                    .publish(h.token, topic, &st.buf[t1..p1], h.qos, h.retain, now)
+                    .publish(h.token, topic(), &st.buf[t1..p1], h.qos, h.retain, now)
             };
             let accepted = r.is_ok();
             match r {
@@ -314,7 +318,11 @@ impl Io {
                     break;
                 }
                 Err(SessionError::Failed(cause)) => {
-                    log::warn!("qmqtt: message {} to {topic:?} failed: {cause}", h.token);
+                    log::warn!(
+                        "qmqtt: message {} to {:?} failed: {cause}",
+                        h.token,
+                        topic()
+                    );
                     self.sh.ctr.failed.fetch_add(1, Relaxed);
                     self.sh.events.push_event(Event::Failed {
                         token: h.token,
@@ -322,7 +330,7 @@ impl Io {
                         cause: &cause,
                     });
                 }
-                Err(e) => log::error!("qmqtt: message {} to {topic:?} dropped: {e}", h.token),
+                Err(e) => log::error!("qmqtt: message {} to {:?} dropped: {e}", h.token, topic()),
             }
             if h.qos != QoS::AtMostOnce && accepted {
                 if let Some(sp) = self.sp.as_deref_mut() {
