@@ -213,6 +213,9 @@ impl Io {
             if !busy && self.collect_acks(timeout) {
                 continue;
             }
+            if !busy {
+                self.ack_before_sleep();
+            }
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("qmqtt: the I/O poller failed ({e}); the connection is closed");
@@ -226,6 +229,19 @@ impl Io {
             }
         }
         self.finish();
+    }
+
+    /// About to sleep after reading: have the kernel acknowledge what was read now, not after its
+    /// delayed-ACK timeout (up to 40 ms). A broker with Nagle's algorithm on (mosquitto's default) holds its
+    /// next small packet until the last one is acknowledged, so a client that reads without answering —
+    /// a subscriber, or reading resumed after the owner drained the event queue — would otherwise get the
+    /// stream in bursts 40 ms apart. One `setsockopt` per sleep that follows a read.
+    fn ack_before_sleep(&mut self) {
+        if std::mem::take(&mut self.rx.unacked) {
+            if let Some(c) = self.link.conn.as_ref() {
+                c.ack_now();
+            }
+        }
     }
 
     /// `Config::ack_interval`: while queued messages wait for the window and the last read brought

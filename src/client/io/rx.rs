@@ -46,6 +46,8 @@ pub(super) struct Rx {
     unsent_wait: Option<u64>,
     /// A read brought bytes since the thread last slept (`Config::ack_interval`).
     pub got: bool,
+    /// A read brought bytes since the thread last acknowledged at once (see [`Io::ack_before_sleep`]).
+    pub unacked: bool,
 }
 
 impl Default for Rx {
@@ -58,6 +60,7 @@ impl Default for Rx {
             read_more: false,
             unsent_wait: None,
             got: false,
+            unacked: false,
         }
     }
 }
@@ -73,6 +76,11 @@ impl Rx {
     }
 
     /// Reading runs (again): end the pause, if any. True when there was one.
+    /// Reading is paused until the event queue has room (see [`Io::rx_room`]).
+    pub(super) fn waits_for_room(&self) -> bool {
+        self.blocked != 0
+    }
+
     fn resumed(&mut self, now: Instant, sh: &Shared) -> bool {
         self.blocked = 0;
         let Some(t) = self.paused_at.take() else {
@@ -130,6 +138,7 @@ impl Io {
                 continue;
             }
             self.rx.got = true;
+            self.rx.unacked = true;
             self.sh
                 .ctr
                 .bytes_in

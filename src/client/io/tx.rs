@@ -206,7 +206,11 @@ impl Io {
         let free = self.sh.events.free().saturating_sub(CONTROL_SLACK) / EV_HDR;
         let room = free.saturating_sub(self.session.inflight());
         if room > 0 {
-            self.sh.io_wants_room.store(false, SeqCst);
+            // Withdrawn only if the receive side does not wait for room too (`rx_room`): the flag is
+            // theirs as well, and the next drain must still wake this thread to resume reading.
+            if !self.rx.waits_for_room() {
+                self.sh.io_wants_room.store(false, SeqCst);
+            }
         } else {
             self.sh.owner_must_drain();
         }
