@@ -18,8 +18,7 @@
 //! thread's take that brings the queue down to half wakes them, once.
 use super::ring::ByteRing;
 use super::{Counters, FullPolicy, PublishError};
-use crate::codec::primitives::remaining_length_len;
-use crate::codec::{publish_qos0_prefix, QoS, MAX_REMAINING_LENGTH};
+use crate::codec::{publish_len, publish_qos0_prefix, QoS, MAX_REMAINING_LENGTH};
 use crate::session::Token;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -306,11 +305,11 @@ impl PubQueue {
         } else {
             4 + props.len() + payload.len()
         };
-        let mut need = HDR + topic.len() + body;
-        if self.as_packet(qos, props) {
-            // The first byte, the remaining length and the topic's length.
-            need += 3 + remaining_length_len(2 + topic.len() + body);
-        }
+        let need = if self.as_packet(qos, props) {
+            HDR + publish_len(topic, body, qos)
+        } else {
+            HDR + topic.len() + body
+        };
         // MQTT's remaining length: topic (2 + len) + packet id (2) + payload ≤ 268 435 455.
         if need > self.ring.capacity() || topic.len() + body + 4 > MAX_REMAINING_LENGTH {
             return Err(PublishError::TooLarge);
@@ -379,6 +378,16 @@ impl PubQueue {
 mod tests {
     use super::*;
 
+    /// Up to `reliable` QoS 1/2 and `fire` QoS 0 messages, with no byte or message bound that matters.
+    fn budget(reliable: usize, fire: usize) -> TakeBudget {
+        TakeBudget {
+            reliable,
+            fire,
+            bytes: 1 << 20,
+            messages: usize::MAX,
+        }
+    }
+
     fn q(bytes: usize, msgs: usize, p: FullPolicy) -> (PubQueue, Counters) {
         (
             PubQueue::new(bytes, msgs, p, false).unwrap(),
@@ -394,12 +403,7 @@ mod tests {
         assert_eq!(c.queued.load(Relaxed), 2);
         assert_eq!(c.queued_bytes.load(Relaxed), 7);
         let mut out = Vec::new();
-        let b = TakeBudget {
-            reliable: 10,
-            fire: 10,
-            bytes: 1 << 20,
-            messages: usize::MAX,
-        };
+        let b = budget(10, 10);
         assert_eq!(q.take(b, &mut out), 2);
         let h = Hdr::decode(&out[..HDR]);
         assert_eq!(
@@ -444,12 +448,7 @@ mod tests {
             (3 + 3) + 1 + (4 + 200) + 2 + 1 + 4 + 5 + 2
         );
         let mut out = Vec::new();
-        let b = TakeBudget {
-            reliable: 10,
-            fire: 10,
-            bytes: 1 << 20,
-            messages: usize::MAX,
-        };
+        let b = budget(10, 10);
         assert_eq!(q.take(b, &mut out), 5);
         let mut at = 0;
         for ((topic, payload, qos, retain, _), need) in msgs.into_iter().zip(need) {
@@ -480,12 +479,7 @@ mod tests {
             Ok(1)
         );
         let mut out = Vec::new();
-        let b = TakeBudget {
-            reliable: 10,
-            fire: 10,
-            bytes: 1 << 20,
-            messages: usize::MAX,
-        };
+        let b = budget(10, 10);
         assert_eq!(q.take(b, &mut out), 1);
         let h = Hdr::decode(&out[..HDR]);
         assert!(h.props && h.payload_len == 4 + 5 + 2);
@@ -510,22 +504,12 @@ mod tests {
             q.push("t", b"p", qos, false, &c).unwrap();
         }
         let mut out = Vec::new();
-        let b = TakeBudget {
-            reliable: 1,
-            fire: 100,
-            bytes: 1 << 20,
-            messages: usize::MAX,
-        };
+        let b = budget(1, 100);
         // One reliable slot: token 1 only (token 2 is QoS 1 and must not be overtaken).
         assert_eq!(q.take(b, &mut out), 1);
         assert_eq!(q.front().unwrap().token, 2);
         out.clear();
-        let b = TakeBudget {
-            reliable: 2,
-            fire: 100,
-            bytes: 1 << 20,
-            messages: usize::MAX,
-        };
+        let b = budget(2, 100);
         assert_eq!(q.take(b, &mut out), 3); // 2 (QoS1), 3 (QoS0), 4 (QoS1)
         assert_eq!(q.front().unwrap().token, 5);
     }

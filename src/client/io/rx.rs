@@ -75,12 +75,12 @@ impl Rx {
         self.off = 0;
     }
 
-    /// Reading runs (again): end the pause, if any. True when there was one.
     /// Reading is paused until the event queue has room (see [`Io::rx_room`]).
     pub(super) fn waits_for_room(&self) -> bool {
         self.blocked != 0
     }
 
+    /// Reading runs (again): end the pause, if any. True when there was one.
     fn resumed(&mut self, now: Instant, sh: &Shared) -> bool {
         self.blocked = 0;
         let Some(t) = self.paused_at.take() else {
