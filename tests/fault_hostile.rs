@@ -3,8 +3,8 @@
 //! five bytes, sends a well-formed PUBLISH bigger than `max_packet_size`, or never answers at all.
 //!
 //! Asserted for each: the client drops the connection with an error that says what was wrong
-//! (`Stats::last_error` and the `ConnectionLost` cause), memory stays bounded (RSS; the tests run one at a
-//! time for that), and it keeps retrying with its backoff — the fake broker timestamps every connection
+//! (`Stats::last_error` and the `ConnectionLost` cause), memory stays bounded (the heap's peak, counted by
+//! the test's allocator, and RSS; the tests run one at a time for that), and it keeps retrying with its backoff — the fake broker timestamps every connection
 //! attempt and the gaps must follow `backoff_min · 2^k` (upper half, jittered), not a hot loop.
 mod common;
 #[path = "common/fault.rs"]
@@ -21,6 +21,9 @@ use qmqtt::error::{Error, Timeout};
 use qmqtt::transport::MAX_READ_PER_CALL;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[global_allocator]
+static A: common::alloc::Counting = common::alloc::Counting;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_millis(1600);
@@ -175,6 +178,8 @@ struct Outcome {
     attempts: usize,
     min_gap: Duration,
     rss_growth: i64,
+    /// The most the heap grew by (KiB) while the fake broker did its worst.
+    heap_peak: i64,
     sent: u64,
     connected: usize,
 }
@@ -187,10 +192,11 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     let mut connected = 0;
     let until = Instant::now() + Duration::from_secs_f64(secs);
     // Memory is measured from the first failure on (the client, its queues and threads exist by then).
-    let mut rss0 = None;
+    let (mut rss0, mut heap0) = (None, 0);
     while Instant::now() < until {
         if rss0.is_none() && !causes.is_empty() {
             rss0 = Some(fault::rss_kib());
+            heap0 = common::alloc::reset_peak();
         }
         fault::readable(c.event_fd(), 20);
         c.poll_events(100, &mut |e| match e {
@@ -201,6 +207,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     }
     let rss1 = fault::rss_kib();
     let rss0 = rss0.unwrap_or(rss1);
+    let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
     let st = c.stats();
     drop(c);
     let gaps = fk.gaps();
@@ -214,6 +221,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
         attempts: gaps.len() + 1,
         min_gap: gaps.iter().min().copied().unwrap_or(Duration::MAX),
         rss_growth: rss1 as i64 - rss0 as i64,
+        heap_peak,
         sent: fk.sent.load(Ordering::Relaxed),
         connected,
     };
@@ -221,7 +229,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
         name,
         &format!(
             "{what}: connection dropped with \"{}\"; {} connection attempts in {secs:.0} s (gaps min {:?}, \
-             {}), anon RSS {:+} KiB, {:.1} MiB sent by the fake broker",
+             {}), heap peak +{} KiB, anon RSS {:+} KiB, {:.1} MiB sent by the fake broker",
             o.last_error,
             o.attempts,
             o.min_gap,
@@ -231,6 +239,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
                 .collect::<Vec<_>>()
                 .join("/")
                 + " ms",
+            o.heap_peak,
             o.rss_growth,
             o.sent as f64 / (1 << 20) as f64
         ),
@@ -246,6 +255,11 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     // At most one read's worth of buffer (the transport reads up to MAX_READ_PER_CALL before the session
     // looks at a header) plus slack for the fake broker's own threads — whatever the broker announces.
     let bound = (MAX_READ_PER_CALL as i64 + (16 << 10) + (512 << 10)) / 1024;
+    assert!(
+        o.heap_peak < bound,
+        "the heap grew by {} KiB at its peak (bound {bound} KiB)",
+        o.heap_peak
+    );
     assert!(
         o.rss_growth < bound,
         "RSS grew {} KiB (bound {bound} KiB)",
@@ -467,7 +481,7 @@ fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
     k.event_queue_bytes = 64 << 10;
     let c = Client::connect(k).unwrap();
     let (mut unread, mut other, mut connected, mut messages) = (0, Vec::new(), 0, 0u64);
-    let mut rss0 = None;
+    let (mut rss0, mut heap0) = (None, 0);
     // Until it was dropped for not reading and came back, then `secs` more (at most a minute in all).
     let give_up = Instant::now() + Duration::from_secs(60);
     let mut until = None;
@@ -488,26 +502,38 @@ fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
         // Measured from the first connection on (the client, its queues and threads exist by then).
         if rss0.is_none() && connected > 0 {
             rss0 = Some(fault::rss_kib());
+            heap0 = common::alloc::reset_peak();
         }
     }
     let rss1 = fault::rss_kib();
     let growth = rss1 as i64 - rss0.unwrap_or(rss1) as i64;
+    let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
     let st = c.stats();
     drop(c);
     fault::report(
         name,
         &format!(
-            "{what}: anon RSS {growth:+} KiB, {connected} connections, {unread} dropped for not reading, \
+            "{what}: heap peak +{heap_peak} KiB, anon RSS {growth:+} KiB, {connected} connections, {unread} dropped for not reading, \
              {messages} messages, {:.1} MiB sent by the fake broker, {} bytes to it",
             fk.sent.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
             st.bytes_out
         ),
     );
-    // What is owed (MAX_UNSENT, plus the acknowledgements of one read) in the transport, in the session and
-    // in the buffer swapped between them; one read; slack for the fake broker's threads.
+    // Heap: what is owed (MAX_UNSENT, plus the acknowledgements of one read) in the transport, in the session
+    // and in the buffer swapped between them; one read; 256 KiB for the fake broker's copies of its chunk.
     let bound =
-        (3 * (MAX_UNSENT + MAX_READ_PER_CALL) + MAX_READ_PER_CALL + (1 << 20)) as i64 / 1024;
-    assert!(growth < bound, "RSS grew {growth} KiB (bound {bound} KiB)");
+        (3 * (MAX_UNSENT + MAX_READ_PER_CALL) + MAX_READ_PER_CALL + (256 << 10)) as i64 / 1024;
+    assert!(
+        heap_peak < bound,
+        "the heap grew by {heap_peak} KiB at its peak (bound {bound} KiB)"
+    );
+    // Resident memory: as much again for what the system allocator keeps of freed blocks and the arenas of
+    // the fake broker's threads (measured: heap +1.5-2 MiB, RSS +0.5-6 MiB).
+    assert!(
+        growth < 2 * bound,
+        "RSS grew {growth} KiB (bound {} KiB)",
+        2 * bound
+    );
     assert!(other.is_empty(), "other losses: {other:?}");
     assert!(
         unread >= 1,
