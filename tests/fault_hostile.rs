@@ -12,7 +12,7 @@ mod fault;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,8 @@ struct Fake {
     accepts: Arc<Mutex<Vec<Instant>>>,
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Connections being served: each ends when the client closes its end.
+    open: Arc<AtomicUsize>,
 }
 
 impl Fake {
@@ -57,15 +59,26 @@ impl Fake {
             accepts: Arc::default(),
             sent: Arc::default(),
             stop: Arc::default(),
+            open: Arc::default(),
         };
-        let (acc, sent, stop) = (f.accepts.clone(), f.sent.clone(), f.stop.clone());
+        let (acc, sent, stop, open) = (
+            f.accepts.clone(),
+            f.sent.clone(),
+            f.stop.clone(),
+            f.open.clone(),
+        );
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
                         acc.lock().unwrap().push(Instant::now());
-                        let (mode, sent, stop) = (mode.clone(), sent.clone(), stop.clone());
-                        std::thread::spawn(move || serve(s, mode, &sent, &stop));
+                        let (mode, sent, stop, open) =
+                            (mode.clone(), sent.clone(), stop.clone(), open.clone());
+                        open.fetch_add(1, Ordering::Relaxed);
+                        std::thread::spawn(move || {
+                            serve(s, mode, &sent, &stop);
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -76,6 +89,20 @@ impl Fake {
 
     fn uri(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Wait until the client has closed every connection (after it was dropped: its I/O thread is done
+    /// with the socket, so what it allocates no longer counts in the next test's memory).
+    fn wait_closed(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while self.open.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            self.open.load(Ordering::Relaxed),
+            0,
+            "a connection stayed open 20 s after the client was dropped"
+        );
     }
 
     fn gaps(&self) -> Vec<Duration> {
@@ -210,6 +237,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
     let st = c.stats();
     drop(c);
+    fk.wait_closed();
     let gaps = fk.gaps();
     let o = Outcome {
         causes,
@@ -510,6 +538,7 @@ fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
     let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
     let st = c.stats();
     drop(c);
+    fk.wait_closed();
     fault::report(
         name,
         &format!(
