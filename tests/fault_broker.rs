@@ -350,9 +350,13 @@ fn fault_broker_clean_restart_persistent_qos2() {
 
 /// From mosquitto's packet log (`log_type all`): (PUBLISH re-sent by the broker to `sub` with DUP for a
 /// packet id it had already sent PUBREL for, and not reused since; PUBLISH re-sent by `publ` with DUP for
-/// a packet id the broker had already received PUBREL for). Both break MQTT 3.1.1 §4.3.3/§4.4 (after
-/// PUBREL only PUBREL may be re-sent); the receiver has completed that id and must take the PUBLISH as a
-/// new message, so each can make a duplicate.
+/// a packet id the broker had already received PUBREL for and not yet answered with PUBCOMP). Both break
+/// MQTT 3.1.1 §4.3.3/§4.4 (after PUBREL only PUBREL may be re-sent); the receiver has completed that id and
+/// must take the PUBLISH as a new message, so each can make a duplicate. Once the broker has sent PUBCOMP
+/// the publisher may have freed the id and reused it: a new message on that id whose first send the
+/// stopping broker never read comes again with DUP, rightly (with a window of 100, qmqtt reuses an id after
+/// 655 uses of its slot, and the busiest slots get there within this test). A slip after a PUBCOMP the
+/// publisher never received shows as a duplicate the broker's re-sends do not explain.
 fn qos2_slips(log: &str, sub: &str, publ: &str) -> (u64, u64) {
     use std::collections::HashSet;
     fn mid_after<'a>(l: &'a str, pat: &str) -> Option<&'a str> {
@@ -377,6 +381,10 @@ fn qos2_slips(log: &str, sub: &str, publ: &str) -> (u64, u64) {
             }
         } else if l.contains(&format!("Received PUBREL from {publ} ")) {
             pub_rel.extend(mid_after(l, "(Mid: ").map(str::to_owned));
+        } else if l.contains(&format!("Sending PUBCOMP to {publ} ")) {
+            if let Some(m) = mid_after(l, "(m") {
+                pub_rel.remove(m);
+            }
         } else if l.contains(&format!("Received PUBLISH from {publ} ")) {
             if let Some(m) = mid_after(l, ", m") {
                 if l.contains("(d1, q2,") && pub_rel.contains(m) {
@@ -387,4 +395,37 @@ fn qos2_slips(log: &str, sub: &str, publ: &str) -> (u64, u64) {
         }
     }
     (broker, ours)
+}
+
+#[test]
+fn qos2_slips_reads_mosquittos_packet_log() {
+    let (s, p) = ("sub-x", "pub-x");
+    let line = |t: &str| format!("1796617572: {t}\n");
+    let publish = |d: u8, m: u16| {
+        line(&format!(
+            "Received PUBLISH from {p} (d{d}, q2, r0, m{m}, 't', ... (8 bytes))"
+        ))
+    };
+    let pubrel = |m: u16| line(&format!("Received PUBREL from {p} (Mid: {m})"));
+    let pubcomp = |m: u16| line(&format!("Sending PUBCOMP to {p} (m{m})"));
+    // After PUBREL and before PUBCOMP, only PUBREL may come again.
+    let slip = [publish(0, 7), pubrel(7), publish(1, 7)].concat();
+    assert_eq!(qos2_slips(&slip, s, p), (0, 1));
+    // After PUBCOMP the id is free: a new message on it may come with DUP (its first send was lost).
+    let reuse = [publish(0, 7), pubrel(7), pubcomp(7), publish(1, 7)].concat();
+    assert_eq!(qos2_slips(&reuse, s, p), (0, 0));
+    // A PUBLISH re-sent with DUP before any PUBREL is the normal retry.
+    assert_eq!(
+        qos2_slips(&[publish(0, 9), publish(1, 9)].concat(), s, p),
+        (0, 0)
+    );
+    // The broker's side: PUBLISH with DUP to the subscriber after its PUBREL for that id.
+    let broker = format!(
+        "{}{}",
+        line(&format!("Sending PUBREL to {s} (m5)")),
+        line(&format!(
+            "Sending PUBLISH to {s} (d1, q2, r0, m5, 't', ... (8 bytes))"
+        ))
+    );
+    assert_eq!(qos2_slips(&broker, s, p), (1, 0));
 }
