@@ -4,8 +4,9 @@
 //!
 //! Asserted for each: the client drops the connection with an error that says what was wrong
 //! (`Stats::last_error` and the `ConnectionLost` cause), memory stays bounded (the heap's peak, counted by
-//! the test's allocator, and RSS; the tests run one at a time for that), and it keeps retrying with its backoff — the fake broker timestamps every connection
-//! attempt and the gaps must follow `backoff_min · 2^k` (upper half, jittered), not a hot loop.
+//! the test's allocator, and RSS; the tests run one at a time for that), and it keeps retrying with its
+//! backoff — the fake broker timestamps every connection attempt and the gaps must follow
+//! `backoff_min · 2^k` (upper half, jittered), not a hot loop.
 mod common;
 #[path = "common/fault.rs"]
 mod fault;
@@ -117,6 +118,27 @@ impl Drop for Fake {
     }
 }
 
+/// Memory from a starting point on: anonymous RSS, and the heap counted by the test's allocator.
+struct Since {
+    rss_kib: u64,
+    heap: u64,
+}
+
+impl Since {
+    fn now() -> Since {
+        Since {
+            rss_kib: fault::rss_kib(),
+            heap: common::alloc::reset_peak(),
+        }
+    }
+
+    /// (RSS growth, the heap's growth at its peak), KiB.
+    fn grown(&self) -> (i64, i64) {
+        let rss = fault::rss_kib() as i64 - self.rss_kib as i64;
+        (rss, (common::alloc::peak_bytes() - self.heap) as i64 / 1024)
+    }
+}
+
 fn serve(mut s: TcpStream, mode: Mode, sent: &AtomicU64, stop: &AtomicBool) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -219,11 +241,10 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
     let mut connected = 0;
     let until = Instant::now() + Duration::from_secs_f64(secs);
     // Memory is measured from the first failure on (the client, its queues and threads exist by then).
-    let (mut rss0, mut heap0) = (None, 0);
+    let mut mem = None;
     while Instant::now() < until {
-        if rss0.is_none() && !causes.is_empty() {
-            rss0 = Some(fault::rss_kib());
-            heap0 = common::alloc::reset_peak();
+        if mem.is_none() && !causes.is_empty() {
+            mem = Some(Since::now());
         }
         fault::readable(c.event_fd(), 20);
         c.poll_events(100, &mut |e| match e {
@@ -232,9 +253,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
             _ => {}
         });
     }
-    let rss1 = fault::rss_kib();
-    let rss0 = rss0.unwrap_or(rss1);
-    let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
+    let (rss_growth, heap_peak) = mem.unwrap_or_else(Since::now).grown();
     let st = c.stats();
     drop(c);
     fk.wait_closed();
@@ -248,7 +267,7 @@ fn run(name: &str, what: &str, mode: Mode, max_packet: usize, secs: f64) -> Outc
             .unwrap_or_default(),
         attempts: gaps.len() + 1,
         min_gap: gaps.iter().min().copied().unwrap_or(Duration::MAX),
-        rss_growth: rss1 as i64 - rss0 as i64,
+        rss_growth,
         heap_peak,
         sent: fk.sent.load(Ordering::Relaxed),
         connected,
@@ -509,7 +528,7 @@ fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
     k.event_queue_bytes = 64 << 10;
     let c = Client::connect(k).unwrap();
     let (mut unread, mut other, mut connected, mut messages) = (0, Vec::new(), 0, 0u64);
-    let (mut rss0, mut heap0) = (None, 0);
+    let mut mem = None;
     // Until it was dropped for not reading and came back, then `secs` more (at most a minute in all).
     let give_up = Instant::now() + Duration::from_secs(60);
     let mut until = None;
@@ -528,22 +547,19 @@ fn flood(name: &str, what: &str, chunk: Vec<u8>, secs: f64) {
             _ => {}
         });
         // Measured from the first connection on (the client, its queues and threads exist by then).
-        if rss0.is_none() && connected > 0 {
-            rss0 = Some(fault::rss_kib());
-            heap0 = common::alloc::reset_peak();
+        if mem.is_none() && connected > 0 {
+            mem = Some(Since::now());
         }
     }
-    let rss1 = fault::rss_kib();
-    let growth = rss1 as i64 - rss0.unwrap_or(rss1) as i64;
-    let heap_peak = (common::alloc::peak_bytes() - heap0) as i64 / 1024;
+    let (growth, heap_peak) = mem.unwrap_or_else(Since::now).grown();
     let st = c.stats();
     drop(c);
     fk.wait_closed();
     fault::report(
         name,
         &format!(
-            "{what}: heap peak +{heap_peak} KiB, anon RSS {growth:+} KiB, {connected} connections, {unread} dropped for not reading, \
-             {messages} messages, {:.1} MiB sent by the fake broker, {} bytes to it",
+            "{what}: heap peak +{heap_peak} KiB, anon RSS {growth:+} KiB, {connected} connections, \
+             {unread} dropped for not reading, {messages} messages, {:.1} MiB sent by the fake broker, {} bytes to it",
             fk.sent.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
             st.bytes_out
         ),
